@@ -1,0 +1,30 @@
+"""slimbert: MobileBERT's compression recipe as a general tool.
+
+Public API (heavy imports happen on first use, so `slimbert --help` stays fast):
+    count(model_or_config, seq_len=128)   parameters and FLOPs per component
+    to_transformers(model)                the same network as stock transformers MobileBERT
+    from_transformers(hf_model)           a stock MobileBERT as a slimbert model
+    SlimBertConfig, preset(name)          the architecture family and the paper's presets
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "count": "slimbert.models", "to_transformers": "slimbert.models", "from_transformers": "slimbert.models",
+    "SlimBertConfig": "slimbert.models", "preset": "slimbert.models", "PRESETS": "slimbert.models",
+    "SlimBertModel": "slimbert.models", "SlimBertForMaskedLM": "slimbert.models",
+    "SlimBertForPreTraining": "slimbert.models", "SlimBertForSequenceClassification": "slimbert.models",
+    "SlimBertForQuestionAnswering": "slimbert.models", "NotExpressibleError": "slimbert.models",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'slimbert' has no attribute {name!r}")
