@@ -18,8 +18,138 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def recipe_errors(fn):
+    """Run fn; a RecipeError becomes one line per problem on stderr and exit code 2, never a traceback."""
+    from .recipe.errors import RecipeError
+
+    try:
+        return fn()
+    except RecipeError as e:
+        err.print(f"[bold red]{len(e.problems)} problem(s):[/]")
+        for p in e.problems:
+            err.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
+RecipeArg = typer.Argument(..., help="Recipe YAML file, or a preset name (see `slimbert recipes list`).")
+SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
+
+
+@app.command()
+def validate(recipe: str = RecipeArg, set_: list[str] = SetOpt,
+             allow_plugins: bool = typer.Option(False, "--allow-plugins", help="Permit the recipe's plugins.")) -> None:
+    """Check a recipe: exit 0, or exit 2 with every problem (key path and line)."""
+    from .recipe import load_recipe, recipe_path
+
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    from .models import count as count_fn
+
+    console.print(f"[green]ok[/] {r.file}: {len(r.recipe.transfer)} stage(s); student "
+                  f"{count_fn(r.student_config).total_params / 1e6:.2f}M params", highlight=False)
+
+
+@app.command()
+def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
+         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+         no_measure: bool = typer.Option(False, "--no-measure", help="Skip timing a few steps per stage."),
+         allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
+    """A dry run: architectures side by side, the layer map, the stage schedule and time estimates."""
+    from .recipe import build_plan, load_recipe, recipe_path
+
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    p = build_plan(r)
+    if not no_measure:
+        from .engine.estimate import estimate_stages
+
+        recipe_errors(lambda: estimate_stages(r, p))
+    if as_json:
+        print(json.dumps(p, indent=2, default=str))
+        return
+    print_plan(p)
+
+
+SHORT = {"feature_map": "FMT", "feature_mean": "mean", "feature_var": "var", "attention": "AT"}
+
+
+def print_plan(p: dict) -> None:
+    t, s = p["teacher"], p["student"]
+    arch = Table(title=f"{p['name']}: teacher ({t['kind']}) vs student, seq {p['seq_len']}")
+    for col in ("component", "teacher params", "student params", "teacher GFLOPs", "student GFLOPs"):
+        arch.add_column(col, justify="left" if col == "component" else "right")
+    for k in t["params"]:
+        if k == "encoder":
+            continue
+        arch.add_row(k, f"{t['params'][k]:,}", f"{s['params'][k]:,}", f"{t['flops'].get(k, 0) / 1e9:.3f}",
+                     f"{s['flops'].get(k, 0) / 1e9:.3f}", style="bold" if k == "total" else None)
+    arch.add_row("attention/FFN ratio", f"{t['attention_ffn_ratio']:.3f}", f"{s['attention_ffn_ratio']:.3f}", "", "")
+    console.print(arch)
+    c = p["compression"]
+    console.print(f"compression: {c['params']}x params, {c['encoder_params']}x encoder params, {c['flops']}x FLOPs")
+    if p.get("balance"):
+        console.print(f"[bold]balance:[/] {p['balance']['reason']}", highlight=False)
+    lm = Table(title="layer map")
+    for col in ("student", "teacher", "student shape", "teacher shape", "heads t/s", "losses"):
+        lm.add_column(col)
+    for row in p["layer_map"]:
+        shape = "x".join(map(str, row["teacher_shape"])) + (" (projected)" if row["projection"] else "")
+        lm.add_row(str(row["student_layer"]), str(row["teacher_layer"]), "x".join(map(str, row["student_shape"])),
+                   shape, "/".join(map(str, row["heads"])),
+                   " ".join(f"{SHORT.get(k, k)}x{v:g}" for k, v in row["losses"].items() if v))
+    console.print(lm)
+    st = Table(title="stages")
+    for col in ("#", "kind", "steps", "batch", "optimizer", "lr", "schedule", "trainable", "est. time"):
+        st.add_column(col)
+    for row in p["stages"]:
+        est = row.get("estimate")
+        est_s = f"{est['seconds']:.0f}s ({est['step_seconds'] * 1000:.0f} ms/step)" if est else "-"
+        st.add_row(str(row["index"]), row["kind"], f"{row['steps']:,}", str(row["batch_size"]), row["optimizer"],
+                   f"{row['lr']:g}", row["schedule"] + (f" +{row['warmup_steps']} warm-up" if row["warmup_steps"] else ""),
+                   row.get("trainable", ""), est_s)
+    console.print(st)
+
+
+recipes_app = typer.Typer(no_args_is_help=True, help="The preset recipes shipped with slimbert.")
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """List the presets."""
+    from .recipe import presets
+
+    for name, path in presets().items():
+        first = path.read_text().splitlines()[0].lstrip("# ")
+        console.print(f"[bold]{name}[/]  {first}", highlight=False)
+
+
+@recipes_app.command("show")
+def recipes_show(name: str) -> None:
+    """Print a preset's YAML."""
+    from .recipe import recipe_path
+
+    path = recipe_errors(lambda: recipe_path(name))
+    print(path.read_text(), end="")
+
+
+@recipes_app.command("new")
+def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", help="Preset to start from."),
+                force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")) -> None:
+    """Write a commented starter recipe NAME.yaml (a copy of a preset, renamed)."""
+    from .recipe import recipe_path
+
+    src = recipe_errors(lambda: recipe_path(from_))
+    out = Path(name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if out.exists() and not force:
+        fail(f"{out} exists; pass --force to overwrite")
+    stem = out.stem
+    text = src.read_text().replace(f"name: {src.stem}", f"name: {stem}", 1)
+    text = text.replace(f"recipes/{src.name}", str(out))
+    out.write_text(text)
+    console.print(f"wrote {out} (from {src.name}); next: slimbert validate {out}")
 
 
 @app.command()

@@ -1,0 +1,30 @@
+"""The recipe engine: schema, YAML loading with line numbers, overrides, cross-field checks, balance, plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import Problem, RecipeError
+from .plan import build_plan
+from .resolve import Resolved, load_recipe
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def presets() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe file path, or the path of the preset with that name."""
+    p = Path(name_or_path)
+    if p.is_file() or p.suffix in (".yaml", ".yml"):
+        return p
+    found = presets()
+    if name_or_path in found:
+        return found[name_or_path]
+    raise RecipeError(Problem("", f"{name_or_path!r} is neither a recipe file nor a preset "
+                                  f"({', '.join(found) or 'none found'})"))
+
+
+__all__ = ["Problem", "RecipeError", "Resolved", "build_plan", "load_recipe", "presets", "recipe_path"]

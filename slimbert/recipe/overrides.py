@@ -1,0 +1,77 @@
+"""`--set key.path=value` overrides: values are parsed as YAML scalars/flows; list items are indexed by number."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import yaml
+
+from .errors import Problem, RecipeError
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^\d+$")
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    if not isinstance(text, str) or "=" not in text:
+        raise RecipeError(Problem("", f"override {text!r} must look like key.path=value"))
+    key, _, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not key.strip() or not all(_KEY.match(p) for p in parts):
+        raise RecipeError(Problem(key.strip(), f"override {text!r}: the key path must be dot-separated names "
+                                               "or list indexes, e.g. transfer.0.optimizer.lr"))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise RecipeError(Problem(key.strip(), f"override {text!r}: the value is not valid YAML "
+                                               f"({getattr(e, 'problem', e)})")) from None
+    return [int(p) if p.isdigit() else p for p in parts], value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """A copy of `data` with every override applied; all bad overrides are reported together."""
+    data = copy.deepcopy(data)
+    problems = []
+    for text in overrides or ():
+        try:
+            path, value = parse_override(text)
+        except RecipeError as e:
+            problems += e.problems
+            continue
+        node = data
+        for i, part in enumerate(path[:-1]):
+            here = ".".join(map(str, path[: i + 1]))
+            if isinstance(node, list) and isinstance(part, int):
+                if part >= len(node):
+                    problems.append(Problem(here, f"override {text!r}: index {part} is out of range "
+                                                  f"(the list has {len(node)} items)"))
+                    break
+                node = node[part]
+            elif isinstance(node, dict) and not isinstance(part, int):
+                node = node.setdefault(part, {})
+                if node is None:
+                    node = data_set(data, path[: i + 1], {})
+            else:
+                problems.append(Problem(here, f"override {text!r}: cannot descend into "
+                                              f"{type(node).__name__} with {part!r}"))
+                break
+        else:
+            last = path[-1]
+            if isinstance(node, list) and isinstance(last, int) and last < len(node):
+                node[last] = value
+            elif isinstance(node, dict) and not isinstance(last, int):
+                node[last] = value
+            else:
+                problems.append(Problem(".".join(map(str, path)), f"override {text!r}: no such key or index"))
+    if problems:
+        raise RecipeError(problems)
+    return data
+
+
+def data_set(data: dict, path: list, value):
+    node = data
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return value

@@ -1,0 +1,327 @@
+"""Load a recipe: YAML -> overrides -> schema -> paths and source -> architectures -> cross-field checks.
+
+Everything a run needs to know is decided here, before any training, and every problem found is
+reported at once (each with its key path and line) through one RecipeError.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..models import SlimBertConfig
+from ..teacher.source import SourceError, SourceInfo, describe_source, resolve_model_path
+from . import balance as balance_solver
+from .errors import Problem, RecipeError
+from .loader import LineMap, read_recipe_file
+from .overrides import apply_overrides
+from .schema import STAGE_KINDS, Recipe
+
+FEATURE_TERMS = ("feature_map", "feature_mean", "feature_var")
+
+
+@dataclass
+class Resolved:
+    """A validated recipe with everything derived from it."""
+
+    recipe: Recipe
+    file: Path
+    raw: dict
+    source: SourceInfo
+    source_path: Path | str
+    tokenizer_path: Path | str
+    teacher_config: SlimBertConfig | None     # None when the source itself is the teacher
+    student_config: SlimBertConfig
+    layer_map: list[int]                      # teacher layer (1-based) for each student layer
+    corpus_files: list[Path] = field(default_factory=list)
+    balance: balance_solver.BalanceResult | None = None
+
+    @property
+    def teacher_layers(self) -> int:
+        return self.source.num_layers
+
+    @property
+    def teacher_heads(self) -> int:
+        return self.teacher_config.num_attention_heads if self.teacher_config else self.source.num_heads
+
+    @property
+    def teacher_feature_width(self) -> int:
+        return self.teacher_config.hidden_size if self.teacher_config else self.source.hidden_size
+
+
+class Collector:
+    def __init__(self, lines: LineMap, file: str):
+        self.lines, self.file, self.problems = lines, file, []
+
+    def add(self, loc: tuple | str, message: str) -> None:
+        loc = tuple(loc.split(".")) if isinstance(loc, str) else tuple(loc)
+        loc = tuple(int(x) if isinstance(x, str) and x.isdigit() else x for x in loc)
+        self.problems.append(Problem(".".join(map(str, loc)), message, self.lines.line(loc), self.file))
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise RecipeError(self.problems)
+
+
+def _schema_problems(e: ValidationError, out: Collector) -> None:
+    for err in e.errors():
+        # Discriminated unions put the stage kind into the location; the user never wrote it as a key.
+        loc = tuple(x for i, x in enumerate(err["loc"])
+                    if not (isinstance(x, str) and x in STAGE_KINDS and i > 0 and isinstance(err["loc"][i - 1], int)))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown stage kind {err['input'].get('kind')!r}; expected one of {', '.join(STAGE_KINDS)}"
+        elif err["type"] == "union_tag_not_found":
+            msg = f"each stage needs a kind: one of {', '.join(STAGE_KINDS)}"
+        elif "input" in err and err["type"] not in ("value_error",):
+            msg += f" (got {err['input']!r})"
+        out.add(loc, msg.replace("Value error, ", ""))
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plugins: bool = False) -> Resolved:
+    data, lines, file = read_recipe_file(path)
+    data = apply_overrides(data, overrides or [])
+    out = Collector(lines, str(path))
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        _schema_problems(e, out)
+        out.raise_if_any()
+    if recipe.plugins and not allow_plugins:
+        out.add("plugins", "plugins run Python code; they are refused unless you pass --allow-plugins")
+    base = file.parent
+
+    # Source and tokenizer ------------------------------------------------------------------------------
+    try:
+        source_path = resolve_model_path(recipe.source.model, base)
+        source = describe_source(source_path)
+    except SourceError as e:
+        out.add("source.model", str(e))
+        out.raise_if_any()
+    tokenizer_path = source_path
+    if recipe.source.tokenizer:
+        try:
+            tokenizer_path = resolve_model_path(recipe.source.tokenizer, base)
+        except SourceError as e:
+            out.add("source.tokenizer", str(e))
+    _check_tokenizer(tokenizer_path, source, out)
+
+    # Architectures -----------------------------------------------------------------------------------
+    s, t = recipe.student, recipe.teacher
+    balance = None
+    if recipe.balance is not None:
+        for key in ("intra_size", "ffn"):
+            if key in s.model_fields_set and getattr(s, key) is not None:
+                out.add(f"student.{key}", "conflicts with balance: give the widths or a balance, not both "
+                                          f"(set student.{key}: null or remove balance)")
+    elif s.intra_size is None or s.ffn is None:
+        out.add("student.intra_size" if s.intra_size is None else "student.ffn",
+                "is null but there is no balance section to solve it")
+    student_config = _student_config(recipe, source, balance_result=None, out=out)
+    if recipe.balance is not None and student_config is not None and not out.problems:
+        b = recipe.balance
+        try:
+            balance = balance_solver.solve(student_config, ratio=b.mha_ffn_ratio, tolerance=b.tolerance,
+                                           max_params=b.max_params, max_flops=b.max_flops, stacked=b.stacked,
+                                           seq_len=recipe.data.seq_len)
+            student_config = _student_config(recipe, source, balance, out)
+        except ValueError as e:
+            out.add("balance", f"impossible balance: {e}")
+    teacher_config = _teacher_config(recipe, source, out) if t.type == "inverted_bottleneck" else None
+
+    # Layer map -----------------------------------------------------------------------------------------
+    layer_map = _layer_map(recipe, source.num_layers, out)
+
+    # Cross-field checks, before any training -----------------------------------------------------------
+    feature_width = teacher_config.hidden_size if teacher_config else source.hidden_size
+    teacher_heads = teacher_config.num_attention_heads if teacher_config else source.num_heads
+    for i, st in enumerate(recipe.transfer):
+        losses = getattr(st, "losses", None)
+        if losses is not None:
+            feature = any(getattr(losses, k) > 0 for k in FEATURE_TERMS)
+            if feature and t.type == "inverted_bottleneck" and feature_width != s.inter_size:
+                out.add(f"transfer.{i}.losses.feature_map",
+                        f"feature-map transfer needs equal widths: the teacher's feature map is {feature_width} "
+                        f"wide (teacher.inter_size) and the student's {s.inter_size} (student.inter_size); set "
+                        "them equal, or use teacher.type: source, which learns a projection")
+            if losses.attention > 0 and teacher_heads != s.num_heads:
+                out.add(f"transfer.{i}.losses.attention",
+                        f"attention transfer needs equal head counts per layer pair: teacher {teacher_heads}, "
+                        f"student {s.num_heads}; set student.num_heads (and teacher.num_heads) equal, or "
+                        "attention: 0")
+        if st.kind == "teacher_adaptation":
+            if t.type != "inverted_bottleneck":
+                out.add(f"transfer.{i}.kind", "teacher_adaptation adapts an inverted-bottleneck teacher, but "
+                                              "teacher.type is source: there is nothing to adapt")
+            if any(x.kind != "teacher_adaptation" for x in recipe.transfer[:i]):
+                out.add(f"transfer.{i}.kind", "teacher_adaptation must come before the student's stages")
+        if st.kind in ("pretrain_distill", "auxiliary") and st.alpha < 1 and not _teacher_has_mlm(t, source):
+            out.add(f"transfer.{i}.alpha",
+                    f"the teacher has no MLM head ({source.path} is a {source.model_type} without one), so "
+                    "there are no teacher logits to distil; set alpha: 1.0 (hard MLM labels only)")
+        if st.kind == "progressive":
+            bad = [p for p in st.freeze if not p.strip()]
+            if bad:
+                out.add(f"transfer.{i}.freeze", "empty module prefix")
+            if any(k in st.lr_multipliers for k in ("current", "lower")):
+                out.add(f"transfer.{i}.lr_multipliers", "use current_lr / lower_lr for progressive stages; "
+                                                        "lr_multipliers keys are module prefixes")
+        if st.warmup_steps > _stage_steps(st):
+            out.add(f"transfer.{i}.warmup_steps", f"warm-up ({st.warmup_steps}) is longer than the stage "
+                                                  f"({_stage_steps(st)} steps)")
+        for prefix in st.freeze:
+            if prefix in st.lr_multipliers:
+                out.add(f"transfer.{i}.freeze", f"{prefix!r} is both frozen and given an LR multiplier")
+    if s.copy_embeddings and student_config is not None:
+        _check_embedding_copy(recipe, source, teacher_config, student_config, out)
+    if recipe.data.seq_len > source.max_positions:
+        out.add("data.seq_len", f"{recipe.data.seq_len} exceeds the source's {source.max_positions} positions")
+
+    # Data and task files ---------------------------------------------------------------------------------
+    corpus_files = _corpus_files(recipe, base, out)
+    if recipe.finetune is not None:
+        for key in ("train", "dev"):
+            p = base / getattr(recipe.finetune, key)
+            if not p.is_file():
+                out.add(f"finetune.{key}", f"file not found: {p}")
+    out.raise_if_any()
+    return Resolved(recipe=recipe, file=file, raw=data, source=source, source_path=source_path,
+                    tokenizer_path=tokenizer_path, teacher_config=teacher_config, student_config=student_config,
+                    layer_map=layer_map, corpus_files=corpus_files, balance=balance)
+
+
+def _stage_steps(st) -> int:
+    return st.steps_per_layer if st.kind == "progressive" else st.steps
+
+
+def _teacher_has_mlm(t, source: SourceInfo) -> bool:
+    return source.has_mlm_head
+
+
+def _check_tokenizer(path, source: SourceInfo, out: Collector) -> None:
+    from transformers import AutoTokenizer
+
+    if not isinstance(path, Path):
+        return  # a hub id: checked when the run loads it, so validate and plan never touch the network
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        out.add("source.tokenizer", f"cannot load a tokenizer from {path}: {str(e).splitlines()[0]}")
+        return
+    if len(tok) > source.vocab_size:
+        out.add("source.tokenizer", f"tokenizer mismatch: the tokenizer at {path} has {len(tok)} tokens but the "
+                                    f"source model's vocabulary has {source.vocab_size} rows")
+
+
+def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Collector) -> SlimBertConfig | None:
+    s = recipe.student
+    intra = balance_result.intra_size if balance_result else s.intra_size
+    ffn_size = balance_result.ffn_size if balance_result else (s.ffn.size if s.ffn else None)
+    stacked = balance_result.stacked if balance_result else (s.ffn.stacked if s.ffn else None)
+    if intra is None:  # to be solved by balance: count with a placeholder that satisfies the checks
+        intra, ffn_size, stacked = s.num_heads, 4 * s.num_heads, 1
+    if intra % s.num_heads:
+        out.add("student.num_heads", f"student.intra_size ({intra}) must be divisible by student.num_heads "
+                                     f"({s.num_heads})")
+        return None
+    if s.embedding.size > s.inter_size:
+        out.add("student.embedding.size", f"{s.embedding.size} must be <= student.inter_size ({s.inter_size}): "
+                                          "the MLM head splits the output matrix into the word table and "
+                                          "inter_size - embedding.size extra columns")
+        return None
+    try:
+        return SlimBertConfig(
+            vocab_size=source.vocab_size, embedding_size=s.embedding.size, trigram_input=s.embedding.trigram,
+            hidden_size=s.inter_size, use_bottleneck=True, intra_bottleneck_size=intra, qkv_source=s.qkv_from,
+            num_hidden_layers=s.num_layers, num_attention_heads=s.num_heads, intermediate_size=ffn_size,
+            num_feedforward_networks=stacked, normalization_type=s.norm, hidden_act=s.activation,
+            hidden_dropout_prob=s.dropout, attention_probs_dropout_prob=0.1,
+            max_position_embeddings=source.max_positions, type_vocab_size=max(1, source.type_vocab_size),
+            classifier_activation=False)
+    except ValueError as e:
+        out.add("student", str(e))
+        return None
+
+
+def _teacher_config(recipe: Recipe, source: SourceInfo, out: Collector) -> SlimBertConfig | None:
+    t, s = recipe.teacher, recipe.student
+    heads = t.num_heads or s.num_heads
+    if source.hidden_size % heads:
+        out.add("teacher.num_heads", f"{heads} heads do not divide the source width {source.hidden_size} (the IB "
+                                     "teacher's intra width)")
+        return None
+    inter = t.inter_size or s.inter_size
+    emb = t.embedding_size or s.embedding.size
+    if emb > inter:
+        out.add("teacher.embedding_size", f"{emb} must be <= the teacher's inter width {inter}")
+        return None
+    act = source.hidden_act if source.hidden_act in ("gelu", "relu", "gelu_new") else "gelu"
+    return SlimBertConfig(
+        vocab_size=source.vocab_size, embedding_size=emb, trigram_input=t.trigram, hidden_size=inter,
+        use_bottleneck=True, intra_bottleneck_size=source.hidden_size, qkv_source="inter",
+        num_hidden_layers=source.num_layers, num_attention_heads=heads, intermediate_size=source.intermediate_size,
+        num_feedforward_networks=1, normalization_type="layer_norm", hidden_act=act, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, max_position_embeddings=source.max_positions,
+        type_vocab_size=max(1, source.type_vocab_size), classifier_activation=False)
+
+
+def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]:
+    n = recipe.student.num_layers
+    lm = recipe.layer_map
+    if isinstance(lm, list):
+        if len(lm) != n:
+            out.add("layer_map", f"has {len(lm)} entries; expected one teacher layer per student layer ({n})")
+        for i, j in enumerate(lm):
+            if not 1 <= j <= teacher_layers:
+                out.add(("layer_map", i), f"teacher layer {j} is out of range: the teacher has layers 1..{teacher_layers}")
+        return list(lm)
+    if n > teacher_layers:
+        out.add("layer_map", f"{lm!r} needs a teacher at least as deep as the student ({teacher_layers} < {n} "
+                             "layers); give an explicit list")
+        return []
+    if lm == "uniform":  # student layer i <- teacher layer i * Lt / Ls (TF2's transfer_teacher_layers, 1-based)
+        return [(i * teacher_layers) // n for i in range(1, n + 1)]
+    return [teacher_layers - n + i for i in range(1, n + 1)]  # last: the top teacher layers
+
+
+def _check_embedding_copy(recipe, source: SourceInfo, teacher_config, student: SlimBertConfig, out) -> None:
+    if teacher_config is not None:
+        t = (teacher_config.vocab_size, teacher_config.embedding_size, teacher_config.trigram_input,
+             teacher_config.hidden_size)
+        what = "the IB teacher's"
+    else:
+        t = (source.vocab_size, source.embedding_size, False, source.hidden_size)
+        what = f"the source's ({source.model_type}, unfactorised)"
+    st = (student.vocab_size, student.embedding_size, student.trigram_input, student.hidden_size)
+    if t != st:
+        out.add("student.copy_embeddings",
+                f"copying embeddings and the MLM head needs a compatible vocab and embedding: {what} (vocab, "
+                f"embedding size, trigram, inter width) is {t}, the student's {st}; set copy_embeddings: false "
+                "or match the shapes")
+
+
+def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:
+    c = recipe.data.corpus
+    if c.dataset:
+        return []
+    files: list[Path] = []
+    hint = ("point data.corpus.files at local text files (globs, relative to the recipe), e.g. "
+            "--set 'data.corpus.files=[/path/to/*.txt]'")
+    for i, pattern in enumerate(c.files):
+        p = Path(pattern).expanduser()
+        full = str(p if p.is_absolute() else base / p)
+        found = sorted(Path(x) for x in glob.glob(full, recursive=True) if Path(x).is_file())
+        if not found:
+            out.add(("data", "corpus", "files", i), f"no file matches {full}; {hint}")
+        files += found
+    if files and all(f.stat().st_size == 0 for f in files):
+        out.add("data.corpus.files", f"the corpus is empty (every matched file has 0 bytes); {hint}")
+    return files

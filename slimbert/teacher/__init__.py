@@ -1,0 +1,1 @@
+"""Teachers: resolving a pretrained source, and reading its feature maps and attention."""
