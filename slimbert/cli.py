@@ -75,6 +75,25 @@ def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
 SHORT = {"feature_map": "FMT", "feature_mean": "mean", "feature_var": "var", "attention": "AT"}
 
 
+@app.command()
+def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
+        out: Path = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+        allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
+    """Run the recipe's stages and write the run directory."""
+    from .engine.runner import TrainingError, run as run_recipe
+    from .recipe import load_recipe, recipe_path
+
+    if resume and out is None:
+        fail("--resume needs --out: the run directory to continue")
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    try:
+        recipe_errors(lambda: run_recipe(r, out, resume, err))
+    except TrainingError as e:
+        err.print(f"[bold red]training stopped:[/] {e}", soft_wrap=True)
+        raise typer.Exit(3)
+
+
 def print_plan(p: dict) -> None:
     t, s = p["teacher"], p["student"]
     arch = Table(title=f"{p['name']}: teacher ({t['kind']}) vs student, seq {p['seq_len']}")
@@ -110,6 +129,8 @@ def print_plan(p: dict) -> None:
                    f"{row['lr']:g}", row["schedule"] + (f" +{row['warmup_steps']} warm-up" if row["warmup_steps"] else ""),
                    row.get("trainable", ""), est_s)
     console.print(st)
+    if p.get("estimate_note"):
+        console.print(f"estimates: {p['estimate_note']}", highlight=False)
 
 
 recipes_app = typer.Typer(no_args_is_help=True, help="The preset recipes shipped with slimbert.")

@@ -1,0 +1,1 @@
+"""Corpora, masking and task files."""

@@ -1,0 +1,111 @@
+"""Unlabelled corpora: read text, tokenize with the source's tokenizer, pack into fixed-length sequences,
+and mask for MLM. Batches are a pure function of (seed, stage, step), so a resumed run sees exactly the
+batches an uninterrupted run would have seen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def read_texts(files: list[Path]) -> list[str]:
+    texts = []
+    for f in files:
+        for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = line.strip()
+            if line and not (line.startswith("=") and line.endswith("=")):  # skip WikiText headings
+                texts.append(line)
+    return texts
+
+
+def read_dataset(name: str, config: str | None, split: str, field: str, streaming: bool, limit: int) -> list[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise RuntimeError("data.corpus.dataset needs the `datasets` package: pip install datasets") from None
+    ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    out = []
+    for row in ds:
+        out.append(row[field])
+        if len(out) >= limit:
+            break
+    return out
+
+
+def pack(texts: list[str], tokenizer, seq_len: int, max_sequences: int | None = None) -> torch.Tensor:
+    """Concatenate token streams and cut into [CLS] ... [SEP] sequences of exactly seq_len tokens."""
+    body = seq_len - 2
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    if cls is None or sep is None:
+        cls = tokenizer.bos_token_id if cls is None else cls
+        sep = tokenizer.eos_token_id if sep is None else sep
+    rows, buf = [], []
+    chunk = 256
+    for i in range(0, len(texts), chunk):
+        enc = tokenizer(texts[i:i + chunk], add_special_tokens=False)["input_ids"]
+        for ids in enc:
+            buf.extend(ids)
+            while len(buf) >= body:
+                rows.append([cls, *buf[:body], sep])
+                buf = buf[body:]
+                if max_sequences and len(rows) >= max_sequences:
+                    return torch.tensor(rows, dtype=torch.long)
+    return torch.tensor(rows, dtype=torch.long).view(-1, seq_len)
+
+
+def word_starts(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """True where a token starts a word (WordPiece continuations begin with '##')."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    cont = torch.tensor([t.startswith("##") for t in vocab])
+    return ~cont[ids.clamp_max(len(vocab) - 1)]
+
+
+def mask_tokens(ids: torch.Tensor, tokenizer, probability: float, generator: torch.Generator,
+                whole_word: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: choose `probability` of the real tokens; 80% [MASK], 10% random, 10% unchanged."""
+    special = torch.tensor(tokenizer.all_special_ids)
+    can = ~torch.isin(ids, special)
+    chosen = (torch.rand(ids.shape, generator=generator) < probability) & can
+    if whole_word:
+        starts = word_starts(tokenizer, ids)
+        word = torch.cumsum(starts.long(), dim=1)  # word index per token
+        chosen_start = chosen & starts
+        picked = torch.zeros_like(chosen)
+        for b in range(ids.shape[0]):  # a word is masked when its first piece was chosen
+            words = word[b][chosen_start[b]]
+            picked[b] = torch.isin(word[b], words) & can[b]
+        chosen = picked
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    inputs = ids.clone()
+    r = torch.rand(ids.shape, generator=generator)
+    inputs[chosen & (r < 0.8)] = tokenizer.mask_token_id
+    rand = chosen & (r >= 0.8) & (r < 0.9)
+    inputs[rand] = torch.randint(len(tokenizer), ids.shape, generator=generator)[rand]
+    return inputs, labels
+
+
+class Batches:
+    """Deterministic batches: epoch e of stage s uses permutation(seed, s, e); masking is seeded per step."""
+
+    def __init__(self, sequences: torch.Tensor, batch_size: int, seed: int, stage: int):
+        if len(sequences) == 0:
+            raise ValueError("the corpus produced no sequences")
+        self.seq, self.bs, self.seed, self.stage = sequences, batch_size, seed, stage
+        self._perm_epoch, self._perm = None, None
+
+    def generator(self, step: int, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.stage * 10_007 + step * 31 + salt)
+
+    def batch(self, step: int) -> torch.Tensor:
+        n = len(self.seq)
+        start = step * self.bs
+        idx = []
+        while len(idx) < self.bs:
+            epoch, offset = divmod(start + len(idx), n)
+            if epoch != self._perm_epoch:
+                g = torch.Generator().manual_seed(self.seed * 7919 + self.stage * 104_729 + epoch)
+                self._perm, self._perm_epoch = torch.randperm(n, generator=g), epoch
+            take = min(self.bs - len(idx), n - offset)
+            idx.extend(self._perm[offset:offset + take].tolist())
+        return self.seq[idx]
