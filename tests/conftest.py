@@ -61,3 +61,43 @@ def randomize_norms(model, scale: float = 0.1, seed: int = 0):
             if p.dim() == 1:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory, tokenizer) -> Path:
+    """A small random BERT with an MLM head and the real MiniLM tokenizer, saved like a hub checkpoint."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertForMaskedLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_recipe(dir: Path, source: Path, shared: Path, **sections) -> Path:
+    """A tiny but complete recipe (random tiny teacher, real text) with section overrides."""
+    import yaml
+
+    recipe = {
+        "name": "tiny", "seed": 3,
+        "source": {"model": str(source)},
+        "teacher": {"type": "source"},
+        "student": {"num_layers": 2, "inter_size": 64, "intra_size": 32, "num_heads": 4,
+                    "qkv_from": "shared_bottleneck", "ffn": {"size": 64, "stacked": 2},
+                    "embedding": {"size": 32, "trigram": True}, "copy_embeddings": False},
+        "data": {"corpus": {"files": [str(shared / "wikitext-2-raw" / "wiki.test.raw")]}, "seq_len": 32,
+                 "max_sequences": 96, "eval_sequences": 8},
+        "transfer": [
+            {"kind": "progressive", "steps_per_layer": 6, "batch_size": 4, "warmup_steps": 1,
+             "optimizer": {"lr": 2e-3}, "checkpoint_every": 2},
+            {"kind": "pretrain_distill", "steps": 6, "batch_size": 4, "alpha": 0.5, "optimizer": {"lr": 1e-3},
+             "checkpoint_every": 2},
+        ],
+    }
+    recipe.update(sections)
+    path = dir / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
