@@ -117,6 +117,11 @@ def _diff_keys(a, b, prefix="") -> set[str]:
         for k in set(a) | set(b):
             out |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = set()
+        for i, (x, y) in enumerate(zip(a, b)):
+            out |= _diff_keys(x, y, f"{prefix}{i}.")
+        return out
     return set() if a == b else {prefix.rstrip(".")}
 
 
