@@ -50,6 +50,8 @@ def validate(recipe: str = RecipeArg, set_: list[str] = SetOpt,
 
     console.print(f"[green]ok[/] {r.file}: {len(r.recipe.transfer)} stage(s); student "
                   f"{count_fn(r.student_config).total_params / 1e6:.2f}M params", highlight=False)
+    if r.balance is not None:
+        console.print(f"balance: {r.balance.reason}", highlight=False)
 
 
 @app.command()

@@ -157,3 +157,14 @@ def test_recipes_commands(tmp_path):
     assert done.returncode == 0
     assert "name: mine" in (tmp_path / "mine.yaml").read_text()
     assert cli("recipes", "new", "mine", cwd=tmp_path).returncode == 2  # no silent overwrite
+
+
+def test_plan_measures_stage_times(tmp_path, tiny_source, shared_data):
+    path = write_recipe(tmp_path, tiny_source, shared_data)
+    done = cli("plan", str(path), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = json.loads(done.stdout)["stages"]
+    for row in stages:
+        assert row["estimate"]["step_seconds"] > 0
+        assert row["estimate"]["seconds"] == pytest.approx(row["estimate"]["step_seconds"] * row["steps"], rel=0.01)
+    assert not any(tmp_path.glob("runs*")), "plan must not write a run directory"

@@ -175,20 +175,22 @@ class JointStage(LayerwiseStage):
     steps: PositiveInt = Field(..., description="Optimizer steps.")
 
 
-class AuxiliaryStage(LayerwiseStage):
-    kind: Literal["auxiliary"]
-    steps: PositiveInt = Field(..., description="Optimizer steps.")
-    alpha: Annotated[float, Field(ge=0, le=1)] = Field(0.5, description="Weight of hard MLM labels in the "
-                                                                        "distillation target.")
-    temperature: PosFloat = Field(1.0, description="Softmax temperature of the teacher's MLM logits.")
+class DistillTarget(Section):
+    """The pre-training distillation target: alpha * one-hot + (1 - alpha) * softmax(teacher / T)."""
 
-
-class PretrainDistillStage(StageBase):
-    kind: Literal["pretrain_distill"]
-    steps: PositiveInt = Field(..., description="Optimizer steps (paper: 500k).")
     alpha: Annotated[float, Field(ge=0, le=1)] = Field(0.5, description="Weight of hard MLM labels against the "
                                                                         "teacher's distribution (official 0.5).")
     temperature: PosFloat = Field(1.0, description="Softmax temperature of the teacher's MLM logits.")
+
+
+class AuxiliaryStage(LayerwiseStage, DistillTarget):
+    kind: Literal["auxiliary"]
+    steps: PositiveInt = Field(..., description="Optimizer steps.")
+
+
+class PretrainDistillStage(StageBase, DistillTarget):
+    kind: Literal["pretrain_distill"]
+    steps: PositiveInt = Field(..., description="Optimizer steps (paper: 500k).")
 
 
 class TeacherAdaptationStage(StageBase):
