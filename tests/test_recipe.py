@@ -166,5 +166,5 @@ def test_plan_measures_stage_times(tmp_path, tiny_source, shared_data):
     stages = json.loads(done.stdout)["stages"]
     for row in stages:
         assert row["estimate"]["step_seconds"] > 0
-        assert row["estimate"]["seconds"] == pytest.approx(row["estimate"]["step_seconds"] * row["steps"], rel=0.01)
+        assert row["estimate"]["seconds"] == pytest.approx(row["estimate"]["step_seconds"] * row["steps"], abs=0.06)  # rounded to 0.1 s
     assert not any(tmp_path.glob("runs*")), "plan must not write a run directory"
