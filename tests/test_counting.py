@@ -46,6 +46,8 @@ CUSTOM = [
     dict(preset="bert_base", num_hidden_layers=2, hidden_size=128, embedding_size=128, intra_bottleneck_size=128,
          intermediate_size=256, num_attention_heads=4, classifier_activation=True),
     dict(preset="ib_bert_large", num_hidden_layers=1, intra_bottleneck_size=256, intermediate_size=512),
+    dict(preset="ib_bert_large", num_hidden_layers=2, intra_bottleneck_size=128, intermediate_size=256,
+         hidden_size=96, embedding_size=32, inter_residual="gated", bottleneck_normalization_type="no_norm"),
 ]
 HEADS = [SlimBertModel, SlimBertForMaskedLM, SlimBertForPreTraining, SlimBertForSequenceClassification,
          SlimBertForQuestionAnswering]

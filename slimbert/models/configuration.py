@@ -36,6 +36,12 @@ class SlimBertConfig(PreTrainedConfig):
     num_feedforward_networks: N, FFNs stacked in each block.
     normalization_type: "layer_norm" or "no_norm" (x * gamma + beta). The MLM transform keeps LayerNorm.
     hidden_act: activation of the FFNs and of the MLM transform.
+    bottleneck_normalization_type: norm of the embedding output and of the bottleneck input/output
+        ("layer_norm" / "no_norm"); None means `normalization_type`. An IB teacher built from a source uses
+        no_norm here (initialised to identity), so its PCA-initialised linear maps start exact.
+    inter_residual: "plain" adds the block input to the output bottleneck (MobileBERT); "gated" scales it
+        by a learned per-feature gate (starts at 0 in a teacher built from a source, which has no such
+        residual; reference ib-teacher-probe).
     classifier_activation: pooler = tanh(dense(h[CLS])). False (the official MobileBERT setting) pools
         the raw h[CLS].
     """
@@ -55,6 +61,8 @@ class SlimBertConfig(PreTrainedConfig):
     num_feedforward_networks: int = 4
     normalization_type: str = "no_norm"
     hidden_act: str = "relu"
+    bottleneck_normalization_type: str | None = None
+    inter_residual: str = "plain"
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.1
     max_position_embeddings: int = 512
@@ -99,6 +107,11 @@ class SlimBertConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.normalization_type not in NORM_TYPES:
             raise ValueError(f"normalization_type must be one of {list(NORM_TYPES)}, got {self.normalization_type!r}")
+        if self.bottleneck_normalization_type not in (None, *NORM_TYPES):
+            raise ValueError(f"bottleneck_normalization_type must be one of {list(NORM_TYPES)} or None, got "
+                             f"{self.bottleneck_normalization_type!r}")
+        if self.inter_residual not in ("plain", "gated"):
+            raise ValueError(f"inter_residual must be 'plain' or 'gated', got {self.inter_residual!r}")
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act must be one of {sorted(ACT2FN)}, got {self.hidden_act!r}")
         if self.qkv_source not in QKV_SOURCES:
@@ -118,6 +131,10 @@ class SlimBertConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+
+    @property
+    def bottleneck_norm(self) -> str:
+        return self.bottleneck_normalization_type or self.normalization_type
 
     @property
     def has_embedding_transformation(self) -> bool:

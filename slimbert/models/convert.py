@@ -44,6 +44,11 @@ class NotExpressibleError(ValueError):
 
 def why_not_expressible(config: SlimBertConfig) -> str | None:
     """None when stock MobileBERT can express `config`, else the reason."""
+    if config.inter_residual == "gated":
+        return "inter_residual='gated' (a learned gate on the block's residual) has no stock MobileBERT equivalent"
+    if config.bottleneck_norm != config.normalization_type:
+        return (f"bottleneck_normalization_type={config.bottleneck_normalization_type!r} differs from "
+                f"normalization_type={config.normalization_type!r}; stock MobileBERT uses one norm type")
     if config.use_bottleneck and config.qkv_source == "inter" and config.intra_bottleneck_size != config.hidden_size:
         return (f"qkv_source='inter' feeds Q/K from the {config.hidden_size}-wide block input while the intra width "
                 f"is {config.intra_bottleneck_size}; stock MobileBERT's query/key projections take intra-width "

@@ -78,7 +78,8 @@ def count_config(config: SlimBertConfig, seq_len: int = 128, head: str | None = 
 
     if config.use_bottleneck:
         n_in = 2 if config.qkv_source == "shared_bottleneck" else 1
-        params["bottleneck"] = L * (n_in * (_linear(H, I) + 2 * I) + _linear(I, H) + 2 * H)
+        gate = H if config.inter_residual == "gated" else 0
+        params["bottleneck"] = L * (n_in * (_linear(H, I) + 2 * I) + _linear(I, H) + 2 * H + gate)
         macs["bottleneck"] = L * T * (n_in * H * I + I * H)
 
     attn_linears = 2 * _linear(qk_in, I) + _linear(v_in, I) + _linear(I, I)

@@ -43,8 +43,10 @@ class NoNorm(nn.Module):
         return x * self.weight + self.bias
 
 
-def make_norm(config: SlimBertConfig, size: int) -> nn.Module:
-    if config.normalization_type == "no_norm":
+def make_norm(config: SlimBertConfig, size: int, kind: str | None = None) -> nn.Module:
+    """`kind` None: the model's normalization_type; "bottleneck": the embedding/bottleneck norm type."""
+    norm = config.bottleneck_norm if kind == "bottleneck" else config.normalization_type
+    if norm == "no_norm":
         return NoNorm(size)
     return nn.LayerNorm(size, eps=config.layer_norm_eps)
 
@@ -65,7 +67,7 @@ class SlimBertEmbeddings(nn.Module):
             self.embedding_transformation = nn.Linear(width, config.hidden_size)
         else:
             self.embedding_transformation = None  # plain BERT: no dead H x H projection (unlike stock HF)
-        self.LayerNorm = make_norm(config, config.hidden_size)
+        self.LayerNorm = make_norm(config, config.hidden_size, "bottleneck")
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings)[None], persistent=False)
 
@@ -95,7 +97,7 @@ class BottleneckLayer(nn.Module):
     def __init__(self, config: SlimBertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intra_bottleneck_size)
-        self.LayerNorm = make_norm(config, config.intra_bottleneck_size)
+        self.LayerNorm = make_norm(config, config.intra_bottleneck_size, "bottleneck")
 
     def forward(self, x):
         return self.LayerNorm(self.dense(x))
@@ -213,15 +215,19 @@ class FFNLayer(nn.Module):
 
 
 class OutputBottleneck(nn.Module):
-    """y = Norm(Dropout(W_out h) + x): I -> H with the residual to the block input."""
+    """y = Norm(Dropout(W_out h) + x): I -> H with the residual to the block input (times a learned
+    per-feature gate when `inter_residual == "gated"`)."""
 
     def __init__(self, config: SlimBertConfig):
         super().__init__()
         self.dense = nn.Linear(config.true_hidden_size, config.hidden_size)
-        self.LayerNorm = make_norm(config, config.hidden_size)
+        self.LayerNorm = make_norm(config, config.hidden_size, "bottleneck")
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.residual_gate = nn.Parameter(torch.ones(config.hidden_size)) if config.inter_residual == "gated" else None
 
     def forward(self, h, x):
+        if self.residual_gate is not None:
+            x = x * self.residual_gate
         return self.LayerNorm(self.dropout(self.dense(h)) + x)
 
 
@@ -318,6 +324,8 @@ class SlimBertPreTrainedModel(PreTrainedModel):
             module.bias.zero_()
         elif isinstance(module, SlimBertLMPredictionHead):
             module.bias.zero_()
+        elif isinstance(module, OutputBottleneck) and module.residual_gate is not None:
+            module.residual_gate.fill_(1.0)  # a fresh gated model starts as the plain one
         elif isinstance(module, SlimBertEmbeddings):
             module.position_ids.copy_(torch.arange(module.position_ids.shape[-1])[None])
 
