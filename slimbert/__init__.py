@@ -5,6 +5,9 @@ Public API (heavy imports happen on first use, so `slimbert --help` stays fast):
     to_transformers(model)                the same network as stock transformers MobileBERT
     from_transformers(hf_model)           a stock MobileBERT as a slimbert model
     SlimBertConfig, preset(name)          the architecture family and the paper's presets
+    compress(recipe, teacher=...)         run a recipe, optionally with your own teacher
+    Teacher, ModuleTeacher, as_teacher    the teacher protocol and its adapters
+    build_ib_teacher, fidelity            an inverted-bottleneck teacher from a pretrained source
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ _LAZY = {
     "SlimBertModel": "slimbert.models", "SlimBertForMaskedLM": "slimbert.models",
     "SlimBertForPreTraining": "slimbert.models", "SlimBertForSequenceClassification": "slimbert.models",
     "SlimBertForQuestionAnswering": "slimbert.models", "NotExpressibleError": "slimbert.models",
+    "compress": "slimbert.api",
+    "Teacher": "slimbert.teacher.adapters", "TeacherOutput": "slimbert.teacher.adapters",
+    "ModuleTeacher": "slimbert.teacher.adapters", "HFEncoderTeacher": "slimbert.teacher.adapters",
+    "TeacherError": "slimbert.teacher.adapters", "as_teacher": "slimbert.teacher.adapters",
+    "build_ib_teacher": "slimbert.teacher.build", "fidelity": "slimbert.teacher.build",
+    "IBTeacher": "slimbert.teacher.build",
 }
 
 __all__ = ["__version__", *_LAZY]

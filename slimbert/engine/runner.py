@@ -15,10 +15,12 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -26,10 +28,12 @@ from ..data.corpus import Batches, mask_tokens, pack, read_dataset, read_texts
 from ..models import SlimBertForMaskedLM, to_transformers, why_not_expressible
 from ..recipe.errors import Problem, RecipeError
 from ..recipe.plan import build_plan
-from ..recipe.resolve import Resolved
-from ..teacher.adapters import HFEncoderTeacher, Teacher
+from ..recipe.resolve import Resolved, with_teacher
+from ..teacher.adapters import HFEncoderTeacher, IBTeacherAdapter, Teacher, as_teacher
+from ..teacher.build import IBTeacher, build_ib_teacher, fidelity
 from ..transfer import losses as L
 from . import checkpoint as ckpt
+from .distributed import World, world_from_env
 
 LOG_EVERY = 5
 
@@ -43,16 +47,6 @@ class TrainingError(RuntimeError):
 def preflight(r: Resolved) -> None:
     """Refuse, before anything is written, what this version cannot run yet."""
     problems = []
-    if r.teacher_config is not None:
-        problems.append(Problem("teacher.type", "building an inverted-bottleneck teacher from a source is not "
-                                                "available in this version yet; use teacher.type: source",
-                                None, str(r.file)))
-    for i, st in enumerate(r.recipe.transfer):
-        if st.optimizer.name == "lamb":
-            problems.append(Problem(f"transfer.{i}.optimizer.name", "lamb is not available in this version yet; "
-                                    "use adamw", None, str(r.file)))
-    if r.recipe.finetune is not None:
-        problems.append(Problem("finetune", "task fine-tuning is not available in this version yet", None, str(r.file)))
     if r.recipe.export.onnx:
         problems.append(Problem("export.onnx", "ONNX export is not available in this version yet", None, str(r.file)))
     if problems:
@@ -138,23 +132,36 @@ class Context:
     student: SlimBertForMaskedLM
     projections: nn.ModuleList | None
     console: object
+    ib: IBTeacher | None = None                   # the IB teacher being built (teacher.type: inverted_bottleneck)
+    source: HFEncoderTeacher | None = None        # its source, the reference while adapting
+    world: World = field(default_factory=World)   # this process's rank among torchrun's processes
 
-    def trainable(self) -> dict[str, nn.Parameter]:
+    def trainable(self, kind: str) -> dict[str, nn.Parameter]:
+        if kind == "teacher_adaptation":
+            return {f"teacher.{k}": p for k, p in self.ib.named_parameters() if p.requires_grad}
         params = {f"student.{k}": p for k, p in self.student.named_parameters()}
         if self.projections is not None:
             params.update({f"projections.{k}": p for k, p in self.projections.named_parameters()})
         return params
 
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def tensors(self, kind: str) -> dict[str, torch.Tensor]:
+        if kind == "teacher_adaptation":
+            return {f"teacher.{k}": v for k, v in self.ib.weights().items()}
         t = {f"student.{k}": v for k, v in self.student.state_dict().items()}
         if self.projections is not None:
             t.update({f"projections.{k}": v for k, v in self.projections.state_dict().items()})
         return t
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
-        if self.projections is not None:
-            self.projections.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("projections.")})
+        def part(prefix):
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        if part("teacher."):
+            self.ib.load_state_dict(part("teacher."), strict=False)
+        if part("student."):
+            self.student.load_state_dict(part("student."))
+        if self.projections is not None and part("projections."):
+            self.projections.load_state_dict(part("projections."))
 
 
 def load_corpus(r: Resolved, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,13 +183,29 @@ def load_corpus(r: Resolved, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     return seqs[d.eval_sequences:], seqs[: d.eval_sequences]
 
 
-def build_context(r: Resolved, out: Path, console, teacher: Teacher | None = None) -> Context:
+def build_context(r: Resolved, out: Path, console, teacher=None, quick: bool = False) -> Context:
+    """Tokenizer, corpus, teacher and student. `teacher` (any object slimbert.as_teacher accepts) replaces
+    the recipe's; `quick` (for plan's timings) builds an IB teacher without its PCA."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(r.recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(r.tokenizer_path))
     train, held_out = load_corpus(r, tokenizer)
-    if teacher is None:
+    ib = source = None
+    if teacher is not None:
+        teacher = as_teacher(teacher)
+    elif r.teacher_config is not None:
+        source = HFEncoderTeacher(r.source_path, with_mlm=r.source.has_mlm_head)
+        t = r.recipe.teacher
+        ids = train[: 8 if quick else t.init_sequences]
+        started = time.perf_counter()
+        ib = build_ib_teacher(source.model, ids, config=r.teacher_config, init="random" if quick else t.init,
+                              seed=r.recipe.seed)
+        if not quick:
+            console.print(f"IB teacher built from {r.source.path} ({t.init} init on {len(ids)} sequences) in "
+                          f"{time.perf_counter() - started:.1f} s", highlight=False)
+        teacher = IBTeacherAdapter(ib)
+    else:
         needs_mlm = any(getattr(st, "alpha", 1.0) < 1.0 for st in r.recipe.transfer) and r.source.has_mlm_head
         teacher = HFEncoderTeacher(r.source_path, with_mlm=needs_mlm)
     student = SlimBertForMaskedLM(r.student_config)
@@ -191,9 +214,12 @@ def build_context(r: Resolved, out: Path, console, teacher: Teacher | None = Non
         # TinyBERT-style: learned maps from the student's feature width to the teacher's, one per layer.
         projections = nn.ModuleList(nn.Linear(r.student_config.hidden_size, teacher.hidden_size)
                                     for _ in range(r.student_config.num_hidden_layers))
-    if r.recipe.student.copy_embeddings:
-        _copy_embeddings(teacher, student)
-    return Context(r, out, tokenizer, train, held_out, teacher, student, projections, console)
+    return Context(r, out, tokenizer, train, held_out, teacher, student, projections, console, ib, source)
+
+
+def teacher_has_attention(teacher) -> bool:
+    out = teacher(torch.ones(1, 4, dtype=torch.long), num_layers=1)
+    return bool(out.attentions)
 
 
 def _copy_embeddings(teacher, student) -> None:
@@ -270,6 +296,10 @@ def make_optimizer(st, params: dict[str, nn.Parameter]) -> torch.optim.Optimizer
               for n, p in params.items()]
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+    if o.name == "lamb":  # layer-wise trust ratio (You et al.), from pytorch-optimizer; decay as AdamW's
+        from pytorch_optimizer import Lamb
+
+        return Lamb(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decouple=True)
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.betas[0])
     raise RecipeError(Problem("optimizer.name", f"optimizer {o.name!r} is not available"))
@@ -287,7 +317,7 @@ def layerwise_terms(ctx: Context, st, layers: list[int], batch: torch.Tensor) ->
         hs = s.hidden_states[l]
         if ctx.projections is not None:
             hs = ctx.projections[l - 1](hs)
-        ht = t.hidden_states[tl]
+        hs, ht = hs.float(), t.hidden_states[tl].float()  # losses in fp32 under bf16 autocast
         if w.feature_map:
             terms["feature_map"] = terms["feature_map"] + L.feature_map_loss(ht, hs, normalize=w.feature_norm)
         if w.feature_mean:
@@ -301,34 +331,103 @@ def layerwise_terms(ctx: Context, st, layers: list[int], batch: torch.Tensor) ->
     return {k: v / n for k, v in terms.items() if getattr(w, k)}
 
 
-def distill_terms(ctx: Context, st, step: int, batches: Batches, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+def token_share(labels_global: torch.Tensor, labels: torch.Tensor, world: World, n_micro: int) -> float:
+    """Scale for a loss averaged over this shard's masked tokens, so that the mean over ranks and micro-batches
+    equals the average over the global batch's masked tokens (shards hold different counts)."""
+    n_global = int((labels_global != -100).sum())
+    return (int((labels != -100).sum()) * world.size * n_micro / n_global) if n_global else 1.0
+
+
+def distill_terms(ctx: Context, st, step: int, batches: Batches, batch: torch.Tensor, part, n_micro: int
+                  ) -> dict[str, torch.Tensor]:
     d = ctx.r.recipe.data
-    inputs, labels = mask_tokens(batch, ctx.tokenizer, d.mlm_probability, batches.generator(step, 1),
-                                 d.whole_word_mask)
+    inputs, labels_global = mask_tokens(batch, ctx.tokenizer, d.mlm_probability, batches.generator(step, 1),
+                                        d.whole_word_mask)
+    inputs, labels = part(inputs), part(labels_global)
     logits = ctx.student(inputs).logits
     teacher_logits = None
     if st.alpha < 1.0:
         teacher_logits = ctx.teacher(inputs, want_mlm=True).mlm_logits
-    return {"mlm": L.pretrain_distill_loss(logits, labels, teacher_logits, st.alpha, st.temperature)}
+    loss = L.pretrain_distill_loss(logits, labels, teacher_logits, st.alpha, st.temperature)
+    return {"mlm": loss * token_share(labels_global, labels, ctx.world, n_micro)}
 
 
-def compute(ctx: Context, st, step: int, batches: Batches) -> dict[str, torch.Tensor]:
+def adaptation_terms(ctx: Context, st, step: int, batches: Batches, batch: torch.Tensor, part, n_micro: int
+                     ) -> dict[str, torch.Tensor]:
+    """The IB teacher learns to reproduce its source: every hidden state read out in the source's width
+    (MSE relative to the state's mean square, so each layer counts alike), every layer's attention
+    (KL(source || teacher)) and, with an MLM head, the source's MLM distribution on masked tokens."""
+    labels = share = None
+    if st.mlm and ctx.ib.mlm_head is not None:
+        d = ctx.r.recipe.data
+        batch, labels_global = mask_tokens(batch, ctx.tokenizer, d.mlm_probability, batches.generator(step, 1),
+                                           d.whole_word_mask)
+        labels = part(labels_global)
+        share = token_share(labels_global, labels, ctx.world, n_micro)
+    batch = part(batch)
+    s = ctx.source(batch, want_mlm=labels is not None)
+    t, logits = ctx.ib(batch, want_mlm=labels is not None)
+    terms = {}
+    if st.hidden:
+        mse = [F.mse_loss(ctx.ib.readout[j](h).float(), s.hidden_states[j]) / s.hidden_states[j].pow(2).mean()
+               for j, h in enumerate(t.hidden_states)]
+        terms["hidden"] = st.hidden * torch.stack(mse).mean()
+    if st.attention:
+        kl = [L.attention_loss(p, scores.float(), teacher_is_probs=True)
+              for p, scores in zip(s.attentions, t.attention_scores)]
+        terms["attention"] = st.attention * torch.stack(kl).mean()
+    if labels is not None:
+        terms["mlm"] = st.mlm * share * L.pretrain_distill_loss(logits, labels, s.mlm_logits, alpha=0.0)
+    return terms
+
+
+def compute(ctx: Context, st, step: int, batches: Batches, micro: int = 0, n_micro: int = 1) -> dict[str, torch.Tensor]:
+    """The loss terms of one step (or of micro-batch `micro` of `n_micro`), on this rank's rows of the global
+    batch. Masking is drawn on the global batch first, so every process count sees the same masks."""
     batch = batches.batch(step)
+    w = ctx.world
+
+    def part(x):
+        return x[w.rank::w.size].chunk(n_micro)[micro]
+
     Ls = ctx.r.student_config.num_hidden_layers
     if st.kind == "progressive":
-        terms = layerwise_terms(ctx, st, [step // st.steps_per_layer + 1], batch)
+        terms = layerwise_terms(ctx, st, [step // st.steps_per_layer + 1], part(batch))
         return {k: getattr(st.losses, k) * v for k, v in terms.items()}
     if st.kind == "joint":
-        terms = layerwise_terms(ctx, st, list(range(1, Ls + 1)), batch)
+        terms = layerwise_terms(ctx, st, list(range(1, Ls + 1)), part(batch))
         return {k: getattr(st.losses, k) * v for k, v in terms.items()}
     if st.kind == "auxiliary":
-        terms = layerwise_terms(ctx, st, list(range(1, Ls + 1)), batch)
+        terms = layerwise_terms(ctx, st, list(range(1, Ls + 1)), part(batch))
         out = {k: getattr(st.losses, k) * v for k, v in terms.items()}
-        out.update(distill_terms(ctx, st, step, batches, batch))
+        out.update(distill_terms(ctx, st, step, batches, batch, part, n_micro))
         return out
     if st.kind == "pretrain_distill":
-        return distill_terms(ctx, st, step, batches, batch)
+        return distill_terms(ctx, st, step, batches, batch, part, n_micro)
+    if st.kind == "teacher_adaptation":
+        return adaptation_terms(ctx, st, step, batches, batch, part, n_micro)
     raise RecipeError(Problem("transfer", f"stage kind {st.kind!r} is not available in this version yet"))
+
+
+class StepModule(nn.Module):
+    """What a stage trains, as one module, so DistributedDataParallel can average its gradients."""
+
+    def __init__(self, ctx: Context, kind: str):
+        super().__init__()
+        if kind == "teacher_adaptation":
+            self.ib = ctx.ib
+        else:
+            self.student = ctx.student
+            if ctx.projections is not None:
+                self.projections = ctx.projections
+        self.ctx = ctx
+
+    def forward(self, st, step, batches, micro, n_micro):
+        return compute(self.ctx, st, step, batches, micro, n_micro)
+
+
+def autocast(st):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if st.precision == "bf16" else nullcontext()
 
 
 def run_stage(ctx: Context, k: int, st, start: int, opt_state: dict | None, progress) -> None:
@@ -336,29 +435,40 @@ def run_stage(ctx: Context, k: int, st, start: int, opt_state: dict | None, prog
     stage_dir = ctx.out / "stages" / f"{k}-{st.kind}"
     total = stage_steps(st, ctx.r.student_config.num_hidden_layers)
     batches = Batches(ctx.train, st.batch_size, ctx.r.recipe.seed, k)
-    params = ctx.trainable()
+    params = ctx.trainable(st.kind)
     opt = make_optimizer(st, params)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     ctx.student.eval()  # transfer runs without dropout (official code: is_training=False with a teacher)
+    if ctx.ib is not None:
+        ctx.ib.eval()  # built without dropout; eval keeps the source's MLM head deterministic too
     tokens = st.batch_size * ctx.r.recipe.data.seq_len
+    world = ctx.world
     task = progress.add_task(name, total=total, completed=start, info="")
     every = st.checkpoint_every or total
-    metrics = open(ctx.out / "metrics.jsonl", "a")
+    model = world.wrap(StepModule(ctx, st.kind))
+    n_micro = st.grad_accum
+    metrics = open(ctx.out / "metrics.jsonl", "a") if world.main else None
     t0, seen = time.perf_counter(), 0
     try:
         for step in range(start, total):
             base = st.optimizer.lr * lr_factor(st, step)
             for g in opt.param_groups:
                 g["lr"] = base * multiplier(st, g["name"], step)
-            terms = compute(ctx, st, step, batches)
+            opt.zero_grad(set_to_none=True)
+            local = {}
+            for micro in range(n_micro):
+                with world.no_sync(model, micro == n_micro - 1), autocast(st):
+                    parts = model(st, step, batches, micro, n_micro)
+                (sum(parts.values()) / n_micro).backward()
+                for term, value in parts.items():
+                    local[term] = local.get(term, 0.0) + value.detach() / n_micro
+            terms = world.mean(local)  # the global batch's terms, identical on every rank
             loss = sum(terms.values())
             for term, value in {**terms, "total": loss}.items():
                 if not torch.isfinite(value):
                     raise TrainingError(f"stage {k} ({name}), step {step}: loss term {term!r} is {value.item()}; "
                                         f"stopped. The last good checkpoint is kept in {stage_dir}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             for g in opt.param_groups:
                 if g["lr"] == 0.0:
                     for p in g["params"]:
@@ -368,7 +478,7 @@ def run_stage(ctx: Context, k: int, st, start: int, opt_state: dict | None, prog
             opt.step()
             seen += 1
             rate = seen * tokens / (time.perf_counter() - t0)
-            if step % LOG_EVERY == 0 or step == total - 1:
+            if metrics is not None and (step % LOG_EVERY == 0 or step == total - 1):
                 row = {"stage": k, "kind": st.kind, "step": step, "lr": base, "loss": loss.item(),
                        "tokens_per_s": round(rate, 1), **{t: v.item() for t, v in terms.items()}}
                 if st.kind == "progressive":
@@ -376,11 +486,15 @@ def run_stage(ctx: Context, k: int, st, start: int, opt_state: dict | None, prog
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
             progress.update(task, advance=1, info=f"loss {loss.item():.4g}  {rate:,.0f} tok/s")
-            if (step + 1) % every == 0 or step + 1 == total:
-                ckpt.save(stage_dir, step + 1, ctx.tensors(), opt.state_dict(),
+            if world.main and ((step + 1) % every == 0 or step + 1 == total):
+                ckpt.save(stage_dir, step + 1, ctx.tensors(st.kind), opt.state_dict(),
                           {"stage": k, "kind": st.kind, "total": total})
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
+    world.barrier()  # the stage's last checkpoint is on disk before any rank moves on
+    if not world.main:
+        return
     plot_stage(ctx.out, k, name)
 
 
@@ -423,6 +537,8 @@ def find_resume_point(ctx: Context, warn) -> tuple[int, int, dict | None]:
         if good is None:
             continue
         state, tensors, opt = ckpt.load(good)
+        if ctx.ib is not None and stages[k].kind != "teacher_adaptation":
+            load_teacher(ctx)  # adapted before this stage; saved when adaptation ended
         ctx.load_tensors(tensors)
         if state["step"] >= state["total"]:
             return k + 1, 0, None
@@ -430,17 +546,152 @@ def find_resume_point(ctx: Context, warn) -> tuple[int, int, dict | None]:
     return 0, 0, None
 
 
-def save_student(ctx: Context) -> Path:
-    final, tmp = ctx.out / "student", ctx.out / ".tmp-student"
+# ---- the IB teacher's fidelity and its saved copy --------------------------------------------------------------
+
+def teacher_fidelity(ctx: Context) -> dict:
+    mlm = None
+    if ctx.ib.mlm_head is not None:
+        d = ctx.r.recipe.data
+        mlm = mask_tokens(ctx.eval, ctx.tokenizer, d.mlm_probability,
+                          torch.Generator().manual_seed(ctx.r.recipe.seed + 7919), d.whole_word_mask)
+    ctx.ib.eval()
+    return fidelity(ctx.source.model, ctx.ib, ctx.eval, mlm)
+
+
+def write_fidelity(ctx: Context, when: str, report: dict) -> dict:
+    path = ctx.out / "teacher" / "fidelity.json"
+    path.parent.mkdir(exist_ok=True)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[when] = report
+    data["held_out_sequences"] = len(ctx.eval)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    return data
+
+
+def print_fidelity(console, data: dict) -> None:
+    from rich.table import Table
+
+    whens = [w for w in ("before", "after") if w in data]
+    table = Table(title=f"IB teacher vs source on {data['held_out_sequences']} held-out sequences "
+                        "(before / after adaptation)")
+    table.add_column("state")
+    for w in whens:
+        table.add_column(f"cosine {w}", justify="right")
+    for w in whens:
+        table.add_column(f"attention KL {w}", justify="right")
+    n = len(data[whens[0]]["cosine"])
+    for j in range(n):
+        kl = [f"{data[w]['attention_kl'][j - 1]:.4f}" if j else "" for w in whens]
+        table.add_row("embedding" if j == 0 else f"layer {j}", *[f"{data[w]['cosine'][j]:.4f}" for w in whens], *kl)
+    if "teacher_mlm_loss" in data[whens[0]]:
+        table.add_row("MLM loss (source)", *[f"{data[w]['source_mlm_loss']:.4f}" for w in whens], *[""] * len(whens))
+        table.add_row("MLM loss (teacher)", *[f"{data[w]['teacher_mlm_loss']:.4f}" for w in whens], *[""] * len(whens))
+        table.add_row("MLM accuracy (source)", *[f"{data[w]['source_mlm_accuracy']:.4f}" for w in whens],
+                      *[""] * len(whens))
+        table.add_row("MLM accuracy (teacher)", *[f"{data[w]['teacher_mlm_accuracy']:.4f}" for w in whens],
+                      *[""] * len(whens))
+    console.print(table)
+
+
+def save_teacher(ctx: Context) -> Path:
+    """The IB teacher as a slimbert model directory (loads with AutoModel), plus its readouts."""
+    from safetensors.torch import save_file
+
+    final, tmp = ctx.out / "teacher" / "model", ctx.out / "teacher" / ".tmp-model"
     shutil.rmtree(tmp, ignore_errors=True)
-    model = ctx.student
-    reason = why_not_expressible(model.config)
-    (to_transformers(model) if reason is None else model).save_pretrained(tmp)
-    ctx.tokenizer.save_pretrained(tmp)
+    ctx.ib.model.save_pretrained(tmp)
+    save_file({k: v.contiguous() for k, v in ctx.ib.readout.state_dict().items()}, str(tmp / "readouts.safetensors"))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def load_teacher(ctx: Context) -> None:
+    from safetensors.torch import load_file
+
+    from ..models import SlimBertModel
+
+    path = ctx.out / "teacher" / "model"
+    if not (path / "readouts.safetensors").is_file():
+        raise TrainingError(f"cannot resume: the adapted teacher is missing from {path}")
+    ctx.ib.model.load_state_dict(SlimBertModel.from_pretrained(path).state_dict())
+    ctx.ib.readout.load_state_dict(load_file(str(path / "readouts.safetensors")))
+
+
+def start_student_stages(ctx: Context, adapted: bool) -> None:
+    """Between the teacher's stages and the student's: report and save the teacher, copy its embeddings."""
+    if ctx.ib is not None:
+        if ctx.world.main:
+            if adapted:
+                print_fidelity(ctx.console, write_fidelity(ctx, "after", teacher_fidelity(ctx)))
+            save_teacher(ctx)
+        ctx.ib.requires_grad_(False)
+    if ctx.r.recipe.student.copy_embeddings:
+        _copy_embeddings(ctx.teacher, ctx.student)
+
+
+def save_model(model, tokenizer, final: Path) -> Path:
+    """Atomically: stock transformers format when the shape is expressible, else slimbert's."""
+    tmp = final.parent / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    reason = why_not_expressible(model.config)
+    (to_transformers(model) if reason is None else model).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def save_student(ctx: Context) -> Path:
+    return save_model(ctx.student, ctx.tokenizer, ctx.out / "student")
+
+
+def run_finetune(ctx: Context, progress) -> dict:
+    """Fine-tune the student on the recipe's task (with task distillation when asked) and evaluate it."""
+    from .finetune import Task, classifier_from_student, evaluate, hf_classifier, train_classifier
+
+    spec, seed = ctx.r.recipe.finetune, ctx.r.recipe.seed
+    done = ctx.out / "finetune" / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())  # finished before a resume
+    base = ctx.r.file.parent
+    task = Task(spec, base, ctx.tokenizer)
+    started = time.perf_counter()
+
+    def bar(name):
+        t = progress.add_task(name, total=None, info="")
+        return lambda step, total, loss: progress.update(t, completed=step, total=total, info=f"loss {loss:.4g}")
+
+    teacher, teacher_dev = None, None
+    if spec.distill:
+        if spec.teacher_model:
+            from transformers import AutoModelForSequenceClassification
+
+            teacher = AutoModelForSequenceClassification.from_pretrained(str(base / spec.teacher_model))
+        else:
+            teacher = hf_classifier(ctx.r.source_path, task.num_labels)
+            train_classifier(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
+        teacher_dev = evaluate(teacher, task)
+    model = classifier_from_student(ctx.student, task.num_labels, ctx.r.recipe.student.dropout)
+    history = train_classifier(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"))
+    dev = evaluate(model, task)
+    save_model(model, ctx.tokenizer, ctx.out / "finetune" / "model")
+    result = {"task": spec.task, "dev": dev, "teacher_dev": teacher_dev, "distill": spec.distill,
+              "train_examples": len(task.train_data.labels), "dev_examples": len(task.dev_data.labels),
+              "label_names": task.train_data.label_names, "seconds": round(time.perf_counter() - started, 1),
+              "history": history}
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, done)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
+    ctx.console.print(f"[bold]{spec.task}[/] dev: {shown}" + (
+        f"  (teacher: {', '.join(f'{k} {v:.4f}' for k, v in teacher_dev.items())})" if teacher_dev else ""),
+        highlight=False)
+    return result
 
 
 def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None, teacher: Teacher | None = None) -> Path:
@@ -449,28 +700,60 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
 
     console = console or Console(stderr=True)
     warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False)  # noqa: E731
-    if teacher is None:
-        preflight(r)
-    out = prepare_run_dir(r, out, resume)
-    out.mkdir(parents=True, exist_ok=True)
+    preflight(r)
+    if teacher is not None:
+        teacher = as_teacher(teacher)
+        r = with_teacher(r, teacher.num_layers, teacher.num_heads, teacher.hidden_size,
+                         attention=teacher_has_attention(teacher))
+    world = world_from_env()
+    if world.active:
+        if out is None:
+            raise RecipeError(Problem("--out", "a multi-process run needs --out: every process must use the same "
+                                               "run directory"))
+        for i, st in enumerate(r.recipe.transfer):
+            if st.batch_size % (world.size * st.grad_accum):
+                raise RecipeError(Problem(f"transfer.{i}.batch_size", f"{st.batch_size} does not split over "
+                                          f"{world.size} processes x grad_accum {st.grad_accum}", None, str(r.file)))
+        console = console if world.main else Console(stderr=True, quiet=True)
+    if world.main:
+        out = prepare_run_dir(r, out, resume)
+        out.mkdir(parents=True, exist_ok=True)
+    world.barrier()
+    out = Path(out)
     run_dir = RunDir(out)
-    run_dir.acquire(warn)
+    if world.main:
+        run_dir.acquire(warn)
     try:
-        if not resume:
+        if not resume and world.main:
             (out / "recipe.resolved.yaml").write_text(yaml.safe_dump(r.recipe.model_dump(mode="json"), sort_keys=False))
             (out / "plan.json").write_text(json.dumps(build_plan(r), indent=2, default=str))
         ctx = build_context(r, out, console, teacher)
+        ctx.world = world
         start_stage, start_step, opt_state = find_resume_point(ctx, warn) if resume else (0, 0, None)
+        if world.main and ctx.ib is not None and not (out / "teacher" / "fidelity.json").is_file():
+            print_fidelity(console, write_fidelity(ctx, "before", teacher_fidelity(ctx)))
+        first_student = next((k for k, st in enumerate(r.recipe.transfer) if st.kind != "teacher_adaptation"),
+                             len(r.recipe.transfer))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                    TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=False) as progress:
+        with Progress(*columns, console=console, transient=False, disable=not world.main) as progress:
             for k, st in enumerate(r.recipe.transfer):
                 if k < start_stage:
                     continue
+                if k == first_student and not (k == start_stage and start_step > 0):
+                    start_student_stages(ctx, adapted=first_student > 0)
                 run_stage(ctx, k, st, start_step if k == start_stage else 0,
                           opt_state if k == start_stage else None, progress)
+        if first_student == len(r.recipe.transfer) and start_stage <= first_student:
+            start_student_stages(ctx, adapted=first_student > 0)  # a recipe that only builds the teacher
+        if not world.main:
+            return out  # rank 0 saves the student and fine-tunes it
         path = save_student(ctx)
+        if r.recipe.finetune is not None:
+            with Progress(*columns, console=console, transient=False) as progress:
+                run_finetune(ctx, progress)
         console.print(f"[green]done[/]: student in {path}", highlight=False)
         return out
     finally:
-        run_dir.release()
+        if world.main:
+            run_dir.release()

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..models import SlimBertConfig
+from ..teacher.build import ib_teacher_config
 from ..teacher.source import SourceError, SourceInfo, describe_source, resolve_model_path
 from . import balance as balance_solver
 from .errors import Problem, RecipeError
@@ -173,6 +174,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
             if any(k in st.lr_multipliers for k in ("current", "lower")):
                 out.add(f"transfer.{i}.lr_multipliers", "use current_lr / lower_lr for progressive stages; "
                                                         "lr_multipliers keys are module prefixes")
+        if st.batch_size % st.grad_accum:
+            out.add(f"transfer.{i}.grad_accum", f"batch_size {st.batch_size} does not split into {st.grad_accum} "
+                                                "equal micro-batches")
         if st.warmup_steps > _stage_steps(st):
             out.add(f"transfer.{i}.warmup_steps", f"warm-up ({st.warmup_steps}) is longer than the stage "
                                                   f"({_stage_steps(st)} steps)")
@@ -187,14 +191,70 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
     # Data and task files ---------------------------------------------------------------------------------
     corpus_files = _corpus_files(recipe, base, out)
     if recipe.finetune is not None:
-        for key in ("train", "dev"):
-            p = base / getattr(recipe.finetune, key)
-            if not p.is_file():
-                out.add(f"finetune.{key}", f"file not found: {p}")
+        _check_task(recipe.finetune, base, out)
     out.raise_if_any()
     return Resolved(recipe=recipe, file=file, raw=data, source=source, source_path=source_path,
                     tokenizer_path=tokenizer_path, teacher_config=teacher_config, student_config=student_config,
                     layer_map=layer_map, corpus_files=corpus_files, balance=balance)
+
+
+def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_size: int,
+                 attention: bool = True) -> Resolved:
+    """The recipe re-checked against a teacher given through the Python API (it replaces the recipe's
+    teacher section): the layer map, attention head counts, and stages that only make sense for an IB teacher."""
+    import dataclasses
+
+    try:
+        lines = read_recipe_file(r.file)[1]
+    except RecipeError:
+        lines = LineMap()
+    out = Collector(lines, str(r.file))
+    layer_map = _layer_map(r.recipe, num_layers, out)
+    s = r.recipe.student
+    for i, st in enumerate(r.recipe.transfer):
+        if st.kind == "teacher_adaptation":
+            out.add(f"transfer.{i}.kind", "teacher_adaptation adapts the IB teacher the recipe builds; with a "
+                                          "teacher passed in there is nothing to adapt: remove this stage")
+        losses = getattr(st, "losses", None)
+        if losses is None or not losses.attention:
+            continue
+        if not attention:
+            out.add(f"transfer.{i}.losses.attention", "the teacher passed in gives no attention (name its "
+                                                      "attention modules, e.g. ModuleTeacher(..., attentions=...)), "
+                                                      "so attention transfer is impossible; set attention: 0")
+        elif num_heads != s.num_heads:
+            out.add(f"transfer.{i}.losses.attention", f"attention transfer needs equal head counts: the teacher "
+                                                      f"passed in has {num_heads}, student.num_heads is "
+                                                      f"{s.num_heads}; make them equal or set attention: 0")
+    if s.copy_embeddings and hidden_size != s.inter_size:
+        out.add("student.copy_embeddings", f"the teacher passed in is {hidden_size} wide and the student "
+                                           f"{s.inter_size}: its embeddings cannot be copied; set "
+                                           "copy_embeddings: false")
+    out.raise_if_any()
+    return dataclasses.replace(r, teacher_config=None, layer_map=layer_map)
+
+
+def _check_task(ft, base: Path, out: Collector) -> None:
+    """The task files exist and hold the named columns (and, for regression, numbers) before any training."""
+    from ..data.tasks import TaskDataError, read_task
+
+    names = None
+    for key in ("train", "dev"):
+        p = base / getattr(ft, key)
+        if not p.is_file():
+            out.add(f"finetune.{key}", f"file not found: {p}")
+            continue
+        try:
+            names = read_task(p, ft.text_fields, ft.label_field, ft.regression, label_names=names,
+                              max_examples=ft.max_examples if key == "train" else None).label_names
+        except TaskDataError as e:
+            out.add(f"finetune.{key}", str(e))
+    if not 1 <= len(ft.text_fields) <= 2:
+        out.add("finetune.text_fields", f"give one column (single sentence) or two (pairs), not {len(ft.text_fields)}")
+    if ft.teacher_model is not None and not ft.distill:
+        out.add("finetune.teacher_model", "is set but finetune.distill is false; set distill: true or remove it")
+    if ft.teacher_model is not None and not (base / ft.teacher_model).is_dir():
+        out.add("finetune.teacher_model", f"directory not found: {base / ft.teacher_model}")
 
 
 def _stage_steps(st) -> int:
@@ -259,18 +319,21 @@ def _teacher_config(recipe: Recipe, source: SourceInfo, out: Collector) -> SlimB
                                      "teacher's intra width)")
         return None
     inter = t.inter_size or s.inter_size
+    if inter > source.hidden_size:
+        out.add("teacher.inter_size" if t.inter_size else "student.inter_size",
+                f"the IB teacher's inter width {inter} exceeds the source width {source.hidden_size}: its "
+                "bottlenecks keep the top principal directions of the source's hidden states, so it can be at most "
+                "that wide; lower it, or use teacher.type: source")
+        return None
     emb = t.embedding_size or s.embedding.size
     if emb > inter:
         out.add("teacher.embedding_size", f"{emb} must be <= the teacher's inter width {inter}")
         return None
-    act = source.hidden_act if source.hidden_act in ("gelu", "relu", "gelu_new") else "gelu"
-    return SlimBertConfig(
-        vocab_size=source.vocab_size, embedding_size=emb, trigram_input=t.trigram, hidden_size=inter,
-        use_bottleneck=True, intra_bottleneck_size=source.hidden_size, qkv_source="inter",
-        num_hidden_layers=source.num_layers, num_attention_heads=heads, intermediate_size=source.intermediate_size,
-        num_feedforward_networks=1, normalization_type="layer_norm", hidden_act=act, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, max_position_embeddings=source.max_positions,
-        type_vocab_size=max(1, source.type_vocab_size), classifier_activation=False)
+    return ib_teacher_config(
+        vocab_size=source.vocab_size, source_width=source.hidden_size, num_layers=source.num_layers,
+        intermediate_size=source.intermediate_size, hidden_act=source.hidden_act,
+        type_vocab_size=source.type_vocab_size, max_positions=source.max_positions - source.position_offset,
+        layer_norm_eps=source.layer_norm_eps, inter=inter, heads=heads, embedding_size=emb, trigram=t.trigram)
 
 
 def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]:

@@ -154,6 +154,8 @@ class StageBase(Section):
         default_factory=dict, description="Per-module LR multipliers by name prefix; 0 freezes.")
     checkpoint_every: PositiveInt | None = Field(None, description="Checkpoint interval in steps (default: "
                                                                    "stage end only).")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast for the forward passes (losses "
+                                                                   "stay fp32); faster on CPUs/GPUs with bf16 units.")
 
 
 class LayerwiseStage(StageBase):
@@ -220,7 +222,14 @@ class Finetune(Section):
     batch_size: PositiveInt = Field(32, description="Examples per step.")
     lr: PosFloat = Field(5e-5, description="Learning rate (MobileBERT likes higher LRs than BERT).")
     seq_len: PositiveInt = Field(128, description="Maximum tokens per example.")
-    distill: bool = Field(False, description="Task distillation from the teacher fine-tuned on the same task.")
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(0.1, description="Share of steps warming up the LR.")
+    weight_decay: NonNegFloat = Field(0.01, description="AdamW weight decay (not on norms and biases).")
+    distill: bool = Field(False, description="Task distillation from a teacher fine-tuned on the same task.")
+    teacher_model: str | None = Field(
+        None, description="A directory holding the task-fine-tuned teacher (a sequence classifier). Without it, "
+                          "the source is fine-tuned here first with the same settings (costs a source fine-tune).")
+    distill_alpha: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="Weight of the hard-label loss against the teacher's soft targets.")
     temperature: PosFloat = Field(1.0, description="Task-distillation temperature.")
 
 

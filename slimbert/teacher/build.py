@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import SlimBertConfig, SlimBertModel
+from .source import position_offset
 
 
 @dataclass
@@ -51,15 +52,10 @@ class SourceWeights:
         self.position = emb.position_embeddings.weight.detach()
         tt = getattr(emb, "token_type_embeddings", None)
         self.token_type = tt.weight.detach() if tt is not None else None
-        # RoBERTa-style models count positions from padding_idx + 1.
-        self.position_offset = (body.config.pad_token_id + 1) if self.model_type in ("roberta", "xlm-roberta",
-                                                                                     "camembert") else 0
-        project = getattr(body, "embeddings_project", None)  # ELECTRA with embedding_size != hidden_size
-        if project is not None:
-            w, b = project.weight.detach(), project.bias.detach()
-            self.word = self.word @ w.T
-            self.position = self.position @ w.T + b
-            self.token_type = self.token_type @ w.T if self.token_type is not None else None
+        self.position_offset = position_offset(self.model_type, body.config.pad_token_id)
+        # ELECTRA with embedding_size != hidden_size: LayerNorm in the embedding width, then a projection.
+        project = getattr(body, "embeddings_project", None)
+        self.project = project.weight.detach().T if project is not None else None  # E_src x I
         self.ln = emb.LayerNorm
         if self.model_type == "distilbert":
             self.layers = [SourceLayer(l.attention.q_lin, l.attention.k_lin, l.attention.v_lin, l.attention.out_lin,
@@ -75,8 +71,9 @@ class SourceWeights:
             self.act = body.config.hidden_act
             self.intermediate = body.config.intermediate_size
             self.heads = body.config.num_attention_heads
-        self.width = self.word.shape[1]
+        self.width = self.word.shape[1] if self.project is None else self.project.shape[1]
         self.ln_eps = self.ln.eps
+        self.mlm_head = mlm_head_of(model)
 
     def embedding_sum(self, ids: torch.Tensor) -> torch.Tensor:
         """word + position + type before the embedding LayerNorm, for type 0 (packed single segments)."""
@@ -85,6 +82,32 @@ class SourceWeights:
         if self.token_type is not None:
             s = s + self.token_type[0]
         return s
+
+
+class _Sequential(nn.Module):
+    def __init__(self, *steps):
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+
+    def forward(self, h):
+        for step in self.steps:
+            h = step(h)
+        return h
+
+
+def mlm_head_of(model: nn.Module) -> nn.Module | None:
+    """The MLM head of a *ForMaskedLM / *ForPreTraining model as a module mapping hidden states to logits
+    (None for a bare encoder). ELECTRA's is its generator head."""
+    cls = getattr(model, "cls", None)
+    if cls is not None:  # BERT: BertOnlyMLMHead, or BertPreTrainingHeads (its .predictions)
+        return getattr(cls, "predictions", cls)
+    if getattr(model, "lm_head", None) is not None:  # RoBERTa family
+        return model.lm_head
+    if getattr(model, "generator_lm_head", None) is not None:  # ELECTRA generator
+        return _Sequential(model.generator_predictions, model.generator_lm_head)
+    if getattr(model, "vocab_projector", None) is not None:  # DistilBERT
+        return _Sequential(model.vocab_transform, model.activation, model.vocab_layer_norm, model.vocab_projector)
+    return None
 
 
 @torch.no_grad()
@@ -111,32 +134,50 @@ def random_directions(width: int, d: int, generator: torch.Generator) -> torch.T
     return q.contiguous()
 
 
-def ib_teacher_config(source: SourceWeights, inter: int, heads: int, embedding_size: int, trigram: bool,
-                      max_positions: int) -> SlimBertConfig:
-    act = source.act if source.act in ("gelu", "relu", "gelu_new") else "gelu"
+def ib_teacher_config(*, vocab_size: int, source_width: int, num_layers: int, intermediate_size: int,
+                      hidden_act: str, type_vocab_size: int, max_positions: int, layer_norm_eps: float, inter: int,
+                      heads: int, embedding_size: int, trigram: bool) -> SlimBertConfig:
+    """The IB teacher's architecture: the source's layers (intra width = source width, Q/K/V from the d-wide
+    block input, LayerNorms kept) inside identity-initialised NoNorm bottlenecks with a gated residual."""
     return SlimBertConfig(
-        vocab_size=source.word.shape[0], embedding_size=embedding_size, trigram_input=trigram, hidden_size=inter,
-        use_bottleneck=True, intra_bottleneck_size=source.width, qkv_source="inter",
-        num_hidden_layers=len(source.layers), num_attention_heads=heads, intermediate_size=source.intermediate,
-        num_feedforward_networks=1, normalization_type="layer_norm", bottleneck_normalization_type="no_norm",
-        inter_residual="gated", hidden_act=act, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        max_position_embeddings=max_positions, type_vocab_size=1 if source.token_type is None else
-        source.token_type.shape[0], layer_norm_eps=source.ln_eps, classifier_activation=False)
+        vocab_size=vocab_size, embedding_size=embedding_size, trigram_input=trigram, hidden_size=inter,
+        use_bottleneck=True, intra_bottleneck_size=source_width, qkv_source="inter", num_hidden_layers=num_layers,
+        num_attention_heads=heads, intermediate_size=intermediate_size, num_feedforward_networks=1,
+        normalization_type="layer_norm", bottleneck_normalization_type="no_norm", inter_residual="gated",
+        hidden_act=hidden_act if hidden_act in ("gelu", "relu", "gelu_new") else "gelu", hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, max_position_embeddings=max_positions,
+        type_vocab_size=max(1, type_vocab_size), layer_norm_eps=layer_norm_eps, classifier_activation=False)
 
 
 class IBTeacher(nn.Module):
-    """The IB teacher and its readouts (d -> source width, one per hidden state). The readouts let the
-    adaptation stage and the fidelity report compare it with the source in the source's width."""
+    """The IB teacher, its readouts (d -> source width, one per hidden state) and the source's MLM head, if
+    any. The readouts let adaptation and the fidelity report compare it with the source in the source's
+    width; the MLM logits are the source's head applied to the last state read out."""
 
-    def __init__(self, config: SlimBertConfig, source_width: int):
+    def __init__(self, config: SlimBertConfig, source_width: int, mlm_head: nn.Module | None = None):
         super().__init__()
         self.model = SlimBertModel(config, add_pooling_layer=False)
         self.readout = nn.ModuleList(nn.Linear(config.hidden_size, source_width)
                                      for _ in range(config.num_hidden_layers + 1))
+        self.mlm_head = mlm_head
+        if mlm_head is not None:
+            mlm_head.requires_grad_(False)  # the source's, fitted to the source's last state: kept as it is
 
     @property
     def config(self) -> SlimBertConfig:
         return self.model.config
+
+    def forward(self, input_ids, attention_mask=None, num_layers=None, want_mlm=False):
+        out = self.model(input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                         output_attention_scores=True, num_layers=None if want_mlm else num_layers)
+        logits = None
+        if want_mlm and self.mlm_head is not None:
+            logits = self.mlm_head(self.readout[-1](out.hidden_states[-1]))
+        return out, logits
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """What adaptation changes (the source's MLM head is not included)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("mlm_head.")}
 
 
 def _copy(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -148,9 +189,14 @@ def _copy(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 @torch.no_grad()
-def build_ib_teacher(source_model: nn.Module, ids: torch.Tensor, inter: int, heads: int, embedding_size: int,
-                     trigram: bool = True, init: str = "pca", seed: int = 0) -> IBTeacher:
-    """An IB teacher from `source_model`, with bottlenecks from the hidden states of `ids` (N x T token ids)."""
+def build_ib_teacher(source_model: nn.Module, ids: torch.Tensor, inter: int = 0, heads: int = 0,
+                     embedding_size: int = 0, trigram: bool = True, init: str = "pca", seed: int = 0,
+                     config: SlimBertConfig | None = None) -> IBTeacher:
+    """An IB teacher from `source_model`, with bottlenecks from the hidden states of `ids` (N x T token ids).
+    Its shape is `config` (as the recipe resolved it) or inter / heads / embedding_size / trigram."""
+    if config is not None:
+        inter, heads, embedding_size = config.hidden_size, config.num_attention_heads, config.embedding_size
+        trigram = config.trigram_input
     source_model.eval()
     src = SourceWeights(source_model)
     I = src.width
@@ -165,9 +211,14 @@ def build_ib_teacher(source_model: nn.Module, ids: torch.Tensor, inter: int, hea
     g = torch.Generator().manual_seed(seed)
     P = [principal_directions(z, inter) if init == "pca" else random_directions(I, inter, g) for z in hidden]
 
-    max_pos = src.position.shape[0] - src.position_offset
-    config = ib_teacher_config(src, inter, heads, embedding_size, trigram, max_pos)
-    teacher = IBTeacher(config, I)
+    if config is None:
+        config = ib_teacher_config(
+            vocab_size=src.word.shape[0], source_width=I, num_layers=len(src.layers),
+            intermediate_size=src.intermediate, hidden_act=src.act,
+            type_vocab_size=0 if src.token_type is None else src.token_type.shape[0],
+            max_positions=src.position.shape[0] - src.position_offset, layer_norm_eps=src.ln_eps, inter=inter,
+            heads=heads, embedding_size=embedding_size, trigram=trigram)
+    teacher = IBTeacher(config, I, src.mlm_head)
     m = teacher.model
 
     # Embedding: x_0 ~= LN(word + position + type) P_0. LN divides by each token's spread, which makes it
@@ -176,13 +227,14 @@ def build_ib_teacher(source_model: nn.Module, ids: torch.Tensor, inter: int, hea
     # position on the corpus. That absorbs beta, type 0 and the outlying spread of position 0.
     T = ids.shape[1]
     s = src.embedding_sum(ids)
-    context = (s - src.word[ids]).reshape(-1, I).mean(0)
+    context = (s - src.word[ids]).reshape(-1, s.shape[-1]).mean(0)
     sigma_word = (src.word + context).var(-1, unbiased=False, keepdim=True).add(src.ln_eps).sqrt()
     sigma = s.var(-1, unbiased=False).add(src.ln_eps).sqrt().mean()
     gamma = src.ln.weight.detach()
 
     def through_ln(table, spread):  # (rows x I) -> (rows x d), the linear part of the LayerNorm
-        return ((table - table.mean(-1, keepdim=True)) * gamma / spread) @ P[0]
+        normed = (table - table.mean(-1, keepdim=True)) * gamma / spread
+        return (normed if src.project is None else normed @ src.project) @ P[0]
 
     word_d = through_ln(src.word, sigma_word)
     e = m.embeddings
@@ -233,9 +285,10 @@ def build_ib_teacher(source_model: nn.Module, ids: torch.Tensor, inter: int, hea
 # ---- fidelity -------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def fidelity(source_model: nn.Module, teacher: IBTeacher, ids: torch.Tensor, batch: int = 16) -> dict:
+def fidelity(source_model: nn.Module, teacher: IBTeacher, ids: torch.Tensor, mlm_inputs=None, batch: int = 16) -> dict:
     """Source vs teacher on held-out ids: per hidden state, the mean token cosine between the source's state
-    and the teacher's (read out in the source width); per layer, the attention KL(source || teacher)."""
+    and the teacher's (read out in the source width); per layer, the attention KL(source || teacher). With
+    `mlm_inputs` (masked ids, labels) and an MLM head: both models' MLM loss and accuracy on the masked tokens."""
     body = getattr(source_model, "base_model", source_model)
     n_states = teacher.config.num_hidden_layers + 1
     cos = torch.zeros(n_states)
@@ -244,13 +297,27 @@ def fidelity(source_model: nn.Module, teacher: IBTeacher, ids: torch.Tensor, bat
     for i in range(0, len(ids), batch):
         x = ids[i:i + batch]
         s = body(input_ids=x, output_hidden_states=True, output_attentions=True, return_dict=True)
-        t = teacher.model(x, output_hidden_states=True, output_attention_scores=True)
+        t, _ = teacher(x)
         for j in range(n_states):
             cos[j] += F.cosine_similarity(teacher.readout[j](t.hidden_states[j]), s.hidden_states[j], dim=-1).sum()
         for j in range(n_states - 1):
             p = s.attentions[j].clamp_min(1e-30)
             kl[j] += (p * (p.log() - F.log_softmax(t.attention_scores[j], -1))).sum(-1).mean(dim=(1, 2)).sum()
         n += x.shape[0]
-    tokens = n * ids.shape[1]
-    return {"cosine": [round(v, 4) for v in (cos / tokens).tolist()],
-            "attention_kl": [round(v, 4) for v in (kl / n).tolist()]}
+    report = {"cosine": [round(v, 4) for v in (cos / (n * ids.shape[1])).tolist()],
+              "attention_kl": [round(v, 4) for v in (kl / n).tolist()]}
+    if mlm_inputs is not None and teacher.mlm_head is not None:
+        masked, labels = mlm_inputs
+        totals = {"source": [0.0, 0, 0], "teacher": [0.0, 0, 0]}
+        for i in range(0, len(masked), batch):
+            x, y = masked[i:i + batch], labels[i:i + batch]
+            keep = y != -100
+            both = {"source": source_model(input_ids=x).logits, "teacher": teacher(x, want_mlm=True)[1]}
+            for name, logits in both.items():
+                totals[name][0] += F.cross_entropy(logits[keep], y[keep], reduction="sum").item()
+                totals[name][1] += (logits[keep].argmax(-1) == y[keep]).sum().item()
+                totals[name][2] += int(keep.sum())
+        for name, (loss, right, count) in totals.items():
+            report[f"{name}_mlm_loss"] = round(loss / max(count, 1), 4)
+            report[f"{name}_mlm_accuracy"] = round(right / max(count, 1), 4)
+    return report

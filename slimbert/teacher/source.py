@@ -15,6 +15,11 @@ ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "cam
 MLM_ARCHS = ("ForMaskedLM", "ForPreTraining")
 
 
+def position_offset(model_type: str, pad_token_id: int | None) -> int:
+    """RoBERTa-style models count positions from padding_idx + 1; the rows before are never used."""
+    return (pad_token_id or 0) + 1 if model_type in ("roberta", "xlm-roberta", "camembert") else 0
+
+
 class SourceError(ValueError):
     """The source model can not be found or is not a supported encoder."""
 
@@ -51,6 +56,8 @@ class SourceInfo:
     hidden_act: str
     embedding_size: int
     has_mlm_head: bool
+    layer_norm_eps: float = 1e-12
+    position_offset: int = 0  # RoBERTa-style models count positions from padding_idx + 1
 
     def as_config(self) -> SlimBertConfig:
         """The source as a (bottleneck-free) member of the family, for counting."""
@@ -103,12 +110,13 @@ def describe_source(path: Path | str) -> SourceInfo:
     has_mlm = any(a.endswith(MLM_ARCHS) for a in archs)
     if mt == "distilbert":
         return SourceInfo(path, mt, c.dim, c.n_layers, c.n_heads, c.hidden_dim, c.vocab_size,
-                          c.max_position_embeddings, 0, c.activation, c.dim, has_mlm)
+                          c.max_position_embeddings, 0, c.activation, c.dim, has_mlm, 1e-12)
     if mt in ENCODER_TYPES:
         return SourceInfo(path, mt, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
                           c.intermediate_size, c.vocab_size, c.max_position_embeddings,
                           getattr(c, "type_vocab_size", 1), c.hidden_act,
-                          getattr(c, "embedding_size", c.hidden_size), has_mlm)
+                          getattr(c, "embedding_size", c.hidden_size), has_mlm, c.layer_norm_eps,
+                          position_offset(mt, c.pad_token_id))
     if mt == "slimbert":
         return SourceInfo(path, mt, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
                           c.intermediate_size, c.vocab_size, c.max_position_embeddings, c.type_vocab_size,

@@ -58,7 +58,7 @@ def attention_loss(teacher: torch.Tensor, student_scores: torch.Tensor, mask: to
         p_t = teacher
         if mask is not None:
             p_t = p_t.masked_fill(key_pad, 0.0)
-            p_t = p_t / p_t.sum(-1, keepdim=True).clamp_min(1e-12)
+            p_t = p_t / p_t.sum(-1, keepdim=True).clamp_min(torch.finfo(p_t.dtype).tiny)
         log_t = torch.log(p_t.clamp_min(1e-30))
     else:
         log_t = F.log_softmax(teacher, dim=-1)

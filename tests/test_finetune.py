@@ -1,0 +1,77 @@
+"""Task data, metrics and fine-tuning (with and without task distillation) on the real GLUE files."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from slimbert.data.tasks import TaskDataError, metrics, read_task
+
+from conftest import write_recipe
+
+
+def test_reads_the_glue_formats(shared_data):
+    sst = read_task(shared_data / "SST-2" / "dev.tsv", ["sentence"], "label", False)
+    assert sst.label_names == ["0", "1"] and len(sst.texts) == 872 and len(sst.texts[0]) == 1
+    mrpc = read_task(shared_data / "MRPC" / "dev.tsv", ["#1 String", "#2 String"], "Quality", False)  # BOM header
+    assert len(mrpc.texts) == 408 and len(mrpc.texts[0]) == 2
+    assert any('"' in a for a, _ in mrpc.texts)  # quotes are text, not CSV quoting
+    rte = read_task(shared_data / "RTE" / "train.tsv", ["sentence1", "sentence2"], "label", False)
+    assert rte.label_names == ["entailment", "not_entailment"]
+    with pytest.raises(TaskDataError, match="no column 'sentence'"):
+        read_task(shared_data / "RTE" / "dev.tsv", ["sentence"], "label", False)
+
+
+def test_metrics_golden():
+    # predictions 1 1 0 0, labels 1 0 0 1: accuracy 1/2; TP 1, FP 1, FN 1 -> F1 1/2; MCC (1*1 - 1*1)/... = 0
+    m = metrics([1, 1, 0, 0], [1, 0, 0, 1], regression=False, num_labels=2)
+    assert m == {"accuracy": 0.5, "matthews": 0.0, "f1": 0.5}
+    # 3 right of 4, TP 2 FP 0 FN 1 TN 1: F1 = 4/5; MCC = (2*1 - 0*1)/sqrt(2*3*1*2) = 2/sqrt(12)
+    m = metrics([1, 1, 0, 0], [1, 1, 1, 0], regression=False, num_labels=2)
+    assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx(0.8) and m["matthews"] == pytest.approx(2 / math.sqrt(12))
+    r = metrics([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 9.0], regression=True, num_labels=1)
+    assert r["spearman"] == pytest.approx(1.0) and 0.98 < r["pearson"] < 1.0
+
+
+def finetune_recipe(tmp_path, tiny_source, shared_data, **finetune):
+    transfer = [{"kind": "joint", "steps": 4, "batch_size": 4, "optimizer": {"lr": 2e-3}}]
+    spec = {"task": "sst2", "train": str(shared_data / "SST-2" / "train.tsv"),
+            "dev": str(shared_data / "SST-2" / "dev.tsv"), "max_examples": 256, "epochs": 1, "batch_size": 16,
+            "lr": 1e-3, "seq_len": 32, **finetune}
+    return write_recipe(tmp_path, tiny_source, shared_data, transfer=transfer, finetune=spec)
+
+
+def run(recipe, out):
+    return subprocess.run([sys.executable, "-m", "slimbert.cli", "run", str(recipe), "--out", str(out)],
+                          capture_output=True, text=True)
+
+
+def test_finetune_evaluates_and_saves(tmp_path, tiny_source, shared_data):
+    done = run(finetune_recipe(tmp_path, tiny_source, shared_data), tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
+    assert result["train_examples"] == 256 and result["dev_examples"] == 872
+    assert set(result["dev"]) == {"accuracy", "f1", "matthews"} and 0 <= result["dev"]["accuracy"] <= 1
+    assert result["history"][-1]["loss"] > 0
+    assert (tmp_path / "out" / "finetune" / "model" / "config.json").is_file()
+    assert "sst2 dev: accuracy" in " ".join(done.stderr.split())
+
+
+def test_finetune_with_task_distillation_on_pairs(tmp_path, tiny_source, shared_data):
+    recipe = finetune_recipe(tmp_path, tiny_source, shared_data, task="mrpc",
+                             train=str(shared_data / "MRPC" / "train.tsv"), dev=str(shared_data / "MRPC" / "dev.tsv"),
+                             text_fields=["#1 String", "#2 String"], label_field="Quality", distill=True,
+                             max_examples=128)
+    done = run(recipe, tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
+    assert result["distill"] and set(result["teacher_dev"]) == {"accuracy", "f1", "matthews"}
+
+
+def test_bad_task_columns_are_named_before_training(tmp_path, tiny_source, shared_data):
+    recipe = finetune_recipe(tmp_path, tiny_source, shared_data, text_fields=["text"])
+    done = run(recipe, tmp_path / "out")
+    assert done.returncode == 2 and "finetune.train" in done.stderr and "'text'" in done.stderr
+    assert not (tmp_path / "out").exists()
