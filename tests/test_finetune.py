@@ -75,3 +75,66 @@ def test_bad_task_columns_are_named_before_training(tmp_path, tiny_source, share
     done = run(recipe, tmp_path / "out")
     assert done.returncode == 2 and "finetune.train" in done.stderr and "'text'" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---- SQuAD-format QA ----------------------------------------------------------------------------------------
+
+def test_squad_metrics_golden():
+    from slimbert.data.qa import QAExample, squad_metrics
+
+    ex = [QAExample("a", "q", "c", ["The Eiffel Tower"], 0), QAExample("b", "q", "c", ["red fox", "fox"], 0)]
+    # a: normalisation drops "the" and case: exact. b: "quick red fox" vs "red fox": P 2/3, R 1 -> F1 0.8
+    m = squad_metrics(ex, {"a": "eiffel tower!", "b": "quick red fox"})
+    assert m["exact_match"] == pytest.approx(50.0) and m["f1"] == pytest.approx(90.0)
+
+
+def squad_file(path, paragraphs):
+    data = {"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def make_squad(shared_data, n, offset):
+    """Questions whose answer is the word after a cue, on real WikiText paragraphs."""
+    text = (shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text()
+    lines = [l.strip() for l in text.splitlines() if len(l.strip()) > 300 and not l.startswith(" =")]
+    paragraphs = []
+    for k, context in enumerate(lines[offset:offset + n]):
+        words = context.split()
+        answer = words[7]
+        start = context.index(" " + answer + " ", len(" ".join(words[:7])) - 1) + 1
+        paragraphs.append({"context": context, "qas": [{"id": f"q{offset + k}", "question": f"what follows {words[6]} ?",
+                                                        "answers": [{"text": answer, "answer_start": start}]}]})
+    return paragraphs
+
+
+def test_squad_features_locate_the_answer(tokenizer, shared_data, tmp_path):
+    from slimbert.data.qa import features, read_squad
+
+    path = squad_file(tmp_path / "train.json", make_squad(shared_data, 6, 0))
+    examples = read_squad(path)
+    feats = features(examples, tokenizer, seq_len=64, doc_stride=16)
+    t = feats["tensors"]
+    assert len(t["input_ids"]) > len(examples)  # long contexts were windowed
+    found = 0
+    for i in range(len(t["input_ids"])):
+        s, e = int(t["start_positions"][i]), int(t["end_positions"][i])
+        if s == 0:
+            continue
+        found += 1
+        ex = examples[feats["owner"][i]]
+        offs = feats["offsets"][i]
+        assert ex.context[offs[s][0]:offs[e][1]] == ex.answers[0]
+    assert found >= len(examples)
+
+
+def test_squad_finetune_reports_exact_match_and_f1(tmp_path, tiny_source, shared_data):
+    train = squad_file(tmp_path / "train.json", make_squad(shared_data, 24, 0))
+    dev = squad_file(tmp_path / "dev.json", make_squad(shared_data, 8, 24))
+    recipe = finetune_recipe(tmp_path, tiny_source, shared_data, task="toy-squad", format="squad", train=str(train),
+                             dev=str(dev), seq_len=64, doc_stride=16, epochs=2, batch_size=8, distill=True)
+    done = run(recipe, tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
+    assert set(result["dev"]) == {"exact_match", "f1"} and 0 <= result["dev"]["f1"] <= 100
+    assert result["dev_examples"] == 8 and set(result["teacher_dev"]) == {"exact_match", "f1"}

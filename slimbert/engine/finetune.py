@@ -1,8 +1,9 @@
 """Task fine-tuning and evaluation, with optional task distillation from a fine-tuned teacher.
 
-Lifecycle: read the task files -> classifier from the student (encoder weights carried over, new pooler and
-classifier) -> (teacher: a given fine-tuned classifier, or the source fine-tuned here first) -> train with
-AdamW, linear warm-up and decay -> evaluate on dev with the task's metrics.
+Lifecycle: read the task files -> a task model from the student (encoder weights carried over, fresh head)
+-> (teacher: a given fine-tuned model, or the source fine-tuned here first) -> train with AdamW, linear
+warm-up and decay -> evaluate on dev with the task's metrics. Two task kinds: GLUE-format classification /
+regression, and SQuAD-format extractive QA.
 """
 
 from __future__ import annotations
@@ -15,12 +16,34 @@ import torch
 import torch.nn.functional as F
 
 from ..data.tasks import TaskData, encode, metrics, read_task
-from ..models import SlimBertForSequenceClassification
+from ..models import SlimBertForQuestionAnswering, SlimBertForSequenceClassification
 from ..transfer import losses as L
 
+LABELS = ("labels", "start_positions", "end_positions")
 
-class Task:
-    """A finetune spec's files, read and tokenised once."""
+
+def _inputs(enc: dict, idx: torch.Tensor) -> dict:
+    batch = {k: v[idx] for k, v in enc.items() if k not in LABELS}
+    width = int(batch["attention_mask"].sum(1).max())  # drop columns that are padding for the whole batch
+    return {k: v[:, :width] for k, v in batch.items()}
+
+
+def _from_student(cls, student, dropout: float, **config_changes):
+    """The student's encoder under a fresh task head (and pooler)."""
+    config = student.config.__class__.from_dict(student.config.to_dict())
+    for k, v in config_changes.items():
+        setattr(config, k, v)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    model = cls(config)
+    missing, _ = model.load_state_dict(student.state_dict(), strict=False)
+    carried = [k for k in missing if k.startswith(("slimbert.encoder", "slimbert.embeddings"))]
+    if carried:
+        raise RuntimeError(f"the student's encoder did not carry over into {cls.__name__}: {carried[:3]}")
+    return model
+
+
+class ClassificationTask:
+    """A GLUE-format task (classification or regression), read and tokenised once."""
 
     def __init__(self, spec, base: Path, tokenizer):
         self.spec = spec
@@ -29,45 +52,105 @@ class Task:
         self.dev_data: TaskData = read_task(base / spec.dev, spec.text_fields, spec.label_field, spec.regression,
                                             label_names=self.train_data.label_names)
         self.num_labels = 1 if spec.regression else len(self.train_data.label_names)
+        self.label_names = self.train_data.label_names
         self.train = encode(self.train_data, tokenizer, spec.seq_len)
         self.dev = encode(self.dev_data, tokenizer, spec.seq_len)
+        self.n_train, self.n_dev = len(self.train["labels"]), len(self.dev["labels"])
+
+    def student_model(self, student, dropout: float):
+        return _from_student(SlimBertForSequenceClassification, student, dropout, num_labels=self.num_labels)
+
+    def source_model(self, path):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=self.num_labels)
+
+    def hard_loss(self, out, idx):
+        y = self.train["labels"][idx]
+        if self.spec.regression:
+            return F.mse_loss(out.logits.squeeze(-1), y.float())
+        return F.cross_entropy(out.logits, y)
+
+    def soft_loss(self, out, teacher_out):
+        r = self.spec.regression
+        student, teacher = (out.logits.squeeze(-1), teacher_out.logits.squeeze(-1)) if r else \
+            (out.logits, teacher_out.logits)
+        return L.task_distill_loss(student, teacher, self.spec.temperature, r)
+
+    @torch.no_grad()
+    def evaluate(self, model, batch_size: int = 64) -> dict[str, float]:
+        model.eval()
+        preds = []
+        for i in range(0, self.n_dev, batch_size):
+            logits = model(**_inputs(self.dev, torch.arange(i, min(self.n_dev, i + batch_size)))).logits
+            preds.append(logits.squeeze(-1) if self.spec.regression else logits.argmax(-1))
+        return metrics(torch.cat(preds).tolist(), self.dev["labels"].tolist(), self.spec.regression, self.num_labels)
 
 
-def classifier_from_student(student, num_labels: int, dropout: float) -> SlimBertForSequenceClassification:
-    """The student's encoder under a fresh pooler and classifier."""
-    config = student.config.__class__.from_dict(student.config.to_dict())
-    config.num_labels = num_labels
-    config.hidden_dropout_prob = dropout
-    config.attention_probs_dropout_prob = dropout
-    model = SlimBertForSequenceClassification(config)
-    missing, unexpected = model.load_state_dict(student.state_dict(), strict=False)
-    assert not [k for k in missing if k.startswith("slimbert.encoder") or k.startswith("slimbert.embeddings")]
-    return model
+class QATask:
+    """A SQuAD-format extractive QA task: windowed features for training, span decoding and EM/F1 on dev."""
+
+    num_labels = 2
+    label_names = None
+
+    def __init__(self, spec, base: Path, tokenizer):
+        from ..data.qa import features, read_squad
+
+        self.spec = spec
+        self.train_examples = read_squad(base / spec.train, spec.max_examples)
+        self.dev_examples = read_squad(base / spec.dev)
+        self.train_features = features(self.train_examples, tokenizer, spec.seq_len, spec.doc_stride)
+        self.dev_features = features(self.dev_examples, tokenizer, spec.seq_len, spec.doc_stride)
+        self.train, self.dev = self.train_features["tensors"], self.dev_features["tensors"]
+        self.n_train, self.n_dev = len(self.train["input_ids"]), len(self.dev_examples)
+
+    def student_model(self, student, dropout: float):
+        return _from_student(SlimBertForQuestionAnswering, student, dropout)
+
+    def source_model(self, path):
+        from transformers import AutoModelForQuestionAnswering
+
+        return AutoModelForQuestionAnswering.from_pretrained(str(path))
+
+    def hard_loss(self, out, idx):
+        s, e = self.train["start_positions"][idx], self.train["end_positions"][idx]
+        return (F.cross_entropy(out.start_logits, s) + F.cross_entropy(out.end_logits, e)) / 2
+
+    def soft_loss(self, out, teacher_out):
+        T = self.spec.temperature
+        return (L.task_distill_loss(out.start_logits, teacher_out.start_logits, T)
+                + L.task_distill_loss(out.end_logits, teacher_out.end_logits, T)) / 2
+
+    @torch.no_grad()
+    def evaluate(self, model, batch_size: int = 64) -> dict[str, float]:
+        from ..data.qa import best_answers, squad_metrics
+
+        model.eval()
+        n = len(self.dev["input_ids"])
+        starts, ends = [], []
+        for i in range(0, n, batch_size):
+            out = model(**_inputs(self.dev, torch.arange(i, min(n, i + batch_size))))
+            pad = self.dev["input_ids"].shape[1] - out.start_logits.shape[1]  # _inputs trimmed padding columns
+            starts.append(F.pad(out.start_logits, (0, pad), value=-1e4))
+            ends.append(F.pad(out.end_logits, (0, pad), value=-1e4))
+        answers = best_answers(self.dev_examples, self.dev_features, torch.cat(starts), torch.cat(ends),
+                               self.spec.max_answer_length)
+        return squad_metrics(self.dev_examples, answers)
 
 
-def hf_classifier(path, num_labels: int):
-    """A transformers model (e.g. the source) with a fresh sequence-classification head."""
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels)
+def make_task(spec, base: Path, tokenizer):
+    return (QATask if spec.format == "squad" else ClassificationTask)(spec, base, tokenizer)
 
 
-def _inputs(enc: dict, idx: torch.Tensor) -> dict:
-    batch = {k: v[idx] for k, v in enc.items() if k != "labels"}
-    width = int(batch["attention_mask"].sum(1).max())  # drop columns that are padding for the whole batch
-    return {k: v[:, :width] for k, v in batch.items()}
-
-
-def train_classifier(model, task: Task, seed: int, teacher=None, log=None) -> list[dict]:
+def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
     """Fine-tune `model` on the task's training set; with `teacher`, mix in task distillation:
     distill_alpha * hard-label loss + (1 - distill_alpha) * soft cross-entropy at the temperature."""
     s = task.spec
-    n = len(task.train["labels"])
-    steps_per_epoch = math.ceil(n / s.batch_size)
-    total = max(1, math.ceil(s.epochs * steps_per_epoch))
+    n = task.n_train
+    total = max(1, math.ceil(s.epochs * math.ceil(n / s.batch_size)))
     warmup = int(s.warmup_ratio * total)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for _, p in model.named_parameters():
         (no_decay if p.dim() < 2 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=s.lr)
@@ -84,17 +167,13 @@ def train_classifier(model, task: Task, seed: int, teacher=None, log=None) -> li
             if step >= total:
                 break
             idx = order[i:i + s.batch_size]
-            x, y = _inputs(task.train, idx), task.train["labels"][idx]
-            logits = model(**x).logits
-            hard = (F.mse_loss(logits.squeeze(-1), y.float()) if s.regression else F.cross_entropy(logits, y))
-            loss = hard
+            x = _inputs(task.train, idx)
+            out = model(**x)
+            loss = task.hard_loss(out, idx)
             if teacher is not None:
                 with torch.no_grad():
-                    t_logits = teacher(**x).logits
-                soft = L.task_distill_loss(logits.squeeze(-1) if s.regression else logits,
-                                           t_logits.squeeze(-1) if s.regression else t_logits,
-                                           s.temperature, s.regression)
-                loss = s.distill_alpha * hard + (1 - s.distill_alpha) * soft
+                    t_out = teacher(**x)
+                loss = s.distill_alpha * loss + (1 - s.distill_alpha) * task.soft_loss(out, t_out)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tuning {s.task}, step {step}: loss is {loss.item()}")
             opt.zero_grad(set_to_none=True)
@@ -110,14 +189,3 @@ def train_classifier(model, task: Task, seed: int, teacher=None, log=None) -> li
                 log(step, total, loss.item())
     model.eval()
     return history
-
-
-@torch.no_grad()
-def evaluate(model, task: Task, batch_size: int = 64) -> dict[str, float]:
-    model.eval()
-    preds = []
-    n = len(task.dev["labels"])
-    for i in range(0, n, batch_size):
-        logits = model(**_inputs(task.dev, torch.arange(i, min(n, i + batch_size)))).logits
-        preds.append(logits.squeeze(-1) if task.spec.regression else logits.argmax(-1))
-    return metrics(torch.cat(preds).tolist(), task.dev["labels"].tolist(), task.spec.regression, task.num_labels)

@@ -652,14 +652,14 @@ def save_student(ctx: Context) -> Path:
 
 def run_finetune(ctx: Context, progress) -> dict:
     """Fine-tune the student on the recipe's task (with task distillation when asked) and evaluate it."""
-    from .finetune import Task, classifier_from_student, evaluate, hf_classifier, train_classifier
+    from .finetune import make_task, train
 
     spec, seed = ctx.r.recipe.finetune, ctx.r.recipe.seed
     done = ctx.out / "finetune" / "metrics.json"
     if done.is_file():
         return json.loads(done.read_text())  # finished before a resume
     base = ctx.r.file.parent
-    task = Task(spec, base, ctx.tokenizer)
+    task = make_task(spec, base, ctx.tokenizer)
     started = time.perf_counter()
 
     def bar(name):
@@ -669,20 +669,17 @@ def run_finetune(ctx: Context, progress) -> dict:
     teacher, teacher_dev = None, None
     if spec.distill:
         if spec.teacher_model:
-            from transformers import AutoModelForSequenceClassification
-
-            teacher = AutoModelForSequenceClassification.from_pretrained(str(base / spec.teacher_model))
+            teacher = task.source_model(base / spec.teacher_model)  # already fine-tuned: its head is kept
         else:
-            teacher = hf_classifier(ctx.r.source_path, task.num_labels)
-            train_classifier(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
-        teacher_dev = evaluate(teacher, task)
-    model = classifier_from_student(ctx.student, task.num_labels, ctx.r.recipe.student.dropout)
-    history = train_classifier(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"))
-    dev = evaluate(model, task)
+            teacher = task.source_model(ctx.r.source_path)
+            train(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
+        teacher_dev = task.evaluate(teacher)
+    model = task.student_model(ctx.student, ctx.r.recipe.student.dropout)
+    history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"))
+    dev = task.evaluate(model)
     save_model(model, ctx.tokenizer, ctx.out / "finetune" / "model")
     result = {"task": spec.task, "dev": dev, "teacher_dev": teacher_dev, "distill": spec.distill,
-              "train_examples": len(task.train_data.labels), "dev_examples": len(task.dev_data.labels),
-              "label_names": task.train_data.label_names, "seconds": round(time.perf_counter() - started, 1),
+              "train_examples": task.n_train, "dev_examples": task.n_dev, "label_names": task.label_names, "seconds": round(time.perf_counter() - started, 1),
               "history": history}
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))

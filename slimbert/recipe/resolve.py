@@ -245,10 +245,18 @@ def _check_task(ft, base: Path, out: Collector) -> None:
             out.add(f"finetune.{key}", f"file not found: {p}")
             continue
         try:
-            names = read_task(p, ft.text_fields, ft.label_field, ft.regression, label_names=names,
-                              max_examples=ft.max_examples if key == "train" else None).label_names
+            if ft.format == "squad":
+                from ..data.qa import read_squad
+
+                read_squad(p, ft.max_examples if key == "train" else None)
+            else:
+                names = read_task(p, ft.text_fields, ft.label_field, ft.regression, label_names=names,
+                                  max_examples=ft.max_examples if key == "train" else None).label_names
         except TaskDataError as e:
             out.add(f"finetune.{key}", str(e))
+    if ft.format == "squad" and 2 * ft.doc_stride >= ft.seq_len:
+        out.add("finetune.doc_stride", f"{ft.doc_stride} must be under half of finetune.seq_len ({ft.seq_len}): "
+                                       "each window also holds the question")
     if not 1 <= len(ft.text_fields) <= 2:
         out.add("finetune.text_fields", f"give one column (single sentence) or two (pairs), not {len(ft.text_fields)}")
     if ft.teacher_model is not None and not ft.distill:

@@ -212,7 +212,11 @@ STAGE_KINDS = ("progressive", "joint", "auxiliary", "pretrain_distill", "teacher
 
 class Finetune(Section):
     task: str = Field(..., description="Task name in reports, e.g. sst2.")
-    train: str = Field(..., description="GLUE-format TSV (or JSONL) training file, relative to the recipe.")
+    format: Literal["glue", "squad"] = Field(
+        "glue", description="glue: TSV/JSONL rows (classification or regression); squad: SQuAD v1.1/v2.0 JSON "
+                            "(extractive QA, exact match and F1).")
+    train: str = Field(..., description="Training file (GLUE-format TSV/JSONL, or SQuAD JSON), relative to the "
+                                        "recipe.")
     dev: str = Field(..., description="Dev file for evaluation.")
     text_fields: list[str] = Field(["sentence"], description="One column (single sentence) or two (pairs).")
     label_field: str = Field("label", description="Label column.")
@@ -221,7 +225,10 @@ class Finetune(Section):
     max_examples: PositiveInt | None = Field(None, description="Cap on training examples (quick runs).")
     batch_size: PositiveInt = Field(32, description="Examples per step.")
     lr: PosFloat = Field(5e-5, description="Learning rate (MobileBERT likes higher LRs than BERT).")
-    seq_len: PositiveInt = Field(128, description="Maximum tokens per example.")
+    seq_len: PositiveInt = Field(128, description="Maximum tokens per example (per window for squad).")
+    doc_stride: PositiveInt = Field(32, description="squad: tokens shared by neighbouring windows of a long "
+                                                    "context (BERT: 128 at seq_len 384).")
+    max_answer_length: PositiveInt = Field(30, description="squad: longest answer span, in tokens.")
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(0.1, description="Share of steps warming up the LR.")
     weight_decay: NonNegFloat = Field(0.01, description="AdamW weight decay (not on norms and biases).")
     distill: bool = Field(False, description="Task distillation from a teacher fine-tuned on the same task.")
