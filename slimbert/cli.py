@@ -175,6 +175,87 @@ def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", hel
     console.print(f"wrote {out} (from {src.name}); next: slimbert validate {out}")
 
 
+@app.command("export")
+def export_cmd(path: Path = typer.Argument(..., help="A run directory (its fine-tuned or pre-trained student) or a "
+                                                    "model directory."),
+               onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the only format so far)."),
+               quantize: str = typer.Option(None, "--quantize", help="Also write a dynamic-int8 model: int8."),
+               opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+               task: str = typer.Option(None, "--task", help="feature-extraction, fill-mask, text-classification or "
+                                                             "question-answering (default: from the model's head)."),
+               out: Path = typer.Option(None, "--out", help="Output folder (default: PATH/export, or PATH-onnx)."),
+               no_passes: bool = typer.Option(False, "--no-passes", help="Plain torch.onnx export, no graph passes."),
+               ) -> None:
+    """Export to ONNX in optimum's ORTModel layout, checked against PyTorch (exit 4 when it does not match)."""
+    from .export.onnx import ExportError, export
+
+    if not onnx:
+        fail("say which format: --onnx")
+    if quantize not in (None, "int8"):
+        fail(f"--quantize {quantize!r}: only int8 is available")
+    if out is None:
+        out = path / "export" if (path / "recipe.resolved.yaml").is_file() else path.with_name(path.name + "-onnx")
+    try:
+        result = export(path, out, task=task, opset=opset, quantize=quantize, passes=[] if no_passes else None,
+                        log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    except ExportError as e:
+        err.print(f"[bold red]export failed:[/] {e}", soft_wrap=True)
+        raise typer.Exit(4)
+    console.print(f"[green]exported[/] {result.task} model to {result.out}: {', '.join(result.files)}",
+                  highlight=False)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        fail(f"{what} {text!r}: expected comma-separated integers, e.g. 1,8")
+    if not values or any(v <= 0 for v in values):
+        fail(f"{what} {text!r}: expected positive integers")
+    return values
+
+
+@app.command()
+def bench(models: list[Path] = typer.Argument(..., help="ONNX files (or export folders) to time side by side."),
+          batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8."),
+          seq: str = typer.Option("128", "--seq", help="Sequence lengths, e.g. 32,128,384."),
+          threads: int = typer.Option(2, "--threads", help="Intra-op threads."),
+          runs: int = typer.Option(30, "--runs", help="Timed runs per model and shape (alternating models)."),
+          compare: list[str] = typer.Option(None, "--compare", help="bert_base, teacher, or another ONNX file."),
+          out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
+          ) -> None:
+    """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
+    from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, write_report
+    from .export.onnx import ExportError
+
+    entries = []
+    for m in models:
+        p = m / "model.onnx" if m.is_dir() else m
+        if not p.is_file():
+            fail(f"{m}: no ONNX model there")
+        entries.append(Entry(p.parent.name if p.name == "model.onnx" else p.stem, p))
+    first = entries[0].path
+    meta = first.parent / "slimbert_export.json"
+    task = json.loads(meta.read_text())["task"] if meta.is_file() else "feature-extraction"
+    cache = (out or first.parent) / "baselines"
+    try:
+        for c in compare or []:
+            if c == "bert_base":
+                entries.append(Entry("bert_base", bert_base_reference(task, cache / f"bert_base-{task}", first.parent)))
+            elif c == "teacher":
+                entries.append(Entry("teacher", teacher_reference(first.parent, cache / "teacher")))
+            elif Path(c).is_file():
+                entries.append(Entry(Path(c).stem, Path(c)))
+            else:
+                fail(f"--compare {c!r}: expected bert_base, teacher or an ONNX file")
+    except ExportError as e:
+        fail(str(e))
+    report = run_bench(entries, _ints(batch, "--batch"), _ints(seq, "--seq"), threads, runs)
+    files = write_report(report, out or first.parent / "bench")
+    console.print((files[1]).read_text(), highlight=False)
+    console.print(f"written: {', '.join(str(f) for f in files)}", highlight=False)
+
+
 @app.command()
 def version() -> None:
     """Print the slimbert version."""

@@ -81,3 +81,13 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, tiny_source,
                 assert y[term] == pytest.approx(x[term], rel=2e-3, abs=1e-5), (term, x, y)
     assert (tmp_path / "two" / "student" / "model.safetensors").is_file()
     assert not (tmp_path / "two" / "lock").exists()
+
+
+def test_bf16_autocast_and_gradient_accumulation_run(tmp_path, tiny_source, shared_data):
+    transfer = [{"kind": "joint", "steps": 20, "batch_size": 8, "grad_accum": 2, "precision": "bf16",
+                 "optimizer": {"lr": 2e-3}}]
+    recipe = write_recipe(tmp_path, tiny_source, shared_data, transfer=transfer)
+    done = run_cli(str(recipe), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = rows_of(tmp_path / "out", "joint")
+    assert rows[-1]["feature_map"] < rows[0]["feature_map"]

@@ -47,8 +47,9 @@ class TrainingError(RuntimeError):
 def preflight(r: Resolved) -> None:
     """Refuse, before anything is written, what this version cannot run yet."""
     problems = []
-    if r.recipe.export.onnx:
-        problems.append(Problem("export.onnx", "ONNX export is not available in this version yet", None, str(r.file)))
+    if r.recipe.export.bench is not None and not r.recipe.export.onnx:
+        problems.append(Problem("export.bench", "the latency report times the ONNX export: set export.onnx: true",
+                                None, str(r.file)))
     if problems:
         raise RecipeError(problems)
 
@@ -650,6 +651,33 @@ def save_student(ctx: Context) -> Path:
     return save_model(ctx.student, ctx.tokenizer, ctx.out / "student")
 
 
+def run_export(ctx: Context) -> None:
+    """The recipe's export section: ONNX (with parity check), optional int8, optional latency report."""
+    from ..export.bench import Entry, bench, bert_base_reference, teacher_reference, write_report
+    from ..export.onnx import ExportError, export
+
+    e = ctx.r.recipe.export
+    out = ctx.out / "export"
+    log = lambda m: ctx.console.print(m, highlight=False, soft_wrap=True)  # noqa: E731
+    try:
+        if not (out / "model.onnx").is_file():  # done before a resume otherwise
+            export(ctx.out, out, opset=e.opset, quantize=e.quantize, log=log)
+        if e.bench is not None:
+            meta = json.loads((out / "slimbert_export.json").read_text())
+            entries = [Entry("student", out / "model.onnx")]
+            if e.quantize:
+                entries.append(Entry("student-int8", out / "model_int8.onnx"))
+            for c in e.bench.compare:
+                ref = (bert_base_reference(meta["task"], out / "baselines" / f"bert_base-{meta['task']}", out)
+                       if c == "bert_base" else teacher_reference(out, out / "baselines" / "teacher"))
+                entries.append(Entry(c, ref))
+            report = bench(entries, e.bench.batch, e.bench.seq, e.bench.threads)
+            write_report(report, out / "bench")
+            log((out / "bench" / "report.md").read_text())
+    except ExportError as err:
+        raise TrainingError(f"export: {err}") from None
+
+
 def run_finetune(ctx: Context, progress) -> dict:
     """Fine-tune the student on the recipe's task (with task distillation when asked) and evaluate it."""
     from .finetune import make_task, train
@@ -749,6 +777,8 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
         if r.recipe.finetune is not None:
             with Progress(*columns, console=console, transient=False) as progress:
                 run_finetune(ctx, progress)
+        if r.recipe.export.onnx:
+            run_export(ctx)
         console.print(f"[green]done[/]: student in {path}", highlight=False)
         return out
     finally:

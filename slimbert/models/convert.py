@@ -95,9 +95,7 @@ def to_transformers(model: SlimBertPreTrainedModel):
     return hf.eval() if not model.training else hf
 
 
-def from_transformers(hf_model) -> SlimBertPreTrainedModel:
-    """A slimbert model from a stock MobileBERT model (e.g. google/mobilebert-uncased)."""
-    c = hf_model.config
+def from_transformers_config(c: MobileBertConfig) -> SlimBertConfig:
     kw = {f: getattr(c, f) for f in SHARED_FIELDS}
     # Stock precedence: use_bottleneck_attention wins over key_query_shared_bottleneck.
     if c.use_bottleneck_attention:
@@ -106,8 +104,12 @@ def from_transformers(hf_model) -> SlimBertPreTrainedModel:
         kw["qkv_source"] = "shared_bottleneck"
     else:
         kw["qkv_source"] = "inter"
-    config = SlimBertConfig(**kw)
-    model = _pair_of(hf_model, 1)(config)
+    return SlimBertConfig(**kw)
+
+
+def from_transformers(hf_model) -> SlimBertPreTrainedModel:
+    """A slimbert model from a stock MobileBERT model (e.g. google/mobilebert-uncased)."""
+    model = _pair_of(hf_model, 1)(from_transformers_config(hf_model.config))
     wanted = model.state_dict()
     state = {}
     for k, v in hf_model.state_dict().items():

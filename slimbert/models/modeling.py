@@ -137,12 +137,10 @@ class SlimBertSelfAttention(nn.Module):
         self.value = nn.Linear(v_in, width)
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
 
-    def _heads(self, t):
-        B, T, _ = t.shape
-        return t.view(B, T, self.num_heads, self.head_size).transpose(1, 2)
-
-    def forward(self, q_in, k_in, v_in, mask, return_scores: bool = False):
-        q, k, v = self._heads(self.query(q_in)), self._heads(self.key(k_in)), self._heads(self.value(v_in))
+    def forward(self, q_in, k_in, v_in, mask, seq_len: int, return_scores: bool = False):
+        """Inputs and output are token-major, (B*T) x width; heads are split only here."""
+        heads = lambda t: t.view(-1, seq_len, self.num_heads, self.head_size).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(self.query(q_in)), heads(self.key(k_in)), heads(self.value(v_in))
         scores = None
         if return_scores:
             # Explicit path: the masked pre-softmax scores are what attention transfer needs, and they are
@@ -154,8 +152,7 @@ class SlimBertSelfAttention(nn.Module):
         else:
             p = self.dropout.p if self.training else 0.0
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        B, _, T, _ = ctx.shape
-        return ctx.transpose(1, 2).reshape(B, T, -1), scores
+        return ctx.transpose(1, 2).reshape(-1, self.num_heads * self.head_size), scores
 
 
 class SlimBertSelfOutput(nn.Module):
@@ -177,8 +174,8 @@ class SlimBertAttention(nn.Module):
         self.self = SlimBertSelfAttention(config)
         self.output = SlimBertSelfOutput(config)
 
-    def forward(self, q_in, k_in, v_in, residual, mask, return_scores=False):
-        ctx, scores = self.self(q_in, k_in, v_in, mask, return_scores)
+    def forward(self, q_in, k_in, v_in, residual, mask, seq_len, return_scores=False):
+        ctx, scores = self.self(q_in, k_in, v_in, mask, seq_len, return_scores)
         return self.output(ctx, residual), scores
 
 
@@ -258,9 +255,9 @@ class SlimBertLayer(nn.Module):
         self.intermediate = SlimBertIntermediate(config)
         self.output = SlimBertOutput(config)
 
-    def forward(self, x, mask, return_scores=False):
+    def forward(self, x, mask, seq_len, return_scores=False):
         q_in, k_in, v_in, u = self.bottleneck(x) if self.bottleneck is not None else (x, x, x, x)
-        h, scores = self.attention(q_in, k_in, v_in, u, mask, return_scores)
+        h, scores = self.attention(q_in, k_in, v_in, u, mask, seq_len, return_scores)
         for ffn in self.ffn or ():
             h = ffn(h)
         return self.output(self.intermediate(h), h, x), scores
@@ -361,17 +358,22 @@ class SlimBertModel(SlimBertPreTrainedModel):
                 output_hidden_states: bool = False, output_attention_scores: bool = False,
                 num_layers: int | None = None, **_ignored) -> SlimBertModelOutput:
         """`num_layers` runs only the first k blocks: progressive transfer of layer k needs no more."""
-        x = self.embeddings(input_ids, token_type_ids, position_ids)
-        mask = additive_mask(attention_mask, x.dtype)
+        e = self.embeddings(input_ids, token_type_ids, position_ids)
+        B, T, _ = e.shape
+        mask = additive_mask(attention_mask, e.dtype)
         layers = self.encoder.layer if num_layers is None else self.encoder.layer[:num_layers]
-        hidden, scores = [x], []
+        # Token-major inside the encoder: every Linear sees (B*T) x width, one GEMM with its bias (an ONNX
+        # Gemm, which onnxruntime also fuses with the activation); heads are split only inside attention.
+        x = e.reshape(B * T, -1)
+        hidden, scores = [e], []
         for layer in layers:
-            x, s = layer(x, mask, output_attention_scores)
-            hidden.append(x)
+            x, s = layer(x, mask, T, output_attention_scores)
+            hidden.append(x.view(B, T, -1))
             scores.append(s)
+        last = hidden[-1]
         return SlimBertModelOutput(
-            last_hidden_state=x,
-            pooler_output=self.pooler(x) if self.pooler is not None else None,
+            last_hidden_state=last,
+            pooler_output=self.pooler(last) if self.pooler is not None else None,
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attention_scores=tuple(scores) if output_attention_scores else None,
         )

@@ -1,0 +1,266 @@
+"""Latency report for ONNX models: side by side, alternating runs in one process, so ratios hold on a noisy machine.
+
+Latency fields follow optimum-benchmark's (count, total, mean, p50, p90, p95, p99, stdev, stdev_ in %,
+unit s); throughput in samples/s and tokens/s. Each model also gets its parameters, FLOPs (from its
+config.json, slimbert's counting convention: 2 x MACs of every matmul), file size, and the versions used.
+Writes report.json, report.md and report.png.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Entry:
+    name: str
+    path: Path
+
+
+def _session(path: Path, threads: int):
+    from .onnx import session
+
+    return session(path, threads=threads)
+
+
+def _inputs(sess, batch: int, seq: int, rng) -> dict:
+    names = {i.name for i in sess.get_inputs()}
+    x = {"input_ids": rng.integers(1000, 2000, (batch, seq)).astype(np.int64),
+         "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
+    return {k: v for k, v in x.items() if k in names}
+
+
+def latency_fields(values: list[float]) -> dict:
+    v = np.asarray(values)
+    mean = float(v.mean())
+    return {"unit": "s", "values": [round(x, 6) for x in values], "count": len(values), "total": float(v.sum()),
+            "mean": mean, "p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
+            "p95": float(np.percentile(v, 95)), "p99": float(np.percentile(v, 99)), "stdev": float(v.std()),
+            "stdev_": float(v.std() / mean * 100) if mean else 0.0}
+
+
+def model_facts(path: Path, seq: int) -> dict:
+    """Parameters (ONNX initializers), FLOPs per sequence (from config.json when slimbert can count it), size."""
+    import onnx
+
+    from ..models import count
+
+    m = onnx.load(str(path), load_external_data=False)
+    params = int(sum(int(np.prod(t.dims)) for t in m.graph.initializer if len(t.dims) > 0))
+    facts = {"file_mb": round(path.stat().st_size / 2 ** 20, 2), "onnx_nodes": len(m.graph.node),
+             "initializer_params": params, "flops_per_sequence": None}
+    cfg_path = path.parent / "config.json"
+    if cfg_path.is_file():
+        try:
+            facts["flops_per_sequence"] = count(_family_config(json.loads(cfg_path.read_text())), seq_len=seq).total_flops
+        except Exception:  # noqa: BLE001 - FLOPs are informative; a config slimbert cannot count leaves them out
+            pass
+    return facts
+
+
+def _family_config(raw: dict):
+    from ..models import SlimBertConfig
+    from ..models.convert import from_transformers_config
+
+    t = raw.get("model_type")
+    if t == "slimbert":
+        return SlimBertConfig(**{k: v for k, v in raw.items() if k not in ("model_type", "architectures")})
+    if t == "mobilebert":
+        from transformers import MobileBertConfig
+
+        return from_transformers_config(MobileBertConfig(**{k: v for k, v in raw.items() if k != "model_type"}))
+    if t in ("bert", "roberta", "electra"):
+        return SlimBertConfig(vocab_size=raw["vocab_size"], embedding_size=raw.get("embedding_size", raw["hidden_size"]),
+                              trigram_input=False, hidden_size=raw["hidden_size"], use_bottleneck=False,
+                              intra_bottleneck_size=raw["hidden_size"], num_hidden_layers=raw["num_hidden_layers"],
+                              num_attention_heads=raw["num_attention_heads"],
+                              intermediate_size=raw["intermediate_size"], num_feedforward_networks=1,
+                              normalization_type="layer_norm", max_position_embeddings=raw["max_position_embeddings"],
+                              type_vocab_size=raw.get("type_vocab_size", 2), classifier_activation=True)
+    raise ValueError(t)
+
+
+def versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {"slimbert": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()} {platform.processor()}".strip()}
+
+
+def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, runs: int = 30, warmup: int = 5,
+          block: int = 5, seed: int = 0) -> dict:
+    """Time every model at every (batch, seq), alternating between models in blocks of `block` runs."""
+    rng = np.random.default_rng(seed)
+    sessions = {e.name: _session(e.path, threads) for e in entries}
+    report = {"config": {"batch": list(batches), "seq": list(seqs), "threads": threads, "runs": runs,
+                         "warmup": warmup, "alternating_blocks": block},
+              "versions": versions(), "models": {}, "results": []}
+    for e in entries:
+        report["models"][e.name] = {"path": str(e.path), **model_facts(e.path, max(seqs))}
+    for b in batches:
+        for s in seqs:
+            feeds = {name: _inputs(sess, b, s, rng) for name, sess in sessions.items()}
+            for name, sess in sessions.items():
+                for _ in range(warmup):
+                    sess.run(None, feeds[name])
+            # Alternate in blocks: each model runs `block` times in a row, the first run of a block untimed.
+            # Strict one-by-one alternation would measure cold caches (a BERT_BASE run evicts everything),
+            # not the latency a deployed model sees; blocks keep the comparison fair and still interleaved.
+            times = {name: [] for name in sessions}
+            while min(len(t) for t in times.values()) < runs:
+                for name, sess in sessions.items():
+                    sess.run(None, feeds[name])
+                    for _ in range(min(block, runs - len(times[name]))):
+                        t0 = time.perf_counter()
+                        sess.run(None, feeds[name])
+                        times[name].append(time.perf_counter() - t0)
+            for name in sessions:
+                lat = latency_fields(times[name])
+                report["results"].append({
+                    "model": name, "batch_size": b, "sequence_length": s, "latency": lat,
+                    "throughput": {"unit": "samples/s", "value": b / lat["mean"]},
+                    "tokens_per_s": b * s / lat["mean"]})
+    first = entries[0].name
+    for row in report["results"]:
+        base = next(r for r in report["results"] if r["model"] == first and r["batch_size"] == row["batch_size"]
+                    and r["sequence_length"] == row["sequence_length"])
+        row[f"p50_vs_{first}"] = row["latency"]["p50"] / base["latency"]["p50"]
+    return report
+
+
+def write_report(report: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(markdown(report))
+    chart(report, out / "report.png")
+    return [out / "report.json", out / "report.md", out / "report.png"]
+
+
+def markdown(report: dict) -> str:
+    c, v = report["config"], report["versions"]
+    first = next(iter(report["models"]))
+    lines = [f"Latency, {c['threads']} threads, {c['runs']} runs per model, alternating between models in blocks "
+             f"of {c['alternating_blocks']} (each block after one untimed run), after {c['warmup']} warm-up runs "
+             f"(onnxruntime {v['onnxruntime']}, {v['machine']}).", "",
+             "| model | batch | seq | mean ms | p50 ms | p90 ms | p99 ms | stdev % | samples/s | "
+             f"p50 / {first} |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lat = r["latency"]
+        lines.append(f"| {r['model']} | {r['batch_size']} | {r['sequence_length']} | {lat['mean'] * 1e3:.1f} | "
+                     f"{lat['p50'] * 1e3:.1f} | {lat['p90'] * 1e3:.1f} | {lat['p99'] * 1e3:.1f} | "
+                     f"{lat['stdev_']:.1f} | {r['throughput']['value']:.1f} | {r[f'p50_vs_{first}']:.2f} |")
+    lines += ["", "| model | parameters | GFLOPs / sequence | file MB | ONNX nodes |", "|---|---|---|---|---|"]
+    for name, m in report["models"].items():
+        fl = f"{m['flops_per_sequence'] / 1e9:.2f}" if m["flops_per_sequence"] else "n/a"
+        lines.append(f"| {name} | {m['initializer_params']:,} | {fl} | {m['file_mb']} | {m['onnx_nodes']} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = sorted({(r["batch_size"], r["sequence_length"]) for r in report["results"]})
+    names = list(report["models"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(shapes) * len(names)), 4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ys = [next(r["latency"]["p50"] * 1e3 for r in report["results"] if r["model"] == name
+                   and (r["batch_size"], r["sequence_length"]) == shp) for shp in shapes]
+        ax.bar([k + i * width for k in range(len(shapes))], ys, width, label=name)
+    ax.set_xticks([k + width * (len(names) - 1) / 2 for k in range(len(shapes))])
+    ax.set_xticklabels([f"b{b} x s{s}" for b, s in shapes])
+    ax.set_ylabel("p50 latency (ms)")
+    ax.set_title(f"ONNX Runtime, {report['config']['threads']} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+# ---- baselines: exported the same way as the student -------------------------------------------------------------
+
+def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None) -> Path:
+    """BERT_BASE (BertConfig defaults, random weights: latency does not depend on them) with the same head,
+    exported by the same exporter into `dest` (reused when already there)."""
+    import torch
+    import transformers
+
+    from .onnx import export
+
+    onnx_path = dest / "model.onnx"
+    if onnx_path.is_file():
+        return onnx_path
+    cls = {"feature-extraction": transformers.BertModel, "fill-mask": transformers.BertForMaskedLM,
+           "text-classification": transformers.BertForSequenceClassification,
+           "question-answering": transformers.BertForQuestionAnswering}[task]
+    torch.manual_seed(0)
+    model = cls(transformers.BertConfig()).eval()
+    src = dest.parent / f".src-{dest.name}"
+    model.save_pretrained(src)
+    if tokenizer_dir is not None:
+        transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(src)
+    try:
+        export(src, dest, task=task, passes=[], measure=False, log=lambda m: None)
+    finally:
+        import shutil
+
+        shutil.rmtree(src, ignore_errors=True)
+    return onnx_path
+
+
+def teacher_reference(export_dir: Path, dest: Path) -> Path:
+    """The teacher of the run the exported student came from (its IB teacher, or the source itself)."""
+    import yaml
+
+    from .onnx import ExportError, export
+
+    onnx_path = dest / "model.onnx"
+    if onnx_path.is_file():
+        return onnx_path
+    meta = json.loads((export_dir / "slimbert_export.json").read_text())
+    run_dir = Path(meta["source"]).parent
+    if run_dir.name == "finetune":
+        run_dir = run_dir.parent
+    resolved = run_dir / "recipe.resolved.yaml"
+    if (run_dir / "teacher" / "model" / "config.json").is_file():
+        model_dir = run_dir / "teacher" / "model"
+    elif resolved.is_file():
+        from ..teacher.source import resolve_model_path
+
+        model_dir = resolve_model_path(yaml.safe_load(resolved.read_text())["source"]["model"], run_dir)
+    else:
+        raise ExportError(f"{export_dir} was not exported from a run directory: no teacher to compare with")
+    tok = Path(meta["source"])
+    import shutil
+    import transformers
+
+    src = dest.parent / f".src-{dest.name}"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(model_dir, src)
+    if not (src / "tokenizer_config.json").is_file():
+        transformers.AutoTokenizer.from_pretrained(str(tok)).save_pretrained(src)
+    try:
+        export(src, dest, task="feature-extraction", passes=None, measure=False, log=lambda m: None)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+    return onnx_path

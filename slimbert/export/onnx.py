@@ -1,0 +1,310 @@
+"""Export a model to ONNX in optimum's ORTModel layout, check it against PyTorch, and quantise it.
+
+Lifecycle: find the model (a run directory's fine-tuned or pre-trained student, or a model directory) ->
+wrap it so it is called with keywords (transformers 5 breaks positional export) -> torch.onnx.export
+(TorchScript exporter: measured 2-10x faster to export than dynamo, one file, and ORT fuses more of its
+graphs) -> slimbert's graph passes -> parity on real tokenised text, fail loudly past tolerance ->
+dynamic int8 (onnxruntime.quantization) with its own parity report -> config.json and tokenizer files.
+Everything is written to a temporary folder that replaces --out only when the whole export succeeded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+TASKS = ("feature-extraction", "fill-mask", "text-classification", "question-answering")
+OUTPUTS = {"feature-extraction": ["last_hidden_state"], "fill-mask": ["logits"], "text-classification": ["logits"],
+           "question-answering": ["start_logits", "end_logits"]}
+INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+# Real text for the parity check when the caller gives none (sentences of different lengths, so the batch pads).
+PARITY_TEXTS = [
+    "The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest structure in Paris.",
+    "It was a bright cold day in April, and the clocks were striking thirteen.",
+    "Knowledge distillation trains a small student network to reproduce the outputs of a larger teacher.",
+    "Short one.",
+    "In 1905 the physicist published four papers that changed how people understood space, time and matter, "
+    "and the last of them introduced the equivalence of mass and energy.",
+    "Mobile devices need models that answer in milliseconds without a network connection.",
+    "He said the foodservice pie business doesn't fit the company's long-term growth strategy.",
+    "The results were consistent across three random seeds and two data sets.",
+]
+
+
+class ExportError(RuntimeError):
+    """The export cannot be made or does not match PyTorch."""
+
+
+@dataclass
+class Parity:
+    max_abs: float                       # max |onnx - torch fp32| over the outputs (real tokens only)
+    max_rel: float                       # max_abs / max |torch fp32|
+    cosine: float                        # of the flattened outputs, onnx vs torch fp32
+    argmax_agreement: float | None       # heads: share of rows (or tokens) whose argmax agrees with torch fp32
+    onnx_error: float                    # max |onnx - torch fp64|: how far ONNX is from the exact result
+    torch_error: float                   # max |torch fp32 - torch fp64|: fp32's own rounding, the yardstick
+    tokens: int
+
+    def as_dict(self) -> dict:
+        return {k: (round(float(v), 10) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+    def ok(self, factor: float) -> bool:
+        """ONNX may differ from PyTorch's fp32 by the rounding fp32 itself makes: its distance to the fp64
+        result within `factor` x PyTorch fp32's (a relative test that scales with MobileBERT's large
+        activations), and every argmax the same."""
+        floor = 1e-6 * max(self.max_abs / max(self.max_rel, 1e-30), 1e-30)  # exact fp64 ties: 1e-6 of the scale
+        return self.onnx_error <= factor * self.torch_error + floor and self.argmax_agreement in (None, 1.0)
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    task: str
+    files: list[str]
+    parity: dict = field(default_factory=dict)      # "fp32" / "int8" -> Parity
+    passes: list[dict] = field(default_factory=list)
+
+
+# ---- find the model ---------------------------------------------------------------------------------------------
+
+def find_model_dir(path: Path) -> Path:
+    """A run directory's fine-tuned model, else its student; or the model directory itself."""
+    path = Path(path)
+    for candidate in (path / "finetune" / "model", path / "student", path):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ExportError(f"{path}: no model here (expected config.json in it, or a run directory with student/ "
+                      "or finetune/model/)")
+
+
+def task_of(config) -> str:
+    archs = " ".join(config.architectures or [])
+    if "ForSequenceClassification" in archs:
+        return "text-classification"
+    if "ForQuestionAnswering" in archs:
+        return "question-answering"
+    if "ForMaskedLM" in archs or "ForPreTraining" in archs:
+        return "fill-mask"
+    return "feature-extraction"
+
+
+def load_model(model_dir: Path, task: str | None = None) -> tuple[nn.Module, str]:
+    """The model in eval mode. Stock MobileBERT checkpoints become slimbert models (bit-identical, and the
+    graph passes know slimbert's modules); other families (e.g. a BERT teacher or reference) load as they are."""
+    import transformers
+
+    from .. import models as M  # registers slimbert with the Auto classes
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{model_dir}: cannot read config.json: {str(e).splitlines()[0]}") from None
+    task = task or task_of(config)
+    if task not in TASKS:
+        raise ExportError(f"--task {task!r} is not one of {', '.join(TASKS)}")
+    auto = {"feature-extraction": transformers.AutoModel, "fill-mask": transformers.AutoModelForMaskedLM,
+            "text-classification": transformers.AutoModelForSequenceClassification,
+            "question-answering": transformers.AutoModelForQuestionAnswering}[task]
+    try:
+        model = auto.from_pretrained(str(model_dir))
+    except (OSError, ValueError, KeyError) as e:
+        raise ExportError(f"{model_dir}: cannot load it for {task}: {str(e).splitlines()[0]}") from None
+    if config.model_type == "mobilebert" and task != "feature-extraction":
+        model = M.from_transformers(model)
+    return model.eval(), task
+
+
+def to_save(model: nn.Module):
+    """What config.json describes: stock MobileBERT when expressible, so optimum's ORTModel classes open it."""
+    from ..models import SlimBertPreTrainedModel, to_transformers, why_not_expressible
+
+    if isinstance(model, SlimBertPreTrainedModel) and why_not_expressible(model.config) is None:
+        return to_transformers(model)
+    return model
+
+
+# ---- export -----------------------------------------------------------------------------------------------------
+
+class KeywordCall(nn.Module):
+    """Calls the model with keywords and returns a tuple of the task's outputs."""
+
+    def __init__(self, model: nn.Module, task: str):
+        super().__init__()
+        self.model, self.names = model, OUTPUTS[task]
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return tuple(getattr(out, n) for n in self.names)
+
+
+def export_onnx(model: nn.Module, task: str, path: Path, opset: int = 17) -> None:
+    example = {"input_ids": torch.ones(2, 16, dtype=torch.long), "attention_mask": torch.ones(2, 16, dtype=torch.long),
+               "token_type_ids": torch.zeros(2, 16, dtype=torch.long)}
+    model = copy.deepcopy(model)  # tracing can leave state behind in transformers models (seen with BERT)
+    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in INPUTS + OUTPUTS[task]}
+    if task == "text-classification":
+        axes["logits"] = {0: "batch_size"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript tracer warnings about Python control flow on shapes
+        torch.onnx.export(KeywordCall(model, task), tuple(example.values()), str(path), dynamo=False,
+                          opset_version=opset, input_names=INPUTS, output_names=OUTPUTS[task],
+                          dynamic_axes=axes, do_constant_folding=True)
+
+
+# ---- parity -------------------------------------------------------------------------------------------------------
+
+def parity_inputs(tokenizer, texts: list[str] | None = None, max_length: int = 128) -> dict[str, np.ndarray]:
+    enc = tokenizer(texts or PARITY_TEXTS, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    out = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+    out["token_type_ids"] = enc["token_type_ids"].astype(np.int64) if "token_type_ids" in enc else \
+        np.zeros_like(out["input_ids"])
+    return out
+
+
+def session(path: Path, threads: int | None = None, optimize: bool = True):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _outputs(model, task, inputs, dtype) -> list[np.ndarray]:
+    m = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    with torch.no_grad():
+        out = KeywordCall(m, task)(*(torch.from_numpy(inputs[k]) for k in INPUTS))
+    return [o.to(torch.float64).numpy() for o in out]
+
+
+def check_parity(model: nn.Module, task: str, onnx_path: Path, inputs: dict[str, np.ndarray],
+                 exact: list[np.ndarray] | None = None) -> Parity:
+    """ONNX Runtime against PyTorch on the same (real, padded) inputs; outputs at padded positions are ignored."""
+    ref = _outputs(model, task, inputs, torch.float32)
+    exact = exact if exact is not None else _outputs(model, task, inputs, torch.float64)
+    got = [g.astype(np.float64) for g in session(onnx_path).run(None, inputs)]
+    mask = inputs["attention_mask"].astype(bool)
+
+    def real(x, name):  # per-token outputs: real tokens only
+        return x[mask] if x.ndim == 3 or (x.ndim == 2 and name != "logits") else x
+
+    names = OUTPUTS[task]
+    r = [real(x, n) for x, n in zip(ref, names)]
+    e = [real(x, n) for x, n in zip(exact, names)]
+    g = [real(x, n) for x, n in zip(got, names)]
+    max_abs = max(float(np.abs(a - b).max()) for a, b in zip(r, g))
+    scale = max(float(np.abs(a).max()) for a in r)
+    flat_r, flat_g = np.concatenate([a.ravel() for a in r]), np.concatenate([b.ravel() for b in g])
+    cosine = float(flat_r @ flat_g / max(np.linalg.norm(flat_r) * np.linalg.norm(flat_g), 1e-300))
+    agree = None
+    if task != "feature-extraction":
+        agree = min(float((a.argmax(-1) == b.argmax(-1)).mean()) for a, b in zip(r, g))
+    return Parity(max_abs, max_abs / max(scale, 1e-30), cosine, agree,
+                  max(float(np.abs(a - b).max()) for a, b in zip(e, g)),
+                  max(float(np.abs(a - b).max()) for a, b in zip(e, r)), int(mask.sum()))
+
+
+# ---- the whole export -------------------------------------------------------------------------------------------
+
+def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quantize: str | None = None,
+           passes: list[str] | None = None, texts: list[str] | None = None, fp32_factor: float = 10.0,
+           int8_min_cosine: float = 0.98, measure: bool = True, log=print) -> ExportResult:
+    """Export the model at `path` (a run directory or a model directory) to `out`. `passes`: names from
+    passes.MODEL_PASSES / ONNX_PASSES in order (default: DEFAULT_PASSES; [] for a plain export)."""
+    from transformers import AutoTokenizer
+
+    from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, latency_ms, node_count
+
+    passes = list(DEFAULT_PASSES) if passes is None else list(passes)
+    unknown = [p for p in passes if p not in MODEL_PASSES and p not in ONNX_PASSES]
+    if unknown:
+        raise ExportError(f"unknown pass {unknown[0]!r}; available: {', '.join([*MODEL_PASSES, *ONNX_PASSES])}")
+    model_dir = find_model_dir(Path(path))
+    model, task = load_model(model_dir, task)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{model_dir}: no tokenizer files ({str(e).splitlines()[0]}); the export folder must be "
+                          "usable on its own") from None
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not empty; choose another --out")
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        # Export, then each pass in turn; every stage's node count (and latency) goes into the report.
+        stage = tmp / "stage-0.onnx"
+        export_onnx(model, task, stage, opset)
+        result = ExportResult(out, task, [])
+        timed = (lambda f: round(latency_ms(f), 2)) if measure else (lambda f: None)  # noqa: E731
+        result.passes.append({"pass": "torch.onnx.export", "nodes": node_count(stage), "latency_ms": timed(stage)})
+        current = model
+        for i, name in enumerate(passes, 1):
+            nxt = tmp / f"stage-{i}.onnx"
+            info = {}
+            if name in MODEL_PASSES:
+                current, info = MODEL_PASSES[name](current)
+                export_onnx(current, task, nxt, opset)
+            else:
+                ONNX_PASSES[name](stage, nxt)
+            stage = nxt
+            result.passes.append({"pass": name, "nodes": node_count(stage), "latency_ms": timed(stage), **info})
+            before, after = result.passes[-2], result.passes[-1]
+            log(f"pass {name}: {before['nodes']} -> {after['nodes']} nodes"
+                + (f", {before['latency_ms']} -> {after['latency_ms']} ms at batch 1 x 128 tokens" if measure else ""))
+        onnx_path = tmp / "model.onnx"
+        os.replace(stage, onnx_path)
+        for leftover in tmp.glob("stage-*.onnx"):
+            leftover.unlink()
+        inputs = parity_inputs(tokenizer, texts)
+        exact = _outputs(model, task, inputs, torch.float64)
+        p = check_parity(model, task, onnx_path, inputs, exact)
+        result.parity["fp32"] = p
+        log(f"parity fp32: max |onnx - torch| {p.max_abs:.3g} ({p.max_rel:.2g} of the output scale), cosine "
+            f"{p.cosine:.8f}; vs fp64: onnx {p.onnx_error:.3g}, torch fp32 {p.torch_error:.3g}"
+            + (f"; argmax agreement {p.argmax_agreement:.4f}" if p.argmax_agreement is not None else ""))
+        if not p.ok(fp32_factor):
+            raise ExportError(f"the ONNX model does not match PyTorch: its distance to the exact (fp64) result is "
+                              f"{p.onnx_error:.3g}, more than {fp32_factor:g}x PyTorch fp32's own {p.torch_error:.3g}"
+                              f" (argmax agreement {p.argmax_agreement})")
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            q_path = tmp / "model_int8.onnx"
+            quantize_dynamic(str(onnx_path), str(q_path), weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": 1})  # FLOAT, for tensors shape inference misses
+            q = check_parity(model, task, q_path, inputs, exact)
+            result.parity["int8"] = q
+            log(f"parity int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of the "
+                "output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
+                                   else ""))
+            if q.cosine < int8_min_cosine:
+                raise ExportError(f"the int8 model drifts too far from PyTorch: output cosine {q.cosine:.4f} < "
+                                  f"{int8_min_cosine}")
+        to_save(model).config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "slimbert_export.json").write_text(json.dumps({
+            "task": task, "opset": opset, "source": str(model_dir), "passes": result.passes,
+            "parity": {k: v.as_dict() for k, v in result.parity.items()}}, indent=2))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        result.files = sorted(p.name for p in out.iterdir())
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

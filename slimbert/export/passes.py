@@ -1,0 +1,156 @@
+"""Passes that remove MobileBERT's op overhead, each exact and checked by the export's parity test.
+
+MobileBERT on ONNX Runtime is op-overhead bound: 24 blocks of 128-wide GEMMs, each followed by element-wise
+bias, residual and NoNorm (x * w + b) nodes that ORT fuses into nothing (no LayerNorm anchors). Two kinds of
+pass, kept because measured faster (benchmarks/results/latency.md has the figures):
+
+- fold_nonorm (on the model, before export): NoNorm is affine, so
+  * a NoNorm right after a projection with no residual (the input bottleneck, the shared attention
+    bottleneck) folds into that projection's weight and bias;
+  * inside a block, the chain attention-output -> FFN 1 .. FFN N is re-parameterised: instead of the
+    normalised stream h_k = s_k * U_k + t_k the graph carries U_k, where s_k is the product of the NoNorm
+    scales so far and t_k the last shift. Each residual step stays one Add, U_k = A_k / s_{k-1} + U_{k-1},
+    with 1 / s_{k-1} and the shifts folded into the producing and consuming projections. The output
+    bottleneck's projection absorbs the last s and t. Every NoNorm of the chain disappears.
+  A block is left as it is when a scale is too close to zero (|s| < 1e-4) or too large for the fold to be
+  safe in fp32.
+- ort_basic (on the ONNX file): onnxruntime's hardware-independent "basic" level, saved offline: constant
+  folding, identity and dead-node elimination. The file then needs no optimisation at load time.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SAFE_SCALE = (1e-4, 1e4)
+
+
+# ---- model passes (before export) ----------------------------------------------------------------------------------
+
+def _is_nonorm(m) -> bool:
+    from ..models.modeling import NoNorm
+
+    return isinstance(m, NoNorm)
+
+
+@torch.no_grad()
+def _fold_into_output(linear: nn.Linear, w: torch.Tensor, b: torch.Tensor) -> None:
+    """NoNorm(linear(x)) -> linear'(x): scale the output rows, then shift."""
+    linear.weight.mul_(w[:, None])
+    linear.bias.mul_(w).add_(b)
+
+
+@torch.no_grad()
+def _scale_input(linear: nn.Linear, s: torch.Tensor, t: torch.Tensor) -> None:
+    """linear(s * U + t) -> linear'(U): scale the input columns, move t W into the bias."""
+    linear.bias.add_(linear.weight @ t)
+    linear.weight.mul_(s[None, :])
+
+
+@torch.no_grad()
+def _divide_output(linear: nn.Linear, s: torch.Tensor, t: torch.Tensor) -> None:
+    """(linear(f) + t) / s -> linear'(f)."""
+    linear.bias.add_(t).div_(s)
+    linear.weight.div_(s[:, None])
+
+
+def _safe(s: torch.Tensor) -> bool:
+    a = s.abs()
+    return bool(a.min() >= SAFE_SCALE[0] and a.max() <= SAFE_SCALE[1])
+
+
+@torch.no_grad()
+def fold_nonorm(model: nn.Module) -> tuple[nn.Module, dict]:
+    """An equivalent copy of a slimbert model with its foldable NoNorms removed; and what was folded."""
+    from ..models.modeling import SlimBertModel
+
+    model = copy.deepcopy(model).eval()
+    body = next((m for m in model.modules() if isinstance(m, SlimBertModel)), None)
+    stats = {"bottleneck": 0, "chain": 0, "blocks_skipped": 0}
+    if body is None or not body.config.use_bottleneck:
+        return model, stats
+    for layer in body.encoder.layer:
+        bn = layer.bottleneck
+        for part in (bn.input, getattr(bn, "attention", None)):
+            if part is not None and _is_nonorm(part.LayerNorm):
+                _fold_into_output(part.dense, part.LayerNorm.weight, part.LayerNorm.bias)
+                part.LayerNorm = nn.Identity()
+                stats["bottleneck"] += 1
+        # The chain: attention output, the stacked FFNs, the last FFN; each (dense, NoNorm) pair adds a residual.
+        steps = [(layer.attention.output.dense, layer.attention.output)]
+        consumers = []  # the projection reading each step's output
+        for ffn in layer.ffn or ():
+            consumers.append(ffn.intermediate.dense)
+            steps.append((ffn.output.dense, ffn.output))
+        consumers.append(layer.intermediate.dense)
+        steps.append((layer.output.dense, layer.output))
+        consumers.append(layer.output.bottleneck.dense)
+        if not all(_is_nonorm(owner.LayerNorm) for _, owner in steps):
+            stats["blocks_skipped"] += 1
+            continue
+        scales, s = [], torch.ones_like(steps[0][1].LayerNorm.weight)
+        for _, owner in steps:
+            s = s * owner.LayerNorm.weight
+            scales.append(s)
+        if not all(_safe(x) for x in scales):
+            stats["blocks_skipped"] += 1
+            continue
+        s_prev, t_prev = torch.ones_like(s), torch.zeros_like(s)
+        for (dense, owner), consumer in zip(steps, consumers):
+            w, b = owner.LayerNorm.weight.clone(), owner.LayerNorm.bias.clone()
+            _divide_output(dense, s_prev, t_prev)  # U_k = A_k / s_{k-1} + U_{k-1} (+ t_{k-1} / s_{k-1})
+            s_prev, t_prev = s_prev * w, b
+            _scale_input(consumer, s_prev, t_prev)  # the next projection reads s_k * U_k + t_k
+            owner.LayerNorm = nn.Identity()
+            stats["chain"] += 1
+    return model, stats
+
+
+MODEL_PASSES = {"fold_nonorm": fold_nonorm}
+DEFAULT_PASSES = ("fold_nonorm", "ort_basic")
+
+
+# ---- ONNX passes ---------------------------------------------------------------------------------------------------
+
+def ort_basic(src: Path, dst: Path) -> None:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+
+
+ONNX_PASSES = {"ort_basic": ort_basic}
+
+
+def node_count(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def latency_ms(path: Path, runs: int = 20, seq: int = 128, threads: int = 2) -> float:
+    """Median latency of batch 1 at `seq` tokens (for per-pass reports; the full report is in bench.py)."""
+    import numpy as np
+
+    from .onnx import session
+
+    s = session(path, threads=threads)
+    x = {"input_ids": np.full((1, seq), 1000, np.int64), "attention_mask": np.ones((1, seq), np.int64),
+         "token_type_ids": np.zeros((1, seq), np.int64)}
+    names = {i.name for i in s.get_inputs()}
+    x = {k: v for k, v in x.items() if k in names}
+    for _ in range(3):
+        s.run(None, x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        s.run(None, x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)

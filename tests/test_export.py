@@ -1,0 +1,151 @@
+"""ONNX export: files in optimum's layout, parity against PyTorch (and its failure), exact passes, int8, bench."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from slimbert.export import passes as P
+from slimbert.export.onnx import ExportError, check_parity, export, parity_inputs, session
+from slimbert.models import SlimBertConfig, SlimBertForMaskedLM, SlimBertForSequenceClassification, preset
+
+from conftest import randomize_norms
+
+
+def tiny(qkv="inter", n_ffn=3, norm="no_norm", cls=SlimBertForSequenceClassification, **kw):
+    torch.manual_seed(0)
+    config = SlimBertConfig(vocab_size=30522, embedding_size=32, hidden_size=64, intra_bottleneck_size=32,
+                            num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                            num_feedforward_networks=n_ffn, qkv_source=qkv, normalization_type=norm,
+                            hidden_act="relu", num_labels=3, **kw)
+    return randomize_norms(cls(config).eval(), scale=0.3)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("student")
+    model = tiny("shared_bottleneck")  # the released checkpoint's shape: stock MobileBERT can express it
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, model
+
+
+@pytest.mark.parametrize("qkv", ["inter", "shared_bottleneck", "bottleneck"])
+@pytest.mark.parametrize("n_ffn", [1, 4])
+def test_fold_nonorm_is_exact(qkv, n_ffn, real_batch):
+    model = tiny(qkv, n_ffn)
+    folded, stats = P.fold_nonorm(model)
+    assert stats["chain"] == 2 * (n_ffn + 1) and stats["blocks_skipped"] == 0
+    assert stats["bottleneck"] == 2 * (2 if qkv == "shared_bottleneck" else 1)
+    with torch.no_grad():
+        a = model(**real_batch).logits
+        b = folded(**real_batch).logits
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+    # the folded copy has no NoNorm left inside its blocks' chains
+    names = [n for n, m in folded.named_modules() if type(m).__name__ == "NoNorm"]
+    assert all("bottleneck.LayerNorm" in n or n.endswith("embeddings.LayerNorm") for n in names), names
+
+
+def test_fold_nonorm_leaves_layer_norm_models_alone(real_batch):
+    model = tiny(norm="layer_norm")
+    folded, stats = P.fold_nonorm(model)
+    assert stats["chain"] == 0 and stats["blocks_skipped"] == 2
+
+
+def test_export_layout_parity_and_int8(model_dir, tmp_path, real_batch):
+    path, model = model_dir
+    out = tmp_path / "onnx"
+    result = export(path, out, quantize="int8", measure=False, log=lambda m: None)
+    assert {"model.onnx", "model_int8.onnx", "config.json", "tokenizer.json", "slimbert_export.json"} <= set(result.files)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "mobilebert"  # optimum can open it
+    p = result.parity["fp32"]
+    assert p.ok(10.0) and p.argmax_agreement == 1.0 and p.cosine > 0.999999
+    assert result.parity["int8"].cosine > 0.98
+    assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "ort_basic"]
+    assert result.passes[-1]["nodes"] < result.passes[0]["nodes"]
+    # dynamic axes: another batch and length run, and match PyTorch
+    s = session(out / "model.onnx")
+    x = {k: v.numpy() for k, v in real_batch.items()}
+    x.setdefault("token_type_ids", np.zeros_like(x["input_ids"]))
+    got = s.run(None, x)[0]
+    with torch.no_grad():
+        ref = model(**real_batch).logits.numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_export_needs_no_slimbert_to_run(model_dir, tmp_path):
+    path, _ = model_dir
+    out = tmp_path / "onnx"
+    export(path, out, measure=False, log=lambda m: None)
+    code = ("import sys, numpy as np, onnxruntime as ort\n"
+            "from transformers import AutoTokenizer\n"
+            f"tok = AutoTokenizer.from_pretrained({str(out)!r})\n"
+            "x = dict(tok(['a plain sentence'], return_tensors='np'))\n"
+            f"s = ort.InferenceSession({str(out / 'model.onnx')!r}, providers=['CPUExecutionProvider'])\n"
+            "y = s.run(None, {k: v.astype(np.int64) for k, v in x.items()})[0]\n"
+            "assert y.shape == (1, 3) and 'slimbert' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_wrong_export_fails_loudly_and_leaves_nothing(model_dir, tmp_path, monkeypatch):
+    path, _ = model_dir
+
+    def broken(model):  # a "pass" that changes the function: parity must catch it
+        import copy
+
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            model.classifier.bias.add_(1.0)
+        return model, {}
+
+    monkeypatch.setitem(P.MODEL_PASSES, "broken", broken)
+    out = tmp_path / "onnx"
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        export(path, out, passes=["broken"], measure=False, log=lambda m: None)
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_export_cli_from_a_run_directory_and_errors(tmp_path, model_dir):
+    path, _ = model_dir
+    run = tmp_path / "run"
+    (run / "student").mkdir(parents=True)
+    for f in path.iterdir():
+        (run / "student" / f.name).write_bytes(f.read_bytes())
+    (run / "recipe.resolved.yaml").write_text("name: x\n")
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "export", str(run), "--onnx", "--quantize", "int8"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "export" / "model_int8.onnx").is_file()
+    bad = subprocess.run([sys.executable, "-m", "slimbert.cli", "export", str(tmp_path / "nowhere"), "--onnx"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 4 and "no model here" in bad.stderr and "Traceback" not in bad.stderr
+    bench = subprocess.run([sys.executable, "-m", "slimbert.cli", "bench", str(run / "export" / "model.onnx"),
+                            str(run / "export" / "model_int8.onnx"), "--seq", "16,32", "--batch", "1,2", "--runs", "5",
+                            "--out", str(tmp_path / "bench")], capture_output=True, text=True)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    report = json.loads((tmp_path / "bench" / "report.json").read_text())
+    assert len(report["results"]) == 2 * 2 * 2
+    lat = report["results"][0]["latency"]
+    assert {"count", "mean", "p50", "p90", "p95", "p99", "stdev", "stdev_", "unit"} <= set(lat) and lat["count"] == 5
+    assert report["models"]["export"]["flops_per_sequence"] > 0
+    assert (tmp_path / "bench" / "report.png").is_file() and (tmp_path / "bench" / "report.md").is_file()
+
+
+def test_run_exports_and_benches_when_the_recipe_asks(tmp_path, tiny_source, shared_data):
+    from conftest import write_recipe
+
+    transfer = [{"kind": "joint", "steps": 3, "batch_size": 4, "optimizer": {"lr": 1e-3}}]
+    recipe = write_recipe(tmp_path, tiny_source, shared_data, transfer=transfer,
+                          export={"onnx": True, "quantize": "int8",
+                                  "bench": {"batch": [1], "seq": [16], "compare": ["teacher"]}})
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "run", str(recipe), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out" / "export"
+    assert (out / "model.onnx").is_file() and (out / "model_int8.onnx").is_file()
+    report = json.loads((out / "bench" / "report.json").read_text())
+    assert set(report["models"]) == {"student", "student-int8", "teacher"}
