@@ -151,7 +151,9 @@ class SlimBertSelfAttention(nn.Module):
             ctx = self.dropout(scores.softmax(-1)) @ v
         else:
             p = self.dropout.p if self.training else 0.0
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            # An explicit scale exports as a constant (not Shape -> Sqrt -> Div per layer).
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                                 scale=self.head_size ** -0.5)
         return ctx.transpose(1, 2).reshape(-1, self.num_heads * self.head_size), scores
 
 
