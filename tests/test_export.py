@@ -149,3 +149,25 @@ def test_run_exports_and_benches_when_the_recipe_asks(tmp_path, tiny_source, sha
     assert (out / "model.onnx").is_file() and (out / "model_int8.onnx").is_file()
     report = json.loads((out / "bench" / "report.json").read_text())
     assert set(report["models"]) == {"student", "student-int8", "teacher"}
+
+
+def test_finetuned_run_exports_static_int8_and_reports_task_accuracy(tmp_path, tiny_source, shared_data):
+    from conftest import write_recipe
+
+    transfer = [{"kind": "joint", "steps": 3, "batch_size": 4, "optimizer": {"lr": 1e-3}}]
+    finetune = {"task": "sst2", "train": str(shared_data / "SST-2" / "train.tsv"),
+                "dev": str(shared_data / "SST-2" / "dev.tsv"), "max_examples": 128, "epochs": 1, "batch_size": 16,
+                "lr": 1e-3, "seq_len": 32}
+    recipe = write_recipe(tmp_path, tiny_source, shared_data, transfer=transfer, finetune=finetune,
+                          export={"onnx": True, "quantize": "int8", "static_int8": True, "calibration_sequences": 8})
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "run", str(recipe), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out" / "export"
+    assert json.loads((out / "slimbert_export.json").read_text())["task"] == "text-classification"
+    assert (out / "model_int8_static.onnx").is_file()
+    report = json.loads((out / "task_metrics.json").read_text())
+    # the fp32 export classifies the dev set exactly as PyTorch does
+    assert report["model.onnx"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"], abs=1 / 872 + 1e-9)
+    assert "accuracy_delta_vs_pytorch" in report["model_int8.onnx"]
+    assert "accuracy_delta_vs_pytorch" in report["model_int8_static.onnx"]

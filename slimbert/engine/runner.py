@@ -661,7 +661,15 @@ def run_export(ctx: Context) -> None:
     log = lambda m: ctx.console.print(m, highlight=False, soft_wrap=True)  # noqa: E731
     try:
         if not (out / "model.onnx").is_file():  # done before a resume otherwise
-            export(ctx.out, out, opset=e.opset, quantize=e.quantize, log=log)
+            calibration = None
+            if e.static_int8:
+                import numpy as np
+
+                ids = ctx.train[: e.calibration_sequences].numpy().astype(np.int64)  # packed: no padding
+                calibration = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+            export(ctx.out, out, opset=e.opset, quantize=e.quantize, static_calibration=calibration, log=log)
+            if ctx.r.recipe.finetune is not None:
+                task_accuracy(ctx, out, log)
         if e.bench is not None:
             meta = json.loads((out / "slimbert_export.json").read_text())
             entries = [Entry("student", out / "model.onnx")]
@@ -676,6 +684,25 @@ def run_export(ctx: Context) -> None:
             log((out / "bench" / "report.md").read_text())
     except ExportError as err:
         raise TrainingError(f"export: {err}") from None
+
+
+def task_accuracy(ctx: Context, out: Path, log) -> dict:
+    """The fine-tuned task's dev metrics for PyTorch and for each exported model: what quantisation costs."""
+    from ..export.onnx import OrtTaskModel
+    from .finetune import make_task
+
+    spec = ctx.r.recipe.finetune
+    task = make_task(spec, ctx.r.file.parent, ctx.tokenizer)
+    report = {"task": spec.task, "pytorch": json.loads((ctx.out / "finetune" / "metrics.json").read_text())["dev"]}
+    for name in ("model.onnx", "model_int8.onnx", "model_int8_static.onnx"):
+        if (out / name).is_file():
+            report[name] = task.evaluate(OrtTaskModel(out / name))
+    key = next(iter(report["pytorch"]))
+    for name in [n for n in report if n.endswith(".onnx")]:
+        report[name][f"{key}_delta_vs_pytorch"] = report[name][key] - report["pytorch"][key]
+        log(f"{spec.task} dev {key}: {name} {report[name][key]:.4f} (PyTorch {report['pytorch'][key]:.4f})")
+    (out / "task_metrics.json").write_text(json.dumps(report, indent=2))
+    return report
 
 
 def run_finetune(ctx: Context, progress) -> dict:

@@ -221,9 +221,11 @@ def check_parity(model: nn.Module, task: str, onnx_path: Path, inputs: dict[str,
 
 def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quantize: str | None = None,
            passes: list[str] | None = None, texts: list[str] | None = None, fp32_factor: float = 10.0,
-           int8_min_cosine: float = 0.98, measure: bool = True, log=print) -> ExportResult:
+           int8_min_cosine: float = 0.98, measure: bool = True, static_calibration: dict | None = None,
+           log=print) -> ExportResult:
     """Export the model at `path` (a run directory or a model directory) to `out`. `passes`: names from
-    passes.MODEL_PASSES / ONNX_PASSES in order (default: DEFAULT_PASSES; [] for a plain export)."""
+    passes.MODEL_PASSES / ONNX_PASSES in order (default: DEFAULT_PASSES; [] for a plain export).
+    `static_calibration` (model inputs, e.g. corpus sequences) also writes a static int8 model_int8_static.onnx."""
     from transformers import AutoTokenizer
 
     from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, latency_ms, node_count
@@ -295,6 +297,14 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
             if q.cosine < int8_min_cosine:
                 raise ExportError(f"the int8 model drifts too far from PyTorch: output cosine {q.cosine:.4f} < "
                                   f"{int8_min_cosine}")
+        if static_calibration is not None:
+            q_path = tmp / "model_int8_static.onnx"
+            quantize_static_int8(onnx_path, q_path, static_calibration)
+            q = check_parity(model, task, q_path, inputs, exact)
+            result.parity["int8_static"] = q
+            log(f"parity static int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of "
+                "the output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
+                                       else ""))
         to_save(model).config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "slimbert_export.json").write_text(json.dumps({
@@ -308,3 +318,46 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- static int8 and task accuracy ------------------------------------------------------------------------------
+
+def quantize_static_int8(src: Path, dst: Path, calibration: dict[str, np.ndarray], batch: int = 8) -> None:
+    """Static int8 (QDQ, per-channel weights, activations calibrated by MinMax on `calibration`, e.g. the recipe's
+    corpus). Slower to make and more fragile than dynamic int8 on MobileBERT's large activations: the parity
+    report says how far it drifts."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            n = len(calibration["input_ids"])
+            self.batches = iter([{k: v[i:i + batch] for k, v in calibration.items()} for i in range(0, n, batch)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    extra_options={"DefaultTensorType": 1})
+
+
+class OrtTaskModel:
+    """An ONNX model called like a transformers task model (logits, or start/end logits), for evaluating an
+    export on a task's dev set with the same code that evaluates PyTorch models."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        self.session = session(path, threads)
+        self.names = [o.name for o in self.session.get_outputs()]
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def eval(self):
+        return self
+
+    def __call__(self, **x):
+        from types import SimpleNamespace
+
+        feed = {k: v.numpy().astype(np.int64) for k, v in x.items() if k in self.inputs}
+        if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        out = self.session.run(None, feed)
+        return SimpleNamespace(**{n: torch.from_numpy(o) for n, o in zip(self.names, out)})

@@ -251,6 +251,9 @@ class Export(Section):
     onnx: bool = Field(False, description="Export the student to ONNX after training.")
     quantize: Literal["int8"] | None = Field(None, description="Also write a dynamic-int8 model.")
     opset: PositiveInt = Field(17, description="ONNX opset.")
+    static_int8: bool = Field(False, description="Also write a static int8 model calibrated on corpus sequences "
+                                                 "(QDQ; usually less accurate than dynamic on NoNorm models).")
+    calibration_sequences: PositiveInt = Field(32, description="Corpus sequences for static int8 calibration.")
     bench: Bench | None = Field(None, description="Latency report settings; null skips it.")
 
 
