@@ -53,6 +53,9 @@ def main() -> None:
         tok.save_pretrained(tmp / "mb")
         lines = []
         result = export(tmp / "mb", tmp / "mb-onnx", quantize="int8", log=lines.append)
+        # each pass on its own, for the per-pass rows (timed in the same alternating run)
+        export(tmp / "mb", tmp / "stage-0", passes=[], measure=False, log=lines.append)
+        export(tmp / "mb", tmp / "stage-1", passes=["fold_nonorm"], measure=False, log=lines.append)
         stock = to_transformers(mb).eval()  # the same weights as stock transformers MobileBERT
         (tmp / "plain").mkdir()
         export_onnx(stock, "text-classification", tmp / "plain" / "model.onnx")
@@ -66,6 +69,11 @@ def main() -> None:
                    Entry("mobilebert-plain-export-fp32", tmp / "plain" / "model.onnx"),
                    Entry("bert_base-fp32", tmp / "bert" / "model.onnx")]
         report = bench(entries, [1], [args.seq], threads=2, runs=args.runs)
+        # the passes one by one, in a second alternating run of MobileBERT variants only
+        stages = bench([Entry("plain", tmp / "plain" / "model.onnx"), Entry("s0", tmp / "stage-0" / "model.onnx"),
+                        Entry("s1", tmp / "stage-1" / "model.onnx"), Entry("s2", tmp / "mb-onnx" / "model.onnx")],
+                       [1], [args.seq], threads=2, runs=args.runs)
+        report["stages"] = {r["model"]: r["latency"]["p50"] for r in stages["results"]}
     write(report, result, args)
 
 
@@ -84,11 +92,30 @@ def write(report, result, args) -> None:
              "| comparison | measured | target | reached |", "|---|---|---|---|"]
     for name, got, target in rows:
         lines.append(f"| {name} | {got:.2f}x | {target}x | {'yes' if got >= target else 'no'} |")
-    lines += ["", "## All figures", "", markdown(report), "## Per pass (slimbert export, single-model timing)", "",
-              "| stage | ONNX nodes | p50 ms (b1 x s128, one session) | folded |", "|---|---|---|---|"]
-    for s in result.passes:
+    st = report["stages"]
+    stage_p50 = [st["s0"], st["s1"], st["s2"]]
+    lines += ["", "## Per pass (a second alternating run, MobileBERT variants only)", "",
+              "| stage | ONNX nodes | p50 ms (b1 x s%d) | folded |" % args.seq, "|---|---|---|---|",
+              f"| plain torch.onnx export of stock MobileBERT (baseline) | "
+              f"{report['models']['mobilebert-plain-export-fp32']['onnx_nodes']} | "
+              f"{st['plain'] * 1e3:.1f} | |"]
+    for s, t in zip(result.passes, stage_p50):
         folded = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("pass", "nodes", "latency_ms"))
-        lines.append(f"| {s['pass']} | {s['nodes']} | {s['latency_ms']} | {folded} |")
+        name = "torch.onnx.export of slimbert's token-major model" if s["pass"] == "torch.onnx.export" else s["pass"]
+        lines.append(f"| {name} | {s['nodes']} | {t * 1e3:.1f} | {folded} |")
+    lines += ["", "## All figures", "", markdown(report)]
+    lines += ["## What limits it", "",
+              "- The machine: 2 shared cores of a VM; whole runs move by +-30 % from one run to the next (the "
+              "reference measurements in ecosystem.md say the same), so only ratios within one run are quoted, "
+              "and even those move by a few tenths between runs.",
+              "- What remains after the passes is MobileBERT's shape: 24 blocks x (4 FFNs + attention) of 128-wide "
+              "GEMMs, each still followed by a residual Add and, on the inter stream, a NoNorm; at batch 1 these small "
+              "GEMMs run far below the cores' peak, while BERT_BASE's 768-wide GEMMs run near it, so the latency "
+              "ratio stays under the 4.1x FLOP ratio.",
+              "- Tried and dropped: ORT's contrib MultiHeadAttention for the attention cores (exact, slower here); "
+              "3-D MatMul + Add rewritten as Reshape + Gemm per Linear (the reshapes cost what the fused bias saved). "
+              "Not tried: re-parameterising the 24-block inter stream (its scale products would need periodic "
+              "re-anchoring to stay safe in fp32), and a hand-written fused kernel.", ""]
     p = result.parity
     lines += ["", f"Parity on real text (8 sentences, padded): fp32 max |onnx - torch| {p['fp32'].max_abs:.3g}, "
               f"cosine {p['fp32'].cosine:.8f}; int8 cosine {p['int8'].cosine:.6f}, argmax agreement "
