@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -64,25 +65,63 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _start_time(pid: int) -> str | None:
+    """A process's start time (Linux), so a lock naming a pid that a new process has since reused is stale."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 class RunDir:
+    """The run directory's lock: created with O_EXCL (two runs cannot both take it), naming the owner's pid, start
+    time and host. A lock whose process is gone, or whose pid now belongs to another process, is stale."""
+
     def __init__(self, path: Path):
         self.path = path
         self.lock = path / "lock"
+        self.held = False
+
+    def _owner(self) -> dict:
+        try:
+            text = self.lock.read_text().strip()
+        except FileNotFoundError:
+            return {}
+        try:
+            owner = json.loads(text)
+            return owner if isinstance(owner, dict) else {"pid": int(owner)}
+        except (ValueError, TypeError):
+            return {"pid": 0}  # unreadable (e.g. torn by a crash): nobody can hold it
 
     def acquire(self, warn) -> None:
-        if self.lock.exists():
+        me = {"pid": os.getpid(), "start": _start_time(os.getpid()), "host": socket.gethostname()}
+        for _ in range(3):
             try:
-                pid = int(self.lock.read_text().strip() or 0)
-            except ValueError:
-                pid = 0
-            if pid and _pid_alive(pid) and pid != os.getpid():
-                raise RecipeError(Problem("--out", f"{self.path} is in use by another slimbert run (pid {pid})"))
-            warn(f"removing a stale lock left by a dead run (pid {pid})")
-        self.lock.write_text(str(os.getpid()))
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                pid = owner.get("pid") or 0
+                if owner.get("host", me["host"]) != me["host"]:
+                    raise RecipeError(Problem("--out", f"{self.path} is locked by a run on host {owner['host']} "
+                                                       f"(pid {pid}); delete {self.lock} if that run is gone"))
+                alive = bool(pid) and _pid_alive(pid) and (owner.get("start") in (None, _start_time(pid)))
+                if alive and pid != os.getpid():
+                    raise RecipeError(Problem("--out", f"{self.path} is in use by another slimbert run (pid {pid})"))
+                warn(f"removing a stale lock left by a dead run (pid {pid})")
+                self.lock.unlink(missing_ok=True)
+                continue
+            except OSError as e:  # read-only, full or forbidden: say so before anything else is written
+                raise RecipeError(Problem("--out", f"cannot write to {self.path}: {e.strerror or e}")) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            self.held = True
+            return
+        raise RecipeError(Problem("--out", f"could not take the lock {self.lock}: another run keeps taking it"))
 
     def release(self) -> None:
-        if self.lock.exists() and self.lock.read_text().strip() == str(os.getpid()):
-            self.lock.unlink()
+        if self.held and self._owner().get("pid") == os.getpid():
+            self.lock.unlink(missing_ok=True)
+        self.held = False
 
 
 def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> Path:
@@ -345,11 +384,14 @@ def distill_terms(ctx: Context, st, step: int, batches: Batches, batch: torch.Te
     inputs, labels_global = mask_tokens(batch, ctx.tokenizer, d.mlm_probability, batches.generator(step, 1),
                                         d.whole_word_mask)
     inputs, labels = part(inputs), part(labels_global)
-    logits = ctx.student(inputs).logits
+    # The loss reads masked positions only, so the vocabulary-wide head runs on those rows alone (about 7x
+    # less head work at a 15% masking rate; the head dominates a narrow student's step).
+    keep = labels != -100
+    logits = ctx.student.cls(ctx.student.slimbert(inputs).last_hidden_state[keep])
     teacher_logits = None
     if st.alpha < 1.0:
-        teacher_logits = ctx.teacher(inputs, want_mlm=True).mlm_logits
-    loss = L.pretrain_distill_loss(logits, labels, teacher_logits, st.alpha, st.temperature)
+        teacher_logits = ctx.teacher(inputs, want_mlm=True).mlm_logits[keep]
+    loss = L.pretrain_distill_loss(logits, labels[keep], teacher_logits, st.alpha, st.temperature)
     return {"mlm": loss * token_share(labels_global, labels, ctx.world, n_micro)}
 
 
