@@ -138,3 +138,27 @@ def test_squad_finetune_reports_exact_match_and_f1(tmp_path, tiny_source, shared
     result = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
     assert set(result["dev"]) == {"exact_match", "f1"} and 0 <= result["dev"]["f1"] <= 100
     assert result["dev_examples"] == 8 and set(result["teacher_dev"]) == {"exact_match", "f1"}
+
+
+def test_precomputed_teacher_outputs_equal_running_the_teacher(tokenizer, tiny_source, shared_data):
+    """Task distillation reads the teacher's logits from a one-off pass; they must be what the teacher gives for
+    the same trimmed batch, for classification rows and for padded span logits alike."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from slimbert.engine.finetune import ClassificationTask, TeacherOutputs, _inputs
+    from slimbert.recipe.schema import Finetune
+
+    spec = Finetune(task="mrpc", train=str(shared_data / "MRPC" / "train.tsv"),
+                    dev=str(shared_data / "MRPC" / "dev.tsv"), text_fields=["#1 String", "#2 String"],
+                    label_field="Quality", max_examples=40, seq_len=64)
+    task = ClassificationTask(spec, shared_data, tokenizer)
+    torch.manual_seed(0)
+    teacher = AutoModelForSequenceClassification.from_pretrained(str(tiny_source), num_labels=2).eval()
+    cached = TeacherOutputs(teacher, task, batch_size=16)
+    assert cached.outputs["logits"].shape == (40, 2)
+    idx = torch.tensor([3, 17, 38, 0, 25])
+    x = _inputs(task.train, idx)
+    with torch.no_grad():
+        live = teacher(**x).logits
+    torch.testing.assert_close(cached(idx, x["input_ids"].shape[1]).logits, live, rtol=1e-5, atol=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,8 @@ class ClassificationTask:
     def source_model(self, path):
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=self.num_labels)
+        return AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=self.num_labels,
+                                                                  use_safetensors=True)
 
     def hard_loss(self, out, idx):
         y = self.train["labels"][idx]
@@ -110,7 +112,7 @@ class QATask:
     def source_model(self, path):
         from transformers import AutoModelForQuestionAnswering
 
-        return AutoModelForQuestionAnswering.from_pretrained(str(path))
+        return AutoModelForQuestionAnswering.from_pretrained(str(path), use_safetensors=True)
 
     def hard_loss(self, out, idx):
         s, e = self.train["start_positions"][idx], self.train["end_positions"][idx]
@@ -142,10 +144,40 @@ def make_task(spec, base: Path, tokenizer):
     return (QATask if spec.format == "squad" else ClassificationTask)(spec, base, tokenizer)
 
 
+class TeacherOutputs:
+    """A fine-tuned teacher's outputs on every training example, computed once: the teacher is frozen and runs
+    in eval mode, so its logits for an example never change, and every epoch (or every student distilled from
+    the same teacher) reads them instead of running the teacher again."""
+
+    FIELDS = ("logits", "start_logits", "end_logits")
+
+    @torch.no_grad()
+    def __init__(self, teacher, task, batch_size: int = 64):
+        teacher.eval()
+        self.width = task.train["input_ids"].shape[1]
+        parts: dict[str, list[torch.Tensor]] = {}
+        for i in range(0, task.n_train, batch_size):
+            out = teacher(**_inputs(task.train, torch.arange(i, min(task.n_train, i + batch_size))))
+            for f in self.FIELDS:
+                if getattr(out, f, None) is not None:
+                    x = getattr(out, f).float()
+                    if f != "logits":  # span logits: pad the trimmed columns back to the full width
+                        x = F.pad(x, (0, self.width - x.shape[1]), value=-1e4)
+                    parts.setdefault(f, []).append(x)
+        self.outputs = {f: torch.cat(v) for f, v in parts.items()}
+
+    def __call__(self, idx: torch.Tensor, width: int):
+        out = {f: (v[idx] if f == "logits" else v[idx, :width]) for f, v in self.outputs.items()}
+        return SimpleNamespace(**out)
+
+
 def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
-    """Fine-tune `model` on the task's training set; with `teacher`, mix in task distillation:
+    """Fine-tune `model` on the task's training set; with `teacher` (a model, or its precomputed
+    TeacherOutputs), mix in task distillation:
     distill_alpha * hard-label loss + (1 - distill_alpha) * soft cross-entropy at the temperature."""
     s = task.spec
+    if teacher is not None and not isinstance(teacher, TeacherOutputs):
+        teacher = TeacherOutputs(teacher, task)
     n = task.n_train
     total = max(1, math.ceil(s.epochs * math.ceil(n / s.batch_size)))
     warmup = int(s.warmup_ratio * total)
@@ -159,8 +191,6 @@ def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     history, step, t0 = [], 0, time.perf_counter()
     model.train()
-    if teacher is not None:
-        teacher.eval()
     while step < total:
         order = torch.randperm(n, generator=g)
         for i in range(0, n, s.batch_size):
@@ -171,8 +201,7 @@ def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
             out = model(**x)
             loss = task.hard_loss(out, idx)
             if teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(**x)
+                t_out = teacher(idx, x["input_ids"].shape[1])
                 loss = s.distill_alpha * loss + (1 - s.distill_alpha) * task.soft_loss(out, t_out)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tuning {s.task}, step {step}: loss is {loss.item()}")
