@@ -8,6 +8,7 @@ Public API (heavy imports happen on first use, so `slimbert --help` stays fast):
     compress(recipe, teacher=...)         run a recipe, optionally with your own teacher
     Teacher, ModuleTeacher, as_teacher    the teacher protocol and its adapters
     build_ib_teacher, fidelity            an inverted-bottleneck teacher from a pretrained source
+    register_teacher(name, factory)       a custom teacher a recipe names with teacher.plugin
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _LAZY = {
     "TeacherError": "slimbert.teacher.adapters", "as_teacher": "slimbert.teacher.adapters",
     "build_ib_teacher": "slimbert.teacher.build", "fidelity": "slimbert.teacher.build",
     "IBTeacher": "slimbert.teacher.build",
+    "register_teacher": "slimbert.plugins",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -35,6 +35,20 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """A small file written whole or not at all: temporary file, fsync, rename."""
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save(stage_dir: Path, step: int, tensors: dict[str, torch.Tensor], optimizer: dict | None, meta: dict) -> Path:
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = stage_dir / f"checkpoint-{step:08d}"
@@ -80,19 +94,35 @@ def verify(path: Path) -> dict:
 
 
 def load(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
+    """The checkpoint's state, weights and optimizer state, or CheckpointError. A checksum only proves the files
+    are the ones written; the loaders below still trust nothing: safetensors holds no code, and the optimizer
+    state goes through torch's weights-only unpickler, which refuses any object other than tensors and
+    containers (a crafted pickle is refused here, never executed)."""
     state = verify(path)
-    tensors = load_file(path / "model.safetensors")
+    try:
+        tensors = load_file(path / "model.safetensors")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path}: model.safetensors is unreadable ({e})") from None
     opt = None
     if (path / "optimizer.pt").is_file():
-        opt = torch.load(path / "optimizer.pt", weights_only=True)  # never unpickles arbitrary objects
+        try:
+            opt = torch.load(path / "optimizer.pt", weights_only=True)  # never unpickles arbitrary objects
+        except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
+            raise CheckpointError(f"{path}: optimizer.pt refused by the weights-only loader "
+                                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
     return state, tensors, opt
 
 
-def latest_good(stage_dir: Path, warn=print) -> Path | None:
+def good_checkpoints(stage_dir: Path, warn=print):
+    """Checkpoints that pass their checksums, newest first; each bad one is named and skipped."""
     for path in sorted(stage_dir.glob("checkpoint-*"), reverse=True):
         try:
             verify(path)
-            return path
         except CheckpointError as e:
             warn(f"skipping bad checkpoint: {e}")
-    return None
+            continue
+        yield path
+
+
+def latest_good(stage_dir: Path, warn=print) -> Path | None:
+    return next(good_checkpoints(stage_dir, warn), None)

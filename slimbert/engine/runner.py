@@ -46,13 +46,32 @@ class TrainingError(RuntimeError):
 # ---- preflight and run directory -------------------------------------------------------------------------------
 
 def preflight(r: Resolved) -> None:
-    """Refuse, before anything is written, what this version cannot run yet."""
+    """Refuse, before anything is written, what this machine cannot run (recipe checks live in load_recipe)."""
     problems = []
-    if r.recipe.export.bench is not None and not r.recipe.export.onnx:
-        problems.append(Problem("export.bench", "the latency report times the ONNX export: set export.onnx: true",
+    need = _memory_needed(r)
+    have = _physical_memory()
+    if have and need > have:
+        problems.append(Problem("student", f"the student and teacher need about {need / 2**30:.1f} GiB (fp32 weights, "
+                                           f"gradients and Adam moments) but this machine has {have / 2**30:.1f} GiB; "
+                                           "shrink the student (num_layers, inter_size, ffn) or use a bigger machine",
                                 None, str(r.file)))
     if problems:
         raise RecipeError(problems)
+
+
+def _memory_needed(r: Resolved) -> int:
+    from ..models import count
+
+    student = count(r.student_config).total_params
+    teacher = count(r.teacher_config if r.teacher_config is not None else r.source.as_config()).total_params
+    return 16 * student + 4 * teacher
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -219,7 +238,7 @@ def load_corpus(r: Resolved, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     if len(seqs) <= d.eval_sequences:
         raise RecipeError(Problem("data.corpus", f"the corpus gives {len(seqs)} sequences of {d.seq_len} tokens, not "
                                                  f"more than data.eval_sequences ({d.eval_sequences}); add text or "
-                                                 "shorten data.seq_len"))
+                                                 "shorten data.seq_len", None, str(r.file)))
     return seqs[d.eval_sequences:], seqs[: d.eval_sequences]
 
 
@@ -492,6 +511,8 @@ def run_stage(ctx: Context, k: int, st, start: int, opt_state: dict | None, prog
     model = world.wrap(StepModule(ctx, st.kind))
     n_micro = st.grad_accum
     metrics = open(ctx.out / "metrics.jsonl", "a") if world.main else None
+    if metrics is not None and metrics.tell() and not (ctx.out / "metrics.jsonl").read_bytes().endswith(b"\n"):
+        metrics.write("\n")  # end a line torn by a kill, so the resumed rows parse
     t0, seen = time.perf_counter(), 0
     try:
         for step in range(start, total):
@@ -549,7 +570,10 @@ def plot_stage(out: Path, k: int, name: str) -> None:
 
     rows = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill or a full disk; the resumed run logged the step again
         if row["stage"] == k:
             rows[row["step"]] = row  # a resumed run re-logs steps; keep the last
     if not rows:
@@ -576,10 +600,14 @@ def find_resume_point(ctx: Context, warn) -> tuple[int, int, dict | None]:
     stages = ctx.r.recipe.transfer
     for k in range(len(stages) - 1, -1, -1):
         stage_dir = ctx.out / "stages" / f"{k}-{stages[k].kind}"
-        good = ckpt.latest_good(stage_dir, warn) if stage_dir.is_dir() else None
-        if good is None:
+        for good in ckpt.good_checkpoints(stage_dir, warn) if stage_dir.is_dir() else ():
+            try:
+                state, tensors, opt = ckpt.load(good)
+                break
+            except ckpt.CheckpointError as e:
+                warn(f"skipping bad checkpoint: {e}")
+        else:
             continue
-        state, tensors, opt = ckpt.load(good)
         if ctx.ib is not None and stages[k].kind != "teacher_adaptation":
             load_teacher(ctx)  # adapted before this stage; saved when adaptation ended
         ctx.load_tensors(tensors)
@@ -795,6 +823,10 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
     console = console or Console(stderr=True)
     warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False)  # noqa: E731
     preflight(r)
+    if teacher is None and r.recipe.teacher.plugin is not None:
+        from ..plugins import TEACHERS
+
+        teacher = TEACHERS[r.recipe.teacher.plugin](r)  # registered by a plugin the user allowed
     if teacher is not None:
         teacher = as_teacher(teacher)
         r = with_teacher(r, teacher.num_layers, teacher.num_heads, teacher.hidden_size,
@@ -809,18 +841,29 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
                 raise RecipeError(Problem(f"transfer.{i}.batch_size", f"{st.batch_size} does not split over "
                                           f"{world.size} processes x grad_accum {st.grad_accum}", None, str(r.file)))
         console = console if world.main else Console(stderr=True, quiet=True)
+    existed = True
     if world.main:
         out = prepare_run_dir(r, out, resume)
-        out.mkdir(parents=True, exist_ok=True)
+        existed = out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RecipeError(Problem("--out", f"cannot create the run directory {out}: {e.strerror or e}")) from None
     world.barrier()
     out = Path(out)
     run_dir = RunDir(out)
     if world.main:
-        run_dir.acquire(warn)
+        try:
+            run_dir.acquire(warn)
+        except RecipeError:
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     try:
         if not resume and world.main:
-            (out / "recipe.resolved.yaml").write_text(yaml.safe_dump(r.recipe.model_dump(mode="json"), sort_keys=False))
-            (out / "plan.json").write_text(json.dumps(build_plan(r), indent=2, default=str))
+            ckpt.write_atomic(out / "recipe.resolved.yaml",
+                              yaml.safe_dump(r.recipe.model_dump(mode="json"), sort_keys=False))
+            ckpt.write_atomic(out / "plan.json", json.dumps(build_plan(r), indent=2, default=str))
         ctx = build_context(r, out, console, teacher)
         ctx.world = world
         start_stage, start_step, opt_state = find_resume_point(ctx, warn) if resume else (0, 0, None)
@@ -850,6 +893,24 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             run_export(ctx)
         console.print(f"[green]done[/]: student in {path}", highlight=False)
         return out
+    except Exception as e:
+        if world.main and not resume and not any(out.glob("stages/*/checkpoint-*")):
+            # A fresh run that stopped before its first checkpoint has nothing worth keeping: leave no partial
+            # run directory behind (a bad corpus, a full disk), so the same command can simply be run again.
+            run_dir.release()
+            _discard(out, keep_dir=existed)
+        if isinstance(e, OSError):
+            raise TrainingError(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}; "
+                                + ("the last good checkpoint is kept" if out.exists() else "nothing was kept"))
+        raise
     finally:
         if world.main:
             run_dir.release()
+
+
+def _discard(out: Path, keep_dir: bool) -> None:
+    if not keep_dir:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():  # an --out that existed (empty) before the run stays, empty
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)

@@ -24,16 +24,44 @@ class LineMap:
             loc = loc[:-1]
         return self.lines.get(())
 
-    def add(self, node: yaml.Node, loc: tuple = ()) -> None:
-        self.lines[loc] = node.start_mark.line + 1
+    def add(self, node: yaml.Node, loc: tuple = (), problems: list | None = None, _open: set | None = None,
+            _done: set | None = None) -> None:
+        """Record lines under `node`; duplicate keys go to `problems`. An alias shares its anchor's node: it is
+        walked once (`_done`), so nested aliases cannot blow up ("billion laughs"), and `_open` (the nodes being
+        walked) catches an alias that refers to itself."""
+        _open = set() if _open is None else _open
+        _done = set() if _done is None else _done
+        if id(node) in _open:
+            if problems is not None:
+                problems.append(Problem(_dotted(loc), "a YAML alias refers to itself (a cyclic structure)",
+                                        node.start_mark.line + 1))
+            return
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if id(node) in _done:
+            return
+        _open.add(id(node))
+        _done.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
             for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    continue  # the constructor reports unhashable keys
                 child = loc + (key.value,)
-                self.add(value, child)
+                if key.value in seen and problems is not None and key.tag != "tag:yaml.org,2002:merge":
+                    problems.append(Problem(_dotted(child), f"duplicate key (first given on line {seen[key.value]}); "
+                                                            "a later value would silently replace the first",
+                                            key.start_mark.line + 1))
+                seen.setdefault(key.value, key.start_mark.line + 1)
+                self.add(value, child, problems, _open, _done)
                 self.lines[child] = key.start_mark.line + 1  # a key's own line, not its value's
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                self.add(item, loc + (i,))
+                self.add(item, loc + (i,), problems, _open, _done)
+        _open.discard(id(node))
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(map(str, loc))
 
 
 def parse_yaml(text: str, file: str = "recipe") -> tuple[Any, LineMap]:
@@ -47,7 +75,10 @@ def parse_yaml(text: str, file: str = "recipe") -> tuple[Any, LineMap]:
         reason = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise RecipeError(Problem("", f"invalid YAML: {reason}", line, file)) from None
     if node is not None:
-        lines.add(node)
+        problems: list[Problem] = []
+        lines.add(node, problems=problems)
+        if problems:
+            raise RecipeError([Problem(p.path, p.message, p.line, file) for p in problems])
     return data, lines
 
 

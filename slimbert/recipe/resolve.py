@@ -7,18 +7,21 @@ reported at once (each with its key path and line) through one RecipeError.
 from __future__ import annotations
 
 import glob
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from ..models import SlimBertConfig
+from ..plugins import TEACHERS, PluginError, load_plugins
 from ..teacher.build import ib_teacher_config
-from ..teacher.source import SourceError, SourceInfo, describe_source, resolve_model_path
+from ..teacher.source import (SourceError, SourceInfo, check_tokenizer_files, check_weights,
+                              describe_source, resolve_model_path)
 from . import balance as balance_solver
 from .errors import Problem, RecipeError
 from .loader import LineMap, read_recipe_file
-from .overrides import apply_overrides
+from .overrides import apply_overrides, parse_override
 from .schema import STAGE_KINDS, Recipe
 
 FEATURE_TERMS = ("feature_map", "feature_mean", "feature_var")
@@ -54,55 +57,106 @@ class Resolved:
 
 
 class Collector:
-    def __init__(self, lines: LineMap, file: str):
+    def __init__(self, lines: LineMap, file: str, overrides: list[str] | None = None):
         self.lines, self.file, self.problems = lines, file, []
+        # A value set with --set is blamed on the override, not on the recipe line it replaced.
+        self.overridden = {tuple(parse_override(o)[0]): o for o in overrides or ()}
 
     def add(self, loc: tuple | str, message: str) -> None:
         loc = tuple(loc.split(".")) if isinstance(loc, str) else tuple(loc)
         loc = tuple(int(x) if isinstance(x, str) and x.isdigit() else x for x in loc)
-        self.problems.append(Problem(".".join(map(str, loc)), message, self.lines.line(loc), self.file))
+        override = next((o for k, o in self.overridden.items() if loc[:len(k)] == k), None)
+        if override is not None:
+            self.problems.append(Problem(".".join(map(str, loc)), message, None, f"--set {override}"))
+        else:
+            self.problems.append(Problem(".".join(map(str, loc)), message, self.lines.line(loc), self.file))
 
     def raise_if_any(self) -> None:
         if self.problems:
             raise RecipeError(self.problems)
 
 
-def _schema_problems(e: ValidationError, out: Collector) -> None:
+def _data_loc(data, loc: tuple) -> tuple:
+    """The part of a pydantic error location that names keys and indexes in the user's data. pydantic adds the
+    union member it tried (a stage kind, 'literal[...]', 'list[...]'); the user never wrote those."""
+    out, node = [], data
+    for x in loc:
+        if isinstance(node, dict) and x in node:
+            out.append(x)
+            node = node[x]
+        elif isinstance(node, list) and isinstance(x, int) and 0 <= x < len(node):
+            out.append(x)
+            node = node[x]
+        elif isinstance(node, dict) and isinstance(x, str) and x not in STAGE_KINDS and not node_is_tagged(x):
+            out.append(x)  # a missing key: name it
+            node = None
+    return tuple(out)
+
+
+def node_is_tagged(x: str) -> bool:
+    return "[" in x or x in ("names", "list")  # pydantic's union member tags (schema.py's Tag names)
+
+
+_REPR = reprlib.Repr()  # bounded: a value in a message never floods the terminal (Python 3.11 has no kwargs)
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 6, 4, 2
+
+
+def _short(value) -> str:
+    return _REPR.repr(value)
+
+
+def _schema_problems(e: ValidationError, data: dict, out: Collector) -> None:
+    seen = set()
     for err in e.errors():
-        # Discriminated unions put the stage kind into the location; the user never wrote it as a key.
-        loc = tuple(x for i, x in enumerate(err["loc"])
-                    if not (isinstance(x, str) and x in STAGE_KINDS and i > 0 and isinstance(err["loc"][i - 1], int)))
+        loc = _data_loc(data, err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif err["type"] == "union_tag_invalid":
-            msg = f"unknown stage kind {err['input'].get('kind')!r}; expected one of {', '.join(STAGE_KINDS)}"
+            msg = f"unknown stage kind {_short(err['input'].get('kind'))}; expected one of {', '.join(STAGE_KINDS)}"
         elif err["type"] == "union_tag_not_found":
             msg = f"each stage needs a kind: one of {', '.join(STAGE_KINDS)}"
+        elif err["type"] == "string_pattern_mismatch":
+            field = Recipe.model_fields.get(str(loc[-1])) if len(loc) == 1 else None
+            msg = f"{_short(err['input'])} is not allowed" + (f": {field.description}" if field else "")
         elif "input" in err and err["type"] not in ("value_error",):
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {_short(err['input'])})"
+        if loc in seen and len(err["loc"]) != len(loc):
+            continue  # one message per key when several union members reject it
+        seen.add(loc)
         out.add(loc, msg.replace("Value error, ", ""))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plugins: bool = False) -> Resolved:
     data, lines, file = read_recipe_file(path)
     data = apply_overrides(data, overrides or [])
-    out = Collector(lines, str(path))
+    out = Collector(lines, str(path), overrides)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
-        _schema_problems(e, out)
+        _schema_problems(e, data, out)
         out.raise_if_any()
+    base = file.parent
     if recipe.plugins and not allow_plugins:
         out.add("plugins", "plugins run Python code; they are refused unless you pass --allow-plugins")
-    base = file.parent
+    elif recipe.plugins:
+        try:
+            load_plugins(recipe.plugins, base)
+        except PluginError as e:
+            out.add(("plugins", e.index), str(e))
+    plugin_teacher = recipe.teacher.plugin
+    if plugin_teacher is not None and plugin_teacher not in TEACHERS:
+        out.add("teacher.plugin", f"no teacher is registered as {plugin_teacher!r} (registered: "
+                                  f"{', '.join(sorted(TEACHERS)) or 'none'}); list the module that registers it under "
+                                  "plugins: and pass --allow-plugins, or call slimbert.register_teacher from Python")
 
     # Source and tokenizer ------------------------------------------------------------------------------
     try:
         source_path = resolve_model_path(recipe.source.model, base)
         source = describe_source(source_path)
+        check_weights(source_path, source)
     except SourceError as e:
         out.add("source.model", str(e))
         out.raise_if_any()
@@ -112,7 +166,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
             tokenizer_path = resolve_model_path(recipe.source.tokenizer, base)
         except SourceError as e:
             out.add("source.tokenizer", str(e))
-    _check_tokenizer(tokenizer_path, source, out)
+            tokenizer_path = None
+    if tokenizer_path is not None:
+        _check_tokenizer(tokenizer_path, source, out, "source.tokenizer" if recipe.source.tokenizer else "source.model")
 
     # Architectures -----------------------------------------------------------------------------------
     s, t = recipe.student, recipe.teacher
@@ -135,16 +191,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
             student_config = _student_config(recipe, source, balance, out)
         except ValueError as e:
             out.add("balance", f"impossible balance: {e}")
-    teacher_config = _teacher_config(recipe, source, out) if t.type == "inverted_bottleneck" else None
+    ib = t.type == "inverted_bottleneck" and plugin_teacher is None
+    teacher_config = _teacher_config(recipe, source, out) if ib else None
 
     # Layer map -----------------------------------------------------------------------------------------
-    layer_map = _layer_map(recipe, source.num_layers, out)
+    # A plugin's teacher is only known when the run builds it; the run re-checks the recipe against it then.
+    layer_map = _layer_map(recipe, source.num_layers, out if plugin_teacher is None else Collector(lines, ""))
 
     # Cross-field checks, before any training -----------------------------------------------------------
     feature_width = teacher_config.hidden_size if teacher_config else source.hidden_size
     teacher_heads = teacher_config.num_attention_heads if teacher_config else source.num_heads
     for i, st in enumerate(recipe.transfer):
-        losses = getattr(st, "losses", None)
+        losses = getattr(st, "losses", None) if plugin_teacher is None else None
         if losses is not None:
             feature = any(getattr(losses, k) > 0 for k in FEATURE_TERMS)
             if feature and t.type == "inverted_bottleneck" and feature_width != s.inter_size:
@@ -163,7 +221,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
                                               "teacher.type is source: there is nothing to adapt")
             if any(x.kind != "teacher_adaptation" for x in recipe.transfer[:i]):
                 out.add(f"transfer.{i}.kind", "teacher_adaptation must come before the student's stages")
-        if st.kind in ("pretrain_distill", "auxiliary") and st.alpha < 1 and not _teacher_has_mlm(t, source):
+        if (st.kind in ("pretrain_distill", "auxiliary") and st.alpha < 1 and plugin_teacher is None
+                and not _teacher_has_mlm(t, source)):
             out.add(f"transfer.{i}.alpha",
                     f"the teacher has no MLM head ({source.path} is a {source.model_type} without one), so "
                     "there are no teacher logits to distil; set alpha: 1.0 (hard MLM labels only)")
@@ -183,8 +242,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
         for prefix in st.freeze:
             if prefix in st.lr_multipliers:
                 out.add(f"transfer.{i}.freeze", f"{prefix!r} is both frozen and given an LR multiplier")
-    if s.copy_embeddings and student_config is not None:
+    if s.copy_embeddings and student_config is not None and plugin_teacher is None:
         _check_embedding_copy(recipe, source, teacher_config, student_config, out)
+    if recipe.export.bench is not None and not recipe.export.onnx:
+        out.add("export.bench", "the latency report times the ONNX export: set export.onnx: true")
     if recipe.data.seq_len > source.max_positions:
         out.add("data.seq_len", f"{recipe.data.seq_len} exceeds the source's {source.max_positions} positions")
 
@@ -263,6 +324,11 @@ def _check_task(ft, base: Path, out: Collector) -> None:
         out.add("finetune.teacher_model", "is set but finetune.distill is false; set distill: true or remove it")
     if ft.teacher_model is not None and not (base / ft.teacher_model).is_dir():
         out.add("finetune.teacher_model", f"directory not found: {base / ft.teacher_model}")
+    elif ft.teacher_model is not None:
+        try:
+            check_weights((base / ft.teacher_model).resolve())
+        except SourceError as e:
+            out.add("finetune.teacher_model", str(e))
 
 
 def _stage_steps(st) -> int:
@@ -273,20 +339,28 @@ def _teacher_has_mlm(t, source: SourceInfo) -> bool:
     return source.has_mlm_head
 
 
-def _check_tokenizer(path, source: SourceInfo, out: Collector) -> None:
+def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str) -> None:
     from transformers import AutoTokenizer
 
     if not isinstance(path, Path):
         return  # a hub id: checked when the run loads it, so validate and plan never touch the network
 
     try:
+        check_tokenizer_files(path)
         tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, TypeError) as e:
-        out.add("source.tokenizer", f"cannot load a tokenizer from {path}: {str(e).splitlines()[0]}")
+    except SourceError as e:
+        out.add(key, str(e))
+        return
+    except Exception as e:  # noqa: BLE001 - tokenizer loaders raise many types for a broken directory
+        out.add(key, f"cannot load a tokenizer from {path}: {type(e).__name__}: "
+                                    f"{(str(e).splitlines() or [''])[0]}")
         return
     if len(tok) > source.vocab_size:
-        out.add("source.tokenizer", f"tokenizer mismatch: the tokenizer at {path} has {len(tok)} tokens but the "
+        out.add(key, f"tokenizer mismatch: the tokenizer at {path} has {len(tok)} tokens but the "
                                     f"source model's vocabulary has {source.vocab_size} rows")
+    elif None not in (tok.pad_token_id, source.pad_token_id) and tok.pad_token_id != source.pad_token_id:
+        out.add(key, f"tokenizer mismatch: the tokenizer at {path} pads with id {tok.pad_token_id}, "
+                                    f"the source model with {source.pad_token_id}: they come from different models")
 
 
 def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Collector) -> SlimBertConfig | None:
@@ -355,7 +429,9 @@ def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]
                 out.add(("layer_map", i), f"teacher layer {j} is out of range: the teacher has layers 1..{teacher_layers}")
         return list(lm)
     if n > teacher_layers:
-        out.add("layer_map", f"{lm!r} needs a teacher at least as deep as the student ({teacher_layers} < {n} "
+        # Not written in the recipe: blame the student's depth, which the user did write.
+        key = "layer_map" if "layer_map" in recipe.model_fields_set else "student.num_layers"
+        out.add(key, f"layer_map {lm!r} needs a teacher at least as deep as the student ({teacher_layers} < {n} "
                              "layers); give an explicit list")
         return []
     if lm == "uniform":  # student layer i <- teacher layer i * Lt / Ls (TF2's transfer_teacher_layers, 1-based)
@@ -393,6 +469,25 @@ def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:
         if not found:
             out.add(("data", "corpus", "files", i), f"no file matches {full}; {hint}")
         files += found
-    if files and all(f.stat().st_size == 0 for f in files):
-        out.add("data.corpus.files", f"the corpus is empty (every matched file has 0 bytes); {hint}")
+    if files and not any(_has_text(f) for f in files):
+        out.add("data.corpus.files", f"the corpus is empty (the matched files hold no text); {hint}")
+    elif files:
+        # A token takes at least one byte, so this many bytes can never fill the held-out set plus one batch.
+        need = (recipe.data.eval_sequences + 1) * (recipe.data.seq_len - 2)
+        size = sum(f.stat().st_size for f in files)
+        if size < need:
+            out.add("data.corpus.files", f"the corpus is too small: {size} bytes give at most {size} tokens, but "
+                                         f"data.eval_sequences ({recipe.data.eval_sequences}) held-out sequences plus "
+                                         f"training need at least {need} at data.seq_len {recipe.data.seq_len}")
     return files
+
+
+def _has_text(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 16), b""):
+                if block.strip():
+                    return True
+    except OSError:
+        pass
+    return False

@@ -6,14 +6,29 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator)
 
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
+
+def _not_bool(value):
+    # pydantic's lax mode reads `true` as 1; in a recipe that is always a typo for a number.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+PositiveInt = Annotated[Int, Field(gt=0)]
+PosFloat = Annotated[Float, Field(gt=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
+Beta = Annotated[Float, Field(ge=0, lt=1)]
+LayerMap = Annotated[Union[Annotated[Literal["uniform", "last"], Tag("names")], Annotated[list[PositiveInt], Tag("list")]],
+                     Discriminator(lambda v: "list" if isinstance(v, (list, tuple)) else "names")]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Infinite or NaN numbers are never meaningful in a recipe (an .inf learning rate is a NaN loss later).
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 # ---- source and teacher ---------------------------------------------------------------------------------------
@@ -29,6 +44,9 @@ class Teacher(Section):
     type: Literal["inverted_bottleneck", "source"] = Field(
         "inverted_bottleneck", description="inverted_bottleneck builds an IB teacher from the source; source uses "
                                            "the source as it is (feature maps then go through projections).")
+    plugin: str | None = Field(
+        None, description="A teacher registered by a plugin (slimbert.register_teacher) under this name; it replaces "
+                          "type. Its module goes under plugins: and needs --allow-plugins.")
     inter_size: PositiveInt | None = Field(
         None, description="IB teacher's inter-block width, the feature-map width shared with the student "
                           "(paper: 512). Defaults to student.inter_size.")
@@ -115,8 +133,9 @@ class Corpus(Section):
 
 class Data(Section):
     corpus: Corpus = Field(..., description="Unlabelled text for task-agnostic transfer.")
-    seq_len: PositiveInt = Field(128, description="Packed sequence length (paper: 512; shorter is much cheaper).")
-    mlm_probability: Annotated[float, Field(gt=0, lt=1)] = Field(0.15, description="Masking rate for MLM.")
+    seq_len: Annotated[Int, Field(ge=3)] = Field(128, description="Packed sequence length, [CLS] and [SEP] included "
+                                                                  "(paper: 512; shorter is much cheaper).")
+    mlm_probability: Annotated[Float, Field(gt=0, lt=1)] = Field(0.15, description="Masking rate for MLM.")
     whole_word_mask: bool = Field(False, description="Mask whole words rather than word pieces.")
     max_sequences: PositiveInt | None = Field(None, description="Cap on packed sequences read (for quick runs).")
     eval_sequences: PositiveInt = Field(64, description="Held-out sequences for fidelity and eval losses.")
@@ -128,7 +147,7 @@ class Optimizer(Section):
     name: Literal["adamw", "lamb", "sgd"] = Field("adamw", description="lamb is the paper's (large batches).")
     lr: PosFloat = Field(1e-3, description="Base learning rate.")
     weight_decay: NonNegFloat = Field(0.01, description="Decoupled weight decay (not on norms and biases).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/LAMB betas.")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="Adam/LAMB betas.")
     eps: PosFloat = Field(1e-6, description="Adam/LAMB epsilon.")
 
 
@@ -146,7 +165,7 @@ class StageBase(Section):
     batch_size: PositiveInt = Field(32, description="Sequences per optimizer step.")
     grad_accum: PositiveInt = Field(1, description="Micro-batches accumulated per step.")
     optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer settings.")
-    warmup_steps: Annotated[int, Field(ge=0)] = Field(0, description="Linear LR warm-up steps.")
+    warmup_steps: Annotated[Int, Field(ge=0)] = Field(0, description="Linear LR warm-up steps.")
     schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="LR after warm-up.")
     grad_clip: NonNegFloat = Field(1.0, description="Global-norm clip (official: 1.0); 0 disables.")
     freeze: list[str] = Field(default_factory=list, description="Student module prefixes kept frozen.")
@@ -180,7 +199,7 @@ class JointStage(LayerwiseStage):
 class DistillTarget(Section):
     """The pre-training distillation target: alpha * one-hot + (1 - alpha) * softmax(teacher / T)."""
 
-    alpha: Annotated[float, Field(ge=0, le=1)] = Field(0.5, description="Weight of hard MLM labels against the "
+    alpha: Annotated[Float, Field(ge=0, le=1)] = Field(0.5, description="Weight of hard MLM labels against the "
                                                                         "teacher's distribution (official 0.5).")
     temperature: PosFloat = Field(1.0, description="Softmax temperature of the teacher's MLM logits.")
 
@@ -229,13 +248,13 @@ class Finetune(Section):
     doc_stride: PositiveInt = Field(32, description="squad: tokens shared by neighbouring windows of a long "
                                                     "context (BERT: 128 at seq_len 384).")
     max_answer_length: PositiveInt = Field(30, description="squad: longest answer span, in tokens.")
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(0.1, description="Share of steps warming up the LR.")
+    warmup_ratio: Annotated[Float, Field(ge=0, lt=1)] = Field(0.1, description="Share of steps warming up the LR.")
     weight_decay: NonNegFloat = Field(0.01, description="AdamW weight decay (not on norms and biases).")
     distill: bool = Field(False, description="Task distillation from a teacher fine-tuned on the same task.")
     teacher_model: str | None = Field(
         None, description="A directory holding the task-fine-tuned teacher (a sequence classifier). Without it, "
                           "the source is fine-tuned here first with the same settings (costs a source fine-tune).")
-    distill_alpha: Annotated[float, Field(ge=0, le=1)] = Field(
+    distill_alpha: Annotated[Float, Field(ge=0, le=1)] = Field(
         0.5, description="Weight of the hard-label loss against the teacher's soft targets.")
     temperature: PosFloat = Field(1.0, description="Task-distillation temperature.")
 
@@ -260,13 +279,15 @@ class Export(Section):
 # ---- the recipe ----------------------------------------------------------------------------------------------------
 
 class Recipe(Section):
-    name: str = Field("slimbert", description="Run name; the run directory is named after it.")
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="Seed for weights, data order and masking.")
+    # The default run directory is runs/<name>-<time>: a name is one path component, so it cannot escape runs/.
+    name: str = Field("slimbert", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                      description="Run name (letters, digits, '.', '_', '-'); the run directory is named after it.")
+    seed: Annotated[Int, Field(ge=0, lt=2 ** 32)] = Field(0, description="Seed for weights, data order and masking.")
     source: Source = Field(..., description="The pretrained model to compress.")
     teacher: Teacher = Field(default_factory=Teacher, description="How the teacher is built.")
     student: Student = Field(default_factory=Student, description="The student's architecture.")
     balance: Balance | None = Field(None, description="Solve intra width and FFNs from a ratio/budget instead.")
-    layer_map: Literal["uniform", "last"] | list[PositiveInt] = Field(
+    layer_map: LayerMap = Field(
         "uniform", description="Teacher layer (1-based) for each student layer: uniform, last, or a list.")
     data: Data = Field(..., description="Corpus and masking.")
     transfer: list[Stage] = Field(..., min_length=1, description="Ordered stages.")

@@ -55,7 +55,7 @@ class HFEncoderTeacher:
             from transformers import AutoModel, AutoModelForMaskedLM
 
             cls = AutoModelForMaskedLM if with_mlm else AutoModel
-            model = cls.from_pretrained(str(model), attn_implementation="eager")
+            model = cls.from_pretrained(str(model), attn_implementation="eager", use_safetensors=True)
         else:
             with_mlm = hasattr(model, "base_model") and model.base_model is not model and _has_mlm_logits(model)
             if hasattr(model, "set_attn_implementation"):

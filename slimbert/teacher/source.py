@@ -58,6 +58,7 @@ class SourceInfo:
     has_mlm_head: bool
     layer_norm_eps: float = 1e-12
     position_offset: int = 0  # RoBERTa-style models count positions from padding_idx + 1
+    pad_token_id: int | None = None
 
     def as_config(self) -> SlimBertConfig:
         """The source as a (bottleneck-free) member of the family, for counting."""
@@ -104,6 +105,19 @@ def _read_config(path: Path | str):
 
 
 def describe_source(path: Path | str) -> SourceInfo:
+    info = _describe(path)
+    sizes = {"hidden size": info.hidden_size, "layers": info.num_layers, "heads": info.num_heads,
+             "vocab_size": info.vocab_size, "max positions": info.max_positions}
+    bad = [f"{k} {v!r}" for k, v in sizes.items() if not isinstance(v, int) or isinstance(v, bool) or v <= 0]
+    if bad:
+        raise SourceError(f"{path}: its config.json gives {', '.join(bad)}; expected positive integers")
+    if info.hidden_size % info.num_heads:
+        raise SourceError(f"{path}: its config.json gives {info.num_heads} heads, which do not divide its hidden size "
+                          f"{info.hidden_size}")
+    return info
+
+
+def _describe(path: Path | str) -> SourceInfo:
     c = _read_config(path)
     mt = c.model_type
     archs = c.architectures or []
@@ -116,10 +130,60 @@ def describe_source(path: Path | str) -> SourceInfo:
                           c.intermediate_size, c.vocab_size, c.max_position_embeddings,
                           getattr(c, "type_vocab_size", 1), c.hidden_act,
                           getattr(c, "embedding_size", c.hidden_size), has_mlm, c.layer_norm_eps,
-                          position_offset(mt, c.pad_token_id))
+                          position_offset(mt, c.pad_token_id), getattr(c, "pad_token_id", None))
     if mt == "slimbert":
         return SourceInfo(path, mt, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
                           c.intermediate_size, c.vocab_size, c.max_position_embeddings, c.type_vocab_size,
                           c.hidden_act, c.embedding_size, has_mlm)
     raise SourceError(f"{path}: model_type {mt!r} is not a supported encoder; expected one of "
                       f"{', '.join(ENCODER_TYPES)}, or plug it in through the Python API")
+
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt.index", "tf_model.h5",
+                  "flax_model.msgpack")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
+def check_weights(path: Path | str, info: SourceInfo | None = None) -> None:
+    """A local model directory holds readable safetensors weights that fit its config, read from the headers
+    only (cheap at any size). slimbert never unpickles: a directory with only .bin weights is refused."""
+    from safetensors import SafetensorError, safe_open
+
+    if not isinstance(path, Path):
+        return  # a hub id: transformers fetches safetensors when the run loads it
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SourceError(f"{index} is unreadable ({e})") from None
+        files = [path / name for name in shards]
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        other = [n for n in PICKLE_WEIGHTS if (path / n).exists()]
+        if other:
+            raise SourceError(f"{path} holds weights only as {other[0]}; slimbert loads safetensors only (it never "
+                              "unpickles a file): convert it, e.g. save_pretrained(..., safe_serialization=True)")
+        raise SourceError(f"{path} has no weights (expected model.safetensors)")
+    shapes = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                shapes.update({k: st.get_slice(k).get_shape() for k in st.keys()})
+        except (OSError, SafetensorError) as e:
+            raise SourceError(f"{f} is not a readable safetensors file (truncated or corrupted?): {e}") from None
+    if info is not None:
+        emb = [v for k, v in shapes.items() if k.endswith("word_embeddings.weight")]
+        if emb and tuple(emb[0]) != (info.vocab_size, info.embedding_size):
+            raise SourceError(f"{path}: the word embedding in the weights is {tuple(emb[0])} but config.json says "
+                              f"(vocab_size, hidden size) = {(info.vocab_size, info.embedding_size)}")
+
+
+def check_tokenizer_files(path: Path | str) -> None:
+    if isinstance(path, Path) and not any((path / n).is_file() for n in TOKENIZER_FILES):
+        raise SourceError(f"no tokenizer in {path} (expected one of {', '.join(TOKENIZER_FILES)}); set "
+                          "source.tokenizer to the directory that holds the source's tokenizer")
