@@ -4,6 +4,7 @@ batches an uninterrupted run would have seen."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -19,15 +20,30 @@ def read_texts(files: list[Path]) -> list[str]:
     return texts
 
 
+BUILDERS = {".txt": "text", ".raw": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
 def read_dataset(name: str, config: str | None, split: str, field: str, streaming: bool, limit: int) -> list[str]:
+    """Up to `limit` texts from a `datasets` dataset: a local data file (by its suffix), a local folder of data
+    files, or a hub name (when online). Streaming reads only what it needs, for corpora too large to load."""
     try:
         import datasets
     except ImportError:
         raise RuntimeError("data.corpus.dataset needs the `datasets` package: pip install datasets") from None
-    ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    path = Path(name)
+    if path.is_file():
+        if path.suffix not in BUILDERS:
+            raise ValueError(f"{name}: a data file must end in {', '.join(BUILDERS)}")
+        ds = datasets.load_dataset(BUILDERS[path.suffix], config, data_files={split: str(path)}, split=split,
+                                   streaming=streaming)
+    else:
+        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
     out = []
     for row in ds:
-        out.append(row[field])
+        if field not in row:
+            raise ValueError(f"no column {field!r} (columns: {', '.join(row)}); set data.corpus.text_field")
+        if row[field]:
+            out.append(row[field])
         if len(out) >= limit:
             break
     return out
@@ -54,11 +70,26 @@ def pack(texts: list[str], tokenizer, seq_len: int, max_sequences: int | None = 
     return torch.tensor(rows, dtype=torch.long).view(-1, seq_len)
 
 
-def word_starts(tokenizer, ids: torch.Tensor) -> torch.Tensor:
-    """True where a token starts a word (WordPiece continuations begin with '##')."""
+@lru_cache(maxsize=8)
+def _start_table(tokenizer) -> torch.Tensor:
+    """Per vocabulary id: does this token start a word? WordPiece (BERT) marks continuations with '##';
+    byte-level BPE (RoBERTa, GPT-2) and SentencePiece mark word starts with 'Ġ' or '▁' instead, so there a
+    token without the mark continues the word before it. Special tokens count as starts (never masked)."""
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    cont = torch.tensor([t.startswith("##") for t in vocab])
-    return ~cont[ids.clamp_max(len(vocab) - 1)]
+    vocab = [t or "" for t in vocab]
+    if any(t.startswith("##") for t in vocab):
+        return torch.tensor([not t.startswith("##") for t in vocab])
+    starts = torch.tensor([t.startswith(("Ġ", "▁")) for t in vocab])
+    starts[torch.tensor(tokenizer.all_special_ids, dtype=torch.long)] = True
+    return starts
+
+
+def word_starts(tokenizer, ids: torch.Tensor) -> torch.Tensor:
+    """True where a token starts a word (and at the first position of every sequence)."""
+    table = _start_table(tokenizer)
+    starts = table[ids.clamp_max(len(table) - 1)]
+    starts[..., 0] = True
+    return starts
 
 
 def mask_tokens(ids: torch.Tensor, tokenizer, probability: float, generator: torch.Generator,

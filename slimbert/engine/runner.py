@@ -229,7 +229,10 @@ def load_corpus(r: Resolved, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     if d.corpus.dataset:
         c = d.corpus
         try:
-            texts = read_dataset(c.dataset, c.dataset_config, c.split, c.text_field, c.streaming, limit * 8)
+            local = Path(c.dataset).expanduser()
+            local = local if local.is_absolute() else r.file.parent / local  # relative to the recipe, as files
+            texts = read_dataset(str(local) if local.exists() else c.dataset, c.dataset_config, c.split,
+                                 c.text_field, c.streaming, limit * 8)
         except Exception as e:  # noqa: BLE001 - any loader failure is a data problem to report
             raise RecipeError(Problem("data.corpus.dataset", f"cannot read dataset {c.dataset!r}: {e}")) from None
     else:
