@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -171,8 +172,20 @@ def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", hel
     stem = out.stem
     text = src.read_text().replace(f"name: {src.stem}", f"name: {stem}", 1)
     text = text.replace(f"recipes/{src.name}", str(out))
+    from .recipe.reference import SCHEMA_FILE
+
+    # The presets name the schema relative to recipes/; the copy names the installed file, so editors find it.
+    text = re.sub(r"(# yaml-language-server: \$schema=)\S+", lambda m: m.group(1) + SCHEMA_FILE.as_uri(), text)
     out.write_text(text)
     console.print(f"wrote {out} (from {src.name}); next: slimbert validate {out}")
+
+
+@recipes_app.command("schema")
+def recipes_schema() -> None:
+    """Print the recipe JSON Schema (for editors; the package ships it as slimbert/recipe/recipe.schema.json)."""
+    from .recipe.reference import schema_text
+
+    print(schema_text(), end="")
 
 
 @app.command("export")
