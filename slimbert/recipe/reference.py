@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 SCHEMA_FILE = Path(__file__).with_name("recipe.schema.json")
-SCHEMA_ID = "https://slimbert.dev/recipe.schema.json"  # an identifier only; editors use the file path/URL
 
 
 def recipe_json_schema() -> dict:
@@ -26,8 +25,8 @@ def recipe_json_schema() -> dict:
     schema = Recipe.model_json_schema()
     _add_factory_defaults(schema, Recipe)
     _standard_keywords(schema)
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-              "title": "slimbert recipe", **{k: v for k, v in schema.items() if k != "title"}}
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "slimbert recipe",
+              **{k: v for k, v in schema.items() if k != "title"}}
     return schema
 
 
