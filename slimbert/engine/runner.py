@@ -703,8 +703,21 @@ def start_student_stages(ctx: Context, adapted: bool) -> None:
                 print_fidelity(ctx.console, write_fidelity(ctx, "after", teacher_fidelity(ctx)))
             save_teacher(ctx)
         ctx.ib.requires_grad_(False)
+    if ctx.r.recipe.student.init == "prune_from_teacher":
+        init_student_by_pruning(ctx)
     if ctx.r.recipe.student.copy_embeddings:
         _copy_embeddings(ctx.teacher, ctx.student)
+
+
+def init_student_by_pruning(ctx: Context) -> None:
+    """student.init: prune_from_teacher, from the teacher as adapted (see teacher/prune.py)."""
+    from ..teacher.prune import init_from_teacher
+
+    report = init_from_teacher(ctx.student.slimbert, ctx.ib.model, ctx.r.layer_map, ctx.train[:16], ctx.eval[:16])
+    if ctx.world.main:
+        ctx.console.print(report.summary(ctx.ib.config, ctx.r.student_config, ctx.r.layer_map), highlight=False,
+                          soft_wrap=True)
+        (ctx.out / "student_init.json").write_text(json.dumps(report.as_dict(), indent=2))
 
 
 def save_model(model, tokenizer, final: Path) -> Path:

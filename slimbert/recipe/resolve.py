@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from ..models import SlimBertConfig
 from ..plugins import TEACHERS, PluginError, load_plugins
 from ..teacher.build import ib_teacher_config
+from ..teacher.prune import problems as prune_problems
 from ..teacher.source import (SourceError, SourceInfo, check_tokenizer_files, check_weights,
                               describe_source, resolve_model_path)
 from . import balance as balance_solver
@@ -246,6 +247,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
         _check_embedding_copy(recipe, source, teacher_config, student_config, out)
     if recipe.export.bench is not None and not recipe.export.onnx:
         out.add("export.bench", "the latency report times the ONNX export: set export.onnx: true")
+    if s.init == "prune_from_teacher" and student_config is not None:
+        for key, message in prune_problems(teacher_config, student_config):
+            out.add(key, message)
     if recipe.data.seq_len > source.max_positions:
         out.add("data.seq_len", f"{recipe.data.seq_len} exceeds the source's {source.max_positions} positions")
 
@@ -287,6 +291,9 @@ def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_siz
             out.add(f"transfer.{i}.losses.attention", f"attention transfer needs equal head counts: the teacher "
                                                       f"passed in has {num_heads}, student.num_heads is "
                                                       f"{s.num_heads}; make them equal or set attention: 0")
+    if s.init == "prune_from_teacher":
+        out.add("student.init", "prune_from_teacher prunes the IB teacher the recipe builds into the student; a "
+                                "teacher passed in cannot be: set student.init: random")
     if s.copy_embeddings and hidden_size != s.inter_size:
         out.add("student.copy_embeddings", f"the teacher passed in is {hidden_size} wide and the student "
                                            f"{s.inter_size}: its embeddings cannot be copied; set "

@@ -93,7 +93,8 @@ class Student(Section):
         "no_norm", description="no_norm: 192 -> 62 ms on a Pixel 4 with relu, -0.8 GLUE (paper).")
     activation: Literal["relu", "gelu", "relu6"] = Field("relu", description="FFN and MLM-transform activation.")
     init: Literal["random", "prune_from_teacher"] = Field(
-        "random", description="Student initialisation before transfer.")
+        "random", description="random, or prune_from_teacher: the (adapted) IB teacher's layer_map layers pruned "
+                               "to the student's widths with torch-pruning and copied in.")
     copy_embeddings: bool = Field(
         True, description="Copy embeddings (and the MLM head) from the teacher when shapes allow, as the paper.")
     dropout: NonNegFloat = Field(0.0, description="Hidden dropout outside transfer stages (off during transfer).")
