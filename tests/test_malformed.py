@@ -6,6 +6,7 @@ and the override parser: only RecipeError may come out."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -37,6 +38,18 @@ def expectations(path: Path) -> list[tuple[str, int | None, str]]:
     return out
 
 
+def evil_pickle(marker: Path) -> bytes:
+    """A pickle that creates `marker` when unpickled: it must only ever be refused."""
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    return pickle.dumps({"state": Evil()})
+
+
 def make_bad_models(root: Path, source: Path) -> dict[str, Path]:
     """Model directories broken in one way each, derived from the tiny source."""
     from transformers import BertConfig, BertForMaskedLM
@@ -53,7 +66,7 @@ def make_bad_models(root: Path, source: Path) -> dict[str, Path]:
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 3])
     pickle = copy("pickle-only")
     (pickle / "model.safetensors").unlink()
-    (pickle / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    (pickle / "pytorch_model.bin").write_bytes(evil_pickle(root / "PWNED"))
     gpt2 = copy("gpt2")
     config = json.loads((gpt2 / "config.json").read_text())
     (gpt2 / "config.json").write_text(json.dumps({**config, "model_type": "gpt2", "architectures": ["GPT2Model"]}))
@@ -69,10 +82,11 @@ def make_bad_models(root: Path, source: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def placeholders(tmp_path_factory, tiny_source, shared_data) -> dict[str, str]:
+def placeholders(tmp_path_factory, tiny_source, shared_data):
     models = make_bad_models(tmp_path_factory.mktemp("bad-models"), tiny_source)
     values = {"SOURCE": tiny_source, "CORPUS": shared_data / "wikitext-2-raw" / "wiki.test.raw", **models}
-    return {f"@{k}@": str(v) for k, v in values.items()}
+    yield {f"@{k}@": str(v) for k, v in values.items()}
+    assert not (models["MODEL_PICKLE"].parent / "PWNED").exists(), "a pickle was executed"
 
 
 def materialize(case: Path, dest: Path, placeholders: dict[str, str]) -> Path:
@@ -124,3 +138,126 @@ def test_malformed_recipe_exits_2_and_writes_nothing(case, tmp_path, placeholder
     assert code == 2, output
     check_problems(output, str(recipe), expected)
     assert not out.exists(), f"run wrote {sorted(p.name for p in out.iterdir())}"
+
+
+# ---- --set overrides -----------------------------------------------------------------------------------------------
+
+GOOD = MALFORMED / "zero_layers.yaml"  # the base recipe; overrides below fix or break it
+
+
+@pytest.mark.parametrize("overrides, key, words", [
+    (["novalue"], "", "must look like key.path=value"),
+    (["a..b=1"], "a..b", "dot-separated names"),
+    (["=3"], "", "dot-separated names"),
+    (["transfer.7.steps=1"], "transfer.7", "out of range"),
+    (["name.first=x"], "name.first", "no such key"),
+    (["student.num_layers=zero"], "student.num_layers", "valid integer"),
+    (["transfer.0.optimizer.lr=.nan"], "transfer.0.optimizer.lr", "finite number"),
+    (["student=[1, 2]"], "student", "valid dictionary"),
+    (["name=../../outside"], "name", "not allowed"),
+    (["layer_map=[1, 99]"], "layer_map.1", "out of range"),
+    (["teacher.type=magic"], "teacher.type", "'inverted_bottleneck' or 'source'"),
+    (["data.corpus.files=[/no/such/*.txt]"], "data.corpus.files.0", "no file matches"),
+    (["source.model=./nowhere"], "source.model", "not found"),
+    (["seed=!!python/object/apply:os.system [true]"], "seed", "not valid YAML"),
+    (["student.num_layers=[1"], "student.num_layers", "not valid YAML"),
+])
+def test_bad_override_exits_2_and_writes_nothing(overrides, key, words, tmp_path, placeholders):
+    recipe = materialize(GOOD, tmp_path, placeholders)
+    sets = [x for o in ["student.num_layers=2", *overrides] for x in ("--set", o)]
+    for command in (["validate", recipe], ["run", recipe, "--out", tmp_path / "out"]):
+        code, output = invoke(*command, *sets)
+        assert code == 2, output
+        assert "Traceback" not in output
+        lines = problem_lines(output)
+        assert len(lines) == 1, output
+        assert words in lines[0] and (not key or f" {key}:" in lines[0]), output
+        # A value given with --set is blamed on the override, not on the recipe line it replaced.
+        assert lines[0].startswith("--set ") or "override" in lines[0], output
+    assert not (tmp_path / "out").exists()
+
+
+# ---- property-based fuzzing: only RecipeError may come out ------------------------------------------------------------
+
+KEYS = ["name", "seed", "source", "model", "teacher", "type", "student", "num_layers", "inter_size", "ffn", "size",
+        "data", "corpus", "files", "seq_len", "transfer", "kind", "steps", "alpha", "layer_map", "balance", "plugins"]
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(), st.text(max_size=12),
+                    st.sampled_from(["uniform", "last", "joint", "progressive", "source", "../x", "*.txt", ""]))
+trees = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), inner,
+                                                 max_size=5)), max_leaves=24)
+FUZZ = settings(max_examples=int(os.environ.get("SLIMBERT_FUZZ_EXAMPLES", 60)), deadline=None, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def paths_of(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from paths_of(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from paths_of(v, prefix + (i,))
+
+
+@pytest.fixture(scope="module")
+def base_recipe(tmp_path_factory, placeholders) -> tuple[Path, dict]:
+    path = materialize(GOOD, tmp_path_factory.mktemp("fuzz-base"), placeholders)
+    path.write_text(path.read_text().replace("num_layers: 0", "num_layers: 2"))
+    load_recipe(path)  # the base is valid: every failure below comes from the fuzzed part
+    return path, yaml.safe_load(path.read_text())
+
+
+def only_recipe_errors(fn) -> None:
+    try:
+        fn()
+    except RecipeError as e:
+        assert e.problems and all(str(p) for p in e.problems)
+
+
+@FUZZ
+@given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
+def test_fuzz_yaml_text(text):
+    only_recipe_errors(lambda: parse_yaml(text, "fuzz.yaml"))
+
+
+@FUZZ
+@given(tree=trees)
+def test_fuzz_random_trees(tree, tmp_path):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    only_recipe_errors(lambda: load_recipe(path))
+
+
+@FUZZ
+@given(data=st.data(), value=trees)
+def test_fuzz_one_key_of_a_valid_recipe(base_recipe, data, value, tmp_path):
+    """The valid base recipe with one key path replaced by a random tree (or removed): the cross-field checks
+    see odd values of the right shape, not only schema errors."""
+    path, base = base_recipe
+    tree = yaml.safe_load(path.read_text())
+    where = data.draw(st.sampled_from(sorted((p for p in paths_of(base) if p), key=str)))
+    node = tree
+    for part in where[:-1]:
+        node = node[part]
+    if data.draw(st.booleans()) and isinstance(node, dict):
+        del node[where[-1]]
+    else:
+        node[where[-1]] = value
+    fuzzed = path.with_name("fuzzed.yaml")
+    fuzzed.write_text(yaml.safe_dump(tree))
+    only_recipe_errors(lambda: load_recipe(fuzzed))
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_overrides(base_recipe, data):
+    path, base = base_recipe
+    key = data.draw(st.one_of(st.text(max_size=20), st.sampled_from([".".join(map(str, p)) for p in paths_of(base)
+                                                                       if p])))
+    value = data.draw(st.one_of(st.text(max_size=20), trees.map(lambda t: yaml.safe_dump(t, default_flow_style=True)
+                                                                 .strip().replace("\n", " "))))
+    text = data.draw(st.sampled_from([f"{key}={value}", key, value]))
+    only_recipe_errors(lambda: parse_override(text))
+    only_recipe_errors(lambda: apply_overrides(base, [text]))
+    only_recipe_errors(lambda: load_recipe(path, [text]))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -72,24 +73,36 @@ def test_bad_recipe_writes_nothing(tmp_path, tiny_source, shared_data):
 def test_sigkill_then_resume_is_bit_identical(finished, tmp_path):
     recipe, reference = finished
     out = tmp_path / "out"
+    # A random kill point (rerun one with SLIMBERT_KILL_SEED): once a random checkpoint of either stage is on
+    # disk, after a random delay, so the kill can land mid-step or in the middle of writing the next checkpoint.
+    seed = int(os.environ.get("SLIMBERT_KILL_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    stage, step = rng.choice([("0-progressive", s) for s in (2, 4, 6, 8, 10)] + [("1-pretrain_distill", 2)])
+    delay = rng.uniform(0, 0.2)
+    why = f"SLIMBERT_KILL_SEED={seed}: kill after {stage} checkpoint {step} + {delay:.3f} s"
+
+    def reached() -> bool:
+        later = stage == "0-progressive" and (out / "stages" / "1-pretrain_distill").exists()
+        return later or any(int(p.name.split("-")[1]) >= step for p in (out / "stages" / stage).glob("checkpoint-*"))
+
     proc = subprocess.Popen([sys.executable, "-m", "slimbert.cli", "run", str(recipe), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Kill it hard once it is mid-way through the first stage (a checkpoint exists, the stage is not over).
     deadline = time.time() + 300
-    target = out / "stages" / "0-progressive" / "checkpoint-00000004"
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    while not reached() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (out / "student").exists(), "the run finished before it could be killed"
+    assert not (out / "student").exists(), f"the run finished before it could be killed ({why})"
     done = run_cli(str(recipe), "--out", str(out), "--resume")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "stale lock" in done.stderr
+    assert done.returncode == 0, (why, done.stderr[-3000:])
+    assert "stale lock" in done.stderr, why
+    assert not list(out.rglob(".tmp*")), f"a partial write survived the resume ({why})"
     a = load_file(reference / "student" / "model.safetensors")
     b = load_file(out / "student" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k], b[k]), (k, why)
 
 
 def test_resume_refuses_a_changed_recipe(finished, tmp_path):

@@ -837,7 +837,7 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = console or Console(stderr=True)
-    warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False)  # noqa: E731
+    warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)  # noqa: E731
     preflight(r)
     if teacher is None and r.recipe.teacher.plugin is not None:
         from ..plugins import TEACHERS
@@ -876,6 +876,8 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
                 shutil.rmtree(out, ignore_errors=True)
             raise
     try:
+        if resume and world.main:
+            _remove_partial_writes(out, warn)
         if not resume and world.main:
             ckpt.write_atomic(out / "recipe.resolved.yaml",
                               yaml.safe_dump(r.recipe.model_dump(mode="json"), sort_keys=False))
@@ -922,6 +924,13 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
     finally:
         if world.main:
             run_dir.release()
+
+
+def _remove_partial_writes(out: Path, warn) -> None:
+    """Temporary files a killed run left mid-write (never renamed into place, so never read); we hold the lock."""
+    for p in sorted(out.rglob(".tmp*")):
+        warn(f"removing {p}, a write the previous run did not finish")
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _discard(out: Path, keep_dir: bool) -> None:

@@ -10,7 +10,7 @@ import yaml
 
 from .errors import Problem, RecipeError
 
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^\d+$")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]+$")
 
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:

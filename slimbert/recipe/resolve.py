@@ -64,8 +64,9 @@ class Collector:
         self.overridden = {tuple(parse_override(o)[0]): o for o in overrides or ()}
 
     def add(self, loc: tuple | str, message: str) -> None:
-        loc = tuple(loc.split(".")) if isinstance(loc, str) else tuple(loc)
-        loc = tuple(int(x) if isinstance(x, str) and x.isdigit() else x for x in loc)
+        if isinstance(loc, str):  # "transfer.0.steps": list indexes are ASCII digits ("²".isdigit() too)
+            loc = tuple(int(x) if x.isascii() and x.isdigit() else x for x in loc.split("."))
+        loc = tuple(loc)
         override = next((o for k, o in self.overridden.items() if loc[:len(k)] == k), None)
         if override is not None:
             self.problems.append(Problem(".".join(map(str, loc)), message, None, f"--set {override}"))
@@ -245,11 +246,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
                 out.add(f"transfer.{i}.freeze", f"{prefix!r} is both frozen and given an LR multiplier")
     if s.copy_embeddings and student_config is not None and plugin_teacher is None:
         _check_embedding_copy(recipe, source, teacher_config, student_config, out)
-    if recipe.export.bench is not None and not recipe.export.onnx:
-        out.add("export.bench", "the latency report times the ONNX export: set export.onnx: true")
     if s.init == "prune_from_teacher" and student_config is not None:
         for key, message in prune_problems(teacher_config, student_config):
             out.add(key, message)
+    if recipe.export.bench is not None and not recipe.export.onnx:
+        out.add("export.bench", "the latency report times the ONNX export: set export.onnx: true")
     if recipe.data.seq_len > source.max_positions:
         out.add("data.seq_len", f"{recipe.data.seq_len} exceeds the source's {source.max_positions} positions")
 
