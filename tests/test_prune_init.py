@@ -148,3 +148,17 @@ def test_validate_refuses_what_cannot_be_pruned(tmp_path, source_dir, shared_dat
                                   "copy_embeddings": False, "init": "prune_from_teacher"})
     with pytest.raises(RecipeError, match="student.init"):
         load_recipe(plain)
+
+
+
+def test_validate_accepts_a_student_narrower_everywhere(tmp_path, source_dir, shared_data):
+    # copy_embeddings stays on (the default): the pruned embedding is what the student gets.
+    recipe = write_recipe(
+        tmp_path, source_dir, shared_data, teacher={"type": "inverted_bottleneck", "inter_size": 64},
+        student={"num_layers": 2, "inter_size": 48, "intra_size": 32, "num_heads": 2, "qkv_from": "bottleneck",
+                 "ffn": {"size": 48, "stacked": 3}, "embedding": {"size": 24, "trigram": True},
+                 "init": "prune_from_teacher"},
+        transfer=[{"kind": "progressive", "steps_per_layer": 1, "batch_size": 4,
+                   "losses": {"feature_map": 0, "feature_mean": 0, "feature_var": 0, "attention": 0}}])
+    r = load_recipe(recipe)
+    assert r.student_config.hidden_size == 48 and r.teacher_config.hidden_size == 64

@@ -244,7 +244,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
         for prefix in st.freeze:
             if prefix in st.lr_multipliers:
                 out.add(f"transfer.{i}.freeze", f"{prefix!r} is both frozen and given an LR multiplier")
-    if s.copy_embeddings and student_config is not None and plugin_teacher is None:
+    # prune_from_teacher copies the embeddings pruned to the student's widths; copy_embeddings adds nothing.
+    if s.copy_embeddings and student_config is not None and plugin_teacher is None and s.init != "prune_from_teacher":
         _check_embedding_copy(recipe, source, teacher_config, student_config, out)
     if s.init == "prune_from_teacher" and student_config is not None:
         for key, message in prune_problems(teacher_config, student_config):
