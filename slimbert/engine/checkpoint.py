@@ -7,9 +7,11 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 KEEP = 2  # checkpoints kept per stage
@@ -17,6 +19,15 @@ KEEP = 2  # checkpoints kept per stage
 
 class CheckpointError(RuntimeError):
     pass
+
+
+class WriteError(OSError):
+    """A write that failed (a full disk, no permission, ...), whichever library raised it; nothing partial is kept."""
+
+
+# What the writers raise when the filesystem refuses: safetensors wraps ENOSPC in SafetensorError, torch.save in
+# RuntimeError ("PytorchStreamWriter failed writing file").
+WRITE_FAILURES = (OSError, SafetensorError, RuntimeError)
 
 
 def _sha256(path: Path) -> str:
@@ -49,30 +60,47 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+@contextmanager
+def atomic_dir(final: Path):
+    """A temporary folder beside `final` to write into; on success its files are fsynced and it is renamed to
+    `final` in one step; on failure it is removed and the failure raised as WriteError naming `final`."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                _fsync(f)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, WRITE_FAILURES) and not isinstance(e, WriteError):
+            raise WriteError(f"cannot write {final}: {e}") from None
+        raise
+
+
+def _seal(state: dict) -> str:
+    """A checksum of state.json's own content (the files' checksums and the step they belong to)."""
+    return hashlib.sha256(json.dumps({k: v for k, v in state.items() if k != "state_sha256"},
+                                     sort_keys=True).encode()).hexdigest()
+
+
 def save(stage_dir: Path, step: int, tensors: dict[str, torch.Tensor], optimizer: dict | None, meta: dict) -> Path:
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = stage_dir / f"checkpoint-{step:08d}"
-    tmp = stage_dir / f".tmp-checkpoint-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(final) as tmp:
         # Tied weights share storage; safetensors stores each name once, so clone.
         save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, tmp / "model.safetensors")
         if optimizer is not None:
             torch.save(optimizer, tmp / "optimizer.pt")
         files = sorted(p.name for p in tmp.iterdir())
-        for name in files:
-            _fsync(tmp / name)
         state = {**meta, "step": step, "sha256": {n: _sha256(tmp / n) for n in files}}
+        state["state_sha256"] = _seal(state)
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        _fsync(tmp / "state.json")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(stage_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in sorted(stage_dir.glob("checkpoint-*"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -84,6 +112,12 @@ def verify(path: Path) -> dict:
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable state.json ({e})") from None
+    if (not isinstance(state, dict) or not isinstance(state.get("sha256"), dict)
+            or "model.safetensors" not in state["sha256"]
+            or not all(type(state.get(k)) is int for k in ("step", "total"))):
+        raise CheckpointError(f"{path}: state.json is incomplete (no step, total or checksums)")
+    if "state_sha256" in state and state["state_sha256"] != _seal(state):
+        raise CheckpointError(f"{path}: state.json is corrupted (checksum mismatch)")
     for name, digest in state.get("sha256", {}).items():
         f = path / name
         if not f.is_file():

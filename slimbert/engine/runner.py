@@ -673,13 +673,10 @@ def save_teacher(ctx: Context) -> Path:
     """The IB teacher as a slimbert model directory (loads with AutoModel), plus its readouts."""
     from safetensors.torch import save_file
 
-    final, tmp = ctx.out / "teacher" / "model", ctx.out / "teacher" / ".tmp-model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    ctx.ib.model.save_pretrained(tmp)
-    save_file({k: v.contiguous() for k, v in ctx.ib.readout.state_dict().items()}, str(tmp / "readouts.safetensors"))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = ctx.out / "teacher" / "model"
+    with ckpt.atomic_dir(final) as tmp:
+        ctx.ib.model.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in ctx.ib.readout.state_dict().items()}, str(tmp / "readouts.safetensors"))
     return final
 
 
@@ -722,14 +719,11 @@ def init_student_by_pruning(ctx: Context) -> None:
 
 def save_model(model, tokenizer, final: Path) -> Path:
     """Atomically: stock transformers format when the shape is expressible, else slimbert's."""
-    tmp = final.parent / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
     reason = why_not_expressible(model.config)
-    (to_transformers(model) if reason is None else model).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    hf = to_transformers(model) if reason is None else model
+    with ckpt.atomic_dir(final) as tmp:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return final
 
 

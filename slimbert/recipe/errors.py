@@ -13,6 +13,8 @@ class Problem:
     file: str | None = None
 
     def __str__(self) -> str:
+        if self.file is None and self.line is None and self.path:
+            return f"{self.path}: {self.message}"  # e.g. "--out: ...": not about a place in the recipe file
         where = self.file or "recipe"
         if self.line is not None:
             where += f":{self.line}"

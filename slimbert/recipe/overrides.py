@@ -15,17 +15,17 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]+$")
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     if not isinstance(text, str) or "=" not in text:
-        raise RecipeError(Problem("", f"override {text!r} must look like key.path=value"))
+        raise RecipeError(Problem("", "an override must look like key.path=value", None, f"--set {text}"))
     key, _, raw = text.partition("=")
     parts = key.strip().split(".")
     if not key.strip() or not all(_KEY.match(p) for p in parts):
-        raise RecipeError(Problem(key.strip(), f"override {text!r}: the key path must be dot-separated names "
-                                               "or list indexes, e.g. transfer.0.optimizer.lr"))
+        raise RecipeError(Problem(key.strip(), "the key path must be dot-separated names or list indexes, e.g. "
+                                               "transfer.0.optimizer.lr", None, f"--set {text}"))
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise RecipeError(Problem(key.strip(), f"override {text!r}: the value is not valid YAML "
-                                               f"({getattr(e, 'problem', e)})")) from None
+        raise RecipeError(Problem(key.strip(), f"the value is not valid YAML ({getattr(e, 'problem', e)})", None,
+                                  f"--set {text}")) from None
     return [int(p) if p.isdigit() else p for p in parts], value
 
 
@@ -44,8 +44,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             here = ".".join(map(str, path[: i + 1]))
             if isinstance(node, list) and isinstance(part, int):
                 if part >= len(node):
-                    problems.append(Problem(here, f"override {text!r}: index {part} is out of range "
-                                                  f"(the list has {len(node)} items)"))
+                    problems.append(Problem(here, f"index {part} is out of range (the list has {len(node)} items)",
+                                            None, f"--set {text}"))
                     break
                 node = node[part]
             elif isinstance(node, dict) and not isinstance(part, int):
@@ -53,8 +53,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 if node is None:
                     node = data_set(data, path[: i + 1], {})
             else:
-                problems.append(Problem(here, f"override {text!r}: cannot descend into "
-                                              f"{type(node).__name__} with {part!r}"))
+                problems.append(Problem(here, f"cannot descend into {type(node).__name__} with {part!r}", None,
+                                        f"--set {text}"))
                 break
         else:
             last = path[-1]
@@ -63,7 +63,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             elif isinstance(node, dict) and not isinstance(last, int):
                 node[last] = value
             else:
-                problems.append(Problem(".".join(map(str, path)), f"override {text!r}: no such key or index"))
+                problems.append(Problem(".".join(map(str, path)), "no such key or index", None, f"--set {text}"))
     if problems:
         raise RecipeError(problems)
     return data
