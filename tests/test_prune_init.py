@@ -12,6 +12,7 @@ from rich.console import Console
 from slimbert.engine.runner import run
 from slimbert.models import SlimBertConfig, SlimBertModel
 from slimbert.recipe import RecipeError, load_recipe
+from slimbert.recipe.resolve import with_teacher
 from slimbert.teacher.build import build_ib_teacher
 from slimbert.teacher.prune import init_from_teacher
 
@@ -162,3 +163,6 @@ def test_validate_accepts_a_student_narrower_everywhere(tmp_path, source_dir, sh
                    "losses": {"feature_map": 0, "feature_mean": 0, "feature_var": 0, "attention": 0}}])
     r = load_recipe(recipe)
     assert r.student_config.hidden_size == 48 and r.teacher_config.hidden_size == 64
+    # A teacher passed in through the Python API replaces the IB teacher there would be to prune.
+    with pytest.raises(RecipeError, match="student.init"):
+        with_teacher(r, num_layers=2, num_heads=4, hidden_size=48)
