@@ -369,7 +369,9 @@ def fit_output_bottlenecks(student: SlimBertModel, teacher: SlimBertModel, layer
         h, x = seen[0]
         y = target[layer_map[l]].reshape(len(h), -1)[:, inter]
         gate = ob.residual_gate if ob.residual_gate is not None else 1.0
-        pre = ((y - ob.LayerNorm.bias) / ob.LayerNorm.weight - gate * x).double()  # what W h + b must give
+        g = ob.LayerNorm.weight
+        g = torch.where(g.abs() < 1e-4, torch.full_like(g, 1e-4), g)  # a dead feature: do not divide by 0
+        pre = ((y - ob.LayerNorm.bias) / g - gate * x).double()  # what W h + b must give
         a = torch.cat([h, torch.ones_like(h[:, :1])], dim=1).double()
         gram = a.T @ a
         gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
