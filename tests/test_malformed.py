@@ -138,6 +138,7 @@ def test_malformed_recipe_exits_2_and_writes_nothing(case, tmp_path, placeholder
     assert code == 2, output
     check_problems(output, str(recipe), expected)
     assert not out.exists(), f"run wrote {sorted(p.name for p in out.iterdir())}"
+    assert not Path("/tmp/slimbert-pwned").exists(), "python_tag.yaml ran its command"
 
 
 # ---- --set overrides -----------------------------------------------------------------------------------------------

@@ -222,6 +222,25 @@ def test_lock_held_by_a_live_run_refuses_and_a_reused_pid_is_stale(reference, tm
     assert_identical(out, reference[2])
 
 
+def test_a_run_killed_during_start_up_can_be_resumed(reference, tmp_path):
+    """Killed before it wrote its recipe, a run leaves only its lock (and maybe a temporary file): a retry with
+    --resume starts it from the beginning instead of refusing the directory forever."""
+    from slimbert.engine.runner import prepare_run_dir
+    from slimbert.recipe import RecipeError, load_recipe
+
+    r = load_recipe(reference[0])
+    out = tmp_path / "out"
+    assert prepare_run_dir(r, out, resume=True) == (out, False)  # nothing there yet
+    out.mkdir()
+    (out / "lock").write_text(json.dumps({"pid": 2 ** 22 + 1, "start": None, "host": socket.gethostname()}))
+    (out / ".tmp-recipe.resolved.yaml-123").write_text("name: ti")
+    assert prepare_run_dir(r, out, resume=True) == (out, False)
+    (out / "notes.txt").write_text("mine")  # something else: not a run slimbert started, so not its to reuse
+    with pytest.raises(RecipeError, match="not a slimbert run directory"):
+        prepare_run_dir(r, out, resume=True)
+    assert prepare_run_dir(r, reference[1], resume=True) == (reference[1], True)
+
+
 def test_lock_is_exclusive(tmp_path):
     from slimbert.engine.runner import RunDir
     from slimbert.recipe import RecipeError
@@ -284,3 +303,16 @@ def test_plugins_refused_without_the_flag_and_used_with_it(tmp_path, tiny_source
     recipe.write_text(yaml.safe_dump(data))
     code, output = invoke("validate", recipe, "--allow-plugins")
     assert code == 2 and "plugins.1" in output and "No module named 'no_such_plugin_module'" in output, output
+
+
+def test_no_unsafe_loader_in_the_package():
+    """Static guard: no pickle, no unsafe YAML, and every torch.load is weights-only."""
+    import re
+
+    package = Path(__file__).resolve().parents[1] / "slimbert"
+    for f in package.rglob("*.py"):
+        text = f.read_text()
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, (f, call)
+        for bad in ("import pickle", "yaml.load(", "unsafe_load", "yaml.Loader", "FullLoader", "UnsafeLoader"):
+            assert bad not in text, (f, bad)

@@ -143,7 +143,13 @@ class RunDir:
         self.held = False
 
 
-def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> Path:
+def _nothing_started(out: Path) -> bool:
+    """No run directory yet, or one a run was killed in before it wrote its recipe (a lock, unfinished writes)."""
+    return not out.exists() or all(p.name == "lock" or p.name.startswith(".tmp") for p in out.iterdir())
+
+
+def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> tuple[Path, bool]:
+    """The run directory, and whether there is a run in it to resume."""
     resolved = r.recipe.model_dump(mode="json")
     if out is None:
         out = Path("runs") / f"{r.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -151,17 +157,19 @@ def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> Path:
     saved = out / "recipe.resolved.yaml"
     if resume:
         if not saved.is_file():
+            if _nothing_started(out):  # killed during start-up: a retry loop passing --resume just starts it
+                return out, False
             raise RecipeError(Problem("--resume", f"{out} is not a slimbert run directory (no recipe.resolved.yaml)"))
         before = yaml.safe_load(saved.read_text())
         if before != resolved:
             keys = sorted(_diff_keys(before, resolved))[:10]
             raise RecipeError(Problem("--resume", f"the recipe changed since the run started ({', '.join(keys)}); "
                                                   "resume with the same recipe and overrides"))
-        return out
+        return out, True
     if out.exists() and any(out.iterdir()):
         raise RecipeError(Problem("--out", f"{out} exists and is not empty; pass --resume to continue that run or "
                                            "choose another --out"))
-    return out
+    return out, False
 
 
 def _diff_keys(a, b, prefix="") -> set[str]:
@@ -853,7 +861,10 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
         console = console if world.main else Console(stderr=True, quiet=True)
     existed = True
     if world.main:
-        out = prepare_run_dir(r, out, resume)
+        out, resuming = prepare_run_dir(r, out, resume)
+        if resume and not resuming:
+            warn(f"nothing to resume in {out} (the run had not written its recipe): starting from the beginning")
+            resume = False
         existed = out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -870,7 +881,7 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
                 shutil.rmtree(out, ignore_errors=True)
             raise
     try:
-        if resume and world.main:
+        if world.main:
             _remove_partial_writes(out, warn)
         if not resume and world.main:
             ckpt.write_atomic(out / "recipe.resolved.yaml",
