@@ -95,6 +95,10 @@ def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     except TrainingError as e:
         err.print(f"[bold red]training stopped:[/] {e}", soft_wrap=True)
         raise typer.Exit(3)
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted:[/] the checkpoints written so far are kept; continue with --resume",
+                  soft_wrap=True)
+        raise typer.Exit(130)
 
 
 def print_plan(p: dict) -> None:

@@ -200,6 +200,27 @@ def test_read_only_out_is_refused_at_the_lock(reference, tmp_path, monkeypatch):
     assert list(out.iterdir()) == []
 
 
+def test_out_that_is_a_file_is_refused(reference, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    for extra in ([], ["--resume"]):
+        code, output = invoke("run", reference[0], "--out", f, *extra)
+        assert code == 2 and "--out:" in output and "is a file" in output, output
+    assert f.read_text() == "mine"
+
+
+def test_ctrl_c_is_a_message_not_a_traceback(reference, tmp_path, monkeypatch):
+    from slimbert.engine import runner
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "build_context", interrupted)
+    code, output = invoke("run", reference[0], "--out", tmp_path / "out")
+    assert code == 130 and "interrupted" in output and "--resume" in output, output
+    assert not (tmp_path / "out" / "lock").exists()
+
+
 # ---- the run directory's lock ----------------------------------------------------------------------------------------
 
 def test_lock_held_by_a_live_run_refuses_and_a_reused_pid_is_stale(reference, tmp_path):

@@ -154,6 +154,8 @@ def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> tuple[Path, 
     if out is None:
         out = Path("runs") / f"{r.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RecipeError(Problem("--out", f"{out} is a file; --out names a run directory"))
     saved = out / "recipe.resolved.yaml"
     if resume:
         if not saved.is_file():
