@@ -84,7 +84,8 @@ def make_bad_models(root: Path, source: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def placeholders(tmp_path_factory, tiny_source, shared_data):
     models = make_bad_models(tmp_path_factory.mktemp("bad-models"), tiny_source)
-    values = {"SOURCE": tiny_source, "CORPUS": shared_data / "wikitext-2-raw" / "wiki.test.raw", **models}
+    values = {"SOURCE": tiny_source, "SHARED": shared_data, "CORPUS": shared_data / "wikitext-2-raw" / "wiki.test.raw",
+              **models}
     yield {f"@{k}@": str(v) for k, v in values.items()}
     assert not (models["MODEL_PICKLE"].parent / "PWNED").exists(), "a pickle was executed"
 

@@ -228,10 +228,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
             out.add(f"transfer.{i}.alpha",
                     f"the teacher has no MLM head ({source.path} is a {source.model_type} without one), so "
                     "there are no teacher logits to distil; set alpha: 1.0 (hard MLM labels only)")
+        if any(not p.strip() for p in st.freeze):
+            out.add(f"transfer.{i}.freeze", "empty module prefix (it would freeze everything)")
         if st.kind == "progressive":
-            bad = [p for p in st.freeze if not p.strip()]
-            if bad:
-                out.add(f"transfer.{i}.freeze", "empty module prefix")
             if any(k in st.lr_multipliers for k in ("current", "lower")):
                 out.add(f"transfer.{i}.lr_multipliers", "use current_lr / lower_lr for progressive stages; "
                                                         "lr_multipliers keys are module prefixes")
@@ -254,6 +253,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
         out.add("export.bench", "the latency report times the ONNX export: set export.onnx: true")
     if recipe.data.seq_len > source.max_positions:
         out.add("data.seq_len", f"{recipe.data.seq_len} exceeds the source's {source.max_positions} positions")
+    # The student inherits the source's positions: longer task or benchmark sequences fail hours later.
+    if recipe.finetune is not None and recipe.finetune.seq_len > source.max_positions:
+        out.add("finetune.seq_len", f"{recipe.finetune.seq_len} exceeds the student's {source.max_positions} "
+                                    "positions (the source's)")
+    if recipe.export.bench is not None and max(recipe.export.bench.seq) > source.max_positions:
+        out.add("export.bench.seq", f"{max(recipe.export.bench.seq)} exceeds the student's "
+                                    f"{source.max_positions} positions (the source's)")
 
     # Data and task files ---------------------------------------------------------------------------------
     corpus_files = _corpus_files(recipe, base, out)
@@ -324,6 +330,9 @@ def _check_task(ft, base: Path, out: Collector) -> None:
                                   max_examples=ft.max_examples if key == "train" else None).label_names
         except TaskDataError as e:
             out.add(f"finetune.{key}", str(e))
+        except Exception as e:  # noqa: BLE001 - binary or odd files: whatever the parser raised, it is the file
+            out.add(f"finetune.{key}", f"{p}: cannot read it as {ft.format} data ({type(e).__name__}: "
+                                       f"{(str(e).splitlines() or [''])[0][:200]})")
     if ft.format == "squad" and 2 * ft.doc_stride >= ft.seq_len:
         out.add("finetune.doc_stride", f"{ft.doc_stride} must be under half of finetune.seq_len ({ft.seq_len}): "
                                        "each window also holds the question")
@@ -467,6 +476,13 @@ def _check_embedding_copy(recipe, source: SourceInfo, teacher_config, student: S
 def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:
     c = recipe.data.corpus
     if c.dataset:
+        from ..data.corpus import BUILDERS
+
+        local = Path(c.dataset).expanduser()
+        local = local if local.is_absolute() else base / local
+        # A hub name is only checked when the run loads it; a path (or a data file's name) must exist now.
+        if not local.exists() and (c.dataset.startswith((".", "/", "~")) or local.suffix in BUILDERS):
+            out.add("data.corpus.dataset", f"no such data file or folder: {local}")
         return []
     files: list[Path] = []
     hint = ("point data.corpus.files at local text files (globs, relative to the recipe), e.g. "

@@ -106,7 +106,8 @@ class Balance(Section):
     tolerance: PosFloat = Field(0.1, description="Allowed distance from mha_ffn_ratio.")
     max_params: PosFloat | None = Field(None, description="Budget on the student's total parameters.")
     max_flops: PosFloat | None = Field(None, description="Budget on FLOPs per sequence at data.seq_len.")
-    stacked: list[PositiveInt] = Field([1, 2, 3, 4, 6, 8], description="FFN counts the search may choose.")
+    stacked: list[PositiveInt] = Field([1, 2, 3, 4, 6, 8], min_length=1, description="FFN counts the search may "
+                                                                                     "choose.")
 
     @model_validator(mode="after")
     def _something_to_solve(self):
@@ -270,7 +271,8 @@ class Bench(Section):
 class Export(Section):
     onnx: bool = Field(False, description="Export the student to ONNX after training.")
     quantize: Literal["int8"] | None = Field(None, description="Also write a dynamic-int8 model.")
-    opset: PositiveInt = Field(17, description="ONNX opset.")
+    opset: Annotated[Int, Field(ge=14, le=20)] = Field(
+        17, description="ONNX opset: 14 (attention needs it) to 20 (the TorchScript exporter's newest).")
     static_int8: bool = Field(False, description="Also write a static int8 model calibrated on corpus sequences "
                                                  "(QDQ; usually less accurate than dynamic on NoNorm models).")
     calibration_sequences: PositiveInt = Field(32, description="Corpus sequences for static int8 calibration.")
