@@ -30,7 +30,6 @@ from rich.console import Console  # noqa: E402
 from slimbert.data.corpus import Batches  # noqa: E402
 from slimbert.engine.runner import build_context, compute  # noqa: E402
 from slimbert.recipe import load_recipe  # noqa: E402
-from slimbert.transfer import losses as L  # noqa: E402
 
 
 class AllRows(torch.nn.Module):

@@ -162,3 +162,6 @@ def test_precomputed_teacher_outputs_equal_running_the_teacher(tokenizer, tiny_s
     with torch.no_grad():
         live = teacher(**x).logits
     torch.testing.assert_close(cached(idx, x["input_ids"].shape[1]).logits, live, rtol=1e-5, atol=1e-5)
+    # outputs saved once and reloaded (several students distilled from one teacher) read the same
+    reloaded = TeacherOutputs.from_outputs({k: v.clone() for k, v in cached.outputs.items()})
+    torch.testing.assert_close(reloaded(idx, x["input_ids"].shape[1]).logits, live, rtol=1e-5, atol=1e-5)

@@ -228,9 +228,7 @@ def teacher_outputs(task: str, seed: int, task_, compute):
 
     path = WORK / "teacher_outputs" / f"{task}-{seed}.safetensors"
     if path.is_file():
-        cached = TeacherOutputs.__new__(TeacherOutputs)
-        cached.outputs, cached.width = load_file(str(path)), task_.train["input_ids"].shape[1]
-        return cached
+        return TeacherOutputs.from_outputs(load_file(str(path)))
     cached = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(cached.outputs, str(path))

@@ -154,7 +154,7 @@ class TeacherOutputs:
     @torch.no_grad()
     def __init__(self, teacher, task, batch_size: int = 64):
         teacher.eval()
-        self.width = task.train["input_ids"].shape[1]
+        width = task.train["input_ids"].shape[1]
         parts: dict[str, list[torch.Tensor]] = {}
         for i in range(0, task.n_train, batch_size):
             out = teacher(**_inputs(task.train, torch.arange(i, min(task.n_train, i + batch_size))))
@@ -162,9 +162,16 @@ class TeacherOutputs:
                 if getattr(out, f, None) is not None:
                     x = getattr(out, f).float()
                     if f != "logits":  # span logits: pad the trimmed columns back to the full width
-                        x = F.pad(x, (0, self.width - x.shape[1]), value=-1e4)
+                        x = F.pad(x, (0, width - x.shape[1]), value=-1e4)
                     parts.setdefault(f, []).append(x)
         self.outputs = {f: torch.cat(v) for f, v in parts.items()}
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, torch.Tensor]) -> "TeacherOutputs":
+        """Outputs computed earlier (e.g. saved with safetensors), shared by several students."""
+        self = cls.__new__(cls)
+        self.outputs = outputs
+        return self
 
     def __call__(self, idx: torch.Tensor, width: int):
         out = {f: (v[idx] if f == "logits" else v[idx, :width]) for f, v in self.outputs.items()}
