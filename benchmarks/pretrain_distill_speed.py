@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 from rich.console import Console  # noqa: E402
 
 from slimbert.data.corpus import Batches  # noqa: E402
-from slimbert.engine.runner import build_context, compute  # noqa: E402
+from slimbert.engine.runner import build_context  # noqa: E402
+from slimbert.transfer.strategies import strategy  # noqa: E402
 from slimbert.recipe import load_recipe  # noqa: E402
 
 
@@ -78,7 +79,7 @@ def main() -> None:
         hidden["keep"] = masked_positions(step)
         ctx.student.cls = all_rows if full else head
         t0 = time.perf_counter()
-        loss = compute(ctx, st, step, batches)["mlm"]
+        loss = strategy(st).terms(st, ctx.inputs(), step, batches)["mlm"]
         loss.backward()
         ctx.student.zero_grad(set_to_none=True)
         return time.perf_counter() - t0, loss.item()

@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 from rich.console import Console  # noqa: E402
 
 from slimbert.data.corpus import Batches  # noqa: E402
-from slimbert.engine.runner import build_context, compute  # noqa: E402
+from slimbert.engine.runner import build_context  # noqa: E402
+from slimbert.transfer.strategies import strategy  # noqa: E402
 from slimbert.recipe import load_recipe  # noqa: E402
 
 
@@ -67,7 +68,7 @@ def main() -> None:
             else truncated_encoder
         step = (layer - 1) * st.steps_per_layer
         t0 = time.perf_counter()
-        loss = sum(compute(ctx, st, step, batches).values())
+        loss = sum(strategy(st).terms(st, ctx.inputs(), step, batches).values())
         loss.backward()
         ctx.student.zero_grad(set_to_none=True)
         return time.perf_counter() - t0

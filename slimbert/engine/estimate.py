@@ -7,9 +7,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..recipe.resolve import Resolved
-from .runner import build_context, compute, stage_steps
 from ..data.corpus import Batches
+from ..recipe.resolve import Resolved
+from ..transfer.strategies import strategy
+from .runner import build_context
 
 TIMED_STEPS = 2
 
@@ -24,13 +25,13 @@ def estimate_stages(r: Resolved, plan: dict) -> None:
     ctx.student.eval()
     for k, (st, row) in enumerate(zip(r.recipe.transfer, plan["stages"])):
         batches = Batches(ctx.train, st.batch_size, r.recipe.seed, k)
-        total = stage_steps(st, r.student_config.num_hidden_layers)
-        # Progressive stages get deeper as they go: time a step at the middle layer.
-        probe = total // 2 if st.kind == "progressive" else 0
-        compute(ctx, st, probe, batches)  # warm-up
+        kind, x = strategy(st), ctx.inputs()
+        total = kind.total_steps(st, r.student_config.num_hidden_layers)
+        probe = kind.typical_step(st, total)
+        kind.terms(st, x, probe, batches)  # warm-up
         t0 = time.perf_counter()
         for i in range(TIMED_STEPS):
-            loss = sum(compute(ctx, st, probe + i, batches).values())
+            loss = sum(kind.terms(st, x, probe + i, batches).values())
             loss.backward()
         per = (time.perf_counter() - t0) / TIMED_STEPS
         ctx.student.zero_grad(set_to_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..models.counting import count_config
+from ..transfer.strategies import strategy
 from .resolve import Resolved
 
 
@@ -19,30 +20,18 @@ def _arch(config, seq_len: int, kind: str) -> dict:
 
 def stage_rows(r: Resolved) -> list[dict]:
     rows = []
-    L = r.student_config.num_hidden_layers
     for i, st in enumerate(r.recipe.transfer):
         row = {"index": i, "kind": st.kind, "name": st.name or f"{i}-{st.kind}", "batch_size": st.batch_size,
                "lr": st.optimizer.lr, "optimizer": st.optimizer.name, "schedule": st.schedule,
                "warmup_steps": st.warmup_steps}
-        if st.kind == "progressive":
-            row["steps"] = st.steps_per_layer * L
-            row["steps_per_layer"] = st.steps_per_layer
-            lower = "frozen" if st.lower_lr == 0 else f"x{st.lower_lr}"
-            row["trainable"] = (f"layer l at x{st.current_lr}, layers < l {lower}, layers > l not run; "
-                                f"embeddings {'trained' if st.train_embeddings else 'frozen'}; heads frozen")
-        elif st.kind == "teacher_adaptation":
-            row["steps"] = st.steps
-            row["trainable"] = "IB teacher: all parameters (source frozen)"
-        else:
-            row["steps"] = st.steps
-            row["trainable"] = "student: all parameters"
+        own = strategy(st).plan_row(st, r.student_config.num_hidden_layers)
+        losses = own.pop("losses")
+        row.update(own)
         if st.freeze:
             row["frozen"] = list(st.freeze)
         if st.lr_multipliers:
             row["lr_multipliers"] = dict(st.lr_multipliers)
-        losses = getattr(st, "losses", None)
-        row["losses"] = losses.model_dump() if losses is not None else {
-            k: getattr(st, k) for k in ("alpha", "temperature", "hidden", "attention", "mlm") if hasattr(st, k)}
+        row["losses"] = losses
         rows.append(row)
     return rows
 
