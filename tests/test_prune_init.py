@@ -14,7 +14,7 @@ from slimbert.models import SlimBertConfig, SlimBertModel
 from slimbert.recipe import RecipeError, load_recipe
 from slimbert.recipe.resolve import with_teacher
 from slimbert.teacher.build import build_ib_teacher
-from slimbert.teacher.prune import init_from_teacher
+from slimbert.transfer.init import init_from_teacher
 
 from conftest import write_recipe
 
@@ -107,6 +107,7 @@ def _first_progressive_loss(out):
     return next(r for r in rows if r["kind"] == "progressive")
 
 
+@pytest.mark.e2e
 def test_run_starts_lower_than_random_init(tmp_path, source_dir, shared_data):
     losses = {}
     for init in ("random", "prune_from_teacher"):
@@ -130,6 +131,7 @@ def test_run_starts_lower_than_random_init(tmp_path, source_dir, shared_data):
     assert pruned["feature_map"] < random["feature_map"] and pruned["attention"] < random["attention"]
 
 
+@pytest.mark.e2e
 def test_validate_refuses_what_cannot_be_pruned(tmp_path, source_dir, shared_data):
     recipe = write_recipe(
         tmp_path, source_dir, shared_data, teacher={"type": "inverted_bottleneck", "num_heads": 4},

@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .build import IBTeacher, mlm_head_of
+
 
 @dataclass
 class TeacherOutput:
@@ -92,8 +94,6 @@ class HFEncoderTeacher:
 
 
 def _has_mlm_logits(model) -> bool:
-    from .build import mlm_head_of
-
     return mlm_head_of(model) is not None
 
 
@@ -267,8 +267,6 @@ def as_teacher(teacher) -> Teacher:
     """Find the adapter for `teacher`: a Teacher as it is; an IB teacher; a transformers encoder of the BERT,
     RoBERTa, ELECTRA or DistilBERT families (or a directory holding one). A plain nn.Module needs its layers
     named: ModuleTeacher(model, layers=...)."""
-    from .build import IBTeacher
-
     if isinstance(teacher, (HFEncoderTeacher, IBTeacherAdapter, ModuleTeacher)):
         return teacher
     if isinstance(teacher, IBTeacher):
@@ -289,3 +287,9 @@ def as_teacher(teacher) -> Teacher:
         return teacher
     raise TeacherError(f"{type(teacher).__name__} is not a teacher: pass an nn.Module, a model directory, or an "
                        "object with num_layers, num_heads, hidden_size, has_mlm_head and __call__ (slimbert.Teacher)")
+
+
+def teacher_has_attention(teacher: Teacher) -> bool:
+    """Whether a teacher gives attention maps (a ModuleTeacher without named attention modules does not)."""
+    out = teacher(torch.ones(1, 4, dtype=torch.long), num_layers=1)
+    return bool(out.attentions)

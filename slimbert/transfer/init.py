@@ -1,4 +1,6 @@
-"""`student.init: prune_from_teacher`: start the student as a structurally pruned copy of its teacher.
+"""Student initialisation: `student.init: prune_from_teacher` (below) and `student.copy_embeddings` (at the end).
+
+`prune_from_teacher` starts the student as a structurally pruned copy of its teacher.
 
 The teacher is the IB teacher the run uses (after `teacher_adaptation` when the recipe has one). Its blocks
 and the student's are the same bottleneck block, so the student is the teacher made narrower:
@@ -450,3 +452,17 @@ def _notes(teacher: SlimBertConfig, student: SlimBertConfig) -> list[str]:
     if teacher.inter_residual != student.inter_residual:
         notes.append("the teacher's gated inter residual is plain in the student: output bottlenecks refit")
     return notes
+
+
+def copy_embeddings(teacher, student) -> None:
+    """student.copy_embeddings: the teacher's embedding tables, where a table has the student's shape (a teacher
+    adapter without a slimbert body, e.g. a plugin's, has none to copy)."""
+    src = getattr(teacher, "body", None)
+    if src is None:
+        return
+    mine = student.slimbert.embeddings.state_dict()
+    theirs = {k.split("embeddings.", 1)[1]: v for k, v in src.state_dict().items() if "embeddings." in k}
+    with torch.no_grad():
+        for k, v in theirs.items():
+            if k in mine and mine[k].shape == v.shape:
+                mine[k].copy_(v)
