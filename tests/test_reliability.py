@@ -24,7 +24,7 @@ from conftest import write_recipe
 from test_malformed import evil_pickle
 from slimbert.cli import app
 from slimbert.engine import checkpoint as ckpt
-from slimbert.engine.runner import _start_time
+from slimbert.engine.rundir import _start_time
 
 STAGES = [{"kind": "joint", "steps": 3, "batch_size": 4, "checkpoint_every": 1, "optimizer": {"lr": 2e-3}},
           {"kind": "pretrain_distill", "steps": 3, "batch_size": 4, "alpha": 0.5, "checkpoint_every": 1,
@@ -80,6 +80,7 @@ def reseal(path: Path) -> None:
 
 # ---- corrupted and malicious checkpoints ------------------------------------------------------------------------
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage, named", [
     ("truncate", "model.safetensors is corrupted (checksum mismatch)"),
     ("flip", "optimizer.pt is corrupted (checksum mismatch)"),
@@ -107,6 +108,7 @@ def test_corrupted_checkpoint_is_named_and_skipped(reference, tmp_path, damage, 
     assert_identical(out, reference[2])
 
 
+@pytest.mark.e2e
 def test_malicious_pickle_checkpoint_is_refused(reference, tmp_path):
     out = crashed(reference, tmp_path)
     marker = tmp_path / "PWNED"
@@ -138,6 +140,7 @@ def fail_checkpoint_write(monkeypatch, at_call: int, error: Exception) -> None:
     monkeypatch.setattr(ckpt, "save_file", save_file)
 
 
+@pytest.mark.e2e
 def test_disk_full_mid_run_keeps_good_checkpoints_then_resumes(reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     # What safetensors really raises on a full disk (seen on a 30 MB tmpfs; benchmarks/results/reliability.md).
@@ -159,6 +162,7 @@ def test_disk_full_mid_run_keeps_good_checkpoints_then_resumes(reference, tmp_pa
     assert_identical(out, reference[2])
 
 
+@pytest.mark.e2e
 def test_disk_full_before_the_first_checkpoint_leaves_nothing(reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     fail_checkpoint_write(monkeypatch, 1, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
@@ -167,6 +171,7 @@ def test_disk_full_before_the_first_checkpoint_leaves_nothing(reference, tmp_pat
     assert not out.exists(), "a run that kept nothing must leave no directory"
 
 
+@pytest.mark.e2e
 def test_unwritable_out_is_refused_and_nothing_is_created(reference, tmp_path, monkeypatch):
     # Root ignores file modes, so the refusal the filesystem would give is injected: mkdir raises EACCES.
     out = tmp_path / "forbidden" / "out"
@@ -183,6 +188,7 @@ def test_unwritable_out_is_refused_and_nothing_is_created(reference, tmp_path, m
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_read_only_out_is_refused_at_the_lock(reference, tmp_path, monkeypatch):
     out = tmp_path / "ro"
     out.mkdir()  # exists and is empty, but nothing can be created in it (EROFS on the first write: the lock)
@@ -200,6 +206,7 @@ def test_read_only_out_is_refused_at_the_lock(reference, tmp_path, monkeypatch):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_out_that_is_a_file_is_refused(reference, tmp_path):
     f = tmp_path / "file"
     f.write_text("mine")
@@ -209,6 +216,7 @@ def test_out_that_is_a_file_is_refused(reference, tmp_path):
     assert f.read_text() == "mine"
 
 
+@pytest.mark.e2e
 def test_ctrl_c_is_a_message_not_a_traceback(reference, tmp_path, monkeypatch):
     from slimbert.engine import runner
 
@@ -223,6 +231,7 @@ def test_ctrl_c_is_a_message_not_a_traceback(reference, tmp_path, monkeypatch):
 
 # ---- the run directory's lock ----------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_lock_held_by_a_live_run_refuses_and_a_reused_pid_is_stale(reference, tmp_path):
     out = crashed(reference, tmp_path)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -243,10 +252,11 @@ def test_lock_held_by_a_live_run_refuses_and_a_reused_pid_is_stale(reference, tm
     assert_identical(out, reference[2])
 
 
+@pytest.mark.e2e
 def test_a_run_killed_during_start_up_can_be_resumed(reference, tmp_path):
     """Killed before it wrote its recipe, a run leaves only its lock (and maybe a temporary file): a retry with
     --resume starts it from the beginning instead of refusing the directory forever."""
-    from slimbert.engine.runner import prepare_run_dir
+    from slimbert.engine.rundir import prepare_run_dir
     from slimbert.recipe import RecipeError, load_recipe
 
     r = load_recipe(reference[0])
@@ -263,7 +273,7 @@ def test_a_run_killed_during_start_up_can_be_resumed(reference, tmp_path):
 
 
 def test_lock_is_exclusive(tmp_path):
-    from slimbert.engine.runner import RunDir
+    from slimbert.engine.rundir import RunDir
     from slimbert.recipe import RecipeError
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -302,6 +312,7 @@ slimbert.register_teacher("{name}", build)
 '''
 
 
+@pytest.mark.e2e
 def test_plugins_refused_without_the_flag_and_used_with_it(tmp_path, tiny_source, shared_data):
     module, name = f"teachers_{tmp_path.name.replace('-', '_')}", "tiny-bert-from-plugin"
     (tmp_path / f"{module}.py").write_text(PLUGIN.replace("{name}", name))

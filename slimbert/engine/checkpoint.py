@@ -17,6 +17,10 @@ from safetensors.torch import load_file, save_file
 KEEP = 2  # checkpoints kept per stage
 
 
+class TrainingError(RuntimeError):
+    """A run that cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
 class CheckpointError(RuntimeError):
     pass
 

@@ -8,7 +8,9 @@ regression, and SQuAD-format extractive QA.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,9 +18,12 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from ..data.qa import best_answers, features, read_squad, squad_metrics
 from ..data.tasks import TaskData, encode, metrics, read_task
-from ..models import SlimBertForQuestionAnswering, SlimBertForSequenceClassification
+from ..models import SlimBertForMaskedLM, SlimBertForQuestionAnswering, SlimBertForSequenceClassification
+from ..recipe.resolve import Resolved
 from ..transfer import losses as L
+from .artifacts import save_model
 
 LABELS = ("labels", "start_positions", "end_positions")
 
@@ -96,8 +101,6 @@ class QATask:
     label_names = None
 
     def __init__(self, spec, base: Path, tokenizer):
-        from ..data.qa import features, read_squad
-
         self.spec = spec
         self.train_examples = read_squad(base / spec.train, spec.max_examples)
         self.dev_examples = read_squad(base / spec.dev)
@@ -125,8 +128,6 @@ class QATask:
 
     @torch.no_grad()
     def evaluate(self, model, batch_size: int = 64) -> dict[str, float]:
-        from ..data.qa import best_answers, squad_metrics
-
         model.eval()
         n = len(self.dev["input_ids"])
         starts, ends = [], []
@@ -225,3 +226,43 @@ def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
                 log(step, total, loss.item())
     model.eval()
     return history
+
+
+def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer, progress, console) -> dict:
+    """The recipe's finetune section: fine-tune the student on the task (with task distillation when asked),
+    evaluate it, save it to <out>/finetune; a run resumed after this step reads the saved result."""
+    spec, seed = r.recipe.finetune, r.recipe.seed
+    done = out / "finetune" / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())  # finished before a resume
+    base = r.file.parent
+    task = make_task(spec, base, tokenizer)
+    started = time.perf_counter()
+
+    def bar(name):
+        t = progress.add_task(name, total=None, info="")
+        return lambda step, total, loss: progress.update(t, completed=step, total=total, info=f"loss {loss:.4g}")
+
+    teacher, teacher_dev = None, None
+    if spec.distill:
+        if spec.teacher_model:
+            teacher = task.source_model(base / spec.teacher_model)  # already fine-tuned: its head is kept
+        else:
+            teacher = task.source_model(r.source_path)
+            train(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
+        teacher_dev = task.evaluate(teacher)
+    model = task.student_model(student, r.recipe.student.dropout)
+    history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"))
+    dev = task.evaluate(model)
+    save_model(model, tokenizer, out / "finetune" / "model")
+    result = {"task": spec.task, "dev": dev, "teacher_dev": teacher_dev, "distill": spec.distill,
+              "train_examples": task.n_train, "dev_examples": task.n_dev, "label_names": task.label_names,
+              "seconds": round(time.perf_counter() - started, 1), "history": history}
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, done)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
+    console.print(f"[bold]{spec.task}[/] dev: {shown}" + (
+        f"  (teacher: {', '.join(f'{k} {v:.4f}' for k, v in teacher_dev.items())})" if teacher_dev else ""),
+        highlight=False)
+    return result
