@@ -15,13 +15,13 @@ import json
 import sys
 from pathlib import Path
 
+from .schema import Recipe
+
 SCHEMA_FILE = Path(__file__).with_name("recipe.schema.json")
 
 
 def recipe_json_schema() -> dict:
     """The recipe's JSON Schema (draft 2020-12), as pydantic writes it, with a title and the dialect."""
-    from .schema import Recipe
-
     schema = Recipe.model_json_schema()
     _add_factory_defaults(schema, Recipe)
     _standard_keywords(schema)

@@ -6,6 +6,7 @@ reported at once (each with its key path and line) through one RecipeError.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import reprlib
 from dataclasses import dataclass, field
@@ -13,20 +14,21 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..data.corpus import BUILDERS
+from ..data.qa import read_squad
+from ..data.tasks import TaskDataError, read_task
 from ..models import SlimBertConfig
 from ..plugins import TEACHERS, PluginError, load_plugins
 from ..teacher.build import ib_teacher_config
-from ..teacher.prune import problems as prune_problems
 from ..teacher.source import (SourceError, SourceInfo, check_tokenizer_files, check_weights,
                               describe_source, resolve_model_path)
+from ..transfer.strategies import TeacherFacts
 from . import balance as balance_solver
+from . import checks
 from .errors import Problem, RecipeError
 from .loader import LineMap, read_recipe_file
 from .overrides import apply_overrides, parse_override
 from .schema import STAGE_KINDS, Recipe
-
-FEATURE_TERMS = ("feature_map", "feature_mean", "feature_var")
-
 
 @dataclass
 class Resolved:
@@ -72,6 +74,10 @@ class Collector:
             self.problems.append(Problem(".".join(map(str, loc)), message, None, f"--set {override}"))
         else:
             self.problems.append(Problem(".".join(map(str, loc)), message, self.lines.line(loc), self.file))
+
+    def extend(self, problems: list[tuple[str, str]]) -> None:
+        for loc, message in problems:
+            self.add(loc, message)
 
     def raise_if_any(self) -> None:
         if self.problems:
@@ -173,16 +179,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
         _check_tokenizer(tokenizer_path, source, out, "source.tokenizer" if recipe.source.tokenizer else "source.model")
 
     # Architectures -----------------------------------------------------------------------------------
-    s, t = recipe.student, recipe.teacher
+    t = recipe.teacher
     balance = None
-    if recipe.balance is not None:
-        for key in ("intra_size", "ffn"):
-            if key in s.model_fields_set and getattr(s, key) is not None:
-                out.add(f"student.{key}", "conflicts with balance: give the widths or a balance, not both "
-                                          f"(set student.{key}: null or remove balance)")
-    elif s.intra_size is None or s.ffn is None:
-        out.add("student.intra_size" if s.intra_size is None else "student.ffn",
-                "is null but there is no balance section to solve it")
+    out.extend(checks.widths_or_balance(recipe))
     student_config = _student_config(recipe, source, balance_result=None, out=out)
     if recipe.balance is not None and student_config is not None and not out.problems:
         b = recipe.balance
@@ -201,65 +200,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
     layer_map = _layer_map(recipe, source.num_layers, out if plugin_teacher is None else Collector(lines, ""))
 
     # Cross-field checks, before any training -----------------------------------------------------------
-    feature_width = teacher_config.hidden_size if teacher_config else source.hidden_size
-    teacher_heads = teacher_config.num_attention_heads if teacher_config else source.num_heads
-    for i, st in enumerate(recipe.transfer):
-        losses = getattr(st, "losses", None) if plugin_teacher is None else None
-        if losses is not None:
-            feature = any(getattr(losses, k) > 0 for k in FEATURE_TERMS)
-            if feature and t.type == "inverted_bottleneck" and feature_width != s.inter_size:
-                out.add(f"transfer.{i}.losses.feature_map",
-                        f"feature-map transfer needs equal widths: the teacher's feature map is {feature_width} "
-                        f"wide (teacher.inter_size) and the student's {s.inter_size} (student.inter_size); set "
-                        "them equal, or use teacher.type: source, which learns a projection")
-            if losses.attention > 0 and teacher_heads != s.num_heads:
-                out.add(f"transfer.{i}.losses.attention",
-                        f"attention transfer needs equal head counts per layer pair: teacher {teacher_heads}, "
-                        f"student {s.num_heads}; set student.num_heads (and teacher.num_heads) equal, or "
-                        "attention: 0")
-        if st.kind == "teacher_adaptation":
-            if t.type != "inverted_bottleneck":
-                out.add(f"transfer.{i}.kind", "teacher_adaptation adapts an inverted-bottleneck teacher, but "
-                                              "teacher.type is source: there is nothing to adapt")
-            if any(x.kind != "teacher_adaptation" for x in recipe.transfer[:i]):
-                out.add(f"transfer.{i}.kind", "teacher_adaptation must come before the student's stages")
-        if (st.kind in ("pretrain_distill", "auxiliary") and st.alpha < 1 and plugin_teacher is None
-                and not _teacher_has_mlm(t, source)):
-            out.add(f"transfer.{i}.alpha",
-                    f"the teacher has no MLM head ({source.path} is a {source.model_type} without one), so "
-                    "there are no teacher logits to distil; set alpha: 1.0 (hard MLM labels only)")
-        if any(not p.strip() for p in st.freeze):
-            out.add(f"transfer.{i}.freeze", "empty module prefix (it would freeze everything)")
-        if st.kind == "progressive":
-            if any(k in st.lr_multipliers for k in ("current", "lower")):
-                out.add(f"transfer.{i}.lr_multipliers", "use current_lr / lower_lr for progressive stages; "
-                                                        "lr_multipliers keys are module prefixes")
-        if st.batch_size % st.grad_accum:
-            out.add(f"transfer.{i}.grad_accum", f"batch_size {st.batch_size} does not split into {st.grad_accum} "
-                                                "equal micro-batches")
-        if st.warmup_steps > _stage_steps(st):
-            out.add(f"transfer.{i}.warmup_steps", f"warm-up ({st.warmup_steps}) is longer than the stage "
-                                                  f"({_stage_steps(st)} steps)")
-        for prefix in st.freeze:
-            if prefix in st.lr_multipliers:
-                out.add(f"transfer.{i}.freeze", f"{prefix!r} is both frozen and given an LR multiplier")
-    # prune_from_teacher copies the embeddings pruned to the student's widths; copy_embeddings adds nothing.
-    if s.copy_embeddings and student_config is not None and plugin_teacher is None and s.init != "prune_from_teacher":
-        _check_embedding_copy(recipe, source, teacher_config, student_config, out)
-    if s.init == "prune_from_teacher" and student_config is not None:
-        for key, message in prune_problems(teacher_config, student_config):
-            out.add(key, message)
-    if recipe.export.bench is not None and not recipe.export.onnx:
-        out.add("export.bench", "the latency report times the ONNX export: set export.onnx: true")
-    if recipe.data.seq_len > source.max_positions:
-        out.add("data.seq_len", f"{recipe.data.seq_len} exceeds the source's {source.max_positions} positions")
-    # The student inherits the source's positions: longer task or benchmark sequences fail hours later.
-    if recipe.finetune is not None and recipe.finetune.seq_len > source.max_positions:
-        out.add("finetune.seq_len", f"{recipe.finetune.seq_len} exceeds the student's {source.max_positions} "
-                                    "positions (the source's)")
-    if recipe.export.bench is not None and max(recipe.export.bench.seq) > source.max_positions:
-        out.add("export.bench.seq", f"{max(recipe.export.bench.seq)} exceeds the student's "
-                                    f"{source.max_positions} positions (the source's)")
+    out.extend(checks.run_checks(recipe, _facts(recipe, source, teacher_config, student_config)))
 
     # Data and task files ---------------------------------------------------------------------------------
     corpus_files = _corpus_files(recipe, base, out)
@@ -273,10 +214,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
 
 def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_size: int,
                  attention: bool = True) -> Resolved:
-    """The recipe re-checked against a teacher given through the Python API (it replaces the recipe's
-    teacher section): the layer map, attention head counts, and stages that only make sense for an IB teacher."""
-    import dataclasses
-
+    """The recipe re-checked against a teacher given through the Python API or built by a plugin (it replaces
+    the recipe's teacher section): the layer map and the same cross-field checks as load_recipe."""
     try:
         lines = read_recipe_file(r.file)[1]
     except RecipeError:
@@ -284,36 +223,16 @@ def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_siz
     out = Collector(lines, str(r.file))
     layer_map = _layer_map(r.recipe, num_layers, out)
     s = r.recipe.student
-    for i, st in enumerate(r.recipe.transfer):
-        if st.kind == "teacher_adaptation":
-            out.add(f"transfer.{i}.kind", "teacher_adaptation adapts the IB teacher the recipe builds; with a "
-                                          "teacher passed in there is nothing to adapt: remove this stage")
-        losses = getattr(st, "losses", None)
-        if losses is None or not losses.attention:
-            continue
-        if not attention:
-            out.add(f"transfer.{i}.losses.attention", "the teacher passed in gives no attention (name its "
-                                                      "attention modules, e.g. ModuleTeacher(..., attentions=...)), "
-                                                      "so attention transfer is impossible; set attention: 0")
-        elif num_heads != s.num_heads:
-            out.add(f"transfer.{i}.losses.attention", f"attention transfer needs equal head counts: the teacher "
-                                                      f"passed in has {num_heads}, student.num_heads is "
-                                                      f"{s.num_heads}; make them equal or set attention: 0")
-    if s.init == "prune_from_teacher":
-        out.add("student.init", "prune_from_teacher prunes the IB teacher the recipe builds into the student; a "
-                                "teacher passed in cannot be: set student.init: random")
-    if s.copy_embeddings and hidden_size != s.inter_size:
-        out.add("student.copy_embeddings", f"the teacher passed in is {hidden_size} wide and the student "
-                                           f"{s.inter_size}: its embeddings cannot be copied; set "
-                                           "copy_embeddings: false")
+    teacher = TeacherFacts(layers=num_layers, heads=num_heads, width=hidden_size, student_width=s.inter_size,
+                           student_heads=s.num_heads, inverted_bottleneck=False, has_mlm_head=False,
+                           attention=attention, origin="passed_in")
+    out.extend(checks.run_checks(r.recipe, checks.Facts(teacher, r.student_config, None, r.source.max_positions)))
     out.raise_if_any()
     return dataclasses.replace(r, teacher_config=None, layer_map=layer_map)
 
 
 def _check_task(ft, base: Path, out: Collector) -> None:
     """The task files exist and hold the named columns (and, for regression, numbers) before any training."""
-    from ..data.tasks import TaskDataError, read_task
-
     names = None
     for key in ("train", "dev"):
         p = base / getattr(ft, key)
@@ -322,8 +241,6 @@ def _check_task(ft, base: Path, out: Collector) -> None:
             continue
         try:
             if ft.format == "squad":
-                from ..data.qa import read_squad
-
                 read_squad(p, ft.max_examples if key == "train" else None)
             else:
                 names = read_task(p, ft.text_fields, ft.label_field, ft.regression, label_names=names,
@@ -347,14 +264,6 @@ def _check_task(ft, base: Path, out: Collector) -> None:
             check_weights((base / ft.teacher_model).resolve())
         except SourceError as e:
             out.add("finetune.teacher_model", str(e))
-
-
-def _stage_steps(st) -> int:
-    return st.steps_per_layer if st.kind == "progressive" else st.steps
-
-
-def _teacher_has_mlm(t, source: SourceInfo) -> bool:
-    return source.has_mlm_head
 
 
 def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str) -> None:
@@ -436,6 +345,28 @@ def _teacher_config(recipe: Recipe, source: SourceInfo, out: Collector) -> SlimB
         layer_norm_eps=source.layer_norm_eps, inter=inter, heads=heads, embedding_size=emb, trigram=t.trigram)
 
 
+def _facts(recipe: Recipe, source: SourceInfo, teacher_config: SlimBertConfig | None,
+           student_config: SlimBertConfig | None) -> checks.Facts:
+    """What the cross-field checks need to know about the teacher the recipe describes."""
+    t, s = recipe.teacher, recipe.student
+    if teacher_config is not None:
+        embedding = (teacher_config.vocab_size, teacher_config.embedding_size, teacher_config.trigram_input,
+                     teacher_config.hidden_size)
+        what = "the IB teacher's"
+    else:
+        embedding = (source.vocab_size, source.embedding_size, False, source.hidden_size)
+        what = f"the source's ({source.model_type}, unfactorised)"
+    teacher = TeacherFacts(
+        layers=source.num_layers,
+        heads=teacher_config.num_attention_heads if teacher_config else source.num_heads,
+        width=teacher_config.hidden_size if teacher_config else source.hidden_size,
+        student_width=s.inter_size, student_heads=s.num_heads,
+        inverted_bottleneck=t.type == "inverted_bottleneck", has_mlm_head=source.has_mlm_head,
+        origin="plugin" if t.plugin is not None else "recipe",
+        description=f"{source.path} is a {source.model_type} without one")
+    return checks.Facts(teacher, student_config, teacher_config, source.max_positions, embedding, what)
+
+
 def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]:
     n = recipe.student.num_layers
     lm = recipe.layer_map
@@ -457,27 +388,9 @@ def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]
     return [teacher_layers - n + i for i in range(1, n + 1)]  # last: the top teacher layers
 
 
-def _check_embedding_copy(recipe, source: SourceInfo, teacher_config, student: SlimBertConfig, out) -> None:
-    if teacher_config is not None:
-        t = (teacher_config.vocab_size, teacher_config.embedding_size, teacher_config.trigram_input,
-             teacher_config.hidden_size)
-        what = "the IB teacher's"
-    else:
-        t = (source.vocab_size, source.embedding_size, False, source.hidden_size)
-        what = f"the source's ({source.model_type}, unfactorised)"
-    st = (student.vocab_size, student.embedding_size, student.trigram_input, student.hidden_size)
-    if t != st:
-        out.add("student.copy_embeddings",
-                f"copying embeddings and the MLM head needs a compatible vocab and embedding: {what} (vocab, "
-                f"embedding size, trigram, inter width) is {t}, the student's {st}; set copy_embeddings: false "
-                "or match the shapes")
-
-
 def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:
     c = recipe.data.corpus
     if c.dataset:
-        from ..data.corpus import BUILDERS
-
         local = Path(c.dataset).expanduser()
         local = local if local.is_absolute() else base / local
         # A hub name is only checked when the run loads it; a path (or a data file's name) must exist now.

@@ -4,7 +4,7 @@ finetune -> export."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator)
 
@@ -226,7 +226,9 @@ class TeacherAdaptationStage(StageBase):
 
 Stage = Annotated[Union[ProgressiveStage, JointStage, AuxiliaryStage, PretrainDistillStage, TeacherAdaptationStage],
                   Field(discriminator="kind")]
-STAGE_KINDS = ("progressive", "joint", "auxiliary", "pretrain_distill", "teacher_adaptation")
+# The kinds, in the union's order, read from each member's `kind` literal.
+STAGE_KINDS: tuple[str, ...] = tuple(get_args(member.model_fields["kind"].annotation)[0]
+                                     for member in get_args(get_args(Stage)[0]))
 
 
 # ---- fine-tuning, export --------------------------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""Cross-field checks: each a named pure function of the recipe and a small facts record, returning
+(key path, message) pairs. `load_recipe` runs them against the teacher the recipe describes; `with_teacher`
+runs the same list against a teacher passed in through the Python API (or built by a plugin)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..models import SlimBertConfig
+from ..transfer.init import problems as prune_problems
+from ..transfer.strategies import TeacherFacts, stage_problems
+from .schema import Recipe
+
+Problems = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the checks know besides the recipe: the teacher (see TeacherFacts), the derived architectures and
+    the source's limits."""
+
+    teacher: TeacherFacts
+    student: SlimBertConfig | None          # None when the student's section has problems of its own
+    teacher_config: SlimBertConfig | None   # the IB teacher's; None for the source or a teacher passed in
+    max_positions: int                      # the source's, which the student inherits
+    embedding: tuple | None = None          # the teacher's (vocab, embedding size, trigram, inter width)
+    embedding_what: str = ""                # whose embedding that is, for the message
+
+
+def stages(recipe: Recipe, f: Facts) -> Problems:
+    """Every stage against its kind's own rules (transfer/strategies.py) and the teacher."""
+    return stage_problems(recipe.transfer, f.teacher)
+
+
+def embedding_copy(recipe: Recipe, f: Facts) -> Problems:
+    """student.copy_embeddings needs the teacher's tables in the student's shapes."""
+    s = recipe.student
+    if not s.copy_embeddings or f.student is None:
+        return []
+    if f.teacher.origin == "passed_in":
+        if f.teacher.width != s.inter_size:
+            return [("student.copy_embeddings", f"the teacher passed in is {f.teacher.width} wide and the student "
+                                                f"{s.inter_size}: its embeddings cannot be copied; set "
+                                                "copy_embeddings: false")]
+        return []
+    # prune_from_teacher copies the embeddings pruned to the student's widths; copy_embeddings adds nothing.
+    if f.teacher.origin == "plugin" or s.init == "prune_from_teacher":
+        return []
+    mine = (f.student.vocab_size, f.student.embedding_size, f.student.trigram_input, f.student.hidden_size)
+    if f.embedding != mine:
+        return [("student.copy_embeddings",
+                 f"copying embeddings and the MLM head needs a compatible vocab and embedding: {f.embedding_what} "
+                 f"(vocab, embedding size, trigram, inter width) is {f.embedding}, the student's {mine}; set "
+                 "copy_embeddings: false or match the shapes")]
+    return []
+
+
+def student_init(recipe: Recipe, f: Facts) -> Problems:
+    """student.init: prune_from_teacher needs the IB teacher the recipe builds, at least as wide as the student."""
+    if recipe.student.init != "prune_from_teacher":
+        return []
+    if f.teacher.origin == "passed_in":
+        return [("student.init", "prune_from_teacher prunes the IB teacher the recipe builds into the student; a "
+                                 "teacher passed in cannot be: set student.init: random")]
+    return prune_problems(f.teacher_config, f.student) if f.student is not None else []
+
+
+def bench_needs_onnx(recipe: Recipe, f: Facts) -> Problems:
+    if recipe.export.bench is not None and not recipe.export.onnx:
+        return [("export.bench", "the latency report times the ONNX export: set export.onnx: true")]
+    return []
+
+
+def sequence_lengths(recipe: Recipe, f: Facts) -> Problems:
+    """The student inherits the source's positions: longer task or benchmark sequences fail hours later."""
+    out, n = [], f.max_positions
+    if recipe.data.seq_len > n:
+        out.append(("data.seq_len", f"{recipe.data.seq_len} exceeds the source's {n} positions"))
+    if recipe.finetune is not None and recipe.finetune.seq_len > n:
+        out.append(("finetune.seq_len", f"{recipe.finetune.seq_len} exceeds the student's {n} positions (the source's)"))
+    if recipe.export.bench is not None and max(recipe.export.bench.seq) > n:
+        out.append(("export.bench.seq", f"{max(recipe.export.bench.seq)} exceeds the student's {n} positions "
+                                        "(the source's)"))
+    return out
+
+
+def widths_or_balance(recipe: Recipe) -> Problems:
+    """student.intra_size / ffn are given, or solved by a balance section: one, not both, not neither."""
+    s, out = recipe.student, []
+    if recipe.balance is not None:
+        for key in ("intra_size", "ffn"):
+            if key in s.model_fields_set and getattr(s, key) is not None:
+                out.append((f"student.{key}", "conflicts with balance: give the widths or a balance, not both "
+                                              f"(set student.{key}: null or remove balance)"))
+    elif s.intra_size is None or s.ffn is None:
+        out.append(("student.intra_size" if s.intra_size is None else "student.ffn",
+                    "is null but there is no balance section to solve it"))
+    return out
+
+
+CHECKS: list[Callable[[Recipe, Facts], Problems]] = [stages, embedding_copy, student_init, bench_needs_onnx,
+                                                     sequence_lengths]
+
+
+def run_checks(recipe: Recipe, f: Facts) -> Problems:
+    return [p for check in CHECKS for p in check(recipe, f)]
