@@ -17,24 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
+from ..models import SlimBertConfig, count
+from ..models.convert import from_transformers_config
+from ..teacher.source import resolve_model_path
+from .onnx import ExportError, export
+from .runtime import dummy_inputs, session
+
 
 @dataclass
 class Entry:
     name: str
     path: Path
-
-
-def _session(path: Path, threads: int):
-    from .onnx import session
-
-    return session(path, threads=threads)
-
-
-def _inputs(sess, batch: int, seq: int, rng) -> dict:
-    names = {i.name for i in sess.get_inputs()}
-    x = {"input_ids": rng.integers(1000, 2000, (batch, seq)).astype(np.int64),
-         "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
-    return {k: v for k, v in x.items() if k in names}
 
 
 def latency_fields(values: list[float]) -> dict:
@@ -50,7 +44,6 @@ def model_facts(path: Path, seq: int) -> dict:
     """Parameters (ONNX initializers), FLOPs per sequence (from config.json when slimbert can count it), size."""
     import onnx
 
-    from ..models import count
 
     m = onnx.load(str(path), load_external_data=False)
     params = int(sum(int(np.prod(t.dims)) for t in m.graph.initializer if len(t.dims) > 0))
@@ -66,8 +59,6 @@ def model_facts(path: Path, seq: int) -> dict:
 
 
 def _family_config(raw: dict):
-    from ..models import SlimBertConfig
-    from ..models.convert import from_transformers_config
 
     t = raw.get("model_type")
     if t == "slimbert":
@@ -93,8 +84,6 @@ def versions() -> dict:
     import torch
     import transformers
 
-    from .. import __version__
-
     return {"slimbert": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.processor()}".strip()}
@@ -104,7 +93,7 @@ def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, run
           block: int = 5, seed: int = 0) -> dict:
     """Time every model at every (batch, seq), alternating between models in blocks of `block` runs."""
     rng = np.random.default_rng(seed)
-    sessions = {e.name: _session(e.path, threads) for e in entries}
+    sessions = {e.name: session(e.path, threads=threads) for e in entries}
     report = {"config": {"batch": list(batches), "seq": list(seqs), "threads": threads, "runs": runs,
                          "warmup": warmup, "alternating_blocks": block},
               "versions": versions(), "models": {}, "results": []}
@@ -112,7 +101,7 @@ def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, run
         report["models"][e.name] = {"path": str(e.path), **model_facts(e.path, max(seqs))}
     for b in batches:
         for s in seqs:
-            feeds = {name: _inputs(sess, b, s, rng) for name, sess in sessions.items()}
+            feeds = {name: dummy_inputs(sess, b, s, rng) for name, sess in sessions.items()}
             for name, sess in sessions.items():
                 for _ in range(warmup):
                     sess.run(None, feeds[name])
@@ -205,8 +194,6 @@ def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None
     import torch
     import transformers
 
-    from .onnx import export
-
     onnx_path = dest / "model.onnx"
     if onnx_path.is_file():
         return onnx_path
@@ -232,8 +219,6 @@ def teacher_reference(export_dir: Path, dest: Path) -> Path:
     """The teacher of the run the exported student came from (its IB teacher, or the source itself)."""
     import yaml
 
-    from .onnx import ExportError, export
-
     onnx_path = dest / "model.onnx"
     if onnx_path.is_file():
         return onnx_path
@@ -245,8 +230,6 @@ def teacher_reference(export_dir: Path, dest: Path) -> Path:
     if (run_dir / "teacher" / "model" / "config.json").is_file():
         model_dir = run_dir / "teacher" / "model"
     elif resolved.is_file():
-        from ..teacher.source import resolve_model_path
-
         model_dir = resolve_model_path(yaml.safe_load(resolved.read_text())["source"]["model"], run_dir)
     else:
         raise ExportError(f"{export_dir} was not exported from a run directory: no teacher to compare with")

@@ -22,6 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import models as M  # registers slimbert with the Auto classes
+from ..models import SlimBertPreTrainedModel, to_transformers, why_not_expressible
+from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, node_count
+from .runtime import latency_ms, session
+
 TASKS = ("feature-extraction", "fill-mask", "text-classification", "question-answering")
 OUTPUTS = {"feature-extraction": ["last_hidden_state"], "fill-mask": ["logits"], "text-classification": ["logits"],
            "question-answering": ["start_logits", "end_logits"]}
@@ -103,7 +108,6 @@ def load_model(model_dir: Path, task: str | None = None) -> tuple[nn.Module, str
     graph passes know slimbert's modules); other families (e.g. a BERT teacher or reference) load as they are."""
     import transformers
 
-    from .. import models as M  # registers slimbert with the Auto classes
 
     try:
         config = transformers.AutoConfig.from_pretrained(str(model_dir))
@@ -126,8 +130,6 @@ def load_model(model_dir: Path, task: str | None = None) -> tuple[nn.Module, str
 
 def to_save(model: nn.Module):
     """What config.json describes: stock MobileBERT when expressible, so optimum's ORTModel classes open it."""
-    from ..models import SlimBertPreTrainedModel, to_transformers, why_not_expressible
-
     if isinstance(model, SlimBertPreTrainedModel) and why_not_expressible(model.config) is None:
         return to_transformers(model)
     return model
@@ -169,18 +171,6 @@ def parity_inputs(tokenizer, texts: list[str] | None = None, max_length: int = 1
     out["token_type_ids"] = enc["token_type_ids"].astype(np.int64) if "token_type_ids" in enc else \
         np.zeros_like(out["input_ids"])
     return out
-
-
-def session(path: Path, threads: int | None = None, optimize: bool = True):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def _outputs(model, task, inputs, dtype) -> list[np.ndarray]:
@@ -227,8 +217,6 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
     passes.MODEL_PASSES / ONNX_PASSES in order (default: DEFAULT_PASSES; [] for a plain export).
     `static_calibration` (model inputs, e.g. corpus sequences) also writes a static int8 model_int8_static.onnx."""
     from transformers import AutoTokenizer
-
-    from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, latency_ms, node_count
 
     passes = list(DEFAULT_PASSES) if passes is None else list(passes)
     unknown = [p for p in passes if p not in MODEL_PASSES and p not in ONNX_PASSES]

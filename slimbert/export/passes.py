@@ -21,11 +21,12 @@ pass, kept because measured faster (benchmarks/results/latency.md has the figure
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..models.modeling import NoNorm, SlimBertModel
 
 SAFE_SCALE = (1e-4, 1e4)
 
@@ -33,8 +34,6 @@ SAFE_SCALE = (1e-4, 1e4)
 # ---- model passes (before export) ----------------------------------------------------------------------------------
 
 def _is_nonorm(m) -> bool:
-    from ..models.modeling import NoNorm
-
     return isinstance(m, NoNorm)
 
 
@@ -67,8 +66,6 @@ def _safe(s: torch.Tensor) -> bool:
 @torch.no_grad()
 def fold_nonorm(model: nn.Module) -> tuple[nn.Module, dict]:
     """An equivalent copy of a slimbert model with its foldable NoNorms removed; and what was folded."""
-    from ..models.modeling import SlimBertModel
-
     model = copy.deepcopy(model).eval()
     body = next((m for m in model.modules() if isinstance(m, SlimBertModel)), None)
     stats = {"bottleneck": 0, "chain": 0, "blocks_skipped": 0}
@@ -133,24 +130,3 @@ def node_count(path: Path) -> int:
     import onnx
 
     return len(onnx.load(str(path), load_external_data=False).graph.node)
-
-
-def latency_ms(path: Path, runs: int = 20, seq: int = 128, threads: int = 2) -> float:
-    """Median latency of batch 1 at `seq` tokens (for per-pass reports; the full report is in bench.py)."""
-    import numpy as np
-
-    from .onnx import session
-
-    s = session(path, threads=threads)
-    x = {"input_ids": np.full((1, seq), 1000, np.int64), "attention_mask": np.ones((1, seq), np.int64),
-         "token_type_ids": np.zeros((1, seq), np.int64)}
-    names = {i.name for i in s.get_inputs()}
-    x = {k: v for k, v in x.items() if k in names}
-    for _ in range(3):
-        s.run(None, x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        s.run(None, x)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
