@@ -113,3 +113,16 @@ def test_save_and_load_with_auto_classes(tmp_path):
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
     base = AutoModel.from_pretrained(tmp_path)
     assert type(base) is SlimBertModel
+
+
+def test_a_misspelt_argument_is_refused_not_ignored():
+    """Explicit forward signatures: an argument nobody reads is a TypeError, not a silently unmasked batch."""
+    import pytest
+
+    from slimbert.models import SlimBertForSequenceClassification
+
+    ids = torch.randint(5, 100, (2, 8))
+    for model in (SlimBertModel(tiny()), SlimBertForMaskedLM(tiny()), SlimBertForSequenceClassification(tiny())):
+        with pytest.raises(TypeError, match="attention_msk"):
+            model(ids, attention_msk=torch.ones(2, 8))
+        model(ids, attention_mask=torch.ones(2, 8), token_type_ids=torch.zeros(2, 8, dtype=torch.long))

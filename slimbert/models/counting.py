@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from .configuration import SlimBertConfig
+from . import modeling as m
+from .modeling import SlimBertModel, SlimBertPreTrainedModel
 
 COMPONENTS = ("embedding", "bottleneck", "attention", "ffn", "pooler", "head")
 HEADS = (None, "mlm", "pretraining", "classification", "qa")
@@ -133,7 +135,6 @@ def component_of(name: str) -> str:
 
 
 def head_of(model: nn.Module) -> str | None:
-    from . import modeling as m
     return {m.SlimBertForMaskedLM: "mlm", m.SlimBertForPreTraining: "pretraining",
             m.SlimBertForSequenceClassification: "classification",
             m.SlimBertForQuestionAnswering: "qa"}.get(type(model))
@@ -166,8 +167,6 @@ def count(model_or_config, seq_len: int = 128, head: str | None = None) -> Count
     A model is counted from its own modules (parameters) and the analytic formulas (FLOPs); a config
     from the formulas alone. Tests hold both to agree exactly.
     """
-    from .modeling import SlimBertModel, SlimBertPreTrainedModel
-
     if isinstance(model_or_config, SlimBertConfig):
         return count_config(model_or_config, seq_len, head)
     if isinstance(model_or_config, SlimBertPreTrainedModel):

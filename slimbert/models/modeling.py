@@ -77,14 +77,14 @@ class SlimBertEmbeddings(nn.Module):
             position_ids = self.position_ids[:, :seq_len]
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        e = self.word_embeddings(input_ids)
+        e = self.word_embeddings(input_ids)  # (B, T) -> (B, T, E)
         if self.trigram_input:
             # [next, current, previous] along features, zero-padded at both ends: a width-3 convolution.
             nxt = F.pad(e[:, 1:], (0, 0, 0, 1))
             prv = F.pad(e[:, :-1], (0, 0, 1, 0))
-            e = torch.cat([nxt, e, prv], dim=-1)
+            e = torch.cat([nxt, e, prv], dim=-1)  # (B, T, 3E)
         if self.embedding_transformation is not None:
-            e = self.embedding_transformation(e)
+            e = self.embedding_transformation(e)  # (B, T, E or 3E) -> (B, T, H)
         e = e + self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(e))
 
@@ -139,13 +139,14 @@ class SlimBertSelfAttention(nn.Module):
 
     def forward(self, q_in, k_in, v_in, mask, seq_len: int, return_scores: bool = False):
         """Inputs and output are token-major, (B*T) x width; heads are split only here."""
+        # (B*T, A*d) -> (B, T, A, d) -> (B, A, T, d): one attention map per head
         heads = lambda t: t.view(-1, seq_len, self.num_heads, self.head_size).transpose(1, 2)  # noqa: E731
         q, k, v = heads(self.query(q_in)), heads(self.key(k_in)), heads(self.value(v_in))
         scores = None
         if return_scores:
             # Explicit path: the masked pre-softmax scores are what attention transfer needs, and they are
             # taken before dropout (stock HF returns post-dropout probabilities).
-            scores = (q @ k.transpose(-1, -2)) * self.head_size ** -0.5
+            scores = (q @ k.transpose(-1, -2)) * self.head_size ** -0.5  # (B, A, T, T)
             if mask is not None:
                 scores = scores + mask
             ctx = self.dropout(scores.softmax(-1)) @ v
@@ -154,6 +155,7 @@ class SlimBertSelfAttention(nn.Module):
             # An explicit scale exports as a constant (not Shape -> Sqrt -> Div per layer).
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
                                                  scale=self.head_size ** -0.5)
+        # (B, A, T, d) -> (B, T, A, d) -> (B*T, A*d): back to token-major, heads concatenated
         return ctx.transpose(1, 2).reshape(-1, self.num_heads * self.head_size), scores
 
 
@@ -328,10 +330,6 @@ class SlimBertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, SlimBertEmbeddings):
             module.position_ids.copy_(torch.arange(module.position_ids.shape[-1])[None])
 
-    def _base_kwargs(self, kwargs):
-        keep = ("attention_mask", "token_type_ids", "position_ids", "output_hidden_states",
-                "output_attention_scores", "num_layers")
-        return {k: kwargs[k] for k in keep if k in kwargs}
 
 
 def additive_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -356,21 +354,23 @@ class SlimBertModel(SlimBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attention_scores: bool = False,
-                num_layers: int | None = None, **_ignored) -> SlimBertModelOutput:
-        """`num_layers` runs only the first k blocks: progressive transfer of layer k needs no more."""
-        e = self.embeddings(input_ids, token_type_ids, position_ids)
+                num_layers: int | None = None) -> SlimBertModelOutput:
+        """`input_ids` (B, T); `attention_mask` (B, T) of 1 = token, 0 = padding. `num_layers` runs only the
+        first k blocks: progressive transfer of layer k needs no more."""
+        e = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, inter)
         B, T, _ = e.shape
         mask = additive_mask(attention_mask, e.dtype)
         layers = self.encoder.layer if num_layers is None else self.encoder.layer[:num_layers]
         # Token-major inside the encoder: every Linear sees (B*T) x width, one GEMM with its bias (an ONNX
         # Gemm, which onnxruntime also fuses with the activation); heads are split only inside attention.
-        x = e.reshape(B * T, -1)
+        x = e.reshape(B * T, -1)  # (B, T, H) -> (B*T, H)
         hidden, scores = [e], []
         for layer in layers:
             x, s = layer(x, mask, T, output_attention_scores)
-            hidden.append(x.view(B, T, -1))
+            hidden.append(x.view(B, T, -1))  # (B*T, inter) -> (B, T, inter) for the outputs
             scores.append(s)
         last = hidden[-1]
         return SlimBertModelOutput(
@@ -455,8 +455,13 @@ class SlimBertForMaskedLM(SlimBertPreTrainedModel):
     def set_output_embeddings(self, new):
         self.cls.predictions.decoder = new
 
-    def forward(self, input_ids, labels=None, **kwargs) -> SlimBertHeadOutput:
-        out = self.slimbert(input_ids, **self._base_kwargs(kwargs))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attention_scores: bool = False,
+                num_layers: int | None = None) -> SlimBertHeadOutput:
+        out = self.slimbert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
+                            output_attention_scores, num_layers)
         logits = self.cls(out.last_hidden_state)
         loss = _mlm_loss(logits, labels, self.config.vocab_size) if labels is not None else None
         return SlimBertHeadOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
@@ -480,8 +485,13 @@ class SlimBertForPreTraining(SlimBertPreTrainedModel):
     def set_output_embeddings(self, new):
         self.cls.predictions.decoder = new
 
-    def forward(self, input_ids, labels=None, next_sentence_label=None, **kwargs) -> SlimBertHeadOutput:
-        out = self.slimbert(input_ids, **self._base_kwargs(kwargs))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, next_sentence_label: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attention_scores: bool = False,
+                num_layers: int | None = None) -> SlimBertHeadOutput:
+        out = self.slimbert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
+                            output_attention_scores, num_layers)
         logits = self.cls(out.last_hidden_state)
         nsp = self.cls.seq_relationship(out.pooler_output)
         loss = None
@@ -505,8 +515,13 @@ class SlimBertForSequenceClassification(SlimBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids, labels=None, **kwargs) -> SlimBertHeadOutput:
-        out = self.slimbert(input_ids, **self._base_kwargs(kwargs))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attention_scores: bool = False,
+                num_layers: int | None = None) -> SlimBertHeadOutput:
+        out = self.slimbert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
+                            output_attention_scores, num_layers)
         logits = self.classifier(self.dropout(out.pooler_output))
         loss = None
         if labels is not None:
@@ -527,8 +542,13 @@ class SlimBertForQuestionAnswering(SlimBertPreTrainedModel):
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
 
-    def forward(self, input_ids, start_positions=None, end_positions=None, **kwargs) -> SlimBertHeadOutput:
-        out = self.slimbert(input_ids, **self._base_kwargs(kwargs))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attention_scores: bool = False,
+                num_layers: int | None = None) -> SlimBertHeadOutput:
+        out = self.slimbert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states,
+                            output_attention_scores, num_layers)
         start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)
         loss = None
         if start_positions is not None and end_positions is not None:
