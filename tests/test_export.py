@@ -109,6 +109,7 @@ def test_a_wrong_export_fails_loudly_and_leaves_nothing(model_dir, tmp_path, mon
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
+@pytest.mark.e2e
 def test_export_cli_from_a_run_directory_and_errors(tmp_path, model_dir):
     path, _ = model_dir
     run = tmp_path / "run"
@@ -135,6 +136,7 @@ def test_export_cli_from_a_run_directory_and_errors(tmp_path, model_dir):
     assert (tmp_path / "bench" / "report.png").is_file() and (tmp_path / "bench" / "report.md").is_file()
 
 
+@pytest.mark.e2e
 def test_run_exports_and_benches_when_the_recipe_asks(tmp_path, tiny_source, shared_data):
     from conftest import write_recipe
 
@@ -151,6 +153,7 @@ def test_run_exports_and_benches_when_the_recipe_asks(tmp_path, tiny_source, sha
     assert set(report["models"]) == {"student", "student-int8", "teacher"}
 
 
+@pytest.mark.e2e
 def test_finetuned_run_exports_static_int8_and_reports_task_accuracy(tmp_path, tiny_source, shared_data):
     from conftest import write_recipe
 

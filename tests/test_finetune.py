@@ -48,6 +48,7 @@ def run(recipe, out):
                           capture_output=True, text=True)
 
 
+@pytest.mark.e2e
 def test_finetune_evaluates_and_saves(tmp_path, tiny_source, shared_data):
     done = run(finetune_recipe(tmp_path, tiny_source, shared_data), tmp_path / "out")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -59,6 +60,7 @@ def test_finetune_evaluates_and_saves(tmp_path, tiny_source, shared_data):
     assert "sst2 dev: accuracy" in " ".join(done.stderr.split())
 
 
+@pytest.mark.e2e
 def test_finetune_with_task_distillation_on_pairs(tmp_path, tiny_source, shared_data):
     recipe = finetune_recipe(tmp_path, tiny_source, shared_data, task="mrpc",
                              train=str(shared_data / "MRPC" / "train.tsv"), dev=str(shared_data / "MRPC" / "dev.tsv"),
@@ -70,6 +72,7 @@ def test_finetune_with_task_distillation_on_pairs(tmp_path, tiny_source, shared_
     assert result["distill"] and set(result["teacher_dev"]) == {"accuracy", "f1", "matthews"}
 
 
+@pytest.mark.e2e
 def test_bad_task_columns_are_named_before_training(tmp_path, tiny_source, shared_data):
     recipe = finetune_recipe(tmp_path, tiny_source, shared_data, text_fields=["text"])
     done = run(recipe, tmp_path / "out")
@@ -128,6 +131,7 @@ def test_squad_features_locate_the_answer(tokenizer, shared_data, tmp_path):
     assert found >= len(examples)
 
 
+@pytest.mark.e2e
 def test_squad_finetune_reports_exact_match_and_f1(tmp_path, tiny_source, shared_data):
     train = squad_file(tmp_path / "train.json", make_squad(shared_data, 24, 0))
     dev = squad_file(tmp_path / "dev.json", make_squad(shared_data, 8, 24))

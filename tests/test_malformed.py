@@ -127,6 +127,7 @@ def test_the_corpus_is_big_enough():
     assert all(expectations(c) for c in CASES), [c.name for c in CASES if not expectations(c)]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
 def test_malformed_recipe_exits_2_and_writes_nothing(case, tmp_path, placeholders):
     recipe = materialize(case, tmp_path, placeholders)

@@ -1,5 +1,6 @@
 """The README's two commands stay true: CI runs the test command verbatim, the main job's tool exists."""
 
+import pytest
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
 
 
+@pytest.mark.e2e
 def test_main_job_command_runs(tmp_path, shared_data, minilm_path):
     """The README's main job, for real: the quickstart recipe end to end (about 3 minutes on 2 cores)."""
     main = readme_commands()[0]

@@ -25,6 +25,7 @@ def test_presets_validate(name, shared_data, minilm_path):
     assert r.student_config.num_hidden_layers == r.recipe.student.num_layers
 
 
+@pytest.mark.e2e
 def test_plan_of_the_paper_preset_reports_the_papers_counts():
     done = cli("plan", str(REPO / "recipes" / "mobilebert.yaml"), "--json", "--no-measure")
     assert done.returncode == 0, done.stderr
@@ -96,6 +97,7 @@ def test_teacher_without_mlm_head_needs_alpha_one(tmp_path, minilm_path, shared_
     assert "no MLM head" in e.value.problems[0].message
 
 
+@pytest.mark.e2e
 def test_yaml_syntax_error_and_empty_file_via_cli(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nstudent: {num_layers: 2\n")
@@ -108,6 +110,7 @@ def test_yaml_syntax_error_and_empty_file_via_cli(tmp_path):
     assert done.returncode == 2 and "empty" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.e2e
 def test_overrides(tmp_path, tiny_source, shared_data):
     path = write_recipe(tmp_path, tiny_source, shared_data)
     r = load_recipe(path, ["transfer.0.optimizer.lr=5e-4", "student.num_layers=3", "layer_map=last",
@@ -153,6 +156,7 @@ def test_balance_solves_within_ratio_and_budget(tmp_path, tiny_source, shared_da
         load_recipe(impossible)
 
 
+@pytest.mark.e2e
 def test_recipes_commands(tmp_path):
     assert "quickstart" in cli("recipes", "list").stdout
     assert cli("recipes", "show", "mobilebert").stdout.startswith("# MobileBERT")
@@ -162,6 +166,7 @@ def test_recipes_commands(tmp_path):
     assert cli("recipes", "new", "mine", cwd=tmp_path).returncode == 2  # no silent overwrite
 
 
+@pytest.mark.e2e
 def test_plan_measures_stage_times(tmp_path, tiny_source, shared_data):
     path = write_recipe(tmp_path, tiny_source, shared_data)
     done = cli("plan", str(path), "--json")

@@ -31,6 +31,7 @@ def finished(tmp_path_factory, tiny_source, shared_data):
     return recipe, tmp / "out"
 
 
+@pytest.mark.e2e
 def test_run_directory_and_student(finished, tokenizer):
     _, out = finished
     for name in ("recipe.resolved.yaml", "plan.json", "metrics.jsonl", "stages/0-progressive/loss.png",
@@ -47,6 +48,7 @@ def test_run_directory_and_student(finished, tokenizer):
     assert student(**ids).logits.shape[-1] == len(tokenizer)
 
 
+@pytest.mark.e2e
 def test_losses_fall(finished):
     _, out = finished
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -57,12 +59,14 @@ def test_losses_fall(finished):
     assert all(r["tokens_per_s"] > 0 for r in rows)
 
 
+@pytest.mark.e2e
 def test_refuses_existing_out_without_resume(finished):
     recipe, out = finished
     done = run_cli(str(recipe), "--out", str(out))
     assert done.returncode == 2 and "--resume" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.e2e
 def test_bad_recipe_writes_nothing(tmp_path, tiny_source, shared_data):
     recipe = write_recipe(tmp_path, tiny_source, shared_data, layer_map=[1, 99])
     done = run_cli(str(recipe), "--out", str(tmp_path / "out"))
@@ -70,6 +74,7 @@ def test_bad_recipe_writes_nothing(tmp_path, tiny_source, shared_data):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_sigkill_then_resume_is_bit_identical(finished, tmp_path):
     recipe, reference = finished
     out = tmp_path / "out"
@@ -105,6 +110,7 @@ def test_sigkill_then_resume_is_bit_identical(finished, tmp_path):
         assert torch.equal(a[k], b[k]), (k, why)
 
 
+@pytest.mark.e2e
 def test_resume_refuses_a_changed_recipe(finished, tmp_path):
     recipe, out = finished
     done = run_cli(str(recipe), "--out", str(out), "--resume", "--set", "transfer.1.steps=7")

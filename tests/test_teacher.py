@@ -148,6 +148,7 @@ def ib_run(tmp_path_factory, tiny_source, shared_data):
     return tmp / "out", done
 
 
+@pytest.mark.e2e
 def test_adaptation_improves_fidelity(ib_run):
     out, done = ib_run
     report = json.loads((out / "teacher" / "fidelity.json").read_text())
@@ -161,6 +162,7 @@ def test_adaptation_improves_fidelity(ib_run):
     assert "cosine before" in done.stderr and "cosine after" in done.stderr  # the terminal table
 
 
+@pytest.mark.e2e
 def test_adapted_teacher_is_saved_and_loads(ib_run):
     from transformers import AutoModel
 
@@ -171,6 +173,7 @@ def test_adapted_teacher_is_saved_and_loads(ib_run):
     assert (out / "student" / "config.json").is_file()
 
 
+@pytest.mark.e2e
 def test_student_embeddings_come_from_the_adapted_teacher(ib_run):
     from safetensors.torch import load_file
     from transformers import AutoModel
@@ -184,6 +187,7 @@ def test_student_embeddings_come_from_the_adapted_teacher(ib_run):
                                teacher.embeddings.word_embeddings.weight)
 
 
+@pytest.mark.e2e
 def test_validate_names_a_teacher_wider_than_its_source(tmp_path, tiny_source, shared_data):
     sections = json.loads(json.dumps(IB_SECTIONS))
     sections["teacher"]["inter_size"] = 96  # the tiny source is 64 wide
@@ -307,6 +311,7 @@ def test_custom_teacher_errors_name_the_problem(tmp_path, tiny_source, shared_da
         assert not (tmp_path / d).exists()  # nothing written for a refused teacher
 
 
+@pytest.mark.e2e
 def test_resume_after_adaptation_reproduces_the_run(ib_run, tmp_path):
     """Resuming at the student's stages uses the adapted teacher (from its checkpoint, or teacher/model when a
     later stage resumes): the final student is bit-identical."""

@@ -25,6 +25,7 @@ STAGES = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("strategy", sorted(STAGES))
 def test_strategy_runs_and_its_loss_falls(strategy, tmp_path, tiny_source, shared_data):
     recipe = write_recipe(tmp_path, tiny_source, shared_data, transfer=STAGES[strategy])
@@ -39,6 +40,7 @@ def test_strategy_runs_and_its_loss_falls(strategy, tmp_path, tiny_source, share
     assert (tmp_path / "out" / "student" / "model.safetensors").is_file()
 
 
+@pytest.mark.e2e
 def test_nan_stops_the_run_and_names_stage_step_and_term(tmp_path, tiny_source, shared_data):
     # An absurd learning rate blows the student up within a few steps.
     transfer = [{"kind": "joint", "steps": 30, "batch_size": 4, "optimizer": {"name": "sgd", "lr": 1e12},
@@ -63,6 +65,7 @@ DDP_STAGES = [
 ]
 
 
+@pytest.mark.e2e
 def test_two_processes_match_one_at_the_same_global_batch(tmp_path, tiny_source, shared_data):
     """torchrun with 2 CPU processes (gloo, DDP): every logged loss matches the single-process run's."""
     recipe = write_recipe(tmp_path, tiny_source, shared_data, transfer=DDP_STAGES)
@@ -83,6 +86,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path, tiny_source,
     assert not (tmp_path / "two" / "lock").exists()
 
 
+@pytest.mark.e2e
 def test_bf16_autocast_and_gradient_accumulation_run(tmp_path, tiny_source, shared_data):
     transfer = [{"kind": "joint", "steps": 20, "batch_size": 8, "grad_accum": 2, "precision": "bf16",
                  "optimizer": {"lr": 2e-3}}]
