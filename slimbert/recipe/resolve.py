@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from ..data.corpus import BUILDERS
 from ..data.qa import read_squad
-from ..data.tasks import TaskDataError, read_task
+from ..data.tasks import DatasetUnavailable, TaskDataError, read_task_split
 from ..models import SlimBertConfig
 from ..plugins import TEACHERS, PluginError, load_plugins
 from ..teacher.build import ib_teacher_config
@@ -232,24 +232,33 @@ def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_siz
 
 
 def _check_task(ft, base: Path, out: Collector) -> None:
-    """The task files exist and hold the named columns (and, for regression, numbers) before any training."""
+    """The task files or dataset splits exist and hold the named columns (and, for regression, numbers) before
+    any training."""
     names = None
     for key in ("train", "dev"):
-        p = base / getattr(ft, key)
-        if not p.is_file():
+        name = ft.split(key)
+        p = base / name
+        if ft.dataset is None and not p.is_file():
             out.add(f"finetune.{key}", f"file not found: {p}")
             continue
         try:
             if ft.format == "squad":
                 read_squad(p, ft.max_examples if key == "train" else None)
             else:
-                names = read_task(p, ft.text_fields, ft.label_field, ft.regression, label_names=names,
-                                  max_examples=ft.max_examples if key == "train" else None).label_names
+                names = read_task_split(base, name, ft.text_fields, ft.label_field, ft.regression,
+                                        dataset=ft.dataset, config=ft.dataset_config, columns=ft.columns,
+                                        label_names=names,
+                                        max_examples=ft.max_examples if key == "train" else None).label_names
+        except DatasetUnavailable as e:
+            out.add("finetune.dataset", str(e))
+            break
         except TaskDataError as e:
             out.add(f"finetune.{key}", str(e))
         except Exception as e:  # noqa: BLE001 - binary or odd files: whatever the parser raised, it is the file
-            out.add(f"finetune.{key}", f"{p}: cannot read it as {ft.format} data ({type(e).__name__}: "
-                                       f"{(str(e).splitlines() or [''])[0][:200]})")
+            out.add(f"finetune.{key}", f"{p if ft.dataset is None else name}: cannot read it as {ft.format} data "
+                                       f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})")
+    if ft.columns is not None and ft.format == "squad":
+        out.add("finetune.columns", "names the columns of headerless CSV/TSV task files; squad reads JSON")
     if ft.format == "squad" and 2 * ft.doc_stride >= ft.seq_len:
         out.add("finetune.doc_stride", f"{ft.doc_stride} must be under half of finetune.seq_len ({ft.seq_len}): "
                                        "each window also holds the question")

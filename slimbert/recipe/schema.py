@@ -236,11 +236,22 @@ STAGE_KINDS: tuple[str, ...] = tuple(get_args(member.model_fields["kind"].annota
 class Finetune(Section):
     task: str = Field(..., description="Task name in reports, e.g. sst2.")
     format: Literal["glue", "squad"] = Field(
-        "glue", description="glue: TSV/JSONL rows (classification or regression); squad: SQuAD v1.1/v2.0 JSON "
-                            "(extractive QA, exact match and F1).")
-    train: str = Field(..., description="Training file (GLUE-format TSV/JSONL, or SQuAD JSON), relative to the "
-                                        "recipe.")
-    dev: str = Field(..., description="Dev file for evaluation.")
+        "glue", description="glue: labelled rows (classification or regression) from CSV/TSV, JSON/JSONL or parquet "
+                            "files, a folder or a hub dataset; squad: SQuAD v1.1/v2.0 JSON files (extractive QA, "
+                            "exact match and F1).")
+    train: str | None = Field(None, description="Training file relative to the recipe (.tsv, .csv, .json, .jsonl, "
+                                                ".parquet; SQuAD JSON for squad), or with dataset its split name "
+                                                "(default: train).")
+    dev: str | None = Field(None, description="Dev file for evaluation, or with dataset its split name (default: "
+                                              "validation).")
+    dataset: str | None = Field(
+        None, description="Instead of files: a folder of split files relative to the recipe (train.*, dev.* or "
+                          "validation.*), or a hub dataset name when online (nyu-mll/glue), read with `datasets`.")
+    dataset_config: str | None = Field(None, description="The hub dataset's configuration, e.g. cola for nyu-mll/glue.")
+    columns: list[str] | None = Field(
+        None, min_length=1, description="For CSV/TSV files without a header row: the names of their columns, in "
+                                        "order (GLUE's CoLA train.tsv: [source, label, original_label, sentence]). "
+                                        "Unset: the first row is the header.")
     text_fields: list[str] = Field(["sentence"], description="One column (single sentence) or two (pairs).")
     label_field: str = Field("label", description="Label column.")
     regression: bool = Field(False, description="A real-valued target (e.g. STS-B).")
@@ -261,6 +272,22 @@ class Finetune(Section):
     distill_alpha: Annotated[Float, Field(ge=0, le=1)] = Field(
         0.5, description="Weight of the hard-label loss against the teacher's soft targets.")
     temperature: PosFloat = Field(1.0, description="Task-distillation temperature.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.dataset is None and (self.train is None or self.dev is None):
+            raise ValueError("give train and dev files, or a dataset (a folder or a hub name)")
+        if self.dataset is not None and self.format == "squad":
+            raise ValueError("squad reads SQuAD JSON files: give train and dev files instead of a dataset")
+        if self.dataset_config is not None and self.dataset is None:
+            raise ValueError("dataset_config names a configuration of a dataset: set dataset too")
+        if self.columns is not None and len(set(self.columns)) != len(self.columns):
+            raise ValueError(f"columns repeats a name: {self.columns}")
+        return self
+
+    def split(self, key: Literal["train", "dev"]) -> str:
+        """The file (relative to the recipe) or, with a dataset, the split name that `key` reads."""
+        return getattr(self, key) or {"train": "train", "dev": "validation"}[key]
 
 
 class Bench(Section):
