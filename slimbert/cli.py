@@ -193,8 +193,9 @@ def recipes_schema() -> None:
 
 
 @app.command("export")
-def export_cmd(path: Path = typer.Argument(..., help="A run directory (its fine-tuned or pre-trained student) or a "
-                                                    "model directory."),
+def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine-tuned or pre-trained student) or a "
+                                                     "model directory (default: the newest finished run under "
+                                                     "./runs)."),
                onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the only format so far)."),
                quantize: str = typer.Option(None, "--quantize", help="Also write a dynamic-int8 model: int8."),
                opset: int = typer.Option(17, "--opset", help="ONNX opset."),
@@ -210,6 +211,12 @@ def export_cmd(path: Path = typer.Argument(..., help="A run directory (its fine-
         fail("say which format: --onnx")
     if quantize not in (None, "int8"):
         fail(f"--quantize {quantize!r}: only int8 is available")
+    if path is None:
+        path = newest_run(RUNS)
+        if path is None:
+            fail(f"no finished run under ./{RUNS} to export; run one first (slimbert run recipes/quickstart.yaml) "
+                 "or give a run or model directory")
+        err.print(f"exporting the newest finished run: {path}", highlight=False, soft_wrap=True)
     if out is None:
         out = path / "export" if (path / "recipe.resolved.yaml").is_file() else path.with_name(path.name + "-onnx")
     try:
@@ -220,6 +227,31 @@ def export_cmd(path: Path = typer.Argument(..., help="A run directory (its fine-
         raise typer.Exit(4)
     console.print(f"[green]exported[/] {result.task} model to {result.out}: {', '.join(result.files)}",
                   highlight=False)
+
+
+RUNS = Path("runs")  # where `slimbert run` puts run directories without --out
+
+
+def _finished_at(run: Path) -> float | None:
+    """When a run finished: its student is saved at the end of transfer, its fine-tune results after that. A run
+    that is still going (it holds its lock) or never saved a student has not finished."""
+    if (run / "lock").exists():
+        return None
+    times = [p.stat().st_mtime for p in (run / "student" / "config.json", run / "finetune" / "metrics.json")
+             if p.is_file()]
+    return max(times) if (run / "student" / "config.json").is_file() else None
+
+
+def newest_run(root: Path) -> Path | None:
+    """The run directory under `root` that finished last (by the files it wrote last, not by its name)."""
+    runs = [(t, d) for d in root.iterdir() if d.is_dir() and (t := _finished_at(d)) is not None] if root.is_dir() else []
+    return max(runs)[1] if runs else None
+
+
+def newest_export(root: Path) -> Path | None:
+    """The most recently written model.onnx under root/*/export."""
+    files = [(p.stat().st_mtime, p) for p in root.glob("*/export/model.onnx")] if root.is_dir() else []
+    return max(files)[1] if files else None
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -233,7 +265,8 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 @app.command()
-def bench(models: list[Path] = typer.Argument(..., help="ONNX files (or export folders) to time side by side."),
+def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export folders) to time side by side "
+                                                         "(default: the newest model.onnx under ./runs/*/export)."),
           batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8."),
           seq: str = typer.Option("128", "--seq", help="Sequence lengths, e.g. 32,128,384."),
           threads: int = typer.Option(2, "--threads", help="Intra-op threads."),
@@ -245,6 +278,13 @@ def bench(models: list[Path] = typer.Argument(..., help="ONNX files (or export f
     from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, write_report
     from .export.onnx import ExportError
 
+    if not models:
+        newest = newest_export(RUNS)
+        if newest is None:
+            fail(f"no export under ./{RUNS}/*/export to time; export a run first (slimbert export --onnx) or give "
+                 "ONNX files")
+        err.print(f"timing the newest export: {newest}", highlight=False, soft_wrap=True)
+        models = [newest]
     entries = []
     for m in models:
         p = m / "model.onnx" if m.is_dir() else m

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,6 +135,70 @@ def test_export_cli_from_a_run_directory_and_errors(tmp_path, model_dir):
     assert {"count", "mean", "p50", "p90", "p95", "p99", "stdev", "stdev_", "unit"} <= set(lat) and lat["count"] == 5
     assert report["models"]["export"]["flops_per_sequence"] > 0
     assert (tmp_path / "bench" / "report.png").is_file() and (tmp_path / "bench" / "report.md").is_file()
+
+
+def fake_run(runs, name, finished, student_from=None, finetuned=None):
+    """A run directory as `slimbert run` leaves it: a resolved recipe and a saved student (optionally fine-tune
+    results), with file times set to when it 'finished'."""
+    import os
+
+    run = runs / name
+    (run / "student").mkdir(parents=True)
+    (run / "recipe.resolved.yaml").write_text("name: x\n")
+    for f in (student_from.iterdir() if student_from else []):
+        (run / "student" / f.name).write_bytes(f.read_bytes())
+    if not student_from:
+        (run / "student" / "config.json").write_text("{}")
+    os.utime(run / "student" / "config.json", (finished, finished))
+    if finetuned is not None:
+        (run / "finetune").mkdir()
+        (run / "finetune" / "metrics.json").write_text("{}")
+        os.utime(run / "finetune" / "metrics.json", (finetuned, finetuned))
+    return run
+
+
+def test_newest_run_is_the_last_to_finish_not_the_last_by_name(tmp_path):
+    from slimbert.cli import newest_export, newest_run
+
+    runs = tmp_path / "runs"
+    assert newest_run(runs) is None and newest_export(runs) is None  # no runs/ at all
+    fake_run(runs, "z-early", finished=1_000)
+    b = fake_run(runs, "a-late", finished=3_000)
+    (runs / "b-unfinished" / "stages").mkdir(parents=True)  # no student yet: not a candidate
+    assert newest_run(runs) == b
+    fine = fake_run(runs, "m-finetuned", finished=2_000, finetuned=4_000)  # fine-tuning finished it last
+    assert newest_run(runs) == fine
+    (fine / "lock").write_text("{}")  # still running (holds its lock): skipped
+    assert newest_run(runs) == b
+    for run, t in ((b, 5_000), (fine, 6_000)):
+        (run / "export").mkdir()
+        (run / "export" / "model.onnx").write_bytes(b"")
+        import os
+
+        os.utime(run / "export" / "model.onnx", (t, t))
+    assert newest_export(runs) == fine / "export" / "model.onnx"
+
+
+@pytest.mark.e2e
+def test_export_and_bench_without_paths_take_the_newest_run(tmp_path, model_dir):
+    path, _ = model_dir
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "slimbert.cli", *a], capture_output=True, text=True,
+                                    cwd=tmp_path)  # noqa: E731
+    for command, hint in ((["export", "--onnx"], "slimbert run"), (["bench"], "slimbert export --onnx")):
+        none = cli(*command)
+        assert none.returncode == 2 and hint in " ".join(none.stderr.split()) and "Traceback" not in none.stderr
+    fake_run(tmp_path / "runs", "quickstart-20261128-101500", finished=2_000, student_from=path)
+    newest = fake_run(tmp_path / "runs", "quickstart-20261128-090000", finished=9_000, student_from=path)
+    done = cli("export", "--onnx")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"newest finished run: {Path('runs') / newest.name}" in " ".join(done.stderr.split())
+    assert (newest / "export" / "model.onnx").is_file() and not (tmp_path / "runs" / "quickstart-20261128-101500" /
+                                                                  "export").exists()
+    bench = cli("bench", "--seq", "16", "--runs", "3")
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert f"newest export: {Path('runs') / newest.name / 'export' / 'model.onnx'}" in " ".join(bench.stderr.split())
+    report = json.loads((newest / "export" / "bench" / "report.json").read_text())
+    assert len(report["results"]) == 1 and report["results"][0]["latency"]["count"] == 3
 
 
 @pytest.mark.e2e
