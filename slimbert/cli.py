@@ -82,14 +82,22 @@ SHORT = {"feature_map": "FMT", "feature_mean": "mean", "feature_var": "var", "at
 def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
         out: Path = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+        log: str = typer.Option(None, "--log", help="Experiment trackers to turn on, e.g. tensorboard,mlflow "
+                                                    "(also wandb, trackio); settings from the recipe's logging."),
         allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
     """Run the recipe's stages and write the run directory."""
     from .engine.runner import TrainingError, run as run_recipe
     from .recipe import load_recipe, recipe_path
+    from .recipe.loader import read_recipe_file
+    from .recipe.overrides import apply_overrides, tracker_overrides
 
     if resume and out is None:
         fail("--resume needs --out: the run directory to continue")
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    overrides = list(set_ or [])
+    if log is not None:
+        overrides += recipe_errors(lambda: tracker_overrides(
+            apply_overrides(read_recipe_file(recipe_path(recipe))[0], overrides), log))
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), overrides, allow_plugins))
     try:
         recipe_errors(lambda: run_recipe(r, out, resume, err))
     except TrainingError as e:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.util
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
@@ -206,6 +208,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
     corpus_files = _corpus_files(recipe, base, out)
     if recipe.finetune is not None:
         _check_task(recipe.finetune, base, out)
+    for key, message in logging_problems(recipe.logging, base):
+        out.add(key, message)
     out.raise_if_any()
     return Resolved(recipe=recipe, file=file, raw=data, source=source, source_path=source_path,
                     tokenizer_path=tokenizer_path, teacher_config=teacher_config, student_config=student_config,
@@ -229,6 +233,50 @@ def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_siz
     out.extend(checks.run_checks(r.recipe, checks.Facts(teacher, r.student_config, None, r.source.max_positions)))
     out.raise_if_any()
     return dataclasses.replace(r, teacher_config=None, layer_map=layer_map)
+
+
+# pip names of what each tracker imports
+TRACKER_PACKAGES = {"tensorboard": ["tensorboard"], "mlflow": ["mlflow"], "wandb": ["wandb"], "trackio": ["trackio"]}
+MLFLOW_SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+
+def logging_problems(spec, base: Path) -> list[tuple[str, str]]:
+    """Trackers the recipe turns on that could not start: not installed, or an MLflow URI MLflow cannot use.
+    Checked here so that a run never fails on its logging after hours of training."""
+    problems = []
+    wanted = {"tensorboard": spec.tensorboard, "mlflow": spec.mlflow, "wandb": spec.wandb, "trackio": spec.trackio}
+    for name, on in wanted.items():
+        missing = [m for m in TRACKER_PACKAGES[name] if on and importlib.util.find_spec(m) is None]
+        if missing:
+            extra = "pip install 'slimbert[tracking]'" if name == "mlflow" else f"pip install {name}"
+            problems.append((f"logging.{name}", f"needs the {', '.join(missing)} package, which is not installed "
+                                                f"({extra})"))
+    uri = spec.mlflow.tracking_uri if spec.mlflow is not None else None
+    if uri is not None:
+        scheme = urlparse(uri).scheme
+        if scheme not in MLFLOW_SCHEMES:
+            problems.append(("logging.mlflow.tracking_uri",
+                             f"{uri!r}: expected a URI such as sqlite:///mlflow.db, http(s)://host:5000 or databricks"
+                             + (" (MLflow's file store is deprecated: use a sqlite:/// path)"
+                                if scheme in ("", "file") else "")))
+        elif scheme in ("http", "https") and not urlparse(uri).netloc:
+            problems.append(("logging.mlflow.tracking_uri", f"{uri!r}: no host"))
+        elif scheme == "sqlite":
+            path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+            folder = (base / path).parent if path else None
+            if folder is None:
+                problems.append(("logging.mlflow.tracking_uri", f"{uri!r}: expected sqlite:///path/to/mlflow.db"))
+            elif not folder.is_dir():
+                problems.append(("logging.mlflow.tracking_uri", f"{uri!r}: folder {folder} does not exist"))
+        if scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+            missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+            if missing:
+                problems.append(("logging.mlflow.tracking_uri", f"a database store needs {', '.join(missing)} "
+                                                                "(pip install 'slimbert[tracking]')"))
+    elif spec.mlflow is not None and any(importlib.util.find_spec(m) is None for m in ("sqlalchemy", "alembic")):
+        problems.append(("logging.mlflow", "the default store (sqlite in the run directory) needs sqlalchemy and "
+                                           "alembic (pip install 'slimbert[tracking]')"))
+    return problems
 
 
 def _check_task(ft, base: Path, out: Collector) -> None:

@@ -308,6 +308,34 @@ class Export(Section):
     bench: Bench | None = Field(None, description="Latency report settings; null skips it.")
 
 
+# ---- experiment tracking --------------------------------------------------------------------------------------
+
+class MLflow(Section):
+    tracking_uri: str | None = Field(
+        None, description="Where runs are recorded: sqlite:///path/mlflow.db (relative paths from the recipe), "
+                          "http(s)://server, databricks. Default: sqlite:///<run dir>/mlflow.db, artifacts beside "
+                          "it; browse with `mlflow ui --backend-store-uri sqlite:///<run dir>/mlflow.db`.")
+    experiment: str = Field("slimbert", min_length=1, description="Experiment name (created when missing).")
+
+
+class WandB(Section):
+    project: str = Field("slimbert", min_length=1, description="W&B project.")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline writes under <run dir>/wandb (upload later with `wandb sync`); online "
+                               "needs a login.")
+
+
+class Trackio(Section):
+    project: str = Field("slimbert", min_length=1, description="trackio project (stored locally by trackio).")
+
+
+class Logging(Section):
+    tensorboard: bool = Field(False, description="Write TensorBoard event files under <run dir>/tensorboard.")
+    mlflow: MLflow | None = Field(None, description="Log to MLflow (the tracking extra); {} for the defaults.")
+    wandb: WandB | None = Field(None, description="Log to Weights & Biases (pip install wandb); {} for offline.")
+    trackio: Trackio | None = Field(None, description="Log to trackio (pip install trackio); {} for the defaults.")
+
+
 # ---- the recipe ----------------------------------------------------------------------------------------------------
 
 class Recipe(Section):
@@ -325,4 +353,8 @@ class Recipe(Section):
     transfer: list[Stage] = Field(..., min_length=1, description="Ordered stages.")
     finetune: Finetune | None = Field(None, description="Optional task fine-tuning and evaluation.")
     export: Export = Field(default_factory=Export, description="Export and latency report.")
+    logging: Logging = Field(
+        default_factory=Logging, description="Experiment trackers that receive every logged scalar (rank 0 only), "
+                                             "the resolved recipe as parameters and the loss plots; `run --log "
+                                             "tensorboard,mlflow` turns them on.")
     plugins: list[str] = Field(default_factory=list, description="Python plugins; refused unless --allow-plugins.")
