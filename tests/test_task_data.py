@@ -128,6 +128,8 @@ def test_a_folder_of_split_files(shared_data, tmp_path):
     assert dev.labels == read_task(shared_data / "RTE" / "dev.tsv", ["sentence1", "sentence2"], "label", False).labels
     with pytest.raises(TaskDataError, match="no 'test' split files.*train: \\['train.tsv'\\]"):
         read_task_split(tmp_path, "test", ["sentence1"], "label", False, dataset="rte")
+    with pytest.raises(TaskDataError, match="folder not found: .*data/rte"):  # a path: no hub look-up
+        read_task_split(tmp_path, "train", ["sentence1"], "label", False, dataset="./data/rte")
 
 
 def test_bad_rows_name_the_file_and_line(tmp_path, shared_data):

@@ -41,6 +41,8 @@ def test_tracker_mistakes_are_recipe_problems(tmp_path, monkeypatch):
     assert "does not exist" in problems["logging.mlflow.tracking_uri"]
     assert dict(logging_problems(Logging(mlflow={"tracking_uri": "http://"}), tmp_path)) == {
         "logging.mlflow.tracking_uri": "'http://': no host"}
+    assert "expected a URI" in dict(logging_problems(Logging(mlflow={"tracking_uri": "http://[x"}), tmp_path))[
+        "logging.mlflow.tracking_uri"]
     assert logging_problems(Logging(tensorboard=True, mlflow={}), tmp_path) == []
     import importlib.util
 

@@ -141,13 +141,15 @@ def load_split(dataset: str, split: str, config: str | None = None, base: Path |
                                 f"{' or dev.tsv' if split == 'validation' else ''}); found "
                                 f"{', '.join(f'{k}: {[f.name for f in v]}' for k, v in splits.items()) or 'none'}")
         return load_files(splits[split], columns)
+    if dataset.startswith((".", "/", "~")) or dataset.count("/") > 1 or "\\" in dataset:
+        raise TaskDataError(f"folder not found: {folder}")  # a path, not a hub name (owner/name)
     if columns is not None:
         raise TaskDataError(f"{dataset}: column names are for local CSV/TSV files without a header row")
     try:
         return datasets.load_dataset(dataset, config, split=split)
     except ConnectionError as e:
-        raise DatasetUnavailable(f"{dataset!r} is not a local folder and the hub cannot be reached ({e}); download it "
-                            f"while online, or point at local files") from None
+        raise DatasetUnavailable(f"{dataset!r} is not a local folder ({folder}) and the hub cannot be reached ({e}); "
+                                 "download it while online, or point at local files") from None
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetsError) as e:
         raise TaskDataError(f"{dataset!r}{f' ({config})' if config else ''}, split {split!r}: "
                             f"{(str(e).splitlines() or [''])[0][:300]}") from None

@@ -253,7 +253,10 @@ def logging_problems(spec, base: Path) -> list[tuple[str, str]]:
                                                 f"({extra})"))
     uri = spec.mlflow.tracking_uri if spec.mlflow is not None else None
     if uri is not None:
-        scheme = urlparse(uri).scheme
+        try:
+            scheme = urlparse(uri).scheme
+        except ValueError:  # e.g. an unbalanced [ in the host
+            scheme = "?"
         if scheme not in MLFLOW_SCHEMES:
             problems.append(("logging.mlflow.tracking_uri",
                              f"{uri!r}: expected a URI such as sqlite:///mlflow.db, http(s)://host:5000 or databricks"
