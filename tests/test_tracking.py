@@ -155,6 +155,14 @@ def test_a_tracker_that_fails_mid_run_is_dropped_with_a_warning(tmp_path):
     assert trackers.active == [] and len(warnings) == 1 and "disk gone" in warnings[0]
 
 
+def test_a_tracker_that_cannot_start_is_a_recipe_error_before_any_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # port 9 (discard) refuses at once; no backoff
+    with pytest.raises(RecipeError) as e:
+        Trackers(Logging(tensorboard=True, mlflow={"tracking_uri": "http://127.0.0.1:9"}), tmp_path, tmp_path, "r", {})
+    (p,) = e.value.problems
+    assert p.path == "logging.mlflow" and "127.0.0.1:9" in p.message
+
+
 def test_wandb_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb", reason="wandb is an optional extra (pip install 'slimbert[wandb]')")
     monkeypatch.setenv("WANDB_SILENT", "true")

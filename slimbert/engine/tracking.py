@@ -6,7 +6,8 @@ stage's curves sit together and restart at 0 as its steps do. At the end, the re
 (teacher fidelity, task metrics) and the loss plots follow. Only rank 0 builds trackers.
 
 Configuration mistakes (a tracker not installed, a malformed URI) are refused by `validate`
-(recipe.resolve); a tracker that fails during the run (a server gone) is dropped with a warning rather than
+(recipe.resolve); a tracker that still cannot start (a server that refuses the connection) is a RecipeError at
+the start of the run, before any step; one that fails during the run is dropped with a warning rather than
 stopping training, since metrics.jsonl still has every row.
 """
 
@@ -20,13 +21,10 @@ from typing import Callable, Protocol
 
 import yaml
 
+from ..recipe.errors import Problem, RecipeError
 from ..recipe.schema import Logging, MLflow, Trackio, WandB
 
 ROW_KEYS = ("stage", "kind", "step")  # identify a row; every other number in it is a scalar
-
-
-class TrackingError(RuntimeError):
-    """A tracker that could not start."""
 
 
 def flatten(values: dict, prefix: str = "") -> dict[str, float]:
@@ -198,19 +196,20 @@ class Trackers:
                  warn: Callable[[str], None] = lambda m: None):
         self.out, self.warn = out, warn
         self.active: list[Tracker] = []
-        makers = [(spec.tensorboard, lambda: TensorBoardTracker(out, recipe)),
-                  (spec.mlflow, lambda: MLflowTracker(spec.mlflow, out, base, run_name, recipe)),
-                  (spec.wandb, lambda: WandbTracker(spec.wandb, out, run_name, recipe)),
-                  (spec.trackio, lambda: TrackioTracker(spec.trackio, run_name, recipe))]
-        for wanted, make in makers:
+        makers = [("tensorboard", spec.tensorboard, lambda: TensorBoardTracker(out, recipe)),
+                  ("mlflow", spec.mlflow, lambda: MLflowTracker(spec.mlflow, out, base, run_name, recipe)),
+                  ("wandb", spec.wandb, lambda: WandbTracker(spec.wandb, out, run_name, recipe)),
+                  ("trackio", spec.trackio, lambda: TrackioTracker(spec.trackio, run_name, recipe))]
+        for name, wanted, make in makers:
             if not wanted:
                 continue
             try:
                 self.active.append(make())
-            except Exception as e:  # noqa: BLE001 - whatever the library raised, the run has not started yet
+            except Exception as e:  # noqa: BLE001 - whatever the library raised, no step has run yet
                 self.close(failed=True)
-                raise TrackingError(f"logging: cannot start a tracker ({type(e).__name__}: "
-                                    f"{(str(e).splitlines() or [''])[0][:300]})") from None
+                # validate checks what it can offline; a server that refuses us is still the recipe's setting
+                raise RecipeError(Problem(f"logging.{name}", f"cannot start {name}: {type(e).__name__}: "
+                                                            f"{(str(e).splitlines() or [''])[0][:300]}")) from None
 
     def _each(self, call: Callable[[Tracker], None]) -> None:
         for t in list(self.active):
