@@ -174,3 +174,22 @@ def test_an_offline_hub_dataset_is_a_clear_validate_error(tmp_path, tiny_source,
     assert done.returncode == 2, text
     assert "finetune.dataset" in text and "nyu-mll/glue" in text and "hub cannot be reached" in text
     assert "Traceback" not in text
+
+
+@pytest.mark.e2e
+def test_run_finetunes_on_a_folder_of_headerless_files(tmp_path, tiny_source, shared_data):
+    folder = tmp_path / "cola"
+    folder.mkdir()
+    headerless_cola(shared_data, tmp_path).rename(folder / "dev.tsv")
+    train = reference_rows(shared_data / "SST-2" / "train.tsv")[:300]
+    (folder / "train.tsv").write_text("".join(f"s\t{r['label']}\t\t{r['sentence']}\n" for r in train))
+    recipe = write_recipe(tmp_path, tiny_source, shared_data,
+                          transfer=[{"kind": "joint", "steps": 2, "batch_size": 4}],
+                          finetune={"task": "cola", "dataset": "cola", "columns": COLA, "max_examples": 128,
+                                    "epochs": 1, "batch_size": 32, "seq_len": 32})
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "run", str(recipe), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
+    assert result["train_examples"] == 128 and result["dev_examples"] == 872
+    assert result["label_names"] == ["0", "1"] and set(result["dev"]) == {"accuracy", "f1", "matthews"}
