@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.qa import best_answers, features, read_squad, squad_metrics
-from ..data.tasks import TaskData, encode, metrics, read_task
+from ..data.tasks import TaskData, encode, metrics, read_task_split
 from ..models import SlimBertForMaskedLM, SlimBertForQuestionAnswering, SlimBertForSequenceClassification
 from ..recipe.resolve import Resolved
 from ..transfer import losses as L
@@ -53,10 +53,11 @@ class ClassificationTask:
 
     def __init__(self, spec, base: Path, tokenizer):
         self.spec = spec
-        self.train_data: TaskData = read_task(base / spec.train, spec.text_fields, spec.label_field, spec.regression,
-                                              max_examples=spec.max_examples)
-        self.dev_data: TaskData = read_task(base / spec.dev, spec.text_fields, spec.label_field, spec.regression,
-                                            label_names=self.train_data.label_names)
+        where = dict(dataset=spec.dataset, config=spec.dataset_config, columns=spec.columns)
+        self.train_data: TaskData = read_task_split(base, spec.split("train"), spec.text_fields, spec.label_field,
+                                                    spec.regression, max_examples=spec.max_examples, **where)
+        self.dev_data: TaskData = read_task_split(base, spec.split("dev"), spec.text_fields, spec.label_field,
+                                                  spec.regression, label_names=self.train_data.label_names, **where)
         self.num_labels = 1 if spec.regression else len(self.train_data.label_names)
         self.label_names = self.train_data.label_names
         self.train = encode(self.train_data, tokenizer, spec.seq_len)

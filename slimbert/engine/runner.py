@@ -42,6 +42,7 @@ from .export_step import run_export
 from .finetune import run_finetune
 from .metrics import MetricLogger
 from .rundir import RunDir, discard, preflight, prepare_run_dir, remove_partial_writes
+from .tracking import Trackers
 
 __all__ = ["Context", "TrainingError", "build_context", "compute", "run", "run_stage"]
 
@@ -64,6 +65,7 @@ class Context:
     ib: IBTeacher | None = None                   # the IB teacher being built (teacher.type: inverted_bottleneck)
     source: HFEncoderTeacher | None = None        # its source, the reference while adapting
     world: World = field(default_factory=World)   # this process's rank among torchrun's processes
+    trackers: Trackers | None = None              # recipe.logging's experiment trackers (rank 0 only)
 
     def inputs(self) -> TransferInputs:
         """The narrow view a strategy computes its loss terms from."""
@@ -249,7 +251,7 @@ def run_stage(ctx: Context, k: int, st: Stage, start: int, opt_state: dict | Non
     model = world.wrap(StepModule(ctx, st.kind))
     n_micro = st.grad_accum
     t0, seen = time.perf_counter(), 0
-    with MetricLogger(ctx.out / "metrics.jsonl", main=world.main) as metrics:
+    with MetricLogger(ctx.out / "metrics.jsonl", main=world.main, trackers=ctx.trackers) as metrics:
         for step in range(start, total):
             # 1. LR: the stage's schedule times each parameter's multiplier, set every step because progressive
             #    stages move the trained layer (and restart the schedule) as they go.
@@ -368,6 +370,7 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             if not existed:
                 shutil.rmtree(out, ignore_errors=True)
             raise
+    trackers = None
     try:
         if world.main:
             remove_partial_writes(out, warn)
@@ -377,6 +380,9 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             ckpt.write_atomic(out / "plan.json", json.dumps(build_plan(r), indent=2, default=str))
         ctx = build_context(r, out, console, teacher)
         ctx.world = world
+        if world.main:
+            trackers = ctx.trackers = Trackers(r.recipe.logging, out, r.file.parent, out.name,
+                                               r.recipe.model_dump(mode="json"), warn)
         start_stage, start_step, opt_state = find_resume_point(ctx, warn) if resume else (0, 0, None)
         if world.main and ctx.ib is not None and not (out / "teacher" / "fidelity.json").is_file():
             print_fidelity(console, write_fidelity(out, "before", _fidelity(ctx), len(ctx.held_out)))
@@ -402,9 +408,12 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
                 run_finetune(r, out, ctx.student, ctx.tokenizer, progress, console)
         if r.recipe.export.onnx:
             run_export(r, out, ctx.train, ctx.tokenizer, lambda m: console.print(m, highlight=False, soft_wrap=True))
+        trackers.finish()  # results, plots, then close
         console.print(f"[green]done[/]: student in {path}", highlight=False)
         return out
     except Exception as e:
+        if trackers is not None:
+            trackers.close(failed=True)  # before a partial run directory is removed
         if world.main and not resume and not any(out.glob("stages/*/checkpoint-*")):
             # A fresh run that stopped before its first checkpoint has nothing worth keeping: leave no partial
             # run directory behind (a bad corpus, a full disk), so the same command can simply be run again.
@@ -415,6 +424,8 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
                                 + ("the last good checkpoint is kept" if out.exists() else "nothing was kept"))
         raise
     finally:
+        if trackers is not None:
+            trackers.close(failed=True)  # interrupted (finish and the except above have closed the others)
         if world.main:
             run_dir.release()
 
