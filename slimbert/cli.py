@@ -200,6 +200,9 @@ def recipes_schema() -> None:
     print(schema_text(), end="")
 
 
+RUNS = Path("runs")  # where `slimbert run` puts run directories without --out
+
+
 @app.command("export")
 def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine-tuned or pre-trained student) or a "
                                                      "model directory (default: the newest finished run under "
@@ -213,6 +216,7 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
                no_passes: bool = typer.Option(False, "--no-passes", help="Plain torch.onnx export, no graph passes."),
                ) -> None:
     """Export to ONNX in optimum's ORTModel layout, checked against PyTorch (exit 4 when it does not match)."""
+    from .engine.rundir import newest_run
     from .export.onnx import ExportError, export
 
     if not onnx:
@@ -235,31 +239,6 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
         raise typer.Exit(4)
     console.print(f"[green]exported[/] {result.task} model to {result.out}: {', '.join(result.files)}",
                   highlight=False)
-
-
-RUNS = Path("runs")  # where `slimbert run` puts run directories without --out
-
-
-def _finished_at(run: Path) -> float | None:
-    """When a run finished: its student is saved at the end of transfer, its fine-tune results after that. A run
-    that is still going (it holds its lock) or never saved a student has not finished."""
-    if (run / "lock").exists():
-        return None
-    times = [p.stat().st_mtime for p in (run / "student" / "config.json", run / "finetune" / "metrics.json")
-             if p.is_file()]
-    return max(times) if (run / "student" / "config.json").is_file() else None
-
-
-def newest_run(root: Path) -> Path | None:
-    """The run directory under `root` that finished last (by the files it wrote last, not by its name)."""
-    runs = [(t, d) for d in root.iterdir() if d.is_dir() and (t := _finished_at(d)) is not None] if root.is_dir() else []
-    return max(runs)[1] if runs else None
-
-
-def newest_export(root: Path) -> Path | None:
-    """The most recently written model.onnx under root/*/export."""
-    files = [(p.stat().st_mtime, p) for p in root.glob("*/export/model.onnx")] if root.is_dir() else []
-    return max(files)[1] if files else None
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -287,6 +266,8 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
     from .export.onnx import ExportError
 
     if not models:
+        from .engine.rundir import newest_export
+
         newest = newest_export(RUNS)
         if newest is None:
             fail(f"no export under ./{RUNS}/*/export to time; export a run first (slimbert export --onnx) or give "

@@ -158,7 +158,9 @@ def fake_run(runs, name, finished, student_from=None, finetuned=None):
 
 
 def test_newest_run_is_the_last_to_finish_not_the_last_by_name(tmp_path):
-    from slimbert.cli import newest_export, newest_run
+    import os
+
+    from slimbert.engine.rundir import newest_export, newest_run
 
     runs = tmp_path / "runs"
     assert newest_run(runs) is None and newest_export(runs) is None  # no runs/ at all
@@ -168,13 +170,13 @@ def test_newest_run_is_the_last_to_finish_not_the_last_by_name(tmp_path):
     assert newest_run(runs) == b
     fine = fake_run(runs, "m-finetuned", finished=2_000, finetuned=4_000)  # fine-tuning finished it last
     assert newest_run(runs) == fine
-    (fine / "lock").write_text("{}")  # still running (holds its lock): skipped
+    (fine / "lock").write_text(json.dumps({"pid": os.getpid()}))  # still running (a live process holds it)
     assert newest_run(runs) == b
+    (fine / "lock").write_text(json.dumps({"pid": 2 ** 22 + 7}))  # a lock a killed run left: no such process
+    assert newest_run(runs) == fine
     for run, t in ((b, 5_000), (fine, 6_000)):
         (run / "export").mkdir()
         (run / "export" / "model.onnx").write_bytes(b"")
-        import os
-
         os.utime(run / "export" / "model.onnx", (t, t))
     assert newest_export(runs) == fine / "export" / "model.onnx"
 

@@ -95,8 +95,7 @@ class RunDir:
                 if owner.get("host", me["host"]) != me["host"]:
                     raise RecipeError(Problem("--out", f"{self.path} is locked by a run on host {owner['host']} "
                                                        f"(pid {pid}); delete {self.lock} if that run is gone"))
-                alive = bool(pid) and _pid_alive(pid) and (owner.get("start") in (None, _start_time(pid)))
-                if alive and pid != os.getpid():
+                if self.in_use() and pid != os.getpid():
                     raise RecipeError(Problem("--out", f"{self.path} is in use by another slimbert run (pid {pid})"))
                 warn(f"removing a stale lock left by a dead run (pid {pid})")
                 self.lock.unlink(missing_ok=True)
@@ -109,10 +108,40 @@ class RunDir:
             return
         raise RecipeError(Problem("--out", f"could not take the lock {self.lock}: another run keeps taking it"))
 
+    def in_use(self) -> bool:
+        """A live process holds the lock (a lock from another host counts as held: it cannot be checked)."""
+        owner = self._owner()
+        pid = owner.get("pid") or 0
+        if owner.get("host", socket.gethostname()) != socket.gethostname():
+            return bool(owner)
+        return bool(pid) and _pid_alive(pid) and owner.get("start") in (None, _start_time(pid))
+
     def release(self) -> None:
         if self.held and self._owner().get("pid") == os.getpid():
             self.lock.unlink(missing_ok=True)
         self.held = False
+
+
+def finished_at(run: Path) -> float | None:
+    """When a run finished: its student is saved at the end of transfer, its fine-tune results after that. A run
+    still going (a live process holds its lock) or that never saved a student has not finished."""
+    student = run / "student" / "config.json"
+    if not student.is_file() or RunDir(run).in_use():
+        return None
+    return max(p.stat().st_mtime for p in (student, run / "finetune" / "metrics.json") if p.is_file())
+
+
+def newest_run(root: Path) -> Path | None:
+    """The run directory under `root` that finished last (by the files it wrote last, not by its name)."""
+    runs = [(t, d) for d in root.iterdir() if d.is_dir() and (t := finished_at(d)) is not None] \
+        if root.is_dir() else []
+    return max(runs)[1] if runs else None
+
+
+def newest_export(root: Path) -> Path | None:
+    """The most recently written model.onnx under root/*/export."""
+    files = [(p.stat().st_mtime, p) for p in root.glob("*/export/model.onnx")] if root.is_dir() else []
+    return max(files)[1] if files else None
 
 
 def _nothing_started(out: Path) -> bool:
