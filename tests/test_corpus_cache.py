@@ -207,3 +207,26 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path, shared_data, minilm
     assert got[10]["rows"] > 9.5 * got[1]["rows"] > 7500
     print(f"peak RSS 1x {got[1]} 10x {got[10]}")
     assert abs(got[10]["rss_kb"] - got[1]["rss_kb"]) < 0.10 * got[1]["rss_kb"], got
+
+
+def test_the_recipe_keys_cache_dir_and_num_proc(tmp_path, tiny_source, shared_data, tokenizer):
+    """data.cache_dir (relative to the recipe) holds the cache, data.num_proc tokenises in workers with the same
+    rows, and a cache folder that cannot be written is a RecipeError naming data.cache_dir."""
+    from conftest import write_recipe
+    from slimbert.engine.runner import load_corpus
+    from slimbert.recipe import RecipeError, load_recipe
+
+    lines = read_texts([shared_data / "wikitext-2-raw" / "wiki.test.raw"])[:400]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = {"corpus": {"files": ["corpus.txt"]}, "seq_len": 32, "max_sequences": 40, "eval_sequences": 8}
+    recipe = write_recipe(tmp_path, tiny_source, shared_data, data={**data, "cache_dir": "my-cache", "num_proc": 2})
+    train, held_out = load_corpus(load_recipe(recipe), tokenizer)
+    (manifest,) = (tmp_path / "my-cache").glob(f"*/{C.MANIFEST}")
+    assert json.loads(manifest.read_text())["num_proc"] == 2
+    want = pack(lines, tokenizer, 32, 48)
+    assert isinstance(train, C.PackedRows) and len(train) == 40 and torch.equal(train[:], want[8:])
+    assert torch.equal(held_out, want[:8])
+    (tmp_path / "a-file").write_text("not a folder")
+    bad = write_recipe(tmp_path, tiny_source, shared_data, data={**data, "cache_dir": "a-file/cache"})
+    with pytest.raises(RecipeError, match=r"data\.cache_dir.*cannot write the corpus cache"):
+        load_corpus(load_recipe(bad), tokenizer)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
-from itertools import islice
 from pathlib import Path
 
 import torch
@@ -52,13 +51,9 @@ def iter_dataset(name: str, config: str | None, split: str, field: str, streamin
             yield row[field]
 
 
-def read_dataset(name: str, config: str | None, split: str, field: str, streaming: bool, limit: int) -> list[str]:
-    """Up to `limit` texts of iter_dataset."""
-    return list(islice(iter_dataset(name, config, split, field, streaming), limit))
-
-
 def pack(texts: list[str], tokenizer, seq_len: int, max_sequences: int | None = None) -> torch.Tensor:
-    """Concatenate token streams and cut into [CLS] ... [SEP] sequences of exactly seq_len tokens."""
+    """Concatenate token streams and cut into [CLS] ... [SEP] sequences of exactly seq_len tokens, in RAM.
+    Runs go through cache.load_or_build, which gives the same rows from disk; this stays as its reference."""
     body = seq_len - 2
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     if cls is None or sep is None:
