@@ -19,6 +19,15 @@ def _need(what: str):
     pytest.skip(f"{what} not available")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def corpus_cache(tmp_path_factory) -> Path:
+    """Runs in tests (and the CLI subprocesses they start) cache tokenised corpora in a temporary folder, never
+    in the user's ~/.cache; the tests share it, as runs on one machine do."""
+    root = tmp_path_factory.mktemp("slimbert-cache")
+    os.environ["SLIMBERT_CACHE"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw").is_file():

@@ -22,7 +22,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..data.corpus import Batches, pack, read_dataset, read_texts
+from ..data.corpus import Batches
 from ..models import SlimBertForMaskedLM
 from ..plugins import TEACHERS
 from ..recipe.errors import Problem, RecipeError
@@ -37,6 +37,7 @@ from . import checkpoint as ckpt
 from .artifacts import (load_teacher, plot_stage, print_fidelity, save_model, save_teacher, teacher_fidelity,
                         write_fidelity)
 from .checkpoint import TrainingError
+from .corpus import load_corpus
 from .distributed import World, world_from_env
 from .export_step import run_export
 from .finetune import run_finetune
@@ -100,29 +101,6 @@ class Context:
             self.student.load_state_dict(part("student."))
         if self.projections is not None and part("projections."):
             self.projections.load_state_dict(part("projections."))
-
-
-def load_corpus(r: Resolved, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed (train, held-out) sequences from the recipe's corpus files or dataset."""
-    d = r.recipe.data
-    limit = (d.max_sequences or 10 ** 9) + d.eval_sequences
-    if d.corpus.dataset:
-        c = d.corpus
-        try:
-            local = Path(c.dataset).expanduser()
-            local = local if local.is_absolute() else r.file.parent / local  # relative to the recipe, as files
-            texts = read_dataset(str(local) if local.exists() else c.dataset, c.dataset_config, c.split,
-                                 c.text_field, c.streaming, limit * 8)
-        except Exception as e:  # noqa: BLE001 - any loader failure is a data problem to report
-            raise RecipeError(Problem("data.corpus.dataset", f"cannot read dataset {c.dataset!r}: {e}")) from None
-    else:
-        texts = read_texts(r.corpus_files)
-    seqs = pack(texts, tokenizer, d.seq_len, limit)
-    if len(seqs) <= d.eval_sequences:
-        raise RecipeError(Problem("data.corpus", f"the corpus gives {len(seqs)} sequences of {d.seq_len} tokens, not "
-                                                 f"more than data.eval_sequences ({d.eval_sequences}); add text or "
-                                                 "shorten data.seq_len", None, str(r.file)))
-    return seqs[d.eval_sequences:], seqs[: d.eval_sequences]
 
 
 def build_context(r: Resolved, out: Path, console, teacher=None, quick: bool = False) -> Context:

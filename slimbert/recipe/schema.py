@@ -141,6 +141,12 @@ class Data(Section):
     whole_word_mask: bool = Field(False, description="Mask whole words rather than word pieces.")
     max_sequences: PositiveInt | None = Field(None, description="Cap on packed sequences read (for quick runs).")
     eval_sequences: PositiveInt = Field(64, description="Held-out sequences for fidelity and eval losses.")
+    cache_dir: str | None = Field(None, description="Where the tokenised corpus is cached (memory-mapped, reused "
+                                                    "across runs), relative to the recipe; default "
+                                                    "$SLIMBERT_CACHE/corpus or ~/.cache/slimbert/corpus.")
+    num_proc: PositiveInt | None = Field(None, description="Processes that tokenise the corpus when the cache is "
+                                                           "built (default: 1 under 64 MiB of text, else up to 8); "
+                                                           "the sequences do not depend on it.")
 
 
 # ---- transfer stages --------------------------------------------------------------------------------------------------
