@@ -202,19 +202,35 @@ def export_cmd(path: Path = typer.Argument(..., help="A run directory (its fine-
                                                              "question-answering (default: from the model's head)."),
                out: Path = typer.Option(None, "--out", help="Output folder (default: PATH/export, or PATH-onnx)."),
                no_passes: bool = typer.Option(False, "--no-passes", help="Plain torch.onnx export, no graph passes."),
+               openvino: bool = typer.Option(False, "--openvino", help="Also write OpenVINO IRs beside the ONNX files "
+                                             "(fp32; NNCF int8 with --quantize int8), each checked against PyTorch."),
+               calibration: Path = typer.Option(None, "--calibration", help="Text file, one sentence a line, to "
+                                                "calibrate OpenVINO int8 on (default: built-in real sentences)."),
                ) -> None:
-    """Export to ONNX in optimum's ORTModel layout, checked against PyTorch (exit 4 when it does not match)."""
+    """Export to ONNX in optimum's ORTModel layout (and OpenVINO IRs), checked against PyTorch (exit 4 when it
+    does not match)."""
     from .export.onnx import ExportError, export
 
-    if not onnx:
-        fail("say which format: --onnx")
+    if not onnx and not openvino:
+        fail("say which format: --onnx and/or --openvino (the IR is converted from the ONNX file, so both are "
+             "written)")
+    texts = None
+    if calibration is not None:
+        if not openvino or quantize != "int8":
+            fail("--calibration is for OpenVINO int8: give it with --openvino --quantize int8")
+        try:
+            texts = [t.strip() for t in calibration.read_text(encoding="utf-8").splitlines() if t.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"--calibration {calibration}: cannot read it ({e})")
+        if not texts:
+            fail(f"--calibration {calibration}: no text in it (expected one sentence a line)")
     if quantize not in (None, "int8"):
         fail(f"--quantize {quantize!r}: only int8 is available")
     if out is None:
         out = path / "export" if (path / "recipe.resolved.yaml").is_file() else path.with_name(path.name + "-onnx")
     try:
         result = export(path, out, task=task, opset=opset, quantize=quantize, passes=[] if no_passes else None,
-                        log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+                        openvino=openvino, calibration_texts=texts, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
     except ExportError as e:
         err.print(f"[bold red]export failed:[/] {e}", soft_wrap=True)
         raise typer.Exit(4)
@@ -239,35 +255,59 @@ def bench(models: list[Path] = typer.Argument(..., help="ONNX files (or export f
           threads: int = typer.Option(2, "--threads", help="Intra-op threads."),
           runs: int = typer.Option(30, "--runs", help="Timed runs per model and shape (alternating models)."),
           compare: list[str] = typer.Option(None, "--compare", help="bert_base, teacher, or another ONNX file."),
+          runtime: str = typer.Option(None, "--runtime", help="Runtimes to time each export folder on: ort, "
+                                      "openvino (comma-separated). With it, every folder and baseline is timed on "
+                                      "every runtime and precision, and the report leads with best vs best."),
+          precision: str = typer.Option("fp32", "--precision", help="With --runtime: fp32, bf16, int8, int8-bf16, "
+                                        "int8-static (comma-separated); one this CPU or runtime lacks is reported "
+                                        "n/a."),
           out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
           ) -> None:
     """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
-    from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, write_report
+    from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, variants, write_report
+    from .export.isa import cpu_info
     from .export.onnx import ExportError
+    from .export.runtimes import RUNTIMES
 
+    rts = [r.strip() for r in runtime.split(",") if r.strip()] if runtime else None
+    precs = [p.strip() for p in precision.split(",") if p.strip()]
+    if rts is not None:
+        bad = [r for r in rts if r not in RUNTIMES]
+        if bad or not rts:
+            fail(f"--runtime {runtime!r}: expected runtimes from {', '.join(RUNTIMES)}")
+        known = sorted({p for rt in RUNTIMES.values() for p in rt.files})
+        if not precs or any(p not in known for p in precs):
+            fail(f"--precision {precision!r}: expected precisions from {', '.join(known)}")
+    elif precision != "fp32":
+        fail("--precision needs --runtime (e.g. --runtime ort,openvino --precision fp32,int8)")
+    cpu = cpu_info()
     entries = []
     for m in models:
         p = m / "model.onnx" if m.is_dir() else m
         if not p.is_file():
             fail(f"{m}: no ONNX model there")
-        entries.append(Entry(p.parent.name if p.name == "model.onnx" else p.stem, p))
-    first = entries[0].path
+        name = p.parent.name if p.name == "model.onnx" else p.stem
+        entries += variants(name, p.parent, rts, precs, cpu) if rts else [Entry(name, p)]
+    first = Path(models[0]) / "model.onnx" if models[0].is_dir() else models[0]
     meta = first.parent / "slimbert_export.json"
     task = json.loads(meta.read_text())["task"] if meta.is_file() else "feature-extraction"
     cache = (out or first.parent) / "baselines"
+    want = {"openvino": bool(rts) and "openvino" in rts, "quantize": "int8" if any("int8" in p for p in precs) else None}
     try:
         for c in compare or []:
             if c == "bert_base":
-                entries.append(Entry("bert_base", bert_base_reference(task, cache / f"bert_base-{task}", first.parent)))
+                ref = bert_base_reference(task, cache / f"bert_base-{task}", first.parent, **want)
             elif c == "teacher":
-                entries.append(Entry("teacher", teacher_reference(first.parent, cache / "teacher")))
+                ref = teacher_reference(first.parent, cache / "teacher", **want)
             elif Path(c).is_file():
                 entries.append(Entry(Path(c).stem, Path(c)))
+                continue
             else:
                 fail(f"--compare {c!r}: expected bert_base, teacher or an ONNX file")
+            entries += variants(c, ref.parent, rts, precs, cpu) if rts else [Entry(c, ref)]
     except ExportError as e:
         fail(str(e))
-    report = run_bench(entries, _ints(batch, "--batch"), _ints(seq, "--seq"), threads, runs)
+    report = run_bench(entries, _ints(batch, "--batch"), _ints(seq, "--seq"), threads, runs, cpu=cpu)
     files = write_report(report, out or first.parent / "bench")
     console.print((files[1]).read_text(), highlight=False)
     console.print(f"written: {', '.join(str(f) for f in files)}", highlight=False)
