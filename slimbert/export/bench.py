@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import runtimes
-from .isa import CpuInfo, cpu_info
+from .isa import FEATURES, CpuInfo, cpu_info
 
 
 @dataclass
@@ -222,8 +222,8 @@ def _accuracy(acc: dict | None) -> str:
 
 
 def cpu_line(cpu: dict) -> str:
-    have = [k for k, v in cpu["features"].items() if v]
-    lacks = [k for k, v in cpu["features"].items() if not v]
+    have = [k for k in FEATURES if cpu["features"].get(k)]
+    lacks = [k for k in FEATURES if not cpu["features"].get(k)]
     caps = cpu.get("openvino_capabilities")
     return (f"CPU: {cpu['model']}, {cpu['logical_cpus']} logical CPUs; has {', '.join(have) or 'none of them'}"
             + (f"; lacks {', '.join(lacks)}" if lacks else "")
