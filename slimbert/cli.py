@@ -36,6 +36,13 @@ def recipe_errors(fn):
         raise typer.Exit(2)
 
 
+def _timer():
+    """Times candidate shapes for a latency budget (balance.latency_ms); reads nothing until it is first used."""
+    from .export.shape_timer import ExportTimer
+
+    return ExportTimer(log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+
+
 RecipeArg = typer.Argument(..., help="Recipe YAML file, or a preset name (see `slimbert recipes list`).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
 
@@ -46,7 +53,7 @@ def validate(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     """Check a recipe: exit 0, or exit 2 with every problem (key path and line)."""
     from .recipe import load_recipe, recipe_path
 
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=_timer()))
     from .models import count as count_fn
 
     console.print(f"[green]ok[/] {r.file}: {len(r.recipe.transfer)} stage(s); student "
@@ -63,16 +70,44 @@ def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     """A dry run: architectures side by side, the layer map, the stage schedule and time estimates."""
     from .recipe import build_plan, load_recipe, recipe_path
 
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    timer = _timer()
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=timer))
     p = build_plan(r)
     if not no_measure:
         from .engine.estimate import estimate_stages
 
         recipe_errors(lambda: estimate_stages(r, p))
+    if r.balance is not None and r.balance.frontier is not None:
+        from .export.shape_timer import frontier_chart, reference_marks
+        from .recipe.shape_search import LatencySpec
+
+        marks = [] if no_measure else reference_marks(timer, r.source_path, LatencySpec(**r.balance.spec))
+        p["balance"]["references"] = marks
+        name = f"frontier-{r.recipe.name}-{r.balance.spec['runtime']}-{r.balance.spec['precision']}.png"
+        p["balance"]["frontier_png"] = str(frontier_chart(p["balance"], marks, timer.file.parent / name))
     if as_json:
         print(json.dumps(p, indent=2, default=str))
         return
     print_plan(p)
+
+
+def print_frontier(b: dict) -> None:
+    spec = b["spec"]
+    ft = Table(title=f"latency frontier: {spec['runtime']} {spec['precision']}, batch {spec['batch']} x seq "
+                     f"{spec['seq']}, {spec['threads']} threads, budget {b['budget_ms']:g} ms")
+    for col in ("layers", "H", "I", "heads", "N", "F", "qkv", "params", "ratio", "ms", ""):
+        ft.add_column(col, justify="left" if col in ("qkv", "") else "right")
+    for r in sorted(b["frontier"], key=lambda r: -r["params"]):
+        ft.add_row(*(str(r[k]) for k in ("layers", "inter_size", "intra_size", "heads", "stacked", "ffn_size")),
+                   r["qkv_from"], f"{r['params'] / 1e6:.2f}M", f"{r['ratio']:.3f}", f"{r['ms']:.2f}",
+                   "chosen" if r["chosen"] else ("fits" if r["fits"] else ""),
+                   style="bold" if r["chosen"] else None)
+    for m in b.get("references", []):
+        ft.add_row(m["name"], "", "", "", "", "", "", f"{m['params'] / 1e6:.2f}M" if m["params"] else "?", "",
+                   f"{m['ms']:.2f}", f"best: {m['runtime']} {m['precision']}")
+    console.print(ft)
+    if b.get("frontier_png"):
+        console.print(f"frontier plot: {b['frontier_png']}", highlight=False)
 
 
 SHORT = {"feature_map": "FMT", "feature_mean": "mean", "feature_var": "var", "attention": "AT"}
@@ -89,7 +124,7 @@ def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
 
     if resume and out is None:
         fail("--resume needs --out: the run directory to continue")
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=_timer()))
     try:
         recipe_errors(lambda: run_recipe(r, out, resume, err))
     except TrainingError as e:
@@ -117,6 +152,8 @@ def print_plan(p: dict) -> None:
     console.print(f"compression: {c['params']}x params, {c['encoder_params']}x encoder params, {c['flops']}x FLOPs")
     if p.get("balance"):
         console.print(f"[bold]balance:[/] {p['balance']['reason']}", highlight=False)
+        if p["balance"].get("frontier"):
+            print_frontier(p["balance"])
     lm = Table(title="layer map")
     for col in ("student", "teacher", "student shape", "teacher shape", "heads t/s", "losses"):
         lm.add_column(col)
@@ -230,7 +267,8 @@ def export_cmd(path: Path = typer.Argument(..., help="A run directory (its fine-
         out = path / "export" if (path / "recipe.resolved.yaml").is_file() else path.with_name(path.name + "-onnx")
     try:
         result = export(path, out, task=task, opset=opset, quantize=quantize, passes=[] if no_passes else None,
-                        openvino=openvino, calibration_texts=texts, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+                        openvino=openvino, calibration_texts=texts,
+                        log=lambda m: err.print(m, highlight=False, soft_wrap=True))
     except ExportError as e:
         err.print(f"[bold red]export failed:[/] {e}", soft_wrap=True)
         raise typer.Exit(4)
@@ -292,7 +330,8 @@ def bench(models: list[Path] = typer.Argument(..., help="ONNX files (or export f
     meta = first.parent / "slimbert_export.json"
     task = json.loads(meta.read_text())["task"] if meta.is_file() else "feature-extraction"
     cache = (out or first.parent) / "baselines"
-    want = {"openvino": bool(rts) and "openvino" in rts, "quantize": "int8" if any("int8" in p for p in precs) else None}
+    want = {"openvino": bool(rts) and "openvino" in rts,
+            "quantize": "int8" if any("int8" in p for p in precs) else None}
     try:
         for c in compare or []:
             if c == "bert_base":

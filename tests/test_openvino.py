@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from slimbert.export import openvino as ovx
-from slimbert.export.bench import Entry, best_vs_best, bench, markdown, variants
+from slimbert.export.bench import best_vs_best, bench, markdown, variants
 from slimbert.export.isa import CpuInfo, cpu_info, parse_cpuinfo, why_not
 from slimbert.export.onnx import ExportError, export
 from slimbert.export.runtimes import unavailable

@@ -91,13 +91,16 @@ def model_facts(path: Path, seq: int) -> dict:
     cfg_path = path.parent / "config.json"
     if cfg_path.is_file():
         try:
-            facts["flops_per_sequence"] = count(_family_config(json.loads(cfg_path.read_text())), seq_len=seq).total_flops
+            config = family_config(json.loads(cfg_path.read_text()))
+            facts["flops_per_sequence"] = count(config, seq_len=seq).total_flops
         except Exception:  # noqa: BLE001 - FLOPs are informative; a config slimbert cannot count leaves them out
             pass
     return facts
 
 
-def _family_config(raw: dict):
+def family_config(raw: dict):
+    from ..models import SlimBertConfig
+    from ..models.convert import from_transformers_config
 
     t = raw.get("model_type")
     if t == "slimbert":
@@ -125,8 +128,8 @@ def versions() -> dict:
 
     from .. import __version__
 
-    return {"slimbert": __version__, "onnxruntime": onnxruntime.__version__, "openvino": runtimes.versions()["openvino"],
-            "onnx": onnx.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    return {"slimbert": __version__, "onnxruntime": onnxruntime.__version__,
+            "openvino": runtimes.versions()["openvino"], "onnx": onnx.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "machine": f"{platform.machine()} {platform.processor()}".strip()}
 
 

@@ -11,6 +11,7 @@ Everything is written to a temporary folder that replaces --out only when the wh
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -274,11 +275,8 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
                               f"{p.onnx_error:.3g}, more than {fp32_factor:g}x PyTorch fp32's own {p.torch_error:.3g}"
                               f" (argmax agreement {p.argmax_agreement})")
         if quantize == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
             q_path = tmp / "model_int8.onnx"
-            quantize_dynamic(str(onnx_path), str(q_path), weight_type=QuantType.QInt8,
-                             extra_options={"DefaultTensorType": 1})  # FLOAT, for tensors shape inference misses
+            quantize_dynamic_int8(onnx_path, q_path)
             q = check_parity(model, task, q_path, inputs, exact)
             result.parity["int8"] = q
             log(f"parity int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of the "
@@ -323,16 +321,12 @@ def write_openvino(model: nn.Module, task: str, onnx_path: Path, folder: Path, i
     """IRs beside `onnx_path` (fp32; int8 by NNCF when `calibration` is given), every precision this CPU runs
     checked against PyTorch: fp32 by the same fp64 test as the ONNX file, int8 by the same cosine floor as ONNX
     Runtime's int8 (both raise), bf16 reported only (it is a compile-time choice, not a file)."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        raise ExportError("--openvino needs the openvino extra: pip install 'slimbert[openvino]'") from None
+    if importlib.util.find_spec("openvino") is None:
+        raise ExportError("--openvino needs the openvino extra: pip install 'slimbert[openvino]'")
     ovx.to_ir(onnx_path, folder / ovx.IR)
     if calibration is not None:
-        try:
-            import nncf  # noqa: F401
-        except ImportError:
-            raise ExportError("OpenVINO int8 needs nncf: pip install 'slimbert[openvino]'") from None
+        if importlib.util.find_spec("nncf") is None:
+            raise ExportError("OpenVINO int8 needs nncf: pip install 'slimbert[openvino]'")
         ovx.quantize_int8(folder / ovx.IR, folder / ovx.IR_INT8, calibration)
     cpu, out = cpu_info(), {}
     for precision, (file, _) in ovx.PRECISIONS.items():
@@ -358,6 +352,14 @@ def write_openvino(model: nn.Module, task: str, onnx_path: Path, folder: Path, i
 
 
 # ---- static int8 and task accuracy ------------------------------------------------------------------------------
+
+def quantize_dynamic_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 (onnxruntime.quantization): int8 weights, activations quantised per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": 1})  # FLOAT, for tensors shape inference misses
+
 
 def quantize_static_int8(src: Path, dst: Path, calibration: dict[str, np.ndarray], batch: int = 8) -> None:
     """Static int8 (QDQ, per-channel weights, activations calibrated by MinMax on `calibration`, e.g. the recipe's

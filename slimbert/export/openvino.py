@@ -79,7 +79,8 @@ def calibration_items(tokenizer=None, texts: list[str] | None = None, sequences:
     items = []
     for text in texts or CALIBRATION_TEXTS:
         enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
-        item = {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+        item = {"input_ids": enc["input_ids"].astype(np.int64),
+                "attention_mask": enc["attention_mask"].astype(np.int64)}
         item["token_type_ids"] = (enc["token_type_ids"].astype(np.int64) if "token_type_ids" in enc
                                   else np.zeros_like(item["input_ids"]))
         items.append(item)
