@@ -213,12 +213,14 @@ def check_parity(model: nn.Module, task: str, onnx_path: Path | None, inputs: di
 def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quantize: str | None = None,
            passes: list[str] | None = None, texts: list[str] | None = None, fp32_factor: float = 10.0,
            int8_min_cosine: float = 0.98, measure: bool = True, static_calibration: dict | None = None,
-           openvino: bool = False, calibration_texts: list[str] | None = None, log=print) -> ExportResult:
+           openvino: bool = False, calibration_texts: list[str] | None = None,
+           openvino_calibration: dict | None = None, log=print) -> ExportResult:
     """Export the model at `path` (a run directory or a model directory) to `out`. `passes`: names from
     passes.MODEL_PASSES / ONNX_PASSES in order (default: DEFAULT_PASSES; [] for a plain export).
     `static_calibration` (model inputs, e.g. corpus sequences) also writes a static int8 model_int8_static.onnx.
-    `openvino` also writes OpenVINO IRs (fp32, and NNCF int8 with `quantize`; calibrated on `static_calibration`
-    when given, else `calibration_texts` or built-in real sentences), each precision checked like the ONNX file."""
+    `openvino` also writes OpenVINO IRs (fp32, and NNCF int8 with `quantize`; calibrated on `openvino_calibration`
+    (model inputs, e.g. corpus sequences) when given, else `calibration_texts` or built-in real sentences), each
+    precision checked like the ONNX file."""
     from transformers import AutoTokenizer
 
     passes = list(DEFAULT_PASSES) if passes is None else list(passes)
@@ -294,7 +296,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
                 "the output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
                                        else ""))
         if openvino:
-            items = (ovx.calibration_items(tokenizer, calibration_texts, static_calibration) if quantize == "int8"
+            items = (ovx.calibration_items(tokenizer, calibration_texts, openvino_calibration) if quantize == "int8"
                      else None)
             result.parity.update(write_openvino(model, task, onnx_path, tmp, inputs, exact, items, fp32_factor,
                                                 int8_min_cosine, log))

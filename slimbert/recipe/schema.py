@@ -301,6 +301,19 @@ class Bench(Section):
     seq: list[PositiveInt] = Field([128], description="Sequence lengths to time.")
     threads: PositiveInt = Field(2, description="Intra-op threads.")
     compare: list[Literal["teacher", "bert_base"]] = Field(["teacher", "bert_base"], description="Baselines.")
+    runtimes: list[Literal["ort", "openvino"]] | None = Field(
+        None, min_length=1, description="Time the student and every baseline on each of these runtimes and each of "
+                                        "`precisions`, and lead the report with best vs best (openvino needs "
+                                        "export.openvino). null: the student's ONNX files only.")
+    precisions: list[Literal["fp32", "bf16", "int8", "int8-bf16", "int8-static"]] = Field(
+        ["fp32", "bf16", "int8"], min_length=1, description="With runtimes: the precisions to time; one this CPU or "
+                                                            "runtime lacks is reported n/a.")
+
+    @model_validator(mode="after")
+    def _precisions_need_runtimes(self):
+        if self.runtimes is None and "precisions" in self.model_fields_set:
+            raise ValueError("precisions only apply with runtimes (e.g. runtimes: [ort, openvino])")
+        return self
 
 
 class Export(Section):
@@ -310,7 +323,11 @@ class Export(Section):
         17, description="ONNX opset: 14 (attention needs it) to 20 (the TorchScript exporter's newest).")
     static_int8: bool = Field(False, description="Also write a static int8 model calibrated on corpus sequences "
                                                  "(QDQ; usually less accurate than dynamic on NoNorm models).")
-    calibration_sequences: PositiveInt = Field(32, description="Corpus sequences for static int8 calibration.")
+    calibration_sequences: PositiveInt = Field(32, description="Corpus sequences for static int8 calibration "
+                                                               "(and OpenVINO's NNCF int8).")
+    openvino: bool = Field(False, description="Also write OpenVINO IRs beside the ONNX files (fp32; NNCF int8 "
+                                              "calibrated on corpus sequences when quantize: int8), each precision "
+                                              "checked against PyTorch (pip install 'slimbert[openvino]').")
     bench: Bench | None = Field(None, description="Latency report settings; null skips it.")
 
 
