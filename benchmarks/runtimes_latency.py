@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -41,8 +42,8 @@ from slimbert.export.shape_timer import ExportTimer, frontier_chart  # noqa: E40
 from slimbert.models import SlimBertForSequenceClassification, count, preset, to_transformers  # noqa: E402
 from slimbert.recipe.shape_search import Axes, LatencySpec, solve_latency  # noqa: E402
 
-RUNTIMES = ["ort", "openvino"]
-PRECISIONS = ["fp32", "bf16", "int8", "int8-bf16", "int8-static"]
+# each runtime's precisions (bf16 on ORT is there to say n/a: its CPU provider has no bf16 kernels)
+PRECISIONS = {"ort": ["fp32", "bf16", "int8", "int8-static"], "openvino": ["fp32", "bf16", "int8", "int8-bf16"]}
 REFUSED: dict[str, str] = {}  # model -> why an int8 variant was refused by the export's parity guard
 GOAL_BEST, GOAL_FP32, GOAL_INT8, GOAL_EXPORT = 3.5, 3.7, 7.0, 1.3
 
@@ -80,6 +81,10 @@ def export_all(src: Path, dst: Path, name: str, tok, **kw):
         result = export(src, dst, quantize="int8", static_calibration=static, measure=False, **kw)
         ovx.to_ir(dst / "model.onnx", dst / ovx.IR)
         return result
+
+
+def all_variants(name: str, folder: Path, cpu) -> list[Entry]:
+    return [e for rt, precs in PRECISIONS.items() for e in variants(name, folder, [rt], precs, cpu)]
 
 
 def p50(report: dict) -> dict[str, float]:
@@ -134,10 +139,11 @@ def main() -> None:
                log=log.append)
         (tmp / "released-plain").mkdir()
         export_onnx(to_transformers(rel).eval(), "text-classification", tmp / "released-plain" / "model.onnx")
+        shutil.copy(tmp / "released-slimbert" / "config.json", tmp / "released-plain" / "config.json")  # for FLOPs
 
         # 2. run 1 ----------------------------------------------------------------------------------------------
-        entries = (variants("mobilebert", tmp / "mobilebert", RUNTIMES, PRECISIONS, cpu)
-                   + variants("bert_base", tmp / "bert_base", RUNTIMES, PRECISIONS, cpu)
+        entries = (all_variants("mobilebert", tmp / "mobilebert", cpu)
+                   + all_variants("bert_base", tmp / "bert_base", cpu)
                    + [Entry("released slimbert ort fp32", tmp / "released-slimbert" / "model.onnx"),
                       Entry("released plain-export ort fp32", tmp / "released-plain" / "model.onnx"),
                       Entry("released no passes ort fp32", tmp / "released-s0" / "model.onnx"),
@@ -172,8 +178,8 @@ def main() -> None:
                              num_feedforward_networks=found.stacked, intermediate_size=found.ffn_size,
                              qkv_source=found.qkv_from)
             export_all(save(chosen, tok, tmp / "ch"), tmp / "searched", "searched", tok, log=log.append)
-            entries2 = (variants("searched", tmp / "searched", RUNTIMES, PRECISIONS, cpu)
-                        + variants("bert_base", tmp / "bert_base", RUNTIMES, PRECISIONS, cpu)
+            entries2 = (all_variants("searched", tmp / "searched", cpu)
+                        + all_variants("bert_base", tmp / "bert_base", cpu)
                         + variants("mobilebert", tmp / "mobilebert", [mb_best["runtime"]], [mb_best["precision"]],
                                    cpu))
             say("run 2: the searched shape beside BERT_BASE, alternating")

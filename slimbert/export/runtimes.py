@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Protocol
 
 import numpy as np
@@ -19,6 +20,7 @@ from .isa import CpuInfo, why_not
 
 class Runner(Protocol):
     input_names: set[str]
+    output_names: list[str]
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
@@ -84,3 +86,34 @@ def versions() -> dict[str, str | None]:
         except ImportError:
             out[name] = None
     return out
+
+
+class TaskModel:
+    """A runner called like a transformers task model (logits, or start/end logits), so an export on any runtime
+    and precision is evaluated on a task's dev set by the code that evaluates PyTorch models."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def eval(self):
+        return self
+
+    def __call__(self, **x):
+        import torch
+
+        feed = {k: v.cpu().numpy().astype(np.int64) for k, v in x.items() if k in self.runner.input_names}
+        if "token_type_ids" in self.runner.input_names and "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        out = self.runner.run(feed)
+        return SimpleNamespace(**{n: torch.from_numpy(np.asarray(o)) for n, o in zip(self.runner.output_names, out)})
+
+
+def exported_variants(folder: Path, cpu: CpuInfo) -> list[tuple[str, str]]:
+    """The (runtime, precision) pairs an export folder has a file for and this machine can run."""
+    return [(name, prec) for name, rt in RUNTIMES.items() for prec in rt.files
+            if rt.file(folder, prec).is_file() and unavailable(name, prec, cpu) is None]
+
+
+def task_model(folder: Path, runtime: str, precision: str, threads: int | None = None) -> TaskModel:
+    rt = get(runtime)
+    return TaskModel(rt.load(rt.file(folder, precision), precision, threads))

@@ -199,6 +199,7 @@ def frontier_chart(balance: dict, marks: list[dict], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     spec, rows = balance["spec"], balance["frontier"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -210,7 +211,7 @@ def frontier_chart(balance: dict, marks: list[dict], path: Path) -> Path:
     ax.scatter([chosen["ms"]], [chosen["params"] / 1e6], s=160, facecolors="none", edgecolors="tab:red", linewidths=2,
                label=f"chosen: L={chosen['layers']} H={chosen['inter_size']} I={chosen['intra_size']}")
     ax.axvline(balance["budget_ms"], color="tab:red", linestyle="--", linewidth=1,
-               label=f"budget {balance['budget_ms']:g} ms")
+               label=f"budget {balance['budget_ms']:.2f} ms")
     for m, marker in zip(marks, ("*", "D")):
         if m["params"] is not None:
             ax.scatter([m["ms"]], [m["params"] / 1e6], marker=marker, s=120,
@@ -219,6 +220,7 @@ def frontier_chart(balance: dict, marks: list[dict], path: Path) -> Path:
                   f"{spec['threads']} threads)")
     ax.set_ylabel("parameters (M)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.legend(fontsize=8)
     ax.set_title("Latency-aware shape search: the frontier on this machine")
     fig.tight_layout()

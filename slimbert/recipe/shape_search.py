@@ -156,7 +156,7 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
                 for i in sorted(timed)]
     cap = f"; the scan stopped at max_timed={max_timed}, so a larger shape may fit" if truncated else ""
     reason = (f"largest of {len(rows)} shapes in the attention/FFN band {target} +- {tolerance} (of {considered} "
-              f"searched; {len(timed)} timed{cap}) within {budget_ms:g} ms on {spec.runtime} {spec.precision}, batch "
+              f"searched; {len(timed)} timed{cap}) within {budget_ms:.4g} ms on {spec.runtime} {spec.precision}, batch "
               f"{spec.batch} x seq {spec.seq}, {spec.threads} threads: {_describe(row, timed[best])}")
     return BalanceResult(intra_size=row["intra_size"], stacked=row["stacked"], ffn_size=row["ffn_size"],
                          ratio=row["ratio"], params=row["params"], flops=row["flops"], considered=considered,
