@@ -305,7 +305,7 @@ def bench(models: list[Path] = typer.Argument(..., help="ONNX files (or export f
     from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, variants, write_report
     from .export.isa import cpu_info
     from .export.onnx import ExportError
-    from .export.runtimes import RUNTIMES
+    from .export.runtime import RUNTIMES
 
     rts = [r.strip() for r in runtime.split(",") if r.strip()] if runtime else None
     precs = [p.strip() for p in precision.split(",") if p.strip()]

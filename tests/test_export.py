@@ -196,6 +196,6 @@ def test_finetuned_run_exports_static_int8_and_reports_task_accuracy(tmp_path, t
     assert (out / "model_int8_static.onnx").is_file()
     report = json.loads((out / "task_metrics.json").read_text())
     # the fp32 export classifies the dev set exactly as PyTorch does
-    assert report["model.onnx"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"], abs=1 / 872 + 1e-9)
-    assert "accuracy_delta_vs_pytorch" in report["model_int8.onnx"]
-    assert "accuracy_delta_vs_pytorch" in report["model_int8_static.onnx"]
+    assert report["ort-fp32"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"], abs=1 / 872 + 1e-9)
+    assert "accuracy_delta_vs_pytorch" in report["ort-int8"]
+    assert "accuracy_delta_vs_pytorch" in report["ort-int8-static"]

@@ -11,7 +11,7 @@ from slimbert.export import openvino as ovx
 from slimbert.export.bench import best_vs_best, bench, markdown, variants
 from slimbert.export.isa import CpuInfo, cpu_info, parse_cpuinfo, why_not
 from slimbert.export.onnx import ExportError, export
-from slimbert.export.runtimes import unavailable
+from slimbert.export.runtime import unavailable
 
 from test_export import model_dir  # noqa: F401 - the tiny student fixture
 

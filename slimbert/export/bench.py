@@ -17,8 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runtimes
+from .. import __version__
+from ..models import SlimBertConfig, count
+from ..models.convert import from_transformers_config
+from ..teacher.source import resolve_model_path
+from . import runtime
 from .isa import FEATURES, CpuInfo, cpu_info
+from .onnx import ExportError, export
 
 
 @dataclass
@@ -37,7 +42,7 @@ class Entry:
 
 
 def _session(e: Entry, threads: int):
-    return runtimes.get(e.runtime).load(e.path, e.precision, threads)
+    return runtime.get(e.runtime).load(e.path, e.precision, threads)
 
 
 def _inputs(sess, batch: int, seq: int, rng) -> dict:
@@ -47,16 +52,16 @@ def _inputs(sess, batch: int, seq: int, rng) -> dict:
     return {k: v for k, v in x.items() if k in names}
 
 
-def variants(name: str, folder: Path, runtimes_: list[str], precisions: list[str], cpu: CpuInfo) -> list[Entry]:
+def variants(name: str, folder: Path, runtimes: list[str], precisions: list[str], cpu: CpuInfo) -> list[Entry]:
     """One entry per (runtime, precision) of the export in `folder`: n/a (with the reason) when this CPU or install
     cannot run it or the export has no such file; with its task accuracy when task_metrics.json has it."""
     metrics_file = Path(folder) / "task_metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     out = []
-    for rt in runtimes_:
+    for rt in runtimes:
         for prec in precisions:
-            reason = runtimes.unavailable(rt, prec, cpu)
-            path = runtimes.get(rt).file(folder, prec) if reason is None else Path(folder)
+            reason = runtime.unavailable(rt, prec, cpu)
+            path = runtime.get(rt).file(folder, prec) if reason is None else Path(folder)
             if reason is None and not path.is_file():
                 reason = (f"not exported: no {path.name} (slimbert export --onnx"
                           + (" --openvino" if rt == "openvino" else "") + (" --quantize int8)" if "int8" in prec
@@ -99,9 +104,6 @@ def model_facts(path: Path, seq: int) -> dict:
 
 
 def family_config(raw: dict):
-    from ..models import SlimBertConfig
-    from ..models.convert import from_transformers_config
-
     t = raw.get("model_type")
     if t == "slimbert":
         return SlimBertConfig(**{k: v for k, v in raw.items() if k not in ("model_type", "architectures")})
@@ -126,11 +128,10 @@ def versions() -> dict:
     import torch
     import transformers
 
-    from .. import __version__
-
     return {"slimbert": __version__, "onnxruntime": onnxruntime.__version__,
-            "openvino": runtimes.versions()["openvino"], "onnx": onnx.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "machine": f"{platform.machine()} {platform.processor()}".strip()}
+            "openvino": runtime.versions()["openvino"], "onnx": onnx.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()} {platform.processor()}".strip()}
 
 
 def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, runs: int = 30, warmup: int = 5,
@@ -154,7 +155,7 @@ def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, run
     meta = {e.name: e for e in timed}
     for b in batches:
         for s in seqs:
-            feeds = {name: dummy_inputs(sess, b, s, rng) for name, sess in sessions.items()}
+            feeds = {name: _inputs(sess, b, s, rng) for name, sess in sessions.items()}
             for name, sess in sessions.items():
                 for _ in range(warmup):
                     sess.run(feeds[name])

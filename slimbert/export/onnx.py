@@ -23,8 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import models as M  # registers slimbert with the Auto classes
+from ..models import SlimBertPreTrainedModel, to_transformers, why_not_expressible
 from . import openvino as ovx
 from .isa import cpu_info, why_not
+from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, node_count
+from .runtime import latency_ms, session
 
 TASKS = ("feature-extraction", "fill-mask", "text-classification", "question-answering")
 OUTPUTS = {"feature-extraction": ["last_hidden_state"], "fill-mask": ["logits"], "text-classification": ["logits"],
@@ -353,7 +357,7 @@ def write_openvino(model: nn.Module, task: str, onnx_path: Path, folder: Path, i
     return out
 
 
-# ---- static int8 and task accuracy ------------------------------------------------------------------------------
+# ---- static int8 ------------------------------------------------------------------------------
 
 def quantize_dynamic_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 (onnxruntime.quantization): int8 weights, activations quantised per call."""
@@ -380,25 +384,3 @@ def quantize_static_int8(src: Path, dst: Path, calibration: dict[str, np.ndarray
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     extra_options={"DefaultTensorType": 1})
-
-
-class OrtTaskModel:
-    """An ONNX model called like a transformers task model (logits, or start/end logits), for evaluating an
-    export on a task's dev set with the same code that evaluates PyTorch models."""
-
-    def __init__(self, path: Path, threads: int | None = None):
-        self.session = session(path, threads)
-        self.names = [o.name for o in self.session.get_outputs()]
-        self.inputs = {i.name for i in self.session.get_inputs()}
-
-    def eval(self):
-        return self
-
-    def __call__(self, **x):
-        from types import SimpleNamespace
-
-        feed = {k: v.numpy().astype(np.int64) for k, v in x.items() if k in self.inputs}
-        if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
-            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-        out = self.session.run(None, feed)
-        return SimpleNamespace(**{n: torch.from_numpy(o) for n, o in zip(self.names, out)})

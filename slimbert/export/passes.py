@@ -140,8 +140,6 @@ def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
     the projections reading it add W S_k to their bias; the output bottleneck's bias moves into its NoNorm's
     shift (w * b). Blocks whose chain still has a norm, or whose bottleneck has a LayerNorm or a gate, keep
     those steps as they are."""
-    from ..models.modeling import SlimBertModel
-
     model = copy.deepcopy(model).eval()
     body = next((m for m in model.modules() if isinstance(m, SlimBertModel)), None)
     stats = {"steps": 0, "bottleneck": 0, "blocks_skipped": 0}

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +24,7 @@ from torch import nn
 from ..models import SlimBertModel, count
 from . import openvino as ovx
 from . import passes as P
-from . import runtimes
+from . import runtime
 from .bench import family_config
 from .isa import CpuInfo, cpu_info
 from .onnx import export_onnx, quantize_dynamic_int8
@@ -37,27 +36,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "slimbert" / "latency")
 
 
-def median_ms(runner, batch: int, seq: int, runs: int = 20, warmup: int = 3, seed: int = 0) -> float:
-    """Median wall time of one call at batch x seq (random token ids, no padding)."""
-    rng = np.random.default_rng(seed)
-    feed = {"input_ids": rng.integers(100, 1000, (batch, seq)).astype(np.int64),
-            "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
-    feed = {k: v for k, v in feed.items() if k in runner.input_names}
-    for _ in range(warmup):
-        runner.run(feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        runner.run(feed)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
-
-
-def artefact(model: nn.Module, runtime: str, precision: str, folder: Path, seq: int, slim: bool = True) -> Path:
-    """`model` exported into `folder` as the file `runtime` runs `precision` from: slimbert's passes when `slim`
+def artefact(model: nn.Module, runtime_name: str, precision: str, folder: Path, seq: int, slim: bool = True) -> Path:
+    """`model` exported into `folder` as the file `runtime_name` runs `precision` from: slimbert's passes when `slim`
     (fold_nonorm, then ONNX Runtime's basic level), dynamic int8 for ONNX Runtime, an IR (NNCF int8 calibrated on
     random tokens) for OpenVINO."""
-    rt = runtimes.get(runtime)
+    rt = runtime.get(runtime_name)
     onnx_path = folder / "model.onnx"
     stage = folder / "stage.onnx"
     if slim:
@@ -69,9 +52,9 @@ def artefact(model: nn.Module, runtime: str, precision: str, folder: Path, seq: 
     else:
         os.replace(stage, onnx_path)
     target = rt.file(folder, precision)
-    if runtime == "ort" and precision == "int8":
+    if runtime_name == "ort" and precision == "int8":
         quantize_dynamic_int8(onnx_path, target)
-    elif runtime == "openvino":
+    elif runtime_name == "openvino":
         ovx.to_ir(onnx_path, folder / ovx.IR)
         if precision.startswith("int8"):
             rng = np.random.default_rng(0)
@@ -99,7 +82,7 @@ class ExportTimer:
 
     @property
     def machine(self) -> dict:
-        return {"cpu": self.cpu.key(), "runtimes": {k: v for k, v in runtimes.versions().items() if v}}
+        return {"cpu": self.cpu.key(), "runtimes": {k: v for k, v in runtime.versions().items() if v}}
 
     @property
     def file(self) -> Path:
@@ -124,7 +107,7 @@ class ExportTimer:
         os.replace(tmp, self.file)
 
     def unavailable(self, spec) -> str | None:
-        return runtimes.unavailable(spec.runtime, spec.precision, self.cpu)
+        return runtime.unavailable(spec.runtime, spec.precision, self.cpu)
 
     def time_model(self, key: str, label: str, build: Callable[[], nn.Module], spec, slim: bool = True) -> float:
         """Median ms of the model `build` makes, under `key` in the cache (`label` names it in the log)."""
@@ -138,8 +121,8 @@ class ExportTimer:
         model = build().eval()
         with tempfile.TemporaryDirectory(prefix="slimbert-timer-") as tmp:
             path = artefact(model, spec.runtime, spec.precision, Path(tmp), spec.seq, slim=slim)
-            runner = runtimes.get(spec.runtime).load(path, spec.precision, spec.threads)
-            ms = median_ms(runner, spec.batch, spec.seq, self.runs)
+            runner = runtime.get(spec.runtime).load(path, spec.precision, spec.threads)
+            ms = runtime.median_ms(runner, spec.batch, spec.seq, self.runs)
             del runner
         self.timings[full] = ms
         self._save()

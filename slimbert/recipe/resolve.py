@@ -24,7 +24,7 @@ from ..teacher.source import (SourceError, SourceInfo, check_tokenizer_files, ch
                               describe_source, resolve_model_path)
 from ..transfer.strategies import TeacherFacts
 from . import balance as balance_solver
-from . import shape_search
+from . import checks, shape_search
 from .errors import Problem, RecipeError
 from .loader import LineMap, read_recipe_file
 from .overrides import apply_overrides, parse_override
@@ -200,7 +200,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
                                                max_params=b.max_params, max_flops=b.max_flops, stacked=b.stacked,
                                                seq_len=recipe.data.seq_len)
             if balance is not None:
-                s = recipe.student
                 student_config = _student_config(recipe, source, balance, out)
         except ValueError as e:
             out.add("balance", f"impossible balance: {e}")
@@ -212,70 +211,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
     layer_map = _layer_map(recipe, source.num_layers, out if plugin_teacher is None else Collector(lines, ""))
 
     # Cross-field checks, before any training -----------------------------------------------------------
-    feature_width = teacher_config.hidden_size if teacher_config else source.hidden_size
-    teacher_heads = teacher_config.num_attention_heads if teacher_config else source.num_heads
-    for i, st in enumerate(recipe.transfer):
-        losses = getattr(st, "losses", None) if plugin_teacher is None else None
-        if losses is not None:
-            feature = any(getattr(losses, k) > 0 for k in FEATURE_TERMS)
-            if feature and t.type == "inverted_bottleneck" and feature_width != s.inter_size:
-                out.add(f"transfer.{i}.losses.feature_map",
-                        f"feature-map transfer needs equal widths: the teacher's feature map is {feature_width} "
-                        f"wide (teacher.inter_size) and the student's {s.inter_size} (student.inter_size); set "
-                        "them equal, or use teacher.type: source, which learns a projection")
-            if losses.attention > 0 and teacher_heads != s.num_heads:
-                out.add(f"transfer.{i}.losses.attention",
-                        f"attention transfer needs equal head counts per layer pair: teacher {teacher_heads}, "
-                        f"student {s.num_heads}; set student.num_heads (and teacher.num_heads) equal, or "
-                        "attention: 0")
-        if st.kind == "teacher_adaptation":
-            if t.type != "inverted_bottleneck":
-                out.add(f"transfer.{i}.kind", "teacher_adaptation adapts an inverted-bottleneck teacher, but "
-                                              "teacher.type is source: there is nothing to adapt")
-            if any(x.kind != "teacher_adaptation" for x in recipe.transfer[:i]):
-                out.add(f"transfer.{i}.kind", "teacher_adaptation must come before the student's stages")
-        if (st.kind in ("pretrain_distill", "auxiliary") and st.alpha < 1 and plugin_teacher is None
-                and not _teacher_has_mlm(t, source)):
-            out.add(f"transfer.{i}.alpha",
-                    f"the teacher has no MLM head ({source.path} is a {source.model_type} without one), so "
-                    "there are no teacher logits to distil; set alpha: 1.0 (hard MLM labels only)")
-        if any(not p.strip() for p in st.freeze):
-            out.add(f"transfer.{i}.freeze", "empty module prefix (it would freeze everything)")
-        if st.kind == "progressive":
-            if any(k in st.lr_multipliers for k in ("current", "lower")):
-                out.add(f"transfer.{i}.lr_multipliers", "use current_lr / lower_lr for progressive stages; "
-                                                        "lr_multipliers keys are module prefixes")
-        if st.batch_size % st.grad_accum:
-            out.add(f"transfer.{i}.grad_accum", f"batch_size {st.batch_size} does not split into {st.grad_accum} "
-                                                "equal micro-batches")
-        if st.warmup_steps > _stage_steps(st):
-            out.add(f"transfer.{i}.warmup_steps", f"warm-up ({st.warmup_steps}) is longer than the stage "
-                                                  f"({_stage_steps(st)} steps)")
-        for prefix in st.freeze:
-            if prefix in st.lr_multipliers:
-                out.add(f"transfer.{i}.freeze", f"{prefix!r} is both frozen and given an LR multiplier")
-    # prune_from_teacher copies the embeddings pruned to the student's widths; copy_embeddings adds nothing.
-    if s.copy_embeddings and student_config is not None and plugin_teacher is None and s.init != "prune_from_teacher":
-        _check_embedding_copy(recipe, source, teacher_config, student_config, out)
-    if s.init == "prune_from_teacher" and student_config is not None:
-        for key, message in prune_problems(teacher_config, student_config):
-            out.add(key, message)
-    if recipe.export.bench is not None and not recipe.export.onnx:
-        out.add("export.bench", "the latency report times the ONNX export: set export.onnx: true")
-    if recipe.data.seq_len > source.max_positions:
-        out.add("data.seq_len", f"{recipe.data.seq_len} exceeds the source's {source.max_positions} positions")
-    # The student inherits the source's positions: longer task or benchmark sequences fail hours later.
-    if recipe.finetune is not None and recipe.finetune.seq_len > source.max_positions:
-        out.add("finetune.seq_len", f"{recipe.finetune.seq_len} exceeds the student's {source.max_positions} "
-                                    "positions (the source's)")
-    e = recipe.export
-    if e.openvino and not e.onnx:
-        out.add("export.openvino", "the IR is converted from the ONNX export: set export.onnx: true as well")
-    if e.bench is not None and "openvino" in (e.bench.runtimes or []) and not e.openvino:
-        out.add("export.bench.runtimes", "openvino needs the student's IR: set export.openvino: true")
-    if recipe.export.bench is not None and max(recipe.export.bench.seq) > source.max_positions:
-        out.add("export.bench.seq", f"{max(recipe.export.bench.seq)} exceeds the student's "
-                                    f"{source.max_positions} positions (the source's)")
+    out.extend(checks.run_checks(recipe, _facts(recipe, source, teacher_config, student_config)))
 
     # Data and task files ---------------------------------------------------------------------------------
     corpus_files = _corpus_files(recipe, base, out)
@@ -377,8 +313,8 @@ def _latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo, t
         out.add("balance.seq", f"{b.seq} exceeds the student's {source.max_positions} positions")
         return None
     axes = shape_search.Axes(layers=tuple(b.layers or [s.num_layers]),
-                             inter_sizes=tuple(b.inter_sizes or [s.inter_size]), heads=tuple(b.heads or [s.num_heads]), qkv_from=tuple(b.qkv_from or [s.qkv_from]),
-                             stacked=tuple(b.stacked))
+                             inter_sizes=tuple(b.inter_sizes or [s.inter_size]), heads=tuple(b.heads or [s.num_heads]),
+                             qkv_from=tuple(b.qkv_from or [s.qkv_from]), stacked=tuple(b.stacked))
     spec = shape_search.LatencySpec(b.runtime, b.precision, b.batch, b.seq, b.threads)
     return shape_search.solve_latency(base, axes, spec, timer, budget_ms=b.latency_ms, ratio=b.mha_ffn_ratio,
                                       tolerance=b.tolerance, max_params=b.max_params, max_flops=b.max_flops,
