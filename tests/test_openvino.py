@@ -155,3 +155,53 @@ def test_cli_export_openvino_and_bench_runtimes(model_dir, tmp_path):  # noqa: F
     assert bench_run.returncode == 0, bench_run.stderr[-2000:]
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert len(report["results"]) == 4 and report["cpu"]["features"]
+
+
+def test_openvino_keys_need_the_onnx_export_and_the_ir(tmp_path, tiny_source, shared_data):
+    from conftest import write_recipe
+
+    from slimbert.recipe import RecipeError, load_recipe
+
+    path = write_recipe(tmp_path, tiny_source, shared_data,
+                        export={"onnx": False, "openvino": True})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert [p.path for p in e.value.problems] == ["export.openvino"]
+    path = write_recipe(tmp_path, tiny_source, shared_data,
+                        export={"onnx": True, "bench": {"runtimes": ["ort", "openvino"]}})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert [p.path for p in e.value.problems] == ["export.bench.runtimes"]
+    path = write_recipe(tmp_path, tiny_source, shared_data, export={"onnx": True, "bench": {"precisions": ["int8"]}})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert "precisions only apply with runtimes" in e.value.problems[0].message
+
+
+@pytest.mark.e2e
+def test_run_exports_openvino_and_benches_every_runtime(tmp_path, tiny_source, shared_data):
+    from conftest import write_recipe
+
+    transfer = [{"kind": "joint", "steps": 3, "batch_size": 4, "optimizer": {"lr": 1e-3}}]
+    finetune = {"task": "sst2", "train": str(shared_data / "SST-2" / "train.tsv"),
+                "dev": str(shared_data / "SST-2" / "dev.tsv"), "max_examples": 64, "epochs": 1, "batch_size": 16,
+                "lr": 1e-3, "seq_len": 32}
+    recipe = write_recipe(tmp_path, tiny_source, shared_data, transfer=transfer, finetune=finetune,
+                          export={"onnx": True, "openvino": True, "quantize": "int8", "calibration_sequences": 4,
+                                  "bench": {"seq": [16], "compare": ["bert_base"], "runtimes": ["ort", "openvino"],
+                                            "precisions": ["fp32", "int8"]}})
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "run", str(recipe), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "out" / "export"
+    assert (out / "openvino_model_int8.xml").is_file()
+    metrics = json.loads((out / "task_metrics.json").read_text())
+    assert {"ort-fp32", "ort-int8", "openvino-fp32", "openvino-int8"} <= set(metrics)
+    # the fp32 IR classifies the dev set as PyTorch does
+    assert metrics["openvino-fp32"]["accuracy"] == pytest.approx(metrics["pytorch"]["accuracy"], abs=1 / 872 + 1e-9)
+    report = json.loads((out / "bench" / "report.json").read_text())
+    groups = {(r["group"], r["runtime"], r["precision"]) for r in report["results"]}
+    assert ("student", "openvino", "int8") in groups and ("bert_base", "openvino", "int8") in groups
+    assert report["best"][0]["headline"]["reference"] == "bert_base"
+    row = next(r for r in report["results"] if r["model"] == "student openvino fp32")
+    assert row["accuracy"]["accuracy"] == metrics["openvino-fp32"]["accuracy"]
