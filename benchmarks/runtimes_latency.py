@@ -1,9 +1,9 @@
 """Speed on the runtimes users pick (issue 18): slimbert's students vs BERT_BASE, best vs best, on this machine.
 
 One process, batch 1 x seq 128, 2 threads, every model timed on every runtime and precision this CPU runs
-(ONNX Runtime fp32 / dynamic int8 / static per-channel int8; OpenVINO fp32 / bf16 / NNCF int8 / int8 with bf16), alternating in blocks
-(slimbert.export.bench). Random weights with perturbed norms: latency does not depend on the values; every
-export still passes slimbert's parity checks. Steps:
+(ONNX Runtime fp32 / dynamic int8 / static per-channel int8; OpenVINO fp32 / bf16 / NNCF int8 / int8 with
+bf16), alternating in blocks (slimbert.export.bench). Random weights with perturbed norms: latency does not
+depend on the values; every export still passes slimbert's parity checks. Steps:
 
   1. export (slimbert export, --openvino --quantize int8): the MobileBERT preset (paper Table 1), BERT_BASE
      (plain export, as `bench --compare bert_base` does), and for the export-vs-plain row the released
