@@ -36,11 +36,25 @@ def recipe_errors(fn):
         raise typer.Exit(2)
 
 
-def _timer():
-    """Times candidate shapes for a latency budget (balance.latency_ms); reads nothing until it is first used."""
-    from .export.shape_timer import ExportTimer
+class _timer:  # noqa: N801 - used like the function it stands in for
+    """Times candidate shapes for a latency budget (balance.latency_ms). The export machinery is imported on first
+    use, so `validate` and `plan` of recipes without a budget do not pay for it."""
 
-    return ExportTimer(log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    def __init__(self):
+        self._timer = None
+
+    def _get(self):
+        if self._timer is None:
+            from .export.shape_timer import ExportTimer
+
+            self._timer = ExportTimer(log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+        return self._timer
+
+    def __call__(self, config, spec) -> float:
+        return self._get()(config, spec)
+
+    def __getattr__(self, name):
+        return getattr(self._get(), name)
 
 
 RecipeArg = typer.Argument(..., help="Recipe YAML file, or a preset name (see `slimbert recipes list`).")
