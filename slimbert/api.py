@@ -39,5 +39,7 @@ def compress(recipe: str | Path, teacher: Any = None, *, out: str | Path | None 
     from .engine.runner import run
     from .recipe import load_recipe, recipe_path
 
-    resolved = load_recipe(recipe_path(str(recipe)), list(overrides or []), allow_plugins)
+    from .export.shape_timer import ExportTimer
+
+    resolved = load_recipe(recipe_path(str(recipe)), list(overrides or []), allow_plugins, timer=ExportTimer())
     return run(resolved, Path(out) if out is not None else None, resume, console, teacher=teacher)

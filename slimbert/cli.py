@@ -36,6 +36,27 @@ def recipe_errors(fn):
         raise typer.Exit(2)
 
 
+class _timer:  # noqa: N801 - used like the function it stands in for
+    """Times candidate shapes for a latency budget (balance.latency_ms). The export machinery is imported on first
+    use, so `validate` and `plan` of recipes without a budget do not pay for it."""
+
+    def __init__(self):
+        self._timer = None
+
+    def _get(self):
+        if self._timer is None:
+            from .export.shape_timer import ExportTimer
+
+            self._timer = ExportTimer(log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+        return self._timer
+
+    def __call__(self, config, spec) -> float:
+        return self._get()(config, spec)
+
+    def __getattr__(self, name):
+        return getattr(self._get(), name)
+
+
 RecipeArg = typer.Argument(..., help="Recipe YAML file, or a preset name (see `slimbert recipes list`).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
 
@@ -46,7 +67,7 @@ def validate(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     """Check a recipe: exit 0, or exit 2 with every problem (key path and line)."""
     from .recipe import load_recipe, recipe_path
 
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=_timer()))
     from .models import count as count_fn
 
     console.print(f"[green]ok[/] {r.file}: {len(r.recipe.transfer)} stage(s); student "
@@ -63,16 +84,44 @@ def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     """A dry run: architectures side by side, the layer map, the stage schedule and time estimates."""
     from .recipe import build_plan, load_recipe, recipe_path
 
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    timer = _timer()
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=timer))
     p = build_plan(r)
     if not no_measure:
         from .engine.estimate import estimate_stages
 
         recipe_errors(lambda: estimate_stages(r, p))
+    if r.balance is not None and r.balance.frontier is not None:
+        from .export.shape_timer import frontier_chart, reference_marks
+        from .recipe.shape_search import LatencySpec
+
+        marks = [] if no_measure else reference_marks(timer, r.source_path, LatencySpec(**r.balance.spec))
+        p["balance"]["references"] = marks
+        name = f"frontier-{r.recipe.name}-{r.balance.spec['runtime']}-{r.balance.spec['precision']}.png"
+        p["balance"]["frontier_png"] = str(frontier_chart(p["balance"], marks, timer.file.parent / name))
     if as_json:
         print(json.dumps(p, indent=2, default=str))
         return
     print_plan(p)
+
+
+def print_frontier(b: dict) -> None:
+    spec = b["spec"]
+    ft = Table(title=f"latency frontier: {spec['runtime']} {spec['precision']}, batch {spec['batch']} x seq "
+                     f"{spec['seq']}, {spec['threads']} threads, budget {b['budget_ms']:g} ms")
+    for col in ("layers", "H", "I", "heads", "N", "F", "qkv", "params", "ratio", "ms", ""):
+        ft.add_column(col, justify="left" if col in ("qkv", "") else "right")
+    for r in sorted(b["frontier"], key=lambda r: -r["params"]):
+        ft.add_row(*(str(r[k]) for k in ("layers", "inter_size", "intra_size", "heads", "stacked", "ffn_size")),
+                   r["qkv_from"], f"{r['params'] / 1e6:.2f}M", f"{r['ratio']:.3f}", f"{r['ms']:.2f}",
+                   "chosen" if r["chosen"] else ("fits" if r["fits"] else ""),
+                   style="bold" if r["chosen"] else None)
+    for m in b.get("references", []):
+        ft.add_row(m["name"], "", "", "", "", "", "", f"{m['params'] / 1e6:.2f}M" if m["params"] else "?", "",
+                   f"{m['ms']:.2f}", f"best: {m['runtime']} {m['precision']}")
+    console.print(ft)
+    if b.get("frontier_png"):
+        console.print(f"frontier plot: {b['frontier_png']}", highlight=False)
 
 
 SHORT = {"feature_map": "FMT", "feature_mean": "mean", "feature_var": "var", "attention": "AT"}
@@ -97,7 +146,7 @@ def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     if log is not None:
         overrides += recipe_errors(lambda: tracker_overrides(
             apply_overrides(read_recipe_file(recipe_path(recipe))[0], overrides), log))
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), overrides, allow_plugins))
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), overrides, allow_plugins, timer=_timer()))
     try:
         recipe_errors(lambda: run_recipe(r, out, resume, err))
     except TrainingError as e:
@@ -125,6 +174,8 @@ def print_plan(p: dict) -> None:
     console.print(f"compression: {c['params']}x params, {c['encoder_params']}x encoder params, {c['flops']}x FLOPs")
     if p.get("balance"):
         console.print(f"[bold]balance:[/] {p['balance']['reason']}", highlight=False)
+        if p["balance"].get("frontier"):
+            print_frontier(p["balance"])
     lm = Table(title="layer map")
     for col in ("student", "teacher", "student shape", "teacher shape", "heads t/s", "losses"):
         lm.add_column(col)
@@ -214,13 +265,29 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
                                                              "question-answering (default: from the model's head)."),
                out: Path = typer.Option(None, "--out", help="Output folder (default: PATH/export, or PATH-onnx)."),
                no_passes: bool = typer.Option(False, "--no-passes", help="Plain torch.onnx export, no graph passes."),
+               openvino: bool = typer.Option(False, "--openvino", help="Also write OpenVINO IRs beside the ONNX files "
+                                             "(fp32; NNCF int8 with --quantize int8), each checked against PyTorch."),
+               calibration: Path = typer.Option(None, "--calibration", help="Text file, one sentence a line, to "
+                                                "calibrate OpenVINO int8 on (default: built-in real sentences)."),
                ) -> None:
-    """Export to ONNX in optimum's ORTModel layout, checked against PyTorch (exit 4 when it does not match)."""
+    """Export to ONNX in optimum's ORTModel layout (and OpenVINO IRs), checked against PyTorch (exit 4 when it
+    does not match)."""
     from .engine.rundir import newest_run
     from .export.onnx import ExportError, export
 
-    if not onnx:
-        fail("say which format: --onnx")
+    if not onnx and not openvino:
+        fail("say which format: --onnx and/or --openvino (the IR is converted from the ONNX file, so both are "
+             "written)")
+    texts = None
+    if calibration is not None:
+        if not openvino or quantize != "int8":
+            fail("--calibration is for OpenVINO int8: give it with --openvino --quantize int8")
+        try:
+            texts = [t.strip() for t in calibration.read_text(encoding="utf-8").splitlines() if t.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"--calibration {calibration}: cannot read it ({e})")
+        if not texts:
+            fail(f"--calibration {calibration}: no text in it (expected one sentence a line)")
     if quantize not in (None, "int8"):
         fail(f"--quantize {quantize!r}: only int8 is available")
     if path is None:
@@ -233,6 +300,7 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
         out = path / "export" if (path / "recipe.resolved.yaml").is_file() else path.with_name(path.name + "-onnx")
     try:
         result = export(path, out, task=task, opset=opset, quantize=quantize, passes=[] if no_passes else None,
+                        openvino=openvino, calibration_texts=texts,
                         log=lambda m: err.print(m, highlight=False, soft_wrap=True))
     except ExportError as e:
         err.print(f"[bold red]export failed:[/] {e}", soft_wrap=True)
@@ -259,11 +327,19 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
           threads: int = typer.Option(2, "--threads", help="Intra-op threads."),
           runs: int = typer.Option(30, "--runs", help="Timed runs per model and shape (alternating models)."),
           compare: list[str] = typer.Option(None, "--compare", help="bert_base, teacher, or another ONNX file."),
+          runtime: str = typer.Option(None, "--runtime", help="Runtimes to time each export folder on: ort, "
+                                      "openvino (comma-separated). With it, every folder and baseline is timed on "
+                                      "every runtime and precision, and the report leads with best vs best."),
+          precision: str = typer.Option("fp32", "--precision", help="With --runtime: fp32, bf16, int8, int8-bf16, "
+                                        "int8-static (comma-separated); one this CPU or runtime lacks is reported "
+                                        "n/a."),
           out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
           ) -> None:
     """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
-    from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, write_report
+    from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, variants, write_report
+    from .export.isa import cpu_info
     from .export.onnx import ExportError
+    from .export.runtime import RUNTIMES
 
     if not models:
         from .engine.rundir import newest_export
@@ -274,29 +350,46 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
                  "ONNX files")
         err.print(f"timing the newest export: {newest}", highlight=False, soft_wrap=True)
         models = [newest]
+    rts = [r.strip() for r in runtime.split(",") if r.strip()] if runtime else None
+    precs = [p.strip() for p in precision.split(",") if p.strip()]
+    if rts is not None:
+        bad = [r for r in rts if r not in RUNTIMES]
+        if bad or not rts:
+            fail(f"--runtime {runtime!r}: expected runtimes from {', '.join(RUNTIMES)}")
+        known = sorted({p for rt in RUNTIMES.values() for p in rt.files})
+        if not precs or any(p not in known for p in precs):
+            fail(f"--precision {precision!r}: expected precisions from {', '.join(known)}")
+    elif precision != "fp32":
+        fail("--precision needs --runtime (e.g. --runtime ort,openvino --precision fp32,int8)")
+    cpu = cpu_info()
     entries = []
     for m in models:
         p = m / "model.onnx" if m.is_dir() else m
         if not p.is_file():
             fail(f"{m}: no ONNX model there")
-        entries.append(Entry(p.parent.name if p.name == "model.onnx" else p.stem, p))
-    first = entries[0].path
+        name = p.parent.name if p.name == "model.onnx" else p.stem
+        entries += variants(name, p.parent, rts, precs, cpu) if rts else [Entry(name, p)]
+    first = Path(models[0]) / "model.onnx" if models[0].is_dir() else models[0]
     meta = first.parent / "slimbert_export.json"
     task = json.loads(meta.read_text())["task"] if meta.is_file() else "feature-extraction"
     cache = (out or first.parent) / "baselines"
+    want = {"openvino": bool(rts) and "openvino" in rts,
+            "quantize": "int8" if any("int8" in p for p in precs) else None}
     try:
         for c in compare or []:
             if c == "bert_base":
-                entries.append(Entry("bert_base", bert_base_reference(task, cache / f"bert_base-{task}", first.parent)))
+                ref = bert_base_reference(task, cache / f"bert_base-{task}", first.parent, **want)
             elif c == "teacher":
-                entries.append(Entry("teacher", teacher_reference(first.parent, cache / "teacher")))
+                ref = teacher_reference(first.parent, cache / "teacher", **want)
             elif Path(c).is_file():
                 entries.append(Entry(Path(c).stem, Path(c)))
+                continue
             else:
                 fail(f"--compare {c!r}: expected bert_base, teacher or an ONNX file")
+            entries += variants(c, ref.parent, rts, precs, cpu) if rts else [Entry(c, ref)]
     except ExportError as e:
         fail(str(e))
-    report = run_bench(entries, _ints(batch, "--batch"), _ints(seq, "--seq"), threads, runs)
+    report = run_bench(entries, _ints(batch, "--batch"), _ints(seq, "--seq"), threads, runs, cpu=cpu)
     files = write_report(report, out or first.parent / "bench")
     console.print((files[1]).read_text(), highlight=False)
     console.print(f"written: {', '.join(str(f) for f in files)}", highlight=False)

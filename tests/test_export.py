@@ -50,6 +50,31 @@ def test_fold_nonorm_is_exact(qkv, n_ffn, real_batch):
     assert all("bottleneck.LayerNorm" in n or n.endswith("embeddings.LayerNorm") for n in names), names
 
 
+@pytest.mark.parametrize("qkv", ["inter", "shared_bottleneck"])
+def test_residual_gemm_is_exact_and_removes_the_adds(qkv, real_batch, tmp_path, tokenizer):
+    import onnx
+
+    model = tiny(qkv, 3)
+    folded, _ = P.fold_nonorm(model)
+    fused, stats = P.residual_gemm(folded)
+    assert stats == {"steps": 2 * 4, "bottleneck": 2, "blocks_skipped": 0}  # attention, 2 extra FFNs, last FFN
+    with torch.no_grad():
+        a, b = model(**real_batch).logits, fused(**real_batch).logits
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+    # without fold_nonorm first the chain still has NoNorms: the pass leaves those blocks alone
+    assert P.residual_gemm(model)[1]["blocks_skipped"] == 2
+    path = tmp_path / "m"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    res = export(path, tmp_path / "x", passes=["fold_nonorm", "residual_gemm", "ort_basic"], measure=False,
+                 log=lambda m: None)
+    assert res.parity["fp32"].ok(10.0)
+    graph = onnx.load(str(tmp_path / "x" / "model.onnx")).graph
+    weights = {t.name for t in graph.initializer}
+    # each residual step (4 per block) and each output bottleneck is one Gemm whose C input is an activation
+    assert sum(n.op_type == "Gemm" and len(n.input) == 3 and n.input[2] not in weights for n in graph.node) == 10
+
+
 def test_fold_nonorm_leaves_layer_norm_models_alone(real_batch):
     model = tiny(norm="layer_norm")
     folded, stats = P.fold_nonorm(model)
@@ -238,6 +263,6 @@ def test_finetuned_run_exports_static_int8_and_reports_task_accuracy(tmp_path, t
     assert (out / "model_int8_static.onnx").is_file()
     report = json.loads((out / "task_metrics.json").read_text())
     # the fp32 export classifies the dev set exactly as PyTorch does
-    assert report["model.onnx"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"], abs=1 / 872 + 1e-9)
-    assert "accuracy_delta_vs_pytorch" in report["model_int8.onnx"]
-    assert "accuracy_delta_vs_pytorch" in report["model_int8_static.onnx"]
+    assert report["ort-fp32"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"], abs=1 / 872 + 1e-9)
+    assert "accuracy_delta_vs_pytorch" in report["ort-int8"]
+    assert "accuracy_delta_vs_pytorch" in report["ort-int8-static"]

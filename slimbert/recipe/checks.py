@@ -72,6 +72,15 @@ def bench_needs_onnx(recipe: Recipe, f: Facts) -> Problems:
     return []
 
 
+def openvino_needs_onnx(recipe: Recipe, f: Facts) -> Problems:
+    e, out = recipe.export, []
+    if e.openvino and not e.onnx:
+        out.append(("export.openvino", "the IR is converted from the ONNX export: set export.onnx: true as well"))
+    if e.bench is not None and "openvino" in (e.bench.runtimes or []) and not e.openvino:
+        out.append(("export.bench.runtimes", "openvino needs the student's IR: set export.openvino: true"))
+    return out
+
+
 def sequence_lengths(recipe: Recipe, f: Facts) -> Problems:
     """The student inherits the source's positions: longer task or benchmark sequences fail hours later."""
     out, n = [], f.max_positions
@@ -100,7 +109,7 @@ def widths_or_balance(recipe: Recipe) -> Problems:
 
 
 CHECKS: list[Callable[[Recipe, Facts], Problems]] = [stages, embedding_copy, student_init, bench_needs_onnx,
-                                                     sequence_lengths]
+                                                     openvino_needs_onnx, sequence_lengths]
 
 
 def run_checks(recipe: Recipe, f: Facts) -> Problems:

@@ -26,7 +26,7 @@ from ..teacher.source import (SourceError, SourceInfo, check_tokenizer_files, ch
                               describe_source, resolve_model_path)
 from ..transfer.strategies import TeacherFacts
 from . import balance as balance_solver
-from . import checks
+from . import checks, shape_search
 from .errors import Problem, RecipeError
 from .loader import LineMap, read_recipe_file
 from .overrides import apply_overrides, parse_override
@@ -139,7 +139,10 @@ def _schema_problems(e: ValidationError, data: dict, out: Collector) -> None:
         out.add(loc, msg.replace("Value error, ", ""))
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plugins: bool = False) -> Resolved:
+def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plugins: bool = False,
+                timer: shape_search.Timer | None = None) -> Resolved:
+    """`timer` times candidate shapes for a latency budget (balance.latency_ms); recipe/ cannot export, so the
+    CLI and API pass one (slimbert.export.shape_timer.ExportTimer)."""
     data, lines, file = read_recipe_file(path)
     data = apply_overrides(data, overrides or [])
     out = Collector(lines, str(path), overrides)
@@ -188,10 +191,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
     if recipe.balance is not None and student_config is not None and not out.problems:
         b = recipe.balance
         try:
-            balance = balance_solver.solve(student_config, ratio=b.mha_ffn_ratio, tolerance=b.tolerance,
-                                           max_params=b.max_params, max_flops=b.max_flops, stacked=b.stacked,
-                                           seq_len=recipe.data.seq_len)
-            student_config = _student_config(recipe, source, balance, out)
+            if b.latency_ms is not None:
+                balance = _latency_balance(recipe, student_config, source, timer, out)
+                if balance is not None:  # the search also chose these: the rest of the recipe sees them
+                    recipe = recipe.model_copy(update={"student": recipe.student.model_copy(update={
+                        "num_layers": balance.layers, "inter_size": balance.inter_size, "num_heads": balance.heads,
+                        "qkv_from": balance.qkv_from})})
+            else:
+                balance = balance_solver.solve(student_config, ratio=b.mha_ffn_ratio, tolerance=b.tolerance,
+                                               max_params=b.max_params, max_flops=b.max_flops, stacked=b.stacked,
+                                               seq_len=recipe.data.seq_len)
+            if balance is not None:
+                student_config = _student_config(recipe, source, balance, out)
         except ValueError as e:
             out.add("balance", f"impossible balance: {e}")
     ib = t.type == "inverted_bottleneck" and plugin_teacher is None
@@ -348,6 +359,26 @@ def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str) -> None
     elif None not in (tok.pad_token_id, source.pad_token_id) and tok.pad_token_id != source.pad_token_id:
         out.add(key, f"tokenizer mismatch: the tokenizer at {path} pads with id {tok.pad_token_id}, "
                                     f"the source model with {source.pad_token_id}: they come from different models")
+
+
+def _latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo, timer: shape_search.Timer | None,
+                     out: Collector) -> balance_solver.BalanceResult | None:
+    b, s = recipe.balance, recipe.student
+    if timer is None:
+        out.add("balance.latency_ms", "a latency budget needs candidate shapes timed on this machine, which this "
+                                      "caller cannot do: use slimbert validate/plan/run or slimbert.api, or pass "
+                                      "timer= to load_recipe")
+        return None
+    if b.seq > source.max_positions:
+        out.add("balance.seq", f"{b.seq} exceeds the student's {source.max_positions} positions")
+        return None
+    axes = shape_search.Axes(layers=tuple(b.layers or [s.num_layers]),
+                             inter_sizes=tuple(b.inter_sizes or [s.inter_size]), heads=tuple(b.heads or [s.num_heads]),
+                             qkv_from=tuple(b.qkv_from or [s.qkv_from]), stacked=tuple(b.stacked))
+    spec = shape_search.LatencySpec(b.runtime, b.precision, b.batch, b.seq, b.threads)
+    return shape_search.solve_latency(base, axes, spec, timer, budget_ms=b.latency_ms, ratio=b.mha_ffn_ratio,
+                                      tolerance=b.tolerance, max_params=b.max_params, max_flops=b.max_flops,
+                                      seq_len=recipe.data.seq_len, sample=b.sample, max_timed=b.max_timed)
 
 
 def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Collector) -> SlimBertConfig | None:

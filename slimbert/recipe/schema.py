@@ -108,12 +108,45 @@ class Balance(Section):
     max_flops: PosFloat | None = Field(None, description="Budget on FLOPs per sequence at data.seq_len.")
     stacked: list[PositiveInt] = Field([1, 2, 3, 4, 6, 8], min_length=1, description="FFN counts the search may "
                                                                                      "choose.")
+    latency_ms: PosFloat | None = Field(
+        None, description="Latency budget (median ms) on `runtime` at `precision`, batch x seq: candidate shapes "
+                          "inside the attention/FFN band (mha_ffn_ratio, default 0.5 +- tolerance) are exported with "
+                          "random weights and timed on this machine (cached per machine), and the largest that fits "
+                          "wins.")
+    runtime: Literal["ort", "openvino"] = Field("ort", description="latency_ms: the runtime to time on.")
+    precision: Literal["fp32", "bf16", "int8", "int8-bf16"] = Field(
+        "fp32", description="latency_ms: the precision to time (int8: dynamic int8 on ort, NNCF int8 on openvino; "
+                            "bf16 and int8-bf16: openvino on CPUs with AMX or AVX512-BF16).")
+    batch: PositiveInt = Field(1, description="latency_ms: batch size timed.")
+    seq: PositiveInt = Field(128, description="latency_ms: sequence length timed.")
+    threads: PositiveInt = Field(2, description="latency_ms: intra-op threads.")
+    layers: list[PositiveInt] | None = Field(
+        None, min_length=1, description="latency_ms: layer counts the search may choose (default: student.num_layers).")
+    inter_sizes: list[PositiveInt] | None = Field(
+        None, min_length=1, description="latency_ms: inter widths the search may choose (default: student.inter_size).")
+    heads: list[PositiveInt] | None = Field(
+        None, min_length=1, description="latency_ms: head counts the search may choose (default: student.num_heads).")
+    qkv_from: list[Literal["inter", "shared_bottleneck", "bottleneck"]] | None = Field(
+        None, min_length=1, description="latency_ms: Q/K/V sources the search may choose (default: student.qkv_from).")
+    sample: PositiveInt = Field(12, description="latency_ms: shapes timed first, spread over the parameter range "
+                                                "(they draw the frontier).")
+    max_timed: PositiveInt = Field(40, description="latency_ms: at most this many shapes timed in all.")
 
     @model_validator(mode="after")
     def _something_to_solve(self):
-        if self.max_params is None and self.max_flops is None:
-            raise ValueError("give max_params or max_flops: a ratio alone does not fix the student's size")
+        if self.max_params is None and self.max_flops is None and self.latency_ms is None:
+            raise ValueError("give max_params, max_flops or latency_ms: a ratio alone does not fix the student's "
+                             "size")
+        if self.latency_ms is None:
+            unread = sorted(LATENCY_KEYS & self.model_fields_set)
+            if unread:
+                raise ValueError(f"{', '.join(unread)} only apply to a latency search: add latency_ms, or remove "
+                                 "them")
         return self
+
+
+LATENCY_KEYS = {"runtime", "precision", "batch", "seq", "threads", "layers", "inter_sizes", "heads", "qkv_from",
+                "sample", "max_timed"}
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------
@@ -301,6 +334,19 @@ class Bench(Section):
     seq: list[PositiveInt] = Field([128], description="Sequence lengths to time.")
     threads: PositiveInt = Field(2, description="Intra-op threads.")
     compare: list[Literal["teacher", "bert_base"]] = Field(["teacher", "bert_base"], description="Baselines.")
+    runtimes: list[Literal["ort", "openvino"]] | None = Field(
+        None, min_length=1, description="Time the student and every baseline on each of these runtimes and each of "
+                                        "`precisions`, and lead the report with best vs best (openvino needs "
+                                        "export.openvino). null: the student's ONNX files only.")
+    precisions: list[Literal["fp32", "bf16", "int8", "int8-bf16", "int8-static"]] = Field(
+        ["fp32", "bf16", "int8"], min_length=1, description="With runtimes: the precisions to time; one this CPU or "
+                                                            "runtime lacks is reported n/a.")
+
+    @model_validator(mode="after")
+    def _precisions_need_runtimes(self):
+        if self.runtimes is None and "precisions" in self.model_fields_set:
+            raise ValueError("precisions only apply with runtimes (e.g. runtimes: [ort, openvino])")
+        return self
 
 
 class Export(Section):
@@ -310,7 +356,11 @@ class Export(Section):
         17, description="ONNX opset: 14 (attention needs it) to 20 (the TorchScript exporter's newest).")
     static_int8: bool = Field(False, description="Also write a static int8 model calibrated on corpus sequences "
                                                  "(QDQ; usually less accurate than dynamic on NoNorm models).")
-    calibration_sequences: PositiveInt = Field(32, description="Corpus sequences for static int8 calibration.")
+    calibration_sequences: PositiveInt = Field(32, description="Corpus sequences for static int8 calibration "
+                                                               "(and OpenVINO's NNCF int8).")
+    openvino: bool = Field(False, description="Also write OpenVINO IRs beside the ONNX files (fp32; NNCF int8 "
+                                              "calibrated on corpus sequences when quantize: int8), each precision "
+                                              "checked against PyTorch (pip install 'slimbert[openvino]').")
     bench: Bench | None = Field(None, description="Latency report settings; null skips it.")
 
 
