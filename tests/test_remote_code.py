@@ -1,0 +1,190 @@
+"""Every saved model opens without slimbert: a shape stock MobileBERT cannot express carries its own code and an
+`auto_map`, and transformers alone (in a process where `import slimbert` fails) reproduces slimbert's outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, randomize_norms
+from slimbert.models import (SlimBertForMaskedLM, SlimBertForSequenceClassification, SlimBertModel, preset,
+                             why_not_expressible)
+from slimbert.models.remote import (ALLOWED_IMPORTS, _check_imports, auto_map, save_pretrained_portable,
+                                    save_pretrained_standalone, standalone_sources)
+
+# Runs with `python -I` (no PYTHONPATH, no cwd on the path) and a finder that refuses slimbert, so neither an
+# editable nor a regular install can be reached: the folder must open with torch and transformers alone.
+WITHOUT_SLIMBERT = r"""
+import importlib.abc, json, sys
+
+class NoSlimbert(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "slimbert":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoSlimbert())
+try:
+    import slimbert
+except ModuleNotFoundError:
+    pass
+else:
+    sys.exit("slimbert is importable: the test proves nothing")
+import torch
+import transformers
+
+folder, auto_name, batch = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
+assert "slimbert" not in sys.modules
+with torch.no_grad():
+    out = model(**{k: torch.tensor(v) for k, v in batch.items()})
+key = "last_hidden_state" if auto_name == "AutoModel" else "logits"
+print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__, "out": out[key].tolist()}))
+"""
+
+
+def open_without_slimbert(folder: Path, auto_name: str, batch: dict[str, torch.Tensor], tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_"))}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-I", "-c", WITHOUT_SLIMBERT, str(folder), auto_name,
+                           json.dumps({k: v.tolist() for k, v in batch.items()})],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def quickstart_student_config():
+    """The student exactly as `slimbert run recipes/quickstart.yaml` builds it."""
+    from slimbert.recipe import load_recipe
+
+    return load_recipe(REPO / "recipes" / "quickstart.yaml").student_config
+
+
+def assert_same(theirs: list, ours: torch.Tensor) -> None:
+    theirs = torch.tensor(theirs)
+    assert theirs.shape == ours.shape
+    assert (theirs - ours).abs().max().item() <= 1e-5
+
+
+# ---- the generated code ---------------------------------------------------------------------------------------
+
+def test_generated_code_imports_only_torch_transformers_and_each_other():
+    sources = standalone_sources()
+    assert set(sources) == {"configuration_slimbert.py", "modeling_slimbert.py"}
+    modeling = sources["modeling_slimbert.py"]
+    assert "from .configuration_slimbert import SlimBertConfig" in modeling
+    assert "from .configuration import" not in modeling
+    # The same code as the package's: only the import lines and the header differ.
+    package = (REPO / "slimbert" / "models" / "modeling.py").read_text()
+    assert modeling.split("\n", 2)[2].replace("configuration_slimbert", "configuration") == package
+    for text in sources.values():
+        _check_imports(text, "generated")  # raises on anything a folder without slimbert lacks
+    assert {"torch", "transformers"} <= ALLOWED_IMPORTS and not any("slimbert" in a for a in ALLOWED_IMPORTS)
+
+
+@pytest.mark.parametrize("line", ["from .counting import count", "from ..engine import runner",
+                                  "import slimbert.recipe", "import yaml"])
+def test_an_import_saved_folders_cannot_satisfy_is_refused(line):
+    with pytest.raises(RuntimeError, match="saved models"):
+        _check_imports(f"import torch\n{line}\n", "slimbert/models/modeling.py")
+
+
+def test_auto_map_names_every_head():
+    mapping = auto_map()
+    assert mapping["AutoConfig"] == "configuration_slimbert.SlimBertConfig"
+    assert mapping["AutoModel"] == "modeling_slimbert.SlimBertModel"
+    for auto in ("AutoModelForMaskedLM", "AutoModelForPreTraining", "AutoModelForSequenceClassification",
+                 "AutoModelForQuestionAnswering"):
+        assert mapping[auto] == f"modeling_slimbert.SlimBert{auto.removeprefix('AutoModel')}"
+    assert auto_map(config_only=True) == {"AutoConfig": "configuration_slimbert.SlimBertConfig"}
+
+
+# ---- saving ---------------------------------------------------------------------------------------------------
+
+def test_expressible_shapes_stay_stock_mobilebert(tmp_path):
+    model = SlimBertForMaskedLM(preset("mobilebert_released", num_hidden_layers=2))
+    assert save_pretrained_portable(model, tmp_path) == "mobilebert"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "mobilebert" and "auto_map" not in config
+    assert not list(tmp_path.glob("*.py"))
+
+
+def test_other_shapes_carry_their_code(tmp_path):
+    config = preset("mobilebert", num_hidden_layers=2)
+    assert why_not_expressible(config) is not None
+    model = SlimBertForMaskedLM(config)
+    assert save_pretrained_portable(model, tmp_path) == "slimbert"
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "slimbert" and saved["auto_map"] == auto_map()
+    assert saved["architectures"] == ["SlimBertForMaskedLM"]
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == ["configuration_slimbert.py", "modeling_slimbert.py"]
+    assert getattr(model.config, "auto_map", None) is None   # the caller's model is left as it was
+
+
+def test_with_slimbert_installed_the_folder_still_opens_with_its_classes(tmp_path):
+    """Where slimbert is imported, transformers uses the registered classes and needs no trust_remote_code."""
+    from transformers import AutoModelForMaskedLM
+
+    torch.manual_seed(0)
+    model = randomize_norms(SlimBertForMaskedLM(preset("mobilebert", num_hidden_layers=2))).eval()
+    save_pretrained_standalone(model, tmp_path)
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is SlimBertForMaskedLM
+    ids = torch.randint(0, 1000, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+# ---- opening without slimbert ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def batch(real_batch):
+    return {k: real_batch[k][:, :40] for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def test_quickstart_student_opens_without_slimbert(tmp_path, batch, shared_data, minilm_path):
+    config = quickstart_student_config()
+    assert config.qkv_source == "inter" and why_not_expressible(config) is not None   # the reason for all this
+    torch.manual_seed(0)
+    student = randomize_norms(SlimBertForMaskedLM(config)).eval()
+    folder = tmp_path / "student"
+    assert save_pretrained_portable(student, folder) == "slimbert"
+    with torch.no_grad():
+        logits = student(**batch).logits
+        hidden = student.slimbert(**batch).last_hidden_state
+    got = open_without_slimbert(folder, "AutoModelForMaskedLM", batch, tmp_path)
+    assert got["class"].endswith("modeling_slimbert.SlimBertForMaskedLM")
+    assert_same(got["out"], logits)
+    got = open_without_slimbert(folder, "AutoModel", batch, tmp_path)
+    assert got["class"].endswith("modeling_slimbert.SlimBertModel")
+    assert_same(got["out"], hidden)
+
+
+def test_fine_tuned_classifier_opens_without_slimbert(tmp_path, batch, shared_data, minilm_path):
+    config = quickstart_student_config()
+    config = type(config)(**{**config.to_diff_dict(), "num_labels": 3, "id2label": {0: "neg", 1: "neu", 2: "pos"},
+                             "label2id": {"neg": 0, "neu": 1, "pos": 2}})
+    torch.manual_seed(1)
+    classifier = randomize_norms(SlimBertForSequenceClassification(config)).eval()
+    folder = tmp_path / "finetune-model"
+    save_pretrained_portable(classifier, folder)
+    with torch.no_grad():
+        logits = classifier(**batch).logits
+    got = open_without_slimbert(folder, "AutoModelForSequenceClassification", batch, tmp_path)
+    assert got["class"].endswith("modeling_slimbert.SlimBertForSequenceClassification")
+    assert_same(got["out"], logits)
+    assert json.loads((folder / "config.json").read_text())["id2label"] == {"0": "neg", "1": "neu", "2": "pos"}
+
+
+def test_without_the_code_files_it_would_not_open(tmp_path, batch):
+    """The control: the same folder saved the old way (no code, no auto_map) fails where slimbert is absent."""
+    model = SlimBertModel(preset("mobilebert", num_hidden_layers=1))
+    model.save_pretrained(tmp_path / "old")
+    with pytest.raises(AssertionError, match="model type `slimbert` but Transformers does not recognize"):
+        open_without_slimbert(tmp_path / "old", "AutoModel", batch, tmp_path)
