@@ -45,6 +45,11 @@ assert "slimbert" not in sys.modules
 with torch.no_grad():
     out = model(**{k: torch.tensor(v) for k, v in batch.items()})
 key = "last_hidden_state" if auto_name == "AutoModel" else "logits"
+# Loaded from its own code, it saves again with that code, so it can be passed on.
+model.save_pretrained(folder + "-resaved")
+again = getattr(transformers, auto_name).from_pretrained(folder + "-resaved", trust_remote_code=True).eval()
+with torch.no_grad():
+    assert torch.equal(again(**{k: torch.tensor(v) for k, v in batch.items()})[key], out[key])
 print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__, "out": out[key].tolist()}))
 """
 
