@@ -19,6 +19,7 @@ from ..export.bench import markdown as latency_markdown
 from ..models import SlimBertConfig, count, preset
 from ..models.convert import from_transformers_config
 from ..teacher.source import SourceError, describe_source
+from .checkpoint import write_atomic
 
 KINDS = ("student", "finetuned", "export")
 COUNT_SEQ = 128        # FLOPs per sequence of 128 tokens: the paper's convention, comparable across runs
@@ -225,7 +226,8 @@ def _sizes(facts: CardFacts) -> str:
     return text
 
 
-def _fidelity(f: dict) -> str:
+def fidelity_rows(f: dict) -> tuple[list[str], list[list[str]]]:
+    """teacher/fidelity.json as a table (header, rows): the card's and the console's."""
     whens = [w for w in ("before", "after") if w in f]
     header = ["state", *[f"cosine {w}" for w in whens], *[f"attention KL {w}" for w in whens]]
     rows = []
@@ -237,9 +239,14 @@ def _fidelity(f: dict) -> str:
                        ("teacher_mlm_accuracy", "MLM accuracy (teacher)")):
         if key in f[whens[0]]:
             rows.append([label, *[f"{f[w][key]:.4f}" for w in whens], *[""] * len(whens)])
+    return header, rows
+
+
+def _fidelity(f: dict) -> str:
+    whens = [w for w in ("before", "after") if w in f]
     return (f"The inverted-bottleneck teacher against its source on {f['held_out_sequences']} held-out sequences, "
             f"{' and '.join(f'{w} adaptation' for w in whens)}: cosine of the feature maps, KL of the attention "
-            "distributions (`teacher/fidelity.json`).\n\n" + _table(header, rows))
+            "distributions (`teacher/fidelity.json`).\n\n" + _table(*fidelity_rows(f)))
 
 
 def _losses(rows: list[dict]) -> str:
@@ -313,7 +320,7 @@ def model_card(facts: CardFacts):
 
 
 def write_card(run_dir: Path, model_dir: Path, kind: str) -> Path:
-    """Write `model_dir/README.md` for the run in `run_dir`."""
+    """Write `model_dir/README.md` for the run in `run_dir` (whole or not at all: a killed run leaves no torn card)."""
     path = Path(model_dir) / "README.md"
-    model_card(read_run(run_dir, model_dir, kind)).save(path)
+    write_atomic(path, str(model_card(read_run(run_dir, model_dir, kind))))
     return path
