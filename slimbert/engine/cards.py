@@ -122,7 +122,10 @@ def read_run(run_dir: Path, model_dir: Path, kind: str) -> CardFacts:
     if kind != "export":
         head = next((h for suffix, (_, h) in HEADS.items() if architecture.endswith(suffix)), None)
         head_params = count(config, seq_len=COUNT_SEQ, head=head).total_params
-    task = _json(run_dir / "finetune" / "metrics.json") if kind != "student" else None
+    # Task metrics belong to the fine-tuned model and to an export made from it, not to the pre-trained student.
+    finetuned = kind == "finetuned" or (kind == "export" and weights_dir.resolve() == (run_dir / "finetune" / "model")
+                                        .resolve())
+    task = _json(run_dir / "finetune" / "metrics.json") if finetuned else None
     if task is not None:
         task = {k: v for k, v in task.items() if k != "history"}
     if export is not None:
@@ -133,7 +136,7 @@ def read_run(run_dir: Path, model_dir: Path, kind: str) -> CardFacts:
         remote_code="auto_map" in saved, sizes=sizes, corpus=recipe.get("data", {}).get("corpus", {}),
         head_params=head_params, fidelity=_json(run_dir / "teacher" / "fidelity.json"),
         losses=last_losses(run_dir / "metrics.jsonl"), task=task,
-        finetune=recipe.get("finetune") if kind != "student" else None, export=export,
+        finetune=recipe.get("finetune") if finetuned else None, export=export,
         latency=_json(model_dir / "bench" / "report.json") if kind == "export" else None, version=__version__)
 
 
