@@ -128,6 +128,10 @@ import torch
 import transformers
 
 folder, auto_name, batch = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if auto_name == "AutoConfig":   # an export folder: ONNX files and the config, no PyTorch weights
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    print(json.dumps({"class": type(config).__module__ + "." + type(config).__name__, "out": config.to_dict()}))
+    sys.exit(0)
 model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
 assert "slimbert" not in sys.modules
 with torch.no_grad():

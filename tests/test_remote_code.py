@@ -143,3 +143,17 @@ def test_without_the_code_files_it_would_not_open(tmp_path, batch):
     model.save_pretrained(tmp_path / "old")
     with pytest.raises(AssertionError, match="model type `slimbert` but Transformers does not recognize"):
         open_without_slimbert(tmp_path / "old", "AutoModel", batch, tmp_path)
+
+
+def test_export_folder_config_opens_without_slimbert(tmp_path, tokenizer, batch):
+    from slimbert.export.onnx import export
+
+    model = SlimBertForSequenceClassification(preset("mobilebert", num_hidden_layers=1, num_labels=2)).eval()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    export(tmp_path / "model", tmp_path / "onnx", measure=False, log=lambda m: None)
+    assert (tmp_path / "onnx" / "configuration_slimbert.py").is_file()
+    assert not (tmp_path / "onnx" / "modeling_slimbert.py").exists()      # no weights to model
+    got = open_without_slimbert(tmp_path / "onnx", "AutoConfig", batch, tmp_path)
+    assert got["class"].endswith("configuration_slimbert.SlimBertConfig")
+    assert got["out"]["qkv_source"] == "inter" and got["out"]["hidden_size"] == 512

@@ -11,6 +11,7 @@ import torch
 from ..export.bench import Entry, bench, bert_base_reference, teacher_reference, write_report
 from ..export.onnx import ExportError, OrtTaskModel, export
 from ..recipe.resolve import Resolved
+from .cards import write_card
 from .checkpoint import TrainingError
 from .finetune import make_task
 
@@ -41,6 +42,7 @@ def run_export(r: Resolved, out: Path, train: torch.Tensor, tokenizer, log) -> N
             report = bench(entries, e.bench.batch, e.bench.seq, e.bench.threads)
             write_report(report, dest / "bench")
             log((dest / "bench" / "report.md").read_text())
+        write_card(out, dest, "export")   # after the latency report, which it includes
     except ExportError as err:
         raise TrainingError(f"export: {err}") from None
 

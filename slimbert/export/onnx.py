@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from .. import models as M  # registers slimbert with the Auto classes
-from ..models import SlimBertPreTrainedModel, to_transformers, why_not_expressible
+from ..models import SlimBertConfig, SlimBertPreTrainedModel, to_transformers, why_not_expressible
+from ..models.remote import write_standalone_code
 from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, node_count
 from .runtime import latency_ms, session
 
@@ -293,7 +294,10 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
             log(f"parity static int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of "
                 "the output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
                                        else ""))
-        to_save(model).config.save_pretrained(tmp)
+        config = to_save(model).config
+        config.save_pretrained(tmp)
+        if config.model_type == SlimBertConfig.model_type:
+            write_standalone_code(tmp, config_only=True)  # AutoConfig reads the folder without slimbert
         tokenizer.save_pretrained(tmp)
         (tmp / "slimbert_export.json").write_text(json.dumps({
             "task": task, "opset": opset, "source": str(model_dir), "passes": result.passes,
