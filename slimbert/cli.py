@@ -305,6 +305,10 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
     except ExportError as e:
         err.print(f"[bold red]export failed:[/] {e}", soft_wrap=True)
         raise typer.Exit(4)
+    if (path / "recipe.resolved.yaml").is_file():
+        from .engine.cards import write_card
+
+        write_card(path, result.out, "export")   # exported from a run directory: the export's model card
     console.print(f"[green]exported[/] {result.task} model to {result.out}: {', '.join(result.files)}",
                   highlight=False)
 

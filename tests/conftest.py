@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,53 @@ def write_recipe(dir: Path, source: Path, shared: Path, **sections) -> Path:
     path = dir / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+# Runs with `python -I` (no PYTHONPATH, no cwd on the path) and a finder that refuses slimbert, so neither an
+# editable nor a regular install can be reached: the folder must open with torch and transformers alone.
+WITHOUT_SLIMBERT = r"""
+import importlib.abc, json, sys
+
+class NoSlimbert(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "slimbert":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoSlimbert())
+try:
+    import slimbert
+except ModuleNotFoundError:
+    pass
+else:
+    sys.exit("slimbert is importable: the test proves nothing")
+import torch
+import transformers
+
+folder, auto_name, batch = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if auto_name == "AutoConfig":   # an export folder: ONNX files and the config, no PyTorch weights
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    print(json.dumps({"class": type(config).__module__ + "." + type(config).__name__, "out": config.to_dict()}))
+    sys.exit(0)
+model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
+assert "slimbert" not in sys.modules
+with torch.no_grad():
+    out = model(**{k: torch.tensor(v) for k, v in batch.items()})
+key = "last_hidden_state" if auto_name == "AutoModel" else "logits"
+# Loaded from its own code, it saves again with that code, so it can be passed on.
+model.save_pretrained(folder + "-resaved")
+again = getattr(transformers, auto_name).from_pretrained(folder + "-resaved", trust_remote_code=True).eval()
+with torch.no_grad():
+    assert torch.equal(again(**{k: torch.tensor(v) for k, v in batch.items()})[key], out[key])
+print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__, "out": out[key].tolist()}))
+"""
+
+
+def open_without_slimbert(folder: Path, auto_name: str, batch: dict[str, torch.Tensor], tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_"))}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-I", "-c", WITHOUT_SLIMBERT, str(folder), auto_name,
+                           json.dumps({k: v.tolist() for k, v in batch.items()})],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

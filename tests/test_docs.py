@@ -323,7 +323,7 @@ def test_mkdocs_build_strict_with_generated_pages(site):
     from slimbert.recipe.reference import SCHEMA_FILE
 
     for page in ("getting-started", "concepts", "recipe-reference", "schema", "cookbook", "api", "export",
-                 "results", "troubleshooting", "teachers", "models"):
+                 "results", "troubleshooting", "teachers", "models", "model-cards"):
         assert (site / page / "index.html").is_file(), page
     assert (site / "recipe.schema.json").read_text() == SCHEMA_FILE.read_text()
     reference = (site / "recipe-reference" / "index.html").read_text()

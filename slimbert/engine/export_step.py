@@ -13,6 +13,7 @@ from ..export.isa import cpu_info
 from ..export.onnx import ExportError, export
 from ..export.runtime import exported_variants, task_model
 from ..recipe.resolve import Resolved
+from .cards import write_card
 from .checkpoint import TrainingError
 from .finetune import make_task
 
@@ -48,6 +49,7 @@ def run_export(r: Resolved, out: Path, train: torch.Tensor, tokenizer, log) -> N
             report = bench(entries, e.bench.batch, e.bench.seq, e.bench.threads, cpu=cpu)
             write_report(report, dest / "bench")
             log((dest / "bench" / "report.md").read_text())
+        write_card(out, dest, "export")   # after the latency report, which it includes
     except ExportError as err:
         raise TrainingError(f"export: {err}") from None
 

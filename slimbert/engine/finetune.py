@@ -24,6 +24,7 @@ from ..models import SlimBertForMaskedLM, SlimBertForQuestionAnswering, SlimBert
 from ..recipe.resolve import Resolved
 from ..transfer import losses as L
 from .artifacts import save_model
+from .cards import write_card
 
 LABELS = ("labels", "start_positions", "end_positions")
 
@@ -262,6 +263,7 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, done)
+    write_card(out, out / "finetune" / "model", "finetuned")   # after metrics.json, which it reports
     shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
     console.print(f"[bold]{spec.task}[/] dev: {shown}" + (
         f"  (teacher: {', '.join(f'{k} {v:.4f}' for k, v in teacher_dev.items())})" if teacher_dev else ""),

@@ -34,7 +34,7 @@ from ..teacher.build import IBTeacher, build_ib_teacher
 from ..transfer.init import copy_embeddings, init_from_teacher
 from ..transfer.strategies import STRATEGIES, Shard, TransferInputs, strategy
 from . import checkpoint as ckpt
-from .artifacts import (load_teacher, plot_stage, print_fidelity, save_model, save_teacher, teacher_fidelity,
+from .artifacts import (load_teacher, plot_stage, print_fidelity, save_student, save_teacher, teacher_fidelity,
                         write_fidelity)
 from .checkpoint import TrainingError
 from .corpus import load_corpus
@@ -380,7 +380,7 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             start_student_stages(ctx, adapted=first_student > 0)  # a recipe that only builds the teacher
         if not world.main:
             return out  # rank 0 saves the student and fine-tunes it
-        path = save_model(ctx.student, ctx.tokenizer, out / "student")
+        path = save_student(ctx.student, ctx.tokenizer, out)
         if r.recipe.finetune is not None:
             with Progress(*columns, console=console, transient=False) as progress:
                 run_finetune(r, out, ctx.student, ctx.tokenizer, progress, console)

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .. import models as M  # registers slimbert with the Auto classes
-from ..models import SlimBertPreTrainedModel, to_transformers, why_not_expressible
+from ..models import SlimBertConfig, SlimBertPreTrainedModel, to_transformers, why_not_expressible
+from ..models.remote import write_standalone_code
 from . import openvino as ovx
 from .isa import cpu_info, why_not
 from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, node_count
@@ -304,7 +305,10 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
                      else None)
             result.parity.update(write_openvino(model, task, onnx_path, tmp, inputs, exact, items, fp32_factor,
                                                 int8_min_cosine, log))
-        to_save(model).config.save_pretrained(tmp)
+        config = to_save(model).config
+        config.save_pretrained(tmp)
+        if config.model_type == SlimBertConfig.model_type:
+            write_standalone_code(tmp, config_only=True)  # AutoConfig reads the folder without slimbert
         tokenizer.save_pretrained(tmp)
         (tmp / "slimbert_export.json").write_text(json.dumps({
             "task": task, "opset": opset, "source": str(model_dir), "passes": result.passes,
