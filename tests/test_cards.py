@@ -103,7 +103,7 @@ def test_export_card_has_latency_and_parity(tmp_path):
                   tmp_path)
     assert card.data.library_name == "onnx" and "onnx" in card.data.tags
     assert card.data.pipeline_tag == "text-classification"
-    assert table_row(card.text, "student")[3:5] == ["12.3", "12.1"]          # mean and p50 ms
+    assert table_row(card.text, "student")[1:7] == ["ort", "fp32", "1", "128", "12.3", "12.1"]  # mean and p50 ms
     assert table_row(card.text, "`model.onnx`")[1] == "0.8125"
     assert table_row(card.text, "fp32")[1] == "1.000000"
 
