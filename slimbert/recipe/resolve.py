@@ -20,15 +20,16 @@ from ..data.tasks import TaskDataError, read_task
 from ..models import SlimBertConfig
 from ..plugins import TEACHERS, PluginError, load_plugins
 from ..teacher.build import ib_teacher_config
-from ..teacher.source import (SourceError, SourceInfo, check_tokenizer_files, check_weights,
+from ..teacher.source import (SourceError, SourceInfo, check_hub_tokenizer, check_tokenizer_files, check_weights,
                               describe_source, resolve_model_path)
 from ..transfer.strategies import TeacherFacts
 from . import balance as balance_solver
 from . import checks
 from .errors import Problem, RecipeError
+from .keys import annotation_at, key_kind, key_path, known_keys, render_key, suggest, tuple_length
 from .loader import LineMap, read_recipe_file
 from .overrides import apply_overrides, parse_override
-from .schema import STAGE_KINDS, Recipe
+from .schema import PLAUSIBLE, STAGE_KINDS, Recipe
 
 @dataclass
 class Resolved:
@@ -71,9 +72,9 @@ class Collector:
         loc = tuple(loc)
         override = next((o for k, o in self.overridden.items() if loc[:len(k)] == k), None)
         if override is not None:
-            self.problems.append(Problem(".".join(map(str, loc)), message, None, f"--set {override}"))
+            self.problems.append(Problem(key_path(loc), message, None, f"--set {override}"))
         else:
-            self.problems.append(Problem(".".join(map(str, loc)), message, self.lines.line(loc), self.file))
+            self.problems.append(Problem(key_path(loc), message, self.lines.line(loc), self.file))
 
     def extend(self, problems: list[tuple[str, str]]) -> None:
         for loc, message in problems:
@@ -95,10 +96,24 @@ def _data_loc(data, loc: tuple) -> tuple:
         elif isinstance(node, list) and isinstance(x, int) and 0 <= x < len(node):
             out.append(x)
             node = node[x]
+        elif isinstance(node, dict) and isinstance(x, str) and any(repr(k) == x for k in node):
+            key = next(k for k in node if repr(k) == x)  # pydantic names a non-string key by its Python repr
+            out.append(key)
+            node = node[key]
         elif isinstance(node, dict) and isinstance(x, str) and x not in STAGE_KINDS and not node_is_tagged(x):
             out.append(x)  # a missing key: name it
             node = None
     return tuple(out)
+
+
+def _node_at(data, loc: tuple):
+    node = data
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
 
 
 def node_is_tagged(x: str) -> bool:
@@ -113,16 +128,50 @@ def _short(value) -> str:
     return _REPR.repr(value)
 
 
+def _unknown_key(loc: tuple, data: dict) -> str:
+    """'unknown key', with what was probably meant: a dotted name written as one key, a typo or a look-alike."""
+    key = loc[-1] if loc else None
+    known = known_keys(Recipe, loc[:-1], data)
+    if isinstance(key, str) and "." in key and key.split(".")[0] in known:
+        head, _, rest = key.partition(".")
+        return (f"unknown key: a dotted name is one key in YAML, not a key path; nest it under {head}: "
+                f"({head}: {{{rest}: ...}})")
+    msg = "unknown key"
+    if isinstance(key, str) and not key.isascii():
+        odd = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in dict.fromkeys(c for c in key if not c.isascii()))
+        msg += f" (it holds non-ASCII characters that look like letters: {odd})"
+    hint = suggest(key, known)
+    return msg + (f"; did you mean `{hint}`?" if hint else "")
+
+
 def _schema_problems(e: ValidationError, data: dict, out: Collector) -> None:
     seen = set()
     for err in e.errors():
         loc = _data_loc(data, err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _unknown_key(loc, data)
+        elif err["type"] == "invalid_key":
+            key = loc[-1] if loc else None
+            msg = (f"{render_key(key)} is read by YAML as {key_kind(key)}, but a key must be a name"
+                   + ("" if not known_keys(Recipe, loc[:-1], data) else
+                      f" (here: {', '.join(known_keys(Recipe, loc[:-1], data))})"))
+        elif err["type"] == "missing" and isinstance(err["loc"][-1], int):
+            n = tuple_length(annotation_at(Recipe, loc, data))
+            got = _node_at(data, loc)
+            msg = (f"expected {n} values" if n else "too few values") + f", got {len(got) if isinstance(got, list) else 0}"
+            if isinstance(got, list):
+                msg += f" ({_short(got)})"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] == "too_long" and (err.get("ctx") or {}).get("field_type") == "Tuple":
+            n = err["ctx"]["max_length"]
+            msg = f"expected {n} values, got {err['ctx'].get('actual_length')} ({_short(err['input'])})"
+        elif err["type"] == "less_than_equal" and (err.get("ctx") or {}).get("le") in PLAUSIBLE:
+            msg = (f"{_short(err['input'])} is beyond the plausible bound {err['ctx']['le']:,}: "
+                   f"{PLAUSIBLE[err['ctx']['le']]}")
         elif err["type"] == "union_tag_invalid":
+            loc = loc + ("kind",)  # the kind is what is wrong (and what a --set may have changed)
             msg = f"unknown stage kind {_short(err['input'].get('kind'))}; expected one of {', '.join(STAGE_KINDS)}"
         elif err["type"] == "union_tag_not_found":
             msg = f"each stage needs a kind: one of {', '.join(STAGE_KINDS)}"
@@ -270,7 +319,11 @@ def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str) -> None
     from transformers import AutoTokenizer
 
     if not isinstance(path, Path):
-        return  # a hub id: checked when the run loads it, so validate and plan never touch the network
+        try:  # a hub id: its form, and its presence in the cache when offline (validate never touches the network)
+            check_hub_tokenizer(path)
+        except SourceError as e:
+            out.add(key, str(e))
+        return
 
     try:
         check_tokenizer_files(path)
