@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .recipe.schema import MAX_BATCH, MAX_DEPTH, MAX_POSITIONS, MAX_RUNS, OPSETS, os_path_problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress BERT-family encoders into MobileBERT-style students.")
@@ -21,6 +22,15 @@ err = Console(stderr=True)
 def fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def path_arg(value: Path | None, what: str) -> Path | None:
+    """A path argument any OS can use (no NUL, no over-long name), or exit 2 naming the argument."""
+    if value is not None:
+        problem = os_path_problem(str(value))
+        if problem:
+            fail(f"{what}: {problem}")
+    return value
 
 
 def recipe_errors(fn):
@@ -87,6 +97,7 @@ def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     from .engine.runner import TrainingError, run as run_recipe
     from .recipe import load_recipe, recipe_path
 
+    path_arg(out, "--out")
     if resume and out is None:
         fail("--resume needs --out: the run directory to continue")
     r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
@@ -170,7 +181,11 @@ def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", hel
     from .recipe import recipe_path
 
     src = recipe_errors(lambda: recipe_path(from_))
-    out = Path(name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if not name.strip() or name.strip() in (".", ".."):
+        fail(f"NAME {name!r}: give a file name for the new recipe, e.g. my-recipe")
+    out = path_arg(Path(name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"), "NAME")
+    if out.is_dir():
+        fail(f"{out} is a folder; NAME names the recipe file to write")
     if out.exists() and not force:
         fail(f"{out} exists; pass --force to overwrite")
     stem = out.stem
@@ -180,7 +195,10 @@ def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", hel
 
     # The presets name the schema relative to recipes/; the copy names the installed file, so editors find it.
     text = re.sub(r"(# yaml-language-server: \$schema=)\S+", lambda m: m.group(1) + SCHEMA_FILE.as_uri(), text)
-    out.write_text(text)
+    try:
+        out.write_text(text)
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror or e}")
     console.print(f"wrote {out} (from {src.name}); next: slimbert validate {out}")
 
 
@@ -197,38 +215,54 @@ def export_cmd(path: Path = typer.Argument(..., help="A run directory (its fine-
                                                     "model directory."),
                onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the only format so far)."),
                quantize: str = typer.Option(None, "--quantize", help="Also write a dynamic-int8 model: int8."),
-               opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+               opset: int = typer.Option(17, "--opset", min=OPSETS[0], max=OPSETS[-1],
+                                         help=f"ONNX opset, {OPSETS[0]}-{OPSETS[-1]} (as the recipe's export.opset)."),
                task: str = typer.Option(None, "--task", help="feature-extraction, fill-mask, text-classification or "
                                                              "question-answering (default: from the model's head)."),
                out: Path = typer.Option(None, "--out", help="Output folder (default: PATH/export, or PATH-onnx)."),
                no_passes: bool = typer.Option(False, "--no-passes", help="Plain torch.onnx export, no graph passes."),
                ) -> None:
     """Export to ONNX in optimum's ORTModel layout, checked against PyTorch (exit 4 when it does not match)."""
-    from .export.onnx import ExportError, export
+    from .export.onnx import TASKS, ExportError, ParityError, export
 
     if not onnx:
         fail("say which format: --onnx")
     if quantize not in (None, "int8"):
         fail(f"--quantize {quantize!r}: only int8 is available")
+    if task is not None and task not in TASKS:
+        fail(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+    path_arg(path, "PATH")
+    path_arg(out, "--out")
+    if not path.is_dir():
+        fail(f"{path}: no such folder (PATH is a run directory or a model directory)")
     if out is None:
+        path = path.resolve()  # "." has no name to derive PATH-onnx from
         out = path / "export" if (path / "recipe.resolved.yaml").is_file() else path.with_name(path.name + "-onnx")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; it names the export folder")
     try:
         result = export(path, out, task=task, opset=opset, quantize=quantize, passes=[] if no_passes else None,
                         log=lambda m: err.print(m, highlight=False, soft_wrap=True))
-    except ExportError as e:
+    except ParityError as e:
         err.print(f"[bold red]export failed:[/] {e}", soft_wrap=True)
         raise typer.Exit(4)
+    except ExportError as e:  # bad input: no model or tokenizer there, an --out in use
+        fail(f"export: {e}")
+    except OSError as e:
+        fail(f"export: cannot write {e.filename or out}: {e.strerror or e}")
     console.print(f"[green]exported[/] {result.task} model to {result.out}: {', '.join(result.files)}",
                   highlight=False)
 
 
-def _ints(text: str, what: str) -> list[int]:
+def _ints(text: str, what: str, bound: int) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         fail(f"{what} {text!r}: expected comma-separated integers, e.g. 1,8")
     if not values or any(v <= 0 for v in values):
         fail(f"{what} {text!r}: expected positive integers")
+    if any(v > bound for v in values):
+        fail(f"{what} {text!r}: {max(values):,} is beyond the plausible bound {bound:,}")
     return values
 
 
@@ -236,39 +270,50 @@ def _ints(text: str, what: str) -> list[int]:
 def bench(models: list[Path] = typer.Argument(..., help="ONNX files (or export folders) to time side by side."),
           batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8."),
           seq: str = typer.Option("128", "--seq", help="Sequence lengths, e.g. 32,128,384."),
-          threads: int = typer.Option(2, "--threads", help="Intra-op threads."),
-          runs: int = typer.Option(30, "--runs", help="Timed runs per model and shape (alternating models)."),
+          threads: int = typer.Option(2, "--threads", min=1, max=MAX_DEPTH, help="Intra-op threads."),
+          runs: int = typer.Option(30, "--runs", min=1, max=MAX_RUNS,
+                                   help="Timed runs per model and shape (alternating models)."),
           compare: list[str] = typer.Option(None, "--compare", help="bert_base, teacher, or another ONNX file."),
           out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
           ) -> None:
     """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
-    from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, write_report
+    from .export.bench import (Entry, bench as run_bench, bert_base_reference, check_onnx, export_task,
+                               teacher_reference, write_report)
     from .export.onnx import ExportError
 
+    batches, seqs = _ints(batch, "--batch", MAX_BATCH), _ints(seq, "--seq", MAX_POSITIONS)
+    path_arg(out, "--out")
+    if out is not None and out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; it names the report folder")
+    for c in compare or []:
+        if c not in ("bert_base", "teacher") and not (not os_path_problem(c) and Path(c).is_file()):
+            fail(f"--compare {c!r}: expected bert_base, teacher or an ONNX file")
     entries = []
-    for m in models:
-        p = m / "model.onnx" if m.is_dir() else m
-        if not p.is_file():
-            fail(f"{m}: no ONNX model there")
-        entries.append(Entry(p.parent.name if p.name == "model.onnx" else p.stem, p))
-    first = entries[0].path
-    meta = first.parent / "slimbert_export.json"
-    task = json.loads(meta.read_text())["task"] if meta.is_file() else "feature-extraction"
-    cache = (out or first.parent) / "baselines"
     try:
+        for m in models:
+            path_arg(m, "MODELS")
+            p = m / "model.onnx" if m.is_dir() else m
+            if not p.is_file():
+                fail(f"{m}: no ONNX model there")
+            check_onnx(p)
+            entries.append(Entry(p.parent.name if p.name == "model.onnx" else p.stem, p))
+        first = entries[0].path
+        task = export_task(first)
+        cache = (out or first.parent) / "baselines"
         for c in compare or []:
             if c == "bert_base":
                 entries.append(Entry("bert_base", bert_base_reference(task, cache / f"bert_base-{task}", first.parent)))
             elif c == "teacher":
                 entries.append(Entry("teacher", teacher_reference(first.parent, cache / "teacher")))
-            elif Path(c).is_file():
-                entries.append(Entry(Path(c).stem, Path(c)))
             else:
-                fail(f"--compare {c!r}: expected bert_base, teacher or an ONNX file")
+                check_onnx(Path(c))
+                entries.append(Entry(Path(c).stem, Path(c)))
+        report = run_bench(entries, batches, seqs, threads, runs)
+        files = write_report(report, out or first.parent / "bench")
     except ExportError as e:
         fail(str(e))
-    report = run_bench(entries, _ints(batch, "--batch"), _ints(seq, "--seq"), threads, runs)
-    files = write_report(report, out or first.parent / "bench")
+    except OSError as e:
+        fail(f"cannot write {e.filename or out}: {e.strerror or e}")
     console.print((files[1]).read_text(), highlight=False)
     console.print(f"written: {', '.join(str(f) for f in files)}", highlight=False)
 
@@ -282,7 +327,7 @@ def version() -> None:
 @app.command()
 def count(
     model: str = typer.Argument(..., help="A preset name (e.g. mobilebert, bert_base) or a saved model directory."),
-    seq: int = typer.Option(128, "--seq", min=1, help="Sequence length for FLOPs."),
+    seq: int = typer.Option(128, "--seq", min=1, max=MAX_POSITIONS, help="Sequence length for FLOPs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Parameters and FLOPs per component, and the attention/FFN parameter ratio."""
@@ -290,14 +335,20 @@ def count(
 
     if model in PRESETS:
         config = preset(model)
-    elif (Path(model) / "config.json").is_file():
+    elif not os_path_problem(model) and (Path(model) / "config.json").is_file():
         try:
+            raw = json.loads((Path(model) / "config.json").read_text())
+            if not isinstance(raw, dict) or raw.get("model_type") not in (None, "slimbert"):
+                raise ValueError(f"it describes a {raw.get('model_type') if isinstance(raw, dict) else raw!r} model")
             config = SlimBertConfig.from_pretrained(model)
-        except (ValueError, OSError) as e:
-            fail(f"{model}/config.json is not a slimbert config: {e}")
+        except Exception as e:  # noqa: BLE001 - bad JSON, wrongly typed fields (strict configs): the file's fault
+            fail(f"{model}/config.json is not a slimbert config: {(str(e).strip().splitlines() or [''])[-1]}")
     else:
         fail(f"{model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a directory with config.json")
-    c = count_fn(config, seq_len=seq)
+    try:
+        c = count_fn(config, seq_len=seq)
+    except (ValueError, ZeroDivisionError, TypeError) as e:
+        fail(f"{model}: cannot count it: {e}")
     if as_json:
         print(json.dumps(c.as_dict(), indent=2))
         return

@@ -31,6 +31,46 @@ class Entry:
     path: Path
 
 
+def _session(path: Path, threads: int):
+    try:
+        return session(path, threads=threads)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a file it cannot run
+        raise ExportError(f"{path}: onnxruntime cannot load it: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def check_onnx(path: Path) -> None:
+    """`path` is a readable ONNX model (a truncated or foreign file is bad input, named, not a traceback)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, onnx's ValidationError, OSError...
+        raise ExportError(f"{path}: not a readable ONNX model (truncated, or not ONNX?): {_first_line(e)}") from None
+
+
+def export_meta(export_dir: Path) -> dict | None:
+    """slimbert_export.json beside a model exported by `slimbert export`, or None for any other ONNX file."""
+    meta = export_dir / "slimbert_export.json"
+    if not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{meta} is unreadable: {_first_line(e)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("task"), str) or not isinstance(data.get("source"), str):
+        raise ExportError(f"{meta} is not slimbert export's (expected task and source fields)")
+    return data
+
+
+def export_task(onnx_path: Path) -> str:
+    meta = export_meta(onnx_path.parent)
+    return meta["task"] if meta else "feature-extraction"
+
+
 def latency_fields(values: list[float]) -> dict:
     v = np.asarray(values)
     mean = float(v.mean())
@@ -93,7 +133,7 @@ def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, run
           block: int = 5, seed: int = 0) -> dict:
     """Time every model at every (batch, seq), alternating between models in blocks of `block` runs."""
     rng = np.random.default_rng(seed)
-    sessions = {e.name: session(e.path, threads=threads) for e in entries}
+    sessions = {e.name: _session(e.path, threads) for e in entries}
     report = {"config": {"batch": list(batches), "seq": list(seqs), "threads": threads, "runs": runs,
                          "warmup": warmup, "alternating_blocks": block},
               "versions": versions(), "models": {}, "results": []}
@@ -103,7 +143,11 @@ def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, run
         for s in seqs:
             feeds = {name: dummy_inputs(sess, b, s, rng) for name, sess in sessions.items()}
             for name, sess in sessions.items():
-                for _ in range(warmup):
+                try:
+                    sess.run(None, feeds[name])
+                except Exception as e:  # noqa: BLE001 - e.g. --seq beyond the model's positions
+                    raise ExportError(f"{name} cannot run at batch {b} x seq {s}: {_first_line(e)}") from None
+                for _ in range(warmup - 1):
                     sess.run(None, feeds[name])
             # Alternate in blocks: each model runs `block` times in a row, the first run of a block untimed.
             # Strict one-by-one alternation would measure cold caches (a BERT_BASE run evicts everything),
@@ -205,7 +249,14 @@ def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None
     src = dest.parent / f".src-{dest.name}"
     model.save_pretrained(src)
     if tokenizer_dir is not None:
-        transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(src)
+        try:
+            transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(src)
+        except (OSError, ValueError) as e:
+            import shutil
+
+            shutil.rmtree(src, ignore_errors=True)
+            raise ExportError(f"{tokenizer_dir}: no tokenizer beside the model, which the bert_base export needs "
+                              f"({_first_line(e)})") from None
     try:
         export(src, dest, task=task, passes=[], measure=False, log=lambda m: None)
     finally:
@@ -222,7 +273,10 @@ def teacher_reference(export_dir: Path, dest: Path) -> Path:
     onnx_path = dest / "model.onnx"
     if onnx_path.is_file():
         return onnx_path
-    meta = json.loads((export_dir / "slimbert_export.json").read_text())
+    meta = export_meta(export_dir)
+    if meta is None:
+        raise ExportError(f"{export_dir} was not made by `slimbert export` (no slimbert_export.json): --compare "
+                          "teacher needs the export of a run directory, which names its teacher")
     run_dir = Path(meta["source"]).parent
     if run_dir.name == "finetune":
         run_dir = run_dir.parent

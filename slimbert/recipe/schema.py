@@ -4,6 +4,7 @@ finetune -> export."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal, Union, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator)
@@ -16,20 +17,30 @@ def _not_bool(value):
     return value
 
 
-def _os_path(value: str) -> str:
-    # Every OS refuses a NUL in a path (Python raises "embedded null byte" deep inside glob or open). It comes
-    # from YAML's double quotes, where "D:\0_corpora" is D, colon, NUL: say so here, once, with the key.
+def os_path_problem(value: str) -> str | None:
+    """Why no OS can use `value` as a path, or None. Python raises deep inside glob, open or mkdir for these."""
+    # A NUL comes from YAML's double quotes, where "D:\0_corpora" is D, colon, NUL: say so, once, with the key.
     if "\0" in value:
-        raise ValueError(f"{value!r} holds a NUL character, which no file system allows in a path; in YAML double "
-                         "quotes a backslash starts an escape (\"D:\\0_x\" is D: NUL _x): use forward slashes or "
-                         "single quotes")
+        return (f"{value!r} holds a NUL character, which no file system allows in a path; in YAML double quotes a "
+                "backslash starts an escape (\"D:\\0_x\" is D: NUL _x): use forward slashes or single quotes")
+    try:
+        raw = os.fsencode(value)
+    except UnicodeEncodeError:
+        return f"{value!r} holds a lone surrogate character, which cannot be a file name"
     # Longer names make os.stat raise (ENAMETOOLONG) rather than answer "not found".
-    longest = max((part for part in value.replace("\\", "/").split("/")), key=lambda x: len(x.encode()), default="")
-    if len(longest.encode()) > 255:
-        raise ValueError(f"a path component is {len(longest.encode())} bytes long ({longest[:40]!r}...); file systems "
-                         "allow at most 255")
-    if len(value.encode()) > 4096:
-        raise ValueError(f"the path is {len(value.encode())} bytes long; file systems allow at most 4096")
+    longest = max(raw.replace(b"\\", b"/").split(b"/"), key=len)
+    if len(longest) > 255:
+        return (f"a path component is {len(longest)} bytes long ({os.fsdecode(longest[:40])!r}...); file systems "
+                "allow at most 255")
+    if len(raw) > 4096:
+        return f"the path is {len(raw)} bytes long; file systems allow at most 4096"
+    return None
+
+
+def _os_path(value: str) -> str:
+    problem = os_path_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -48,6 +59,8 @@ MAX_DEPTH = 1024
 MAX_POSITIONS = 2 ** 17
 MAX_EPOCHS = 10_000
 MAX_ACCUM = 2 ** 15
+MAX_RUNS = 10 ** 6
+OPSETS = (14, 20)  # attention needs 14; 20 is the TorchScript exporter's newest
 PLAUSIBLE = {
     MAX_STEPS: "more optimizer steps than any run can take (the paper pre-trains for 500,000)",
     MAX_SEQUENCES: "more sequences or examples than any machine holds",
@@ -57,6 +70,7 @@ PLAUSIBLE = {
     MAX_POSITIONS: "longer sequences than any BERT-like model reads (512)",
     MAX_EPOCHS: "more epochs than any fine-tuning runs",
     MAX_ACCUM: "more micro-batches per step than any run accumulates",
+    MAX_RUNS: "more timed runs than any latency report needs",
 }
 Steps = Annotated[PositiveInt, Field(le=MAX_STEPS)]
 Sequences = Annotated[PositiveInt, Field(le=MAX_SEQUENCES)]
@@ -318,7 +332,7 @@ class Bench(Section):
 class Export(Section):
     onnx: bool = Field(False, description="Export the student to ONNX after training.")
     quantize: Literal["int8"] | None = Field(None, description="Also write a dynamic-int8 model.")
-    opset: Annotated[Int, Field(ge=14, le=20)] = Field(
+    opset: Annotated[Int, Field(ge=OPSETS[0], le=OPSETS[-1])] = Field(
         17, description="ONNX opset: 14 (attention needs it) to 20 (the TorchScript exporter's newest).")
     static_int8: bool = Field(False, description="Also write a static int8 model calibrated on corpus sequences "
                                                  "(QDQ; usually less accurate than dynamic on NoNorm models).")
