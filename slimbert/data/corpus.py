@@ -23,6 +23,26 @@ def read_texts(files: list[Path]) -> list[str]:
 BUILDERS = {".txt": "text", ".raw": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+# Suffixes of data files that `datasets` cannot read as a corpus here: a name ending in one is a file, not a hub id.
+OTHER_DATA_FILES = (".tsv", ".gz", ".bz2", ".xz", ".zip", ".tar", ".xml", ".xlsx", ".xls", ".arrow", ".feather",
+                    ".md", ".html", ".pdf", ".docx", ".tfrecord")
+
+
+def dataset_problem(name: str, base: Path) -> str | None:
+    """Why data.corpus.dataset cannot be read (as read_dataset would find out later), or None. A local path is
+    relative to the recipe's folder `base`; a hub name is only checked when the run loads it."""
+    local = Path(name).expanduser()
+    local = local if local.is_absolute() else base / local
+    kinds = ", ".join(BUILDERS)
+    if local.is_file() and local.suffix not in BUILDERS:
+        return (f"{local} is a {local.suffix or 'suffix-less'} file; a corpus data file must end in {kinds} (or "
+                "list plain text files under data.corpus.files)")
+    if not local.exists() and (name.startswith((".", "/", "~")) or local.suffix in BUILDERS
+                               or local.suffix.lower() in OTHER_DATA_FILES):
+        return f"no such data file or folder: {local} (data files end in {kinds})"
+    return None
+
+
 def read_dataset(name: str, config: str | None, split: str, field: str, streaming: bool, limit: int) -> list[str]:
     """Up to `limit` texts from a `datasets` dataset: a local data file (by its suffix), a local folder of data
     files, or a hub name (when online). Streaming reads only what it needs, for corpora too large to load."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..data.corpus import BUILDERS
+from ..data.corpus import dataset_problem
 from ..data.qa import read_squad
 from ..data.tasks import TaskDataError, read_task
 from ..models import SlimBertConfig
@@ -295,7 +295,9 @@ def _check_task(ft, base: Path, out: Collector) -> None:
                 names = read_task(p, ft.text_fields, ft.label_field, ft.regression, label_names=names,
                                   max_examples=ft.max_examples if key == "train" else None).label_names
         except TaskDataError as e:
-            out.add(f"finetune.{key}", str(e))
+            blame = f"finetune.{e.key or key}"  # real-valued labels: regression is the key to change, once
+            if not (e.key and any(p.path == blame for p in out.problems)):
+                out.add(blame, str(e))
         except Exception as e:  # noqa: BLE001 - binary or odd files: whatever the parser raised, it is the file
             out.add(f"finetune.{key}", f"{p}: cannot read it as {ft.format} data ({type(e).__name__}: "
                                        f"{(str(e).splitlines() or [''])[0][:200]})")
@@ -444,11 +446,9 @@ def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]
 def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:
     c = recipe.data.corpus
     if c.dataset:
-        local = Path(c.dataset).expanduser()
-        local = local if local.is_absolute() else base / local
-        # A hub name is only checked when the run loads it; a path (or a data file's name) must exist now.
-        if not local.exists() and (c.dataset.startswith((".", "/", "~")) or local.suffix in BUILDERS):
-            out.add("data.corpus.dataset", f"no such data file or folder: {local}")
+        problem = dataset_problem(c.dataset, base)
+        if problem:
+            out.add("data.corpus.dataset", problem)
         return []
     files: list[Path] = []
     hint = ("point data.corpus.files at local text files (globs, relative to the recipe), e.g. "
