@@ -288,3 +288,49 @@ def test_fuzz_overrides(base_recipe, data):
     only_recipe_errors(lambda: parse_override(text))
     only_recipe_errors(lambda: apply_overrides(base, [text]))
     only_recipe_errors(lambda: load_recipe(path, [text]))
+
+
+# ---- property-based: a source config.json with random types per field -------------------------------------------------
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(allow_nan=True), st.text(max_size=10),
+              st.sampled_from([0, -1, 1, 512.0, 64.5, "gelu", "bert", "BertForMaskedLM", ["gelu"], [], {}])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6)
+
+
+@pytest.fixture(scope="module")
+def fuzz_source(tmp_path_factory, tiny_source, base_recipe) -> tuple[Path, dict, Path]:
+    """A copy of the tiny source whose config.json each example rewrites, and a recipe pointing at it."""
+    root = tmp_path_factory.mktemp("fuzz-source")
+    source = root / "source"
+    shutil.copytree(tiny_source, source)
+    path, base = base_recipe
+    recipe = root / "recipe.yaml"
+    shutil.copytree(MALFORMED / "data", root / "data")
+    recipe.write_text(yaml.safe_dump({**base, "source": {"model": str(source)}}))
+    return source, json.loads((source / "config.json").read_text()), recipe
+
+
+@settings(max_examples=int(os.environ.get("SLIMBERT_FUZZ_EXAMPLES", 40)), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_source_config_json(fuzz_source, data):
+    """Every field of the source's config.json replaced by a value of a random type (or removed): validate
+    reports it (RecipeError naming source.model) or accepts it; transformers' strict configs never escape."""
+    source, config, recipe = fuzz_source
+    fields = data.draw(st.lists(st.sampled_from(sorted(config) + ["architectures", "model_type", "embedding_size"]),
+                                min_size=1, max_size=3, unique=True))
+    fuzzed = dict(config)
+    for f in fields:
+        if data.draw(st.booleans()) and f in fuzzed:
+            del fuzzed[f]
+        else:
+            fuzzed[f] = data.draw(json_values)
+    (source / "config.json").write_text(json.dumps(fuzzed))
+    try:
+        load_recipe(recipe)
+    except RecipeError as e:
+        assert e.problems and all(str(p) for p in e.problems)
+    finally:
+        (source / "config.json").write_text(json.dumps(config))
