@@ -69,6 +69,26 @@ def read_dataset(name: str, config: str | None, split: str, field: str, streamin
     return out
 
 
+def count_sequences(files: list[Path], tokenizer, seq_len: int, enough: int, max_bytes: int = 64 << 20) -> int | None:
+    """How many sequences `pack(read_texts(files), ...)` gives, counted only up to `enough` (tokenising stops
+    there), so validate can tell a corpus too small for the held-out set without reading a large one. None
+    when more than `max_bytes` would have to be read before deciding (the run then checks it)."""
+    body = seq_len - 2
+    tokens, read = 0, 0
+    for f in files:
+        read += f.stat().st_size
+        if read > max_bytes:
+            return None
+        texts = read_texts([f])
+        for i in range(0, len(texts), 256):
+            # verbose=False: lines longer than the model's positions are fine here, they are cut when packed
+            for ids in tokenizer(texts[i:i + 256], add_special_tokens=False, verbose=False)["input_ids"]:
+                tokens += len(ids)
+            if tokens // body >= enough:
+                return enough
+    return tokens // body
+
+
 def pack(texts: list[str], tokenizer, seq_len: int, max_sequences: int | None = None) -> torch.Tensor:
     """Concatenate token streams and cut into [CLS] ... [SEP] sequences of exactly seq_len tokens."""
     body = seq_len - 2
