@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..data.corpus import dataset_problem
+from ..data.corpus import count_sequences, dataset_problem
 from ..data.qa import read_squad
 from ..data.tasks import TaskDataError, read_task
 from ..models import SlimBertConfig
@@ -224,8 +224,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
         except SourceError as e:
             out.add("source.tokenizer", str(e))
             tokenizer_path = None
+    tokenizer = None
     if tokenizer_path is not None:
-        _check_tokenizer(tokenizer_path, source, out, "source.tokenizer" if recipe.source.tokenizer else "source.model")
+        tokenizer = _check_tokenizer(tokenizer_path, source, out,
+                                     "source.tokenizer" if recipe.source.tokenizer else "source.model")
 
     # Architectures -----------------------------------------------------------------------------------
     t = recipe.teacher
@@ -253,6 +255,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
 
     # Data and task files ---------------------------------------------------------------------------------
     corpus_files = _corpus_files(recipe, base, out)
+    if corpus_files and tokenizer is not None and not any(p.path.startswith("data.") for p in out.problems):
+        _check_corpus_tokens(recipe, corpus_files, tokenizer, out)
     if recipe.finetune is not None:
         _check_task(recipe.finetune, base, out)
     out.raise_if_any()
@@ -317,7 +321,8 @@ def _check_task(ft, base: Path, out: Collector) -> None:
             out.add("finetune.teacher_model", str(e))
 
 
-def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str) -> None:
+def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str):
+    """The tokenizer, loaded and matched against the source (None when it is a hub id or has problems)."""
     from transformers import AutoTokenizer
 
     if not isinstance(path, Path):
@@ -325,7 +330,7 @@ def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str) -> None
             check_hub_tokenizer(path)
         except SourceError as e:
             out.add(key, str(e))
-        return
+        return None
 
     try:
         check_tokenizer_files(path)
@@ -336,13 +341,16 @@ def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str) -> None
     except Exception as e:  # noqa: BLE001 - tokenizer loaders raise many types for a broken directory
         out.add(key, f"cannot load a tokenizer from {path}: {type(e).__name__}: "
                                     f"{(str(e).splitlines() or [''])[0]}")
-        return
+        return None
     if len(tok) > source.vocab_size:
         out.add(key, f"tokenizer mismatch: the tokenizer at {path} has {len(tok)} tokens but the "
                                     f"source model's vocabulary has {source.vocab_size} rows")
     elif None not in (tok.pad_token_id, source.pad_token_id) and tok.pad_token_id != source.pad_token_id:
         out.add(key, f"tokenizer mismatch: the tokenizer at {path} pads with id {tok.pad_token_id}, "
                                     f"the source model with {source.pad_token_id}: they come from different models")
+    else:
+        return tok
+    return None
 
 
 def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Collector) -> SlimBertConfig | None:
@@ -404,17 +412,23 @@ def _facts(recipe: Recipe, source: SourceInfo, teacher_config: SlimBertConfig | 
            student_config: SlimBertConfig | None) -> checks.Facts:
     """What the cross-field checks need to know about the teacher the recipe describes."""
     t, s = recipe.teacher, recipe.student
+    # An IB teacher whose section is wrong (too wide, heads not dividing) has no config: its width, heads and
+    # embedding are unknown, and the checks that need them stay quiet instead of adding follow-on errors about
+    # the source's numbers.
+    broken = t.type == "inverted_bottleneck" and t.plugin is None and teacher_config is None
     if teacher_config is not None:
         embedding = (teacher_config.vocab_size, teacher_config.embedding_size, teacher_config.trigram_input,
                      teacher_config.hidden_size)
         what = "the IB teacher's"
+    elif broken:
+        embedding, what = None, "the IB teacher's"
     else:
         embedding = (source.vocab_size, source.embedding_size, False, source.hidden_size)
         what = f"the source's ({source.model_type}, unfactorised)"
     teacher = TeacherFacts(
         layers=source.num_layers,
-        heads=teacher_config.num_attention_heads if teacher_config else source.num_heads,
-        width=teacher_config.hidden_size if teacher_config else source.hidden_size,
+        heads=None if broken else teacher_config.num_attention_heads if teacher_config else source.num_heads,
+        width=None if broken else teacher_config.hidden_size if teacher_config else source.hidden_size,
         student_width=s.inter_size, student_heads=s.num_heads,
         inverted_bottleneck=t.type == "inverted_bottleneck", has_mlm_head=source.has_mlm_head,
         origin="plugin" if t.plugin is not None else "recipe",
@@ -441,6 +455,16 @@ def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]
     if lm == "uniform":  # student layer i <- teacher layer i * Lt / Ls (TF2's transfer_teacher_layers, 1-based)
         return [(i * teacher_layers) // n for i in range(1, n + 1)]
     return [teacher_layers - n + i for i in range(1, n + 1)]  # last: the top teacher layers
+
+
+def _check_corpus_tokens(recipe: Recipe, files: list[Path], tokenizer, out: Collector) -> None:
+    """What the run's packing will find: more sequences than data.eval_sequences (counted up to that, so cheap)."""
+    d = recipe.data
+    got = count_sequences(files, tokenizer, d.seq_len, d.eval_sequences + 1, max_bytes=16 << 20)
+    if got is not None and got <= d.eval_sequences:
+        out.add("data.eval_sequences", f"the corpus gives {got} sequences of {d.seq_len} tokens, not more than "
+                                       f"data.eval_sequences ({d.eval_sequences}) held out, so none are left to "
+                                       "train on; add text, shorten data.seq_len or lower data.eval_sequences")
 
 
 def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:

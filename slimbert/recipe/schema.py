@@ -218,7 +218,9 @@ class Losses(Section):
     feature_var: NonNegFloat = Field(5.0, description="Per-token feature-variance term (official: 5).")
     attention: NonNegFloat = Field(1.0, description="Attention KL weight (official: 1).")
     feature_norm: bool = Field(True, description="Compare parameter-free-LayerNorm'd features (the official run).")
-    mask_padding: bool = Field(False, description="Leave padding positions out of the feature terms.")
+    mask_padding: bool = Field(False, description="Leave padding positions (the pad token) out of the feature "
+                                                 "and attention terms. Packed corpus sequences hold none; it "
+                                                 "matters when a corpus's text yields pad tokens.")
 
 
 class StageBase(Section):
