@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .recipe.schema import MAX_BATCH, MAX_DEPTH, MAX_POSITIONS, MAX_RUNS, OPSETS, os_path_problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress BERT-family encoders into MobileBERT-style students.")
@@ -21,6 +22,15 @@ err = Console(stderr=True)
 def fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def path_arg(value: Path | None, what: str) -> Path | None:
+    """A path argument any OS can use (no NUL, no over-long name), or exit 2 naming the argument."""
+    if value is not None:
+        problem = os_path_problem(str(value))
+        if problem:
+            fail(f"{what}: {problem}")
+    return value
 
 
 def recipe_errors(fn):
@@ -140,6 +150,7 @@ def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     from .recipe.loader import read_recipe_file
     from .recipe.overrides import apply_overrides, tracker_overrides
 
+    path_arg(out, "--out")
     if resume and out is None:
         fail("--resume needs --out: the run directory to continue")
     overrides = list(set_ or [])
@@ -229,7 +240,11 @@ def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", hel
     from .recipe import recipe_path
 
     src = recipe_errors(lambda: recipe_path(from_))
-    out = Path(name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if not name.strip() or name.strip() in (".", ".."):
+        fail(f"NAME {name!r}: give a file name for the new recipe, e.g. my-recipe")
+    out = path_arg(Path(name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"), "NAME")
+    if out.is_dir():
+        fail(f"{out} is a folder; NAME names the recipe file to write")
     if out.exists() and not force:
         fail(f"{out} exists; pass --force to overwrite")
     stem = out.stem
@@ -239,7 +254,10 @@ def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", hel
 
     # The presets name the schema relative to recipes/; the copy names the installed file, so editors find it.
     text = re.sub(r"(# yaml-language-server: \$schema=)\S+", lambda m: m.group(1) + SCHEMA_FILE.as_uri(), text)
-    out.write_text(text)
+    try:
+        out.write_text(text)
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror or e}")
     console.print(f"wrote {out} (from {src.name}); next: slimbert validate {out}")
 
 
@@ -260,7 +278,8 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
                                                      "./runs)."),
                onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the only format so far)."),
                quantize: str = typer.Option(None, "--quantize", help="Also write a dynamic-int8 model: int8."),
-               opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+               opset: int = typer.Option(17, "--opset", min=OPSETS[0], max=OPSETS[-1],
+                                         help=f"ONNX opset, {OPSETS[0]}-{OPSETS[-1]} (as the recipe's export.opset)."),
                task: str = typer.Option(None, "--task", help="feature-extraction, fill-mask, text-classification or "
                                                              "question-answering (default: from the model's head)."),
                out: Path = typer.Option(None, "--out", help="Output folder (default: PATH/export, or PATH-onnx)."),
@@ -273,7 +292,7 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
     """Export to ONNX in optimum's ORTModel layout (and OpenVINO IRs), checked against PyTorch (exit 4 when it
     does not match)."""
     from .engine.rundir import newest_run
-    from .export.onnx import ExportError, export
+    from .export.onnx import TASKS, ExportError, ParityError, export
 
     if not onnx and not openvino:
         fail("say which format: --onnx and/or --openvino (the IR is converted from the ONNX file, so both are "
@@ -290,21 +309,34 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
             fail(f"--calibration {calibration}: no text in it (expected one sentence a line)")
     if quantize not in (None, "int8"):
         fail(f"--quantize {quantize!r}: only int8 is available")
+    if task is not None and task not in TASKS:
+        fail(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+    path_arg(out, "--out")
     if path is None:
         path = newest_run(RUNS)
         if path is None:
             fail(f"no finished run under ./{RUNS} to export; run one first (slimbert run recipes/quickstart.yaml) "
                  "or give a run or model directory")
         err.print(f"exporting the newest finished run: {path}", highlight=False, soft_wrap=True)
+    path_arg(path, "PATH")
+    if not path.is_dir():
+        fail(f"{path}: no such folder (PATH is a run directory or a model directory)")
     if out is None:
+        path = path.resolve()  # "." has no name to derive PATH-onnx from
         out = path / "export" if (path / "recipe.resolved.yaml").is_file() else path.with_name(path.name + "-onnx")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; it names the export folder")
     try:
         result = export(path, out, task=task, opset=opset, quantize=quantize, passes=[] if no_passes else None,
                         openvino=openvino, calibration_texts=texts,
                         log=lambda m: err.print(m, highlight=False, soft_wrap=True))
-    except ExportError as e:
+    except ParityError as e:
         err.print(f"[bold red]export failed:[/] {e}", soft_wrap=True)
         raise typer.Exit(4)
+    except ExportError as e:  # bad input: no model or tokenizer there, an --out in use
+        fail(f"export: {e}")
+    except OSError as e:
+        fail(f"export: cannot write {e.filename or out}: {e.strerror or e}")
     if (path / "recipe.resolved.yaml").is_file():
         from .engine.cards import write_card
 
@@ -313,13 +345,15 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
                   highlight=False)
 
 
-def _ints(text: str, what: str) -> list[int]:
+def _ints(text: str, what: str, bound: int) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         fail(f"{what} {text!r}: expected comma-separated integers, e.g. 1,8")
     if not values or any(v <= 0 for v in values):
         fail(f"{what} {text!r}: expected positive integers")
+    if any(v > bound for v in values):
+        fail(f"{what} {text!r}: {max(values):,} is beyond the plausible bound {bound:,}")
     return values
 
 
@@ -328,8 +362,9 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
                                                          "(default: the newest model.onnx under ./runs/*/export)."),
           batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8."),
           seq: str = typer.Option("128", "--seq", help="Sequence lengths, e.g. 32,128,384."),
-          threads: int = typer.Option(2, "--threads", help="Intra-op threads."),
-          runs: int = typer.Option(30, "--runs", help="Timed runs per model and shape (alternating models)."),
+          threads: int = typer.Option(2, "--threads", min=1, max=MAX_DEPTH, help="Intra-op threads."),
+          runs: int = typer.Option(30, "--runs", min=1, max=MAX_RUNS,
+                                   help="Timed runs per model and shape (alternating models)."),
           compare: list[str] = typer.Option(None, "--compare", help="bert_base, teacher, or another ONNX file."),
           runtime: str = typer.Option(None, "--runtime", help="Runtimes to time each export folder on: ort, "
                                       "openvino (comma-separated). With it, every folder and baseline is timed on "
@@ -340,20 +375,19 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
           out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
           ) -> None:
     """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
-    from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, variants, write_report
+    from .export.bench import (Entry, bench as run_bench, bert_base_reference, check_onnx, export_task,
+                               teacher_reference, variants, write_report)
     from .export.isa import cpu_info
     from .export.onnx import ExportError
     from .export.runtime import RUNTIMES
 
-    if not models:
-        from .engine.rundir import newest_export
-
-        newest = newest_export(RUNS)
-        if newest is None:
-            fail(f"no export under ./{RUNS}/*/export to time; export a run first (slimbert export --onnx) or give "
-                 "ONNX files")
-        err.print(f"timing the newest export: {newest}", highlight=False, soft_wrap=True)
-        models = [newest]
+    batches, seqs = _ints(batch, "--batch", MAX_BATCH), _ints(seq, "--seq", MAX_POSITIONS)
+    path_arg(out, "--out")
+    if out is not None and out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; it names the report folder")
+    for c in compare or []:
+        if c not in ("bert_base", "teacher") and not (not os_path_problem(c) and Path(c).is_file()):
+            fail(f"--compare {c!r}: expected bert_base, teacher or an ONNX file")
     rts = [r.strip() for r in runtime.split(",") if r.strip()] if runtime else None
     precs = [p.strip() for p in precision.split(",") if p.strip()]
     if rts is not None:
@@ -365,36 +399,47 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
             fail(f"--precision {precision!r}: expected precisions from {', '.join(known)}")
     elif precision != "fp32":
         fail("--precision needs --runtime (e.g. --runtime ort,openvino --precision fp32,int8)")
+    if not models:
+        from .engine.rundir import newest_export
+
+        newest = newest_export(RUNS)
+        if newest is None:
+            fail(f"no export under ./{RUNS}/*/export to time; export a run first (slimbert export --onnx) or give "
+                 "ONNX files")
+        err.print(f"timing the newest export: {newest}", highlight=False, soft_wrap=True)
+        models = [newest]
     cpu = cpu_info()
     entries = []
-    for m in models:
-        p = m / "model.onnx" if m.is_dir() else m
-        if not p.is_file():
-            fail(f"{m}: no ONNX model there")
-        name = p.parent.name if p.name == "model.onnx" else p.stem
-        entries += variants(name, p.parent, rts, precs, cpu) if rts else [Entry(name, p)]
-    first = Path(models[0]) / "model.onnx" if models[0].is_dir() else models[0]
-    meta = first.parent / "slimbert_export.json"
-    task = json.loads(meta.read_text())["task"] if meta.is_file() else "feature-extraction"
-    cache = (out or first.parent) / "baselines"
-    want = {"openvino": bool(rts) and "openvino" in rts,
-            "quantize": "int8" if any("int8" in p for p in precs) else None}
     try:
+        for m in models:
+            path_arg(m, "MODELS")
+            p = m / "model.onnx" if m.is_dir() else m
+            if not p.is_file():
+                fail(f"{m}: no ONNX model there")
+            check_onnx(p)
+            name = p.parent.name if p.name == "model.onnx" else p.stem
+            entries += variants(name, p.parent, rts, precs, cpu) if rts else [Entry(name, p)]
+        first = Path(models[0]) / "model.onnx" if models[0].is_dir() else models[0]
+        task = export_task(first)
+        cache = (out or first.parent) / "baselines"
+        want = {"openvino": bool(rts) and "openvino" in rts,
+                "quantize": "int8" if any("int8" in p for p in precs) else None}
         for c in compare or []:
             if c == "bert_base":
                 ref = bert_base_reference(task, cache / f"bert_base-{task}", first.parent, **want)
             elif c == "teacher":
                 ref = teacher_reference(first.parent, cache / "teacher", **want)
-            elif Path(c).is_file():
+            else:
+                check_onnx(Path(c))
                 entries.append(Entry(Path(c).stem, Path(c)))
                 continue
-            else:
-                fail(f"--compare {c!r}: expected bert_base, teacher or an ONNX file")
             entries += variants(c, ref.parent, rts, precs, cpu) if rts else [Entry(c, ref)]
+        report = run_bench(entries, batches, seqs, threads, runs, cpu=cpu)
+        files = write_report(report, out or first.parent / "bench")
     except ExportError as e:
         fail(str(e))
-    report = run_bench(entries, _ints(batch, "--batch"), _ints(seq, "--seq"), threads, runs, cpu=cpu)
-    files = write_report(report, out or first.parent / "bench")
+    except OSError as e:
+        fail(f"cannot write {e.filename or out}: {e.strerror or e}")
     console.print((files[1]).read_text(), highlight=False)
     console.print(f"written: {', '.join(str(f) for f in files)}", highlight=False)
 
@@ -408,7 +453,7 @@ def version() -> None:
 @app.command()
 def count(
     model: str = typer.Argument(..., help="A preset name (e.g. mobilebert, bert_base) or a saved model directory."),
-    seq: int = typer.Option(128, "--seq", min=1, help="Sequence length for FLOPs."),
+    seq: int = typer.Option(128, "--seq", min=1, max=MAX_POSITIONS, help="Sequence length for FLOPs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Parameters and FLOPs per component, and the attention/FFN parameter ratio."""
@@ -416,14 +461,20 @@ def count(
 
     if model in PRESETS:
         config = preset(model)
-    elif (Path(model) / "config.json").is_file():
+    elif not os_path_problem(model) and (Path(model) / "config.json").is_file():
         try:
+            raw = json.loads((Path(model) / "config.json").read_text())
+            if not isinstance(raw, dict) or raw.get("model_type") not in (None, "slimbert"):
+                raise ValueError(f"it describes a {raw.get('model_type') if isinstance(raw, dict) else raw!r} model")
             config = SlimBertConfig.from_pretrained(model)
-        except (ValueError, OSError) as e:
-            fail(f"{model}/config.json is not a slimbert config: {e}")
+        except Exception as e:  # noqa: BLE001 - bad JSON, wrongly typed fields (strict configs): the file's fault
+            fail(f"{model}/config.json is not a slimbert config: {(str(e).strip().splitlines() or [''])[-1]}")
     else:
         fail(f"{model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a directory with config.json")
-    c = count_fn(config, seq_len=seq)
+    try:
+        c = count_fn(config, seq_len=seq)
+    except (ValueError, ZeroDivisionError, TypeError) as e:
+        fail(f"{model}: cannot count it: {e}")
     if as_json:
         print(json.dumps(c.as_dict(), indent=2))
         return

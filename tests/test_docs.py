@@ -122,7 +122,7 @@ def test_reference_page_has_every_key_with_type_default_and_constraints():
     assert '| `norm` | `"no_norm"` \\| `"layer_norm"` | `"no_norm"` |' in page
     assert re.search(r"\| `transfer` \|.*\| \*\*required\*\* \| at least 1 item\(s\) \|", page)
     assert re.search(r"\| `mlm_probability` \| number \| `0.15` \| > 0, < 1 \|", page)
-    assert re.search(r"\| `steps_per_layer` \| integer \| \*\*required\*\* \| > 0 \|", page)
+    assert re.search(r"\| `steps_per_layer` \| integer \| \*\*required\*\* \| > 0, <= 100000000 \|", page)  # a bound
 
 
 # ---- presets and cookbook recipes --------------------------------------------------------------------------------

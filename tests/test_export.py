@@ -147,9 +147,11 @@ def test_export_cli_from_a_run_directory_and_errors(tmp_path, model_dir):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (run / "export" / "model_int8.onnx").is_file()
-    bad = subprocess.run([sys.executable, "-m", "slimbert.cli", "export", str(tmp_path / "nowhere"), "--onnx"],
+    (tmp_path / "not-a-model").mkdir()
+    bad = subprocess.run([sys.executable, "-m", "slimbert.cli", "export", str(tmp_path / "not-a-model"), "--onnx"],
                          capture_output=True, text=True)
-    assert bad.returncode == 4 and "no model here" in bad.stderr and "Traceback" not in bad.stderr
+    # Bad input is exit 2; 4 means "made, but does not match PyTorch".
+    assert bad.returncode == 2 and "no model here" in bad.stderr and "Traceback" not in bad.stderr
     bench = subprocess.run([sys.executable, "-m", "slimbert.cli", "bench", str(run / "export" / "model.onnx"),
                             str(run / "export" / "model_int8.onnx"), "--seq", "16,32", "--batch", "1,2", "--runs", "5",
                             "--out", str(tmp_path / "bench")], capture_output=True, text=True)

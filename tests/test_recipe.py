@@ -67,7 +67,7 @@ def test_every_problem_is_listed_with_key_path_and_line(tmp_path, tiny_source, s
     (lambda r: r.update(layer_map=[1, 9]), "layer_map.1", "out of range"),
     (lambda r: r.update(layer_map=[1]), "layer_map", "one teacher layer per student layer"),
     (lambda r: r["transfer"][1].update(temperature=0), "transfer.1.temperature", "greater than 0"),
-    (lambda r: r["transfer"][0].update(kind="telepathy"), "transfer.0", "unknown stage kind"),
+    (lambda r: r["transfer"][0].update(kind="telepathy"), "transfer.0.kind", "unknown stage kind"),
     (lambda r: r["transfer"].insert(0, {"kind": "teacher_adaptation", "steps": 3}), "transfer.0.kind", "nothing to adapt"),
     (lambda r: r["transfer"][0].update(warmup_steps=50), "transfer.0.warmup_steps", "longer than the stage"),
     (lambda r: r["data"]["corpus"].update(files=["nowhere/*.txt"]), "data.corpus.files.0", "no file matches"),

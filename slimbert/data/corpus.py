@@ -29,6 +29,26 @@ def read_texts(files: list[Path]) -> list[str]:
 BUILDERS = {".txt": "text", ".raw": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+# Suffixes of data files that `datasets` cannot read as a corpus here: a name ending in one is a file, not a hub id.
+OTHER_DATA_FILES = (".tsv", ".gz", ".bz2", ".xz", ".zip", ".tar", ".xml", ".xlsx", ".xls", ".arrow", ".feather",
+                    ".md", ".html", ".pdf", ".docx", ".tfrecord")
+
+
+def dataset_problem(name: str, base: Path) -> str | None:
+    """Why data.corpus.dataset cannot be read (as iter_dataset would find out later), or None. A local path is
+    relative to the recipe's folder `base`; a hub name is only checked when the run loads it."""
+    local = Path(name).expanduser()
+    local = local if local.is_absolute() else base / local
+    kinds = ", ".join(BUILDERS)
+    if local.is_file() and local.suffix not in BUILDERS:
+        return (f"{local} is a {local.suffix or 'suffix-less'} file; a corpus data file must end in {kinds} (or "
+                "list plain text files under data.corpus.files)")
+    if not local.exists() and (name.startswith((".", "/", "~")) or local.suffix in BUILDERS
+                               or local.suffix.lower() in OTHER_DATA_FILES):
+        return f"no such data file or folder: {local} (data files end in {kinds})"
+    return None
+
+
 def iter_dataset(name: str, config: str | None, split: str, field: str, streaming: bool) -> Iterator[str]:
     """The texts of a `datasets` dataset, one at a time: a local data file (by its suffix), a local folder of data
     files, or a hub name (when online). Streaming reads only what is consumed, for corpora too large to load."""
@@ -49,6 +69,26 @@ def iter_dataset(name: str, config: str | None, split: str, field: str, streamin
             raise ValueError(f"no column {field!r} (columns: {', '.join(row)}); set data.corpus.text_field")
         if row[field]:
             yield row[field]
+
+
+def count_sequences(files: list[Path], tokenizer, seq_len: int, enough: int, max_bytes: int = 64 << 20) -> int | None:
+    """How many sequences `pack(read_texts(files), ...)` gives, counted only up to `enough` (tokenising stops
+    there), so validate can tell a corpus too small for the held-out set without reading a large one. None
+    when more than `max_bytes` would have to be read before deciding (the run then checks it)."""
+    body = seq_len - 2
+    tokens, read = 0, 0
+    for f in files:
+        read += f.stat().st_size
+        if read > max_bytes:
+            return None
+        texts = read_texts([f])
+        for i in range(0, len(texts), 256):
+            # verbose=False: lines longer than the model's positions are fine here, they are cut when packed
+            for ids in tokenizer(texts[i:i + 256], add_special_tokens=False, verbose=False)["input_ids"]:
+                tokens += len(ids)
+            if tokens // body >= enough:
+                return enough
+    return tokens // body
 
 
 def pack(texts: list[str], tokenizer, seq_len: int, max_sequences: int | None = None) -> torch.Tensor:

@@ -30,11 +30,29 @@ FILE_FORMATS: dict[str, tuple[str, dict]] = {
 
 
 class TaskDataError(ValueError):
-    """A task file or dataset that cannot be read as the recipe describes it."""
+    """A task file or dataset that cannot be read as the recipe describes it. `key` names the finetune key to
+    change when it is not the file itself (e.g. "regression" for real-valued labels read as classes)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class DatasetUnavailable(TaskDataError):
     """A hub dataset that cannot be reached (offline, or no such name)."""
+
+
+def _real_valued(labels: set[str]) -> list[str]:
+    """Labels that are numbers but not whole numbers (STS-B's 3.8): a regression target, never classes."""
+    out = []
+    for x in labels:
+        try:
+            v = float(x)
+        except ValueError:
+            return []  # string labels: classes
+        if v != v or v in (float("inf"), float("-inf")) or not v.is_integer():
+            out.append(x)
+    return sorted(out)
 
 
 @dataclass
@@ -187,6 +205,10 @@ def to_task(rows, where: str, text_fields: list[str], label_field: str, regressi
             return TaskData(texts, [float(x) for x in raw], None)
         except ValueError as e:
             raise TaskDataError(f"{where}: column {label_field!r} is not numeric ({e})") from None
+    real = _real_valued(set(raw))
+    if real:
+        raise TaskDataError(f"{where}: column {label_field!r} holds real numbers ({', '.join(real[:3])}, ...), a "
+                            "regression target, not class labels; set finetune.regression: true", key="regression")
     if label_names is None:
         distinct = set(raw)
         try:

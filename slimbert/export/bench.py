@@ -42,7 +42,10 @@ class Entry:
 
 
 def _session(e: Entry, threads: int):
-    return runtime.get(e.runtime).load(e.path, e.precision, threads)
+    try:
+        return runtime.get(e.runtime).load(e.path, e.precision, threads)
+    except Exception as err:  # noqa: BLE001 - each runtime raises its own types for a file it cannot run
+        raise ExportError(f"{e.path}: {e.runtime} cannot load it: {_first_line(err)}") from None
 
 
 def _inputs(sess, batch: int, seq: int, rng) -> dict:
@@ -68,6 +71,39 @@ def variants(name: str, folder: Path, runtimes: list[str], precisions: list[str]
                                                                             else ")"))
             out.append(Entry(f"{name} {rt} {prec}", path, rt, prec, name, reason, metrics.get(f"{rt}-{prec}")))
     return out
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def check_onnx(path: Path) -> None:
+    """`path` is a readable ONNX model (a truncated or foreign file is bad input, named, not a traceback)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, onnx's ValidationError, OSError...
+        raise ExportError(f"{path}: not a readable ONNX model (truncated, or not ONNX?): {_first_line(e)}") from None
+
+
+def export_meta(export_dir: Path) -> dict | None:
+    """slimbert_export.json beside a model exported by `slimbert export`, or None for any other ONNX file."""
+    meta = export_dir / "slimbert_export.json"
+    if not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{meta} is unreadable: {_first_line(e)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("task"), str) or not isinstance(data.get("source"), str):
+        raise ExportError(f"{meta} is not slimbert export's (expected task and source fields)")
+    return data
+
+
+def export_task(onnx_path: Path) -> str:
+    meta = export_meta(onnx_path.parent)
+    return meta["task"] if meta else "feature-extraction"
 
 
 def latency_fields(values: list[float]) -> dict:
@@ -157,7 +193,11 @@ def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, run
         for s in seqs:
             feeds = {name: _inputs(sess, b, s, rng) for name, sess in sessions.items()}
             for name, sess in sessions.items():
-                for _ in range(warmup):
+                try:
+                    sess.run(feeds[name])
+                except Exception as e:  # noqa: BLE001 - e.g. --seq beyond the model's positions
+                    raise ExportError(f"{name} cannot run at batch {b} x seq {s}: {_first_line(e)}") from None
+                for _ in range(warmup - 1):
                     sess.run(feeds[name])
             # Alternate in blocks: each model runs `block` times in a row, the first run of a block untimed.
             # Strict one-by-one alternation would measure cold caches (a BERT_BASE run evicts everything),
@@ -333,7 +373,14 @@ def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None
     src = dest.parent / f".src-{dest.name}"
     model.save_pretrained(src)
     if tokenizer_dir is not None:
-        transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(src)
+        try:
+            transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(src)
+        except (OSError, ValueError) as e:
+            import shutil
+
+            shutil.rmtree(src, ignore_errors=True)
+            raise ExportError(f"{tokenizer_dir}: no tokenizer beside the model, which the bert_base export needs "
+                              f"({_first_line(e)})") from None
     try:
         export(src, dest, task=task, passes=[], measure=False, quantize=quantize, openvino=openvino,
                log=lambda m: None)
@@ -351,7 +398,10 @@ def teacher_reference(export_dir: Path, dest: Path, openvino: bool = False, quan
     onnx_path = dest / "model.onnx"
     if _cached(dest, openvino, quantize):
         return onnx_path
-    meta = json.loads((export_dir / "slimbert_export.json").read_text())
+    meta = export_meta(export_dir)
+    if meta is None:
+        raise ExportError(f"{export_dir} was not made by `slimbert export` (no slimbert_export.json): --compare "
+                          "teacher needs the export of a run directory, which names its teacher")
     run_dir = Path(meta["source"]).parent
     if run_dir.name == "finetune":
         run_dir = run_dir.parent

@@ -51,7 +51,11 @@ PARITY_TEXTS = [
 
 
 class ExportError(RuntimeError):
-    """The export cannot be made or does not match PyTorch."""
+    """The export cannot be made: bad input (no model, no tokenizer, an unknown task, a busy --out...)."""
+
+
+class ParityError(ExportError):
+    """The export was made but does not match PyTorch (the CLI's exit 4, apart from bad input's 2)."""
 
 
 @dataclass
@@ -96,6 +100,12 @@ def find_model_dir(path: Path) -> Path:
                       "or finetune/model/)")
 
 
+def _last_line(e: Exception) -> str:
+    """An exception's message in one line (huggingface_hub's strict-config errors put the field on the last)."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return " ".join(lines[-2:]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+
+
 def task_of(config) -> str:
     archs = " ".join(config.architectures or [])
     if "ForSequenceClassification" in archs:
@@ -113,20 +123,20 @@ def load_model(model_dir: Path, task: str | None = None) -> tuple[nn.Module, str
     import transformers
 
 
+    if task is not None and task not in TASKS:
+        raise ExportError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     try:
         config = transformers.AutoConfig.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{model_dir}: cannot read config.json: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - bad JSON, an unknown model_type, a wrongly typed field (strict configs)
+        raise ExportError(f"{model_dir}: cannot read config.json: {_last_line(e)}") from None
     task = task or task_of(config)
-    if task not in TASKS:
-        raise ExportError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     auto = {"feature-extraction": transformers.AutoModel, "fill-mask": transformers.AutoModelForMaskedLM,
             "text-classification": transformers.AutoModelForSequenceClassification,
             "question-answering": transformers.AutoModelForQuestionAnswering}[task]
     try:
         model = auto.from_pretrained(str(model_dir))
-    except (OSError, ValueError, KeyError) as e:
-        raise ExportError(f"{model_dir}: cannot load it for {task}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - missing/truncated weights, shapes that do not fit: the folder's fault
+        raise ExportError(f"{model_dir}: cannot load it for {task}: {_last_line(e)}") from None
     if config.model_type == "mobilebert" and task != "feature-extraction":
         model = M.from_transformers(model)
     return model.eval(), task
@@ -278,7 +288,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
             f"{p.cosine:.8f}; vs fp64: onnx {p.onnx_error:.3g}, torch fp32 {p.torch_error:.3g}"
             + (f"; argmax agreement {p.argmax_agreement:.4f}" if p.argmax_agreement is not None else ""))
         if not p.ok(fp32_factor):
-            raise ExportError(f"the ONNX model does not match PyTorch: its distance to the exact (fp64) result is "
+            raise ParityError(f"the ONNX model does not match PyTorch: its distance to the exact (fp64) result is "
                               f"{p.onnx_error:.3g}, more than {fp32_factor:g}x PyTorch fp32's own {p.torch_error:.3g}"
                               f" (argmax agreement {p.argmax_agreement})")
         if quantize == "int8":
@@ -290,7 +300,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
                 "output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
                                    else ""))
             if q.cosine < int8_min_cosine:
-                raise ExportError(f"the int8 model drifts too far from PyTorch: output cosine {q.cosine:.4f} < "
+                raise ParityError(f"the int8 model drifts too far from PyTorch: output cosine {q.cosine:.4f} < "
                                   f"{int8_min_cosine}")
         if static_calibration is not None:
             q_path = tmp / "model_int8_static.onnx"
@@ -352,11 +362,11 @@ def write_openvino(model: nn.Module, task: str, onnx_path: Path, folder: Path, i
             f"cosine {p.cosine:.8f}; vs fp64: ov {p.onnx_error:.3g}, torch fp32 {p.torch_error:.3g}"
             + (f"; argmax agreement {p.argmax_agreement:.4f}" if p.argmax_agreement is not None else ""))
         if precision == "fp32" and not p.ok(fp32_factor):
-            raise ExportError(f"the OpenVINO IR does not match PyTorch: its distance to the exact (fp64) result is "
+            raise ParityError(f"the OpenVINO IR does not match PyTorch: its distance to the exact (fp64) result is "
                               f"{p.onnx_error:.3g}, more than {fp32_factor:g}x PyTorch fp32's own {p.torch_error:.3g}"
                               f" (argmax agreement {p.argmax_agreement})")
         if precision == "int8" and p.cosine < int8_min_cosine:
-            raise ExportError(f"the OpenVINO int8 model drifts too far from PyTorch: output cosine {p.cosine:.4f} < "
+            raise ParityError(f"the OpenVINO int8 model drifts too far from PyTorch: output cosine {p.cosine:.4f} < "
                               f"{int8_min_cosine}")
     return out
 
