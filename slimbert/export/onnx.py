@@ -173,18 +173,27 @@ def parity_inputs(tokenizer, texts: list[str] | None = None, max_length: int = 1
     return out
 
 
-def _outputs(model, task, inputs, dtype) -> list[np.ndarray]:
-    m = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    with torch.no_grad():
-        out = KeywordCall(m, task)(*(torch.from_numpy(inputs[k]) for k in INPUTS))
-    return [o.to(torch.float64).numpy() for o in out]
+def _outputs(model, task, inputs, dtype, device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """PyTorch's outputs in `dtype` on `device` (the run's device: the reference is computed where the model
+    trained). On CUDA, TF32 is switched off for it: the reference must be true fp32 (or fp64)."""
+    device = torch.device(device)
+    m = model if dtype == torch.float32 and device.type == "cpu" else copy.deepcopy(model).to(device, dtype)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            out = KeywordCall(m, task)(*(torch.from_numpy(inputs[k]).to(device) for k in INPUTS))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return [o.to("cpu", torch.float64).numpy() for o in out]
 
 
 def check_parity(model: nn.Module, task: str, onnx_path: Path, inputs: dict[str, np.ndarray],
-                 exact: list[np.ndarray] | None = None) -> Parity:
-    """ONNX Runtime against PyTorch on the same (real, padded) inputs; outputs at padded positions are ignored."""
-    ref = _outputs(model, task, inputs, torch.float32)
-    exact = exact if exact is not None else _outputs(model, task, inputs, torch.float64)
+                 exact: list[np.ndarray] | None = None, device: str | torch.device = "cpu") -> Parity:
+    """ONNX Runtime against PyTorch (on `device`) on the same (real, padded) inputs; outputs at padded
+    positions are ignored."""
+    ref = _outputs(model, task, inputs, torch.float32, device)
+    exact = exact if exact is not None else _outputs(model, task, inputs, torch.float64, device)
     got = [g.astype(np.float64) for g in session(onnx_path).run(None, inputs)]
     mask = inputs["attention_mask"].astype(bool)
 
@@ -212,10 +221,11 @@ def check_parity(model: nn.Module, task: str, onnx_path: Path, inputs: dict[str,
 def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quantize: str | None = None,
            passes: list[str] | None = None, texts: list[str] | None = None, fp32_factor: float = 10.0,
            int8_min_cosine: float = 0.98, measure: bool = True, static_calibration: dict | None = None,
-           log=print) -> ExportResult:
+           log=print, device: str | torch.device = "cpu") -> ExportResult:
     """Export the model at `path` (a run directory or a model directory) to `out`. `passes`: names from
     passes.MODEL_PASSES / ONNX_PASSES in order (default: DEFAULT_PASSES; [] for a plain export).
-    `static_calibration` (model inputs, e.g. corpus sequences) also writes a static int8 model_int8_static.onnx."""
+    `static_calibration` (model inputs, e.g. corpus sequences) also writes a static int8 model_int8_static.onnx.
+    `device`: where PyTorch computes the parity reference (the graph is traced on the CPU, as ONNX Runtime runs it)."""
     from transformers import AutoTokenizer
 
     passes = list(DEFAULT_PASSES) if passes is None else list(passes)
@@ -261,8 +271,8 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         for leftover in tmp.glob("stage-*.onnx"):
             leftover.unlink()
         inputs = parity_inputs(tokenizer, texts)
-        exact = _outputs(model, task, inputs, torch.float64)
-        p = check_parity(model, task, onnx_path, inputs, exact)
+        exact = _outputs(model, task, inputs, torch.float64, device)
+        p = check_parity(model, task, onnx_path, inputs, exact, device)
         result.parity["fp32"] = p
         log(f"parity fp32: max |onnx - torch| {p.max_abs:.3g} ({p.max_rel:.2g} of the output scale), cosine "
             f"{p.cosine:.8f}; vs fp64: onnx {p.onnx_error:.3g}, torch fp32 {p.torch_error:.3g}"
@@ -277,7 +287,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
             q_path = tmp / "model_int8.onnx"
             quantize_dynamic(str(onnx_path), str(q_path), weight_type=QuantType.QInt8,
                              extra_options={"DefaultTensorType": 1})  # FLOAT, for tensors shape inference misses
-            q = check_parity(model, task, q_path, inputs, exact)
+            q = check_parity(model, task, q_path, inputs, exact, device)
             result.parity["int8"] = q
             log(f"parity int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of the "
                 "output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
@@ -288,7 +298,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         if static_calibration is not None:
             q_path = tmp / "model_int8_static.onnx"
             quantize_static_int8(onnx_path, q_path, static_calibration)
-            q = check_parity(model, task, q_path, inputs, exact)
+            q = check_parity(model, task, q_path, inputs, exact, device)
             result.parity["int8_static"] = q
             log(f"parity static int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of "
                 "the output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
