@@ -9,9 +9,11 @@
 # Logs go to $OUT (flat, at most 8 files); each part is bounded by `timeout`, so one hang costs only its share.
 #
 # Prepare here (network): bash benchmarks/gpu_wheels.sh    -> .whl/ and .gpu_data/ (both git-ignored)
-# Run there (the device tool): carry [".whl", ".gpu_data"], timeout_s 600, command:
+# Run there (the device tool): carry [".whl", ".gpu_data"], timeout_s 560, command:
 #   bash benchmarks/gpu_check.sh
+# Parts are bounded at 160 + 80 + 90 + 35 + 80 s (about 7.5 min with start-up); typical total 4-5 min.
 # Without a GPU (or with --cpu) every part runs on the CPU at tiny sizes: a rehearsal of the script.
+# PARTS=bc bash benchmarks/gpu_check.sh runs only parts b and c (default: abc; d, the report, always runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -34,6 +36,7 @@ fi
 WORK=$(mktemp -d /tmp/gpu-check.XXXX)
 T0=$(date +%s)
 part() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+want() { [[ "${PARTS:-abc}" == *$1* ]]; }
 
 part "environment"
 {
@@ -43,17 +46,21 @@ part "environment"
 } > "$OUT/env.log" 2>&1
 cat "$OUT/env.log"
 
+if want a; then
 part "(a) tests"
-timeout -k 5 "$([ $CPU = 1 ] && echo 600 || echo 180)" python3 -m pytest -q -p no:cacheprovider \
-  tests/test_device.py tests/test_gpu.py -rs > "$OUT/tests.log" 2>&1
+timeout -k 5 "$([ $CPU = 1 ] && echo 600 || echo 160)" python3 -m pytest -q -p no:cacheprovider \
+  tests/test_gpu.py tests/test_device.py -m "gpu or not e2e" -rs > "$OUT/tests.log" 2>&1
 echo "exit $?" >> "$OUT/tests.log"; tail -3 "$OUT/tests.log"
+fi
 
+if want b; then
 part "(b) quickstart on $DEVICE"
 {
   python3 benchmarks/gpu_helpers.py source "$WORK/minilm-random"
-  STEPS=(); [ $CPU = 1 ] && STEPS=(--set transfer.0.steps=4 --set transfer.1.steps_per_layer=2 --set transfer.2.steps=4 --set data.max_sequences=256)
+  STEPS=(); [ $CPU = 1 ] && STEPS=(--set transfer.0.steps=4 --set transfer.1.steps_per_layer=2 --set transfer.2.steps=4
+    --set transfer.0.warmup_steps=1 --set transfer.1.warmup_steps=1 --set transfer.2.warmup_steps=1 --set data.max_sequences=256)
   start=$(date +%s.%N)
-  timeout -k 5 "$([ $CPU = 1 ] && echo 600 || echo 100)" python3 -m slimbert.cli run recipes/quickstart.yaml \
+  timeout -k 5 "$([ $CPU = 1 ] && echo 600 || echo 80)" python3 -m slimbert.cli run recipes/quickstart.yaml \
     --set "source.model=$WORK/minilm-random" --set "data.corpus.files=[$REPO/.gpu_data/wikitext-2-raw/*.raw]" \
     "${STEPS[@]}" --device $DEVICE --out "$WORK/quickstart"
   rc=$?
@@ -61,22 +68,23 @@ part "(b) quickstart on $DEVICE"
   tail -n 12 "$WORK/quickstart/metrics.jsonl" 2>/dev/null
 } > "$OUT/quickstart.log" 2>&1
 grep "quickstart wall" "$OUT/quickstart.log"
+fi
 
+if want c; then
 part "(c) paper shape"
-if [ $CPU = 1 ]; then SIZE=(--tiny --seq 32 --batches 2,4 --steps 2 --warmup 1); else SIZE=(); fi
+if [ $CPU = 1 ]; then SIZE=(--tiny --seq 32 --batches 2,4 --steps 2 --warmup 1)
+else SIZE=(--batches 256,1024,4096,8192,16384 --steps 5 --warmup 2 --max-step-s 3); fi
 {
-  timeout -k 5 110 python3 benchmarks/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --out "$OUT/paper.jsonl"
-  BEST=$(python3 -c "
-import json
-rows = [json.loads(l) for l in open('$OUT/paper.jsonl') if 'step_s' in l and '\"progressive\"' in l]
-print(max(rows, key=lambda r: r['tokens_per_s'])['batch'] if rows else 256)" 2>/dev/null || echo 256)
+  timeout -k 5 90 python3 benchmarks/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --out "$OUT/paper.jsonl"
+  BEST=$(python3 benchmarks/gpu_helpers.py best-batch "$OUT/paper.jsonl" progressive)
   echo "best progressive batch: $BEST"
-  timeout -k 5 45 python3 benchmarks/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --kinds progressive \
+  timeout -k 5 35 python3 benchmarks/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --kinds progressive \
     --batches "$BEST" --optimizer fused --out "$OUT/paper.jsonl"
-  timeout -k 5 100 python3 benchmarks/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --kinds progressive \
+  timeout -k 5 80 python3 benchmarks/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --kinds progressive \
     --batches "$BEST" --compile --out "$OUT/paper.jsonl"
 } > "$OUT/paper.log" 2>&1
 grep -c step_s "$OUT/paper.jsonl" 2>/dev/null | sed 's/^/paper rows: /'
+fi
 
 part "(d) report"
 if [ $CPU = 1 ]; then MD=""; else MD=benchmarks/results/gpu.md; fi

@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_helpers.py source DIR       # a random MiniLM-shaped BERT with the real tokenizer
     python benchmarks/gpu_helpers.py report OUT [MD]  # gpu.md and the summary table from the logs in OUT
+    python benchmarks/gpu_helpers.py best-batch FILE KIND  # the batch of KIND's fastest row (tokens/s), or 256
 """
 
 from __future__ import annotations
@@ -49,13 +50,7 @@ def report(out: str, md: str | None = None) -> None:
     tests = _tests(_read(out / "tests.log"))
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", _read(out / "tests.log"), flags=re.M)
     qs = re.search(r"quickstart wall: ([\d.]+) s \(rc (\d+)\)", _read(out / "quickstart.log"))
-    rows = []
-    for line in _read(out / "paper.jsonl").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    rows = [r for r in rows if "step_s" in r]
+    rows = _rows(out / "paper.jsonl")
 
     def best(kind):
         mine = [r for r in rows if r["kind"] == kind]
@@ -93,5 +88,20 @@ def report(out: str, md: str | None = None) -> None:
     print(f"host {platform.node()}; report: {out / 'gpu.md'}")
 
 
+def _rows(path: Path) -> list[dict]:
+    rows = []
+    for line in _read(path).splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in rows if "step_s" in r]
+
+
+def best_batch(path: str, kind: str) -> None:
+    mine = [r for r in _rows(Path(path)) if r["kind"] == kind]
+    print(max(mine, key=lambda r: r["tokens_per_s"])["batch"] if mine else 256)
+
+
 if __name__ == "__main__":
-    {"source": source, "report": report}[sys.argv[1]](*sys.argv[2:])
+    {"source": source, "report": report, "best-batch": best_batch}[sys.argv[1]](*sys.argv[2:])
