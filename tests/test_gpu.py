@@ -173,6 +173,7 @@ def cuda_reference(tmp_path_factory, tiny_source, shared_data):
     return recipe, tmp / "ref"
 
 
+@pytest.mark.e2e
 def test_sigkill_then_resume_on_cuda_is_bit_identical(cuda_reference, tmp_path):
     recipe, reference = cuda_reference
     out = tmp_path / "out"
@@ -183,6 +184,7 @@ def test_sigkill_then_resume_on_cuda_is_bit_identical(cuda_reference, tmp_path):
     assert not differ, f"{len(differ)} of {len(a)} tensors differ after resume, e.g. {differ[:3]}"
 
 
+@pytest.mark.e2e
 def test_a_cuda_checkpoint_resumes_on_the_cpu(cuda_reference, tmp_path):
     recipe, reference = cuda_reference
     out = tmp_path / "out"
