@@ -3,6 +3,7 @@ fidelity report, and each stage's loss curve."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,8 @@ from .metrics import read_rows
 def save_model(model, tokenizer, final: Path) -> Path:
     """Atomically: stock transformers format when the shape is expressible, else slimbert's."""
     reason = why_not_expressible(model.config)
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).to("cpu")  # converted and saved from the CPU; the caller's model stays put
     hf = to_transformers(model) if reason is None else model
     with ckpt.atomic_dir(final) as tmp:
         hf.save_pretrained(tmp)
@@ -96,6 +99,11 @@ def print_fidelity(console, data: dict) -> None:
 
 # ---- plots ----------------------------------------------------------------------------------------------------------
 
+# metrics.jsonl fields that are not loss terms (the loss curve plots the others)
+NOT_LOSSES = ("stage", "kind", "step", "lr", "tokens_per_s", "tflops", "mfu", "device", "precision", "processes",
+              "peak", "layer")
+
+
 def plot_stage(out: Path, k: int, name: str) -> None:
     """stages/<k>-<kind>/loss.png: every loss term of stage k against the step, log scale."""
     import matplotlib
@@ -108,7 +116,7 @@ def plot_stage(out: Path, k: int, name: str) -> None:
         return
     steps = sorted(rows)
     fig, ax = plt.subplots(figsize=(7, 4))
-    keys = [key for key in rows[steps[0]] if key not in ("stage", "kind", "step", "lr", "tokens_per_s", "layer")]
+    keys = [key for key in rows[steps[0]] if key not in NOT_LOSSES]
     for key in keys:
         ax.plot(steps, [rows[s].get(key, float("nan")) for s in steps], label=key)
     ax.set_yscale("log")

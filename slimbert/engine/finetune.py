@@ -239,9 +239,10 @@ def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
     return history
 
 
-def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer, progress, console) -> dict:
-    """The recipe's finetune section: fine-tune the student on the task (with task distillation when asked),
-    evaluate it, save it to <out>/finetune; a run resumed after this step reads the saved result."""
+def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer, progress, console,
+                 device: torch.device = torch.device("cpu")) -> dict:
+    """The recipe's finetune section: fine-tune the student on the task (with task distillation when asked) on
+    `device`, evaluate it, save it to <out>/finetune; a run resumed after this step reads the saved result."""
     spec, seed = r.recipe.finetune, r.recipe.seed
     done = out / "finetune" / "metrics.json"
     if done.is_file():
@@ -257,12 +258,12 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
     teacher, teacher_dev = None, None
     if spec.distill:
         if spec.teacher_model:
-            teacher = task.source_model(base / spec.teacher_model)  # already fine-tuned: its head is kept
+            teacher = task.source_model(base / spec.teacher_model).to(device)  # already fine-tuned: head kept
         else:
-            teacher = task.source_model(r.source_path)
+            teacher = task.source_model(r.source_path).to(device)
             train(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
         teacher_dev = task.evaluate(teacher)
-    model = task.student_model(student, r.recipe.student.dropout)
+    model = task.student_model(student, r.recipe.student.dropout).to(device)
     history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"))
     dev = task.evaluate(model)
     save_model(model, tokenizer, out / "finetune" / "model")

@@ -153,3 +153,23 @@ def stage_shape(kind: str, layer_map: list[int], mlm_probability: float, seq_len
     if kind == "teacher_adaptation":
         return StepShape(None, None, 0.0, masked if adapt_mlm else 0.0, teacher_trains=True)
     raise ValueError(f"unknown stage kind {kind!r}")
+
+
+def model_configs(r) -> tuple[SlimBertConfig, SlimBertConfig | None, SlimBertConfig]:
+    """(student, teacher, source) configs of a resolved recipe for counting; the teacher is None when a plugin or
+    a passed-in teacher replaces the recipe's (its shape is not known: MFU shows n/a)."""
+    source = r.source.as_config()
+    teacher = r.teacher_config if r.teacher_config is not None else source
+    return r.student_config, teacher, source
+
+
+def recipe_step_flops(r, st, layer: int | None = None, teacher_known: bool = True) -> float | None:
+    """Counted FLOPs of one optimizer step of stage `st` (at progressive `layer`), global batch."""
+    if not teacher_known:
+        return None
+    student, teacher, source = model_configs(r)
+    d = r.recipe.data
+    shape = stage_shape(st.kind, r.layer_map, d.mlm_probability, d.seq_len, alpha=getattr(st, "alpha", 1.0),
+                        layer=layer, teacher_mlm=r.source.has_mlm_head,
+                        adapt_mlm=bool(getattr(st, "mlm", 0)) and r.source.has_mlm_head)
+    return step_flops(shape, student, teacher, d.seq_len, st.batch_size, source=source)
