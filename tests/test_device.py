@@ -130,3 +130,80 @@ def test_peaks_and_mfu():
     r = rates(flops=2e12, tokens=4096, seconds=0.5, peak=Peak(1e13, "test"), devices=2)
     assert r["tokens_per_s"] == 8192 and r["tflops"] == 4 and r["mfu"] == pytest.approx(0.2)
     assert rates(1e12, 10, 1.0, Peak(None, "n/a"))["mfu"] is None
+
+
+# ---- launchers ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_accelerate_launch_on_two_cpu_processes_matches_one(tmp_path, tiny_source, shared_data):
+    """`accelerate launch` sets the same variables as torchrun (WORLD_SIZE, RANK, LOCAL_RANK): the same losses."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import write_recipe
+
+    pytest.importorskip("accelerate")
+    stages = [{"kind": "progressive", "steps_per_layer": 3, "batch_size": 8, "optimizer": {"lr": 2e-3}},
+              {"kind": "pretrain_distill", "steps": 3, "batch_size": 8, "alpha": 0.5, "optimizer": {"lr": 1e-3}}]
+    recipe = write_recipe(tmp_path, tiny_source, shared_data, transfer=stages)
+
+    def run(*launcher, out):
+        done = subprocess.run([sys.executable, *launcher, "-m", "slimbert.cli", "run", str(recipe), "--out",
+                               str(tmp_path / out), "--device", "cpu"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return [json.loads(l) for l in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+
+    one = run(out="one")
+    two = run("-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531", out="two")
+    assert [(r["stage"], r["step"]) for r in one] == [(r["stage"], r["step"]) for r in two]
+    for x, y in zip(one, two):
+        assert y["loss"] == pytest.approx(x["loss"], rel=2e-3, abs=1e-5), (x, y)
+
+
+# ---- the command line ---------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("how", ["--device", "device"])
+def test_cuda_without_cuda_is_exit_2_naming_the_key_and_writes_nothing(how, tmp_path, tiny_source, shared_data):
+    import subprocess
+    import sys
+
+    from conftest import write_recipe
+
+    extra = {"device": "cuda"} if how == "device" else {}
+    recipe = write_recipe(tmp_path, tiny_source, shared_data, **extra)
+    flag = ["--device", "cuda:0"] if how == "--device" else []
+    for command in (["run", str(recipe), "--out", str(tmp_path / "out")], ["plan", str(recipe)]):
+        done = subprocess.run([sys.executable, "-m", "slimbert.cli", *command, *flag], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert f"{how}:" in done.stderr and "no CUDA device" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.e2e
+def test_metrics_carry_tokens_per_second_and_mfu(tmp_path, tiny_source, shared_data):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import write_recipe
+
+    recipe = write_recipe(tmp_path, tiny_source, shared_data)
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "run", str(recipe), "--out", str(tmp_path / "out"),
+                           "--device", "cpu"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "device: cpu" in done.stderr
+    rows = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in rows} == {"progressive", "pretrain_distill"}
+    for r in rows:
+        assert r["device"] == "cpu" and r["precision"] == "fp32" and r["processes"] == 1
+        assert r["tokens_per_s"] > 0 and r["tflops"] > 0 and 0 < r["mfu"] < 1, r
+        assert r["peak"].startswith("measured")
+    # The counted FLOPs behind them: a progressive step at layer 2 costs more than one at layer 1.
+    prog = [r for r in rows if r["kind"] == "progressive"]
+    per_token = {r["layer"]: r["tflops"] / r["tokens_per_s"] for r in prog}
+    assert per_token[2] > per_token[1]
+    assert (tmp_path / "out" / "stages" / "0-progressive" / "loss.png").is_file()
