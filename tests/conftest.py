@@ -12,7 +12,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Elsewhere (e.g. a GPU machine that gets a copy of the repo alone): SLIMBERT_SHARED_DATA names the data folder
+# and SLIMBERT_TOKENIZER a folder holding the MiniLM tokenizer (benchmarks/gpu_wheels.sh prepares both).
+SHARED_DATA = Path(os.environ.get("SLIMBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def _need(what: str):
@@ -48,10 +50,11 @@ def minilm_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(minilm_path):
+def tokenizer(request):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(minilm_path)
+    path = os.environ.get("SLIMBERT_TOKENIZER") or request.getfixturevalue("minilm_path")
+    return AutoTokenizer.from_pretrained(path)
 
 
 @pytest.fixture(scope="session")

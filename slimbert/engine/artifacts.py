@@ -3,6 +3,7 @@ fidelity report, and each stage's loss curve."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -23,6 +24,8 @@ from .metrics import read_rows
 def save_model(model, tokenizer, final: Path) -> Path:
     """Atomically, in a form stock transformers opens: stock MobileBERT when the shape is expressible, else
     slimbert's format with its own code (models/remote.py)."""
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).to("cpu")  # saved from the CPU; the caller's model stays put
     with ckpt.atomic_dir(final) as tmp:
         save_pretrained_portable(model, tmp)
         tokenizer.save_pretrained(tmp)
@@ -81,7 +84,6 @@ def write_fidelity(out: Path, when: str, report: dict, held_out_sequences: int) 
 def print_fidelity(console, data: dict) -> None:
     from rich.table import Table
 
-    whens = [w for w in ("before", "after") if w in data]
     table = Table(title=f"IB teacher vs source on {data['held_out_sequences']} held-out sequences "
                         "(before / after adaptation)")
     header, rows = fidelity_rows(data)   # the same table as the model card's
@@ -93,6 +95,11 @@ def print_fidelity(console, data: dict) -> None:
 
 
 # ---- plots ----------------------------------------------------------------------------------------------------------
+
+# metrics.jsonl fields that are not loss terms (the loss curve plots the others)
+NOT_LOSSES = ("stage", "kind", "step", "lr", "tokens_per_s", "tflops", "mfu", "device", "precision", "processes",
+              "peak", "layer")
+
 
 def plot_stage(out: Path, k: int, name: str) -> None:
     """stages/<k>-<kind>/loss.png: every loss term of stage k against the step, log scale."""
@@ -106,7 +113,7 @@ def plot_stage(out: Path, k: int, name: str) -> None:
         return
     steps = sorted(rows)
     fig, ax = plt.subplots(figsize=(7, 4))
-    keys = [key for key in rows[steps[0]] if key not in ("stage", "kind", "step", "lr", "tokens_per_s", "layer")]
+    keys = [key for key in rows[steps[0]] if key not in NOT_LOSSES]
     for key in keys:
         ax.plot(steps, [rows[s].get(key, float("nan")) for s in steps], label=key)
     ax.set_yscale("log")

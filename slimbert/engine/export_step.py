@@ -18,7 +18,9 @@ from .checkpoint import TrainingError
 from .finetune import make_task
 
 
-def run_export(r: Resolved, out: Path, train: torch.Tensor, tokenizer, log) -> None:
+def run_export(r: Resolved, out: Path, train: torch.Tensor, tokenizer, log,
+               device: torch.device = torch.device("cpu")) -> None:
+    """The recipe's export section; `device` computes the parity check's PyTorch reference."""
     e = r.recipe.export
     dest = out / "export"
     try:
@@ -30,7 +32,8 @@ def run_export(r: Resolved, out: Path, train: torch.Tensor, tokenizer, log) -> N
                 ids = train[: e.calibration_sequences].numpy().astype(np.int64)  # packed: no padding
                 calibration = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
             export(out, dest, opset=e.opset, quantize=e.quantize, openvino=e.openvino, openvino_calibration=calibration,
-                   static_calibration=calibration if e.static_int8 else None, log=log)
+                   static_calibration=calibration if e.static_int8 else None, log=log,
+                   device=device)
             if r.recipe.finetune is not None:
                 task_accuracy(r, out, dest, tokenizer, log)
         if e.bench is not None:

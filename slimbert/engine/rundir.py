@@ -11,6 +11,7 @@ import socket
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..models import count
@@ -18,14 +19,17 @@ from ..recipe.errors import Problem, RecipeError
 from ..recipe.resolve import Resolved
 
 
-def preflight(r: Resolved) -> None:
-    """Refuse, before anything is written, what this machine cannot run (recipe checks live in load_recipe)."""
+def preflight(r: Resolved, device: torch.device | None = None) -> None:
+    """Refuse, before anything is written, what this machine (or its GPU) cannot run (recipe checks live in
+    load_recipe)."""
     problems = []
     need = _memory_needed(r)
-    have = _physical_memory()
+    gpu = device is not None and device.type == "cuda"
+    have = torch.cuda.get_device_properties(device).total_memory if gpu else _physical_memory()
     if have and need > have:
+        where = f"{device} has" if gpu else "this machine has"
         problems.append(Problem("student", f"the student and teacher need about {need / 2**30:.1f} GiB (fp32 weights, "
-                                           f"gradients and Adam moments) but this machine has {have / 2**30:.1f} GiB; "
+                                           f"gradients and Adam moments) but {where} {have / 2**30:.1f} GiB; "
                                            "shrink the student (num_layers, inter_size, ffn) or use a bigger machine",
                                 None, str(r.file)))
     if problems:
@@ -151,7 +155,7 @@ def _nothing_started(out: Path) -> bool:
 
 def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> tuple[Path, bool]:
     """The run directory, and whether there is a run in it to resume."""
-    resolved = r.recipe.model_dump(mode="json")
+    resolved = _what_it_is(r.recipe.model_dump(mode="json"))
     if out is None:
         out = Path("runs") / f"{r.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
@@ -163,7 +167,7 @@ def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> tuple[Path, 
             if _nothing_started(out):  # killed during start-up: a retry loop passing --resume just starts it
                 return out, False
             raise RecipeError(Problem("--resume", f"{out} is not a slimbert run directory (no recipe.resolved.yaml)"))
-        before = yaml.safe_load(saved.read_text())
+        before = _what_it_is(yaml.safe_load(saved.read_text()))
         if before != resolved:
             keys = sorted(_diff_keys(before, resolved))[:10]
             raise RecipeError(Problem("--resume", f"the recipe changed since the run started ({', '.join(keys)}); "
@@ -173,6 +177,12 @@ def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> tuple[Path, 
         raise RecipeError(Problem("--out", f"{out} exists and is not empty; pass --resume to continue that run or "
                                            "choose another --out"))
     return out, False
+
+
+def _what_it_is(recipe: dict) -> dict:
+    """The recipe without `device`: where a run computes is not what it computes, so a GPU run resumes on a CPU
+    and the other way round."""
+    return {k: v for k, v in recipe.items() if k != "device"} if isinstance(recipe, dict) else recipe
 
 
 def _diff_keys(a, b, prefix="") -> set[str]:

@@ -187,19 +187,27 @@ def parity_inputs(tokenizer, texts: list[str] | None = None, max_length: int = 1
     return out
 
 
-def _outputs(model, task, inputs, dtype) -> list[np.ndarray]:
-    m = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    with torch.no_grad():
-        out = KeywordCall(m, task)(*(torch.from_numpy(inputs[k]) for k in INPUTS))
-    return [o.to(torch.float64).numpy() for o in out]
+def _outputs(model, task, inputs, dtype, device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """PyTorch's outputs in `dtype` on `device` (the run's device: the reference is computed where the model
+    trained). On CUDA, TF32 is switched off for it: the reference must be true fp32 (or fp64)."""
+    device = torch.device(device)
+    m = model if dtype == torch.float32 and device.type == "cpu" else copy.deepcopy(model).to(device, dtype)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            out = KeywordCall(m, task)(*(torch.from_numpy(inputs[k]).to(device) for k in INPUTS))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return [o.to("cpu", torch.float64).numpy() for o in out]
 
 
 def check_parity(model: nn.Module, task: str, onnx_path: Path | None, inputs: dict[str, np.ndarray],
-                 exact: list[np.ndarray] | None = None, runner=None) -> Parity:
-    """ONNX Runtime (or `runner`, any runtime's runner) against PyTorch on the same (real, padded) inputs;
-    outputs at padded positions are ignored."""
-    ref = _outputs(model, task, inputs, torch.float32)
-    exact = exact if exact is not None else _outputs(model, task, inputs, torch.float64)
+                 exact: list[np.ndarray] | None = None, runner=None, device: str | torch.device = "cpu") -> Parity:
+    """ONNX Runtime (or `runner`, any runtime's runner) against PyTorch (on `device`) on the same (real, padded)
+    inputs; outputs at padded positions are ignored."""
+    ref = _outputs(model, task, inputs, torch.float32, device)
+    exact = exact if exact is not None else _outputs(model, task, inputs, torch.float64, device)
     got = runner.run(inputs) if runner is not None else session(onnx_path).run(None, inputs)
     got = [np.asarray(g, np.float64) for g in got]
     mask = inputs["attention_mask"].astype(bool)
@@ -229,13 +237,15 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
            passes: list[str] | None = None, texts: list[str] | None = None, fp32_factor: float = 10.0,
            int8_min_cosine: float = 0.98, measure: bool = True, static_calibration: dict | None = None,
            openvino: bool = False, calibration_texts: list[str] | None = None,
-           openvino_calibration: dict | None = None, log=print) -> ExportResult:
+           openvino_calibration: dict | None = None, log=print,
+           device: str | torch.device = "cpu") -> ExportResult:
     """Export the model at `path` (a run directory or a model directory) to `out`. `passes`: names from
     passes.MODEL_PASSES / ONNX_PASSES in order (default: DEFAULT_PASSES; [] for a plain export).
     `static_calibration` (model inputs, e.g. corpus sequences) also writes a static int8 model_int8_static.onnx.
     `openvino` also writes OpenVINO IRs (fp32, and NNCF int8 with `quantize`; calibrated on `openvino_calibration`
     (model inputs, e.g. corpus sequences) when given, else `calibration_texts` or built-in real sentences), each
-    precision checked like the ONNX file."""
+    precision checked like the ONNX file. `device`: where PyTorch computes the parity reference (the graph is
+    traced on the CPU, as ONNX Runtime runs it)."""
     from transformers import AutoTokenizer
 
     passes = list(DEFAULT_PASSES) if passes is None else list(passes)
@@ -281,8 +291,8 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         for leftover in tmp.glob("stage-*.onnx"):
             leftover.unlink()
         inputs = parity_inputs(tokenizer, texts)
-        exact = _outputs(model, task, inputs, torch.float64)
-        p = check_parity(model, task, onnx_path, inputs, exact)
+        exact = _outputs(model, task, inputs, torch.float64, device)
+        p = check_parity(model, task, onnx_path, inputs, exact, device)
         result.parity["fp32"] = p
         log(f"parity fp32: max |onnx - torch| {p.max_abs:.3g} ({p.max_rel:.2g} of the output scale), cosine "
             f"{p.cosine:.8f}; vs fp64: onnx {p.onnx_error:.3g}, torch fp32 {p.torch_error:.3g}"
@@ -294,7 +304,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         if quantize == "int8":
             q_path = tmp / "model_int8.onnx"
             quantize_dynamic_int8(onnx_path, q_path)
-            q = check_parity(model, task, q_path, inputs, exact)
+            q = check_parity(model, task, q_path, inputs, exact, device=device)
             result.parity["int8"] = q
             log(f"parity int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of the "
                 "output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
@@ -305,7 +315,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         if static_calibration is not None:
             q_path = tmp / "model_int8_static.onnx"
             quantize_static_int8(onnx_path, q_path, static_calibration)
-            q = check_parity(model, task, q_path, inputs, exact)
+            q = check_parity(model, task, q_path, inputs, exact, device)
             result.parity["int8_static"] = q
             log(f"parity static int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of "
                 "the output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None

@@ -275,8 +275,10 @@ class StageBase(Section):
         default_factory=dict, description="Per-module LR multipliers by name prefix; 0 freezes.")
     checkpoint_every: Steps | None = Field(None, description="Checkpoint interval in steps (default: "
                                                                    "stage end only).")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast for the forward passes (losses "
-                                                                   "stay fp32); faster on CPUs/GPUs with bf16 units.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU with bf16 units, fp32 elsewhere (on CPU too); bf16: "
+                            "autocast for the forward passes on any device (weights, optimizer state and the "
+                            "losses stay fp32); fp32: no autocast (TF32 matmuls on GPUs).")
 
 
 class LayerwiseStage(StageBase):
@@ -460,6 +462,10 @@ class Recipe(Section):
     name: str = Field("slimbert", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                       description="Run name (letters, digits, '.', '_', '-'); the run directory is named after it.")
     seed: Annotated[Int, Field(ge=0, lt=2 ** 32)] = Field(0, description="Seed for weights, data order and masking.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
+                        description="Where the run computes: auto (the GPU when torch sees one, else the CPU), cpu, "
+                                    "cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK. `--device` "
+                                    "overrides it; checkpoints hold CPU tensors, so a run resumes on either.")
     source: Source = Field(..., description="The pretrained model to compress.")
     teacher: Teacher = Field(default_factory=Teacher, description="How the teacher is built.")
     student: Student = Field(default_factory=Student, description="The student's architecture.")

@@ -16,7 +16,7 @@ and the stage config by duck type (`StageConfig`): transfer/ does not import rec
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -66,13 +66,18 @@ class TeacherFacts:
 
 @dataclass
 class Shard:
-    """This rank's rows of the global batch: rows [rank::size], then micro-batch `micro` of `n_micro`."""
+    """This rank's rows of the global batch: rows [rank::size], then micro-batch `micro` of `n_micro`, on the
+    device the models are on. The global batch is drawn (and masked) on the CPU, the same on every device."""
 
     rank: int = 0
     size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def part(self, x: torch.Tensor, micro: int, n_micro: int) -> torch.Tensor:
-        return x[self.rank::self.size].chunk(n_micro)[micro]
+        rows = x[self.rank::self.size].chunk(n_micro)[micro]
+        if self.device.type == "cuda":  # pinned, so the copy runs without blocking the host
+            return rows.pin_memory().to(self.device, non_blocking=True)
+        return rows.to(self.device)
 
 
 @dataclass
@@ -453,8 +458,9 @@ class TeacherAdaptation:
         t, logits = x.ib(batch, want_mlm=labels is not None)
         terms = {}
         if st.hidden:
-            mse = [F.mse_loss(x.ib.readout[j](h).float(), s.hidden_states[j]) / s.hidden_states[j].pow(2).mean()
-                   for j, h in enumerate(t.hidden_states)]
+            # fp32 under autocast: the source's states may come out in bf16.
+            mse = [F.mse_loss(x.ib.readout[j](h).float(), s.hidden_states[j].float())
+                   / s.hidden_states[j].float().pow(2).mean() for j, h in enumerate(t.hidden_states)]
             terms["hidden"] = st.hidden * torch.stack(mse).mean()
         if st.attention:
             kl = [L.attention_loss(p, scores.float(), teacher_is_probs=True)
