@@ -18,7 +18,7 @@ from ..teacher.build import IBTeacher, fidelity
 from . import checkpoint as ckpt
 from .cards import fidelity_rows, write_card
 from .checkpoint import TrainingError
-from .metrics import read_rows
+from .metrics import NOT_LOSSES, read_rows
 
 
 def save_model(model, tokenizer, final: Path) -> Path:
@@ -95,11 +95,6 @@ def print_fidelity(console, data: dict) -> None:
 
 
 # ---- plots ----------------------------------------------------------------------------------------------------------
-
-# metrics.jsonl fields that are not loss terms (the loss curve plots the others)
-NOT_LOSSES = ("stage", "kind", "step", "lr", "tokens_per_s", "tflops", "mfu", "device", "precision", "processes",
-              "peak", "layer")
-
 
 def plot_stage(out: Path, k: int, name: str) -> None:
     """stages/<k>-<kind>/loss.png: every loss term of stage k against the step, log scale."""

@@ -20,6 +20,7 @@ from ..models import SlimBertConfig, count, preset
 from ..models.convert import from_transformers_config
 from ..teacher.source import SourceError, describe_source
 from .checkpoint import write_atomic
+from .metrics import NOT_LOSSES
 
 KINDS = ("student", "finetuned", "export")
 COUNT_SEQ = 128        # FLOPs per sequence of 128 tokens: the paper's convention, comparable across runs
@@ -253,9 +254,8 @@ def _fidelity(f: dict) -> str:
 
 
 def _losses(rows: list[dict]) -> str:
-    fixed = ("stage", "kind", "step", "lr", "loss", "tokens_per_s", "layer")
     table = [[r["stage"], r["kind"], r["step"] + 1, f"{r['loss']:.4g}",
-              ", ".join(f"{k} {v:.4g}" for k, v in r.items() if k not in fixed)] for r in rows]
+              ", ".join(f"{k} {v:.4g}" for k, v in r.items() if k not in (*NOT_LOSSES, "loss"))] for r in rows]
     return ("The last logged value of each stage (`metrics.jsonl`; loss curves in `stages/*/loss.png`).\n\n"
             + _table(["stage", "kind", "steps", "loss", "terms"], table))
 

@@ -13,6 +13,10 @@ from pathlib import Path
 from .tracking import Trackers
 
 
+# Row fields that are not loss terms: the loss curves and the model card's loss table show the others.
+NOT_LOSSES = ("stage", "kind", "step", "lr", "tokens_per_s", "tflops", "mfu", "device", "precision", "processes",
+              "peak", "layer")
+
 class MetricLogger:
     def __init__(self, path: Path, main: bool = True, trackers: Trackers | None = None):
         self.path = path
