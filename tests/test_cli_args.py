@@ -91,7 +91,7 @@ CASES = {
         (["export", "@SOURCE@", "--onnx", "--out", "@FILE@"], "is a file"),
         (["export", NUL, "--onnx"], "NUL|null byte"),
         (["export", "@SOURCE@", "--onnx", "--out", f"@ROOT@/{LONG}"], "255"),
-        (["export"], "Missing argument"),
+        (["export"], "say which format"),                     # no path: the newest run, but a format first
     ],
     "bench": [
         (["bench", "@TRUNCATED@"], "not a readable ONNX model"),
@@ -113,7 +113,7 @@ CASES = {
         (["bench", "@MISSING@"], "no ONNX model"),
         (["bench", "@NOT_MODEL@"], "no ONNX model"),
         (["bench", NUL], "NUL|null byte"),
-        (["bench"], "Missing argument"),
+        (["bench"], "no export under"),                     # no files: the newest export, and there is none
     ],
     "count": [
         (["count", "nonsense"], "neither a preset"),

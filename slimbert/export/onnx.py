@@ -203,7 +203,7 @@ def _outputs(model, task, inputs, dtype, device: str | torch.device = "cpu") -> 
 
 
 def check_parity(model: nn.Module, task: str, onnx_path: Path | None, inputs: dict[str, np.ndarray],
-                 exact: list[np.ndarray] | None = None, runner=None, device: str | torch.device = "cpu") -> Parity:
+                 exact: list[np.ndarray] | None = None, device: str | torch.device = "cpu", *, runner=None) -> Parity:
     """ONNX Runtime (or `runner`, any runtime's runner) against PyTorch (on `device`) on the same (real, padded)
     inputs; outputs at padded positions are ignored."""
     ref = _outputs(model, task, inputs, torch.float32, device)
@@ -304,7 +304,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         if quantize == "int8":
             q_path = tmp / "model_int8.onnx"
             quantize_dynamic_int8(onnx_path, q_path)
-            q = check_parity(model, task, q_path, inputs, exact, device=device)
+            q = check_parity(model, task, q_path, inputs, exact, device)
             result.parity["int8"] = q
             log(f"parity int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of the "
                 "output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
