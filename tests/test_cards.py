@@ -209,4 +209,5 @@ def test_a_run_writes_a_card_beside_every_model(tmp_path, tiny_source, shared_da
             assert table_row(text, "this model (PyTorch)")[1:] == [f"{v:.4f}" for v in task["dev"].values()]
     report = json.loads((out / "export" / "bench" / "report.json").read_text())
     p50 = report["results"][0]["latency"]["p50"] * 1e3
-    assert table_row(ModelCard.load(out / "export" / "README.md").text, "student")[6] == f"{p50:.1f}"  # model, runtime, precision, batch, seq, mean, p50
+    # columns: model, runtime, precision, batch, seq, mean ms, p50 ms
+    assert table_row(ModelCard.load(out / "export" / "README.md").text, "student")[6] == f"{p50:.1f}"
