@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +41,19 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
+def sample_rows(rows: list, n: int | None, seed: int) -> list:
+    """`n` rows drawn without replacement with `seed`, in file order (all rows when n is None or too large).
+    GLUE files are grouped by source, so their head is a biased sample."""
+    if not n or n >= len(rows):
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[i] for i in keep]
+
+
 def read_task(path: Path, text_fields: list[str], label_field: str, regression: bool,
-              label_names: list[str] | None = None, max_examples: int | None = None) -> TaskData:
-    """Examples from `path`. Classification labels map to indices by `label_names` (from the training file:
-    its distinct labels, sorted numerically when they are numbers)."""
+              label_names: list[str] | None = None, max_examples: int | None = None, seed: int = 0) -> TaskData:
+    """Examples from `path` (`max_examples` of them sampled with `seed`). Classification labels map to indices
+    by `label_names` (from the training file: its distinct labels, sorted numerically when they are numbers)."""
     rows = read_rows(path)
     if not rows:
         raise TaskDataError(f"{path}: no examples")
@@ -52,8 +62,7 @@ def read_task(path: Path, text_fields: list[str], label_field: str, regression: 
         raise TaskDataError(f"{path}: no column {', '.join(map(repr, missing))}; its columns are "
                             f"{', '.join(map(repr, rows[0]))}")
     rows = [r for r in rows if r.get(label_field) not in (None, "")]
-    if max_examples:
-        rows = rows[:max_examples]
+    rows = sample_rows(rows, max_examples, seed)
     texts = [tuple(str(r[k] or "").strip() for k in text_fields) for r in rows]
     raw = [str(r[label_field]).strip() for r in rows]
     if regression:
