@@ -1,23 +1,28 @@
-"""Compression-quality benchmark: does the recipe keep the source's accuracy?
+"""Compression-quality benchmark: what the recipe keeps of the source, and which recipe wins at a budget.
 
-The MobileBERT paper's comparison at CPU scale, with a real pretrained source (all-MiniLM-L6-v2) and real GLUE
-tasks (SST-2, MRPC, RTE from ../shared/data). One command per experiment; each writes one JSON result under
-runs/quality/results/ (finished results are skipped, so `all` resumes); `report` turns them into
-benchmarks/results/quality.{md,json,png}.
+The MobileBERT paper's comparison at CPU scale, with a real pretrained source (all-MiniLM-L6-v2, a sentence-
+embedding model without an MLM head) and real GLUE tasks (SST-2, MRPC, RTE from ../shared/data). Each experiment
+writes one JSON result under <workspace>/results/ (finished results are skipped, so `all` resumes); `report`
+turns them into quality.{md,json} and two PNGs.
 
-  python benchmarks/quality/run.py corpus                       # shared raw text + unlabelled task sentences
-  python benchmarks/quality/run.py transfer --arm slimbert      # arm 2: IB teacher, progressive transfer, PD
-  python benchmarks/quality/run.py transfer --arm pruned_init   # arm 4: the student pruned from the teacher first
-  python benchmarks/quality/run.py transfer --arm joint         # arm 5: strategy ablation at equal total steps
-  python benchmarks/quality/run.py transfer --arm auxiliary
-  python benchmarks/quality/run.py finetune --task sst2 --arm source --seed 0
-  python benchmarks/quality/run.py latency                      # ONNX p50 of the student and the source
-  python benchmarks/quality/run.py all                          # everything, in order
-  python benchmarks/quality/run.py report
+  python benchmarks/quality/run.py all                  # the CPU benchmark: a QUIET 2-core machine, <= 2 h
+  python benchmarks/quality/run.py all --scale gpu --budget-s 420   # full sets, 3 seeds, ~100x transfer tokens
+  python benchmarks/quality/run.py all --smoke --force  # the harness end to end in minutes (numbers mean nothing)
+  python benchmarks/quality/run.py jobs                 # the experiments, in the order `all` runs them
+  python benchmarks/quality/run.py transfer --arm embed # one experiment; also finetune --task T --arm A --seed S,
+  python benchmarks/quality/run.py report               #   similarity --arm A, latency
 
-Arms: source (the ceiling: the source fine-tuned), slimbert, random_init (the student's architecture, no
-transfer), pruned_init, joint, auxiliary, and slimbert_no_kd (arm 2 fine-tuned without task distillation).
-Every student arm is fine-tuned the same way: task distillation from the source fine-tuned with the same seed.
+A fair run: `all` (and each experiment) records the CPU model, thread count and load average before and during
+the run (results/machine.json), and refuses to start when the 1-minute load exceeds 0.5 per core (--force runs
+anyway and says so in the report).
+
+Arms. source: the ceiling, fine-tuned until its dev metric plateaus (early stopping, patience), full training
+sets; its curve is reported and it is every student's task teacher (logits precomputed once per task sample).
+slimbert (IB teacher + progressive + PD), embed (embedding_distill instead of PD), random_init, then the levers at
+equal compute (pd_share, pruned_init, joint, auxiliary, no task KD, two fine-tuning LRs) and the cookbook at
+equal compute (distilbert_style, tinybert_style, minilm_style; slimbert is mobilebert's, pruned_init its pruned
+variant): same corpus, student token budget, fine-tuning and seeds. Every transfer arm's student is also scored
+without fine-tuning: Spearman of its cosine similarities against the source's on MRPC and RTE dev pairs.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
+# The GPU machine has no ../shared: gpu_data.py unpacks a carried copy and names it here.
+DATA = Path(os.environ.get("SLIMBERT_QUALITY_DATA") or ROOT.parent / "shared" / "data")
 RECIPE = Path(__file__).with_name("transfer.yaml")
 COOKBOOK_DIR = ROOT / "recipes"
 
@@ -194,6 +200,8 @@ def transfer_recipe(arm: str) -> Path:
 
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["name"] = f"quality-{arm}"
+    if os.environ.get("SLIMBERT_QUALITY_SOURCE"):
+        recipe["source"]["model"] = _source_path()
     recipe["data"]["corpus"] = {"files": [str(corpus_file())]}
     recipe["data"]["max_sequences"] = int(recipe["data"]["max_sequences"] * max(1.0, S["steps_x"] * S["batch_x"]))
     recipe["data"]["similarity_pairs"] = [str(DATA / TASKS[t]["dev"]) for t in ("mrpc", "rte")]
