@@ -82,11 +82,9 @@ SCALES = {
     "smoke": dict(
         work="runs/quality-smoke", results="runs/quality-smoke/report",
         tasks={"sst2": dict(max_examples=64, seeds=[0], student_max_examples=64),
-               "mrpc": dict(max_examples=48, seeds=[0, 1], student_max_examples=48),
-               "rte": dict(max_examples=48, seeds=[0], student_max_examples=48)},
-        source=dict(max_epochs={"sst2": 2, "mrpc": 2, "rte": 1}, evals_per_epoch={"sst2": 1, "mrpc": 1, "rte": 1},
-                    patience=1),
-        student_epochs={"sst2": 1, "mrpc": 1, "rte": 1},
+               "mrpc": dict(max_examples=48, seeds=[0], student_max_examples=48)},
+        source=dict(max_epochs={"sst2": 2, "mrpc": 2}, evals_per_epoch={"sst2": 1, "mrpc": 1}, patience=1),
+        student_epochs={"sst2": 1, "mrpc": 1},
         steps_x=0.04, batch_x=1, corpus_lines=3000, ablation_tasks=("sst2",), cookbook_seeds=1, dev_max=64,
         pairs_max=40),
 }
@@ -125,8 +123,8 @@ def configure(scale: str, work: str | None = None) -> None:
     WORK = Path(work).resolve() if work else ROOT / S["work"]
     RESULTS = WORK / "results"
     TASKS.clear()
-    for task, files in TASK_FILES.items():
-        TASKS[task] = {**files, **S["tasks"][task]}
+    for task, knobs in S["tasks"].items():
+        TASKS[task] = {**TASK_FILES[task], **knobs}
 
 
 def arms_for(task: str) -> list[str]:
@@ -204,7 +202,7 @@ def transfer_recipe(arm: str) -> Path:
         recipe["source"]["model"] = _source_path()
     recipe["data"]["corpus"] = {"files": [str(corpus_file())]}
     recipe["data"]["max_sequences"] = int(recipe["data"]["max_sequences"] * max(1.0, S["steps_x"] * S["batch_x"]))
-    recipe["data"]["similarity_pairs"] = [str(DATA / TASKS[t]["dev"]) for t in ("mrpc", "rte")]
+    recipe["data"]["similarity_pairs"] = [str(DATA / TASK_FILES[t]["dev"]) for t in ("mrpc", "rte")]
     recipe["data"]["similarity_max_pairs"] = S.get("pairs_max", 1000)
     stages = recipe["transfer"]
     prog = next(s for s in stages if s["kind"] == "progressive")
@@ -464,10 +462,10 @@ def similarity(arm: str) -> dict:
     source = Path(_source_path())
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     student = student_for(arm, 0).slimbert
-    files = [DATA / TASKS[t]["dev"] for t in ("mrpc", "rte")]
+    files = [DATA / TASK_FILES[t]["dev"] for t in ("mrpc", "rte")]
     report = similarity_report(student, source, tokenizer, files, sentence_pooling(source) or "mean", 128,
                                S.get("pairs_max", 1000), 0)
-    result = {"arm": arm, "spearman": {t: report[str(DATA / TASKS[t]["dev"])]["spearman"] for t in ("mrpc", "rte")},
+    result = {"arm": arm, "spearman": {t: report[str(DATA / TASK_FILES[t]["dev"])]["spearman"] for t in ("mrpc", "rte")},
               "detail": report}
     write(done, result)
     print(f"similarity {arm}: {result['spearman']}", flush=True)
