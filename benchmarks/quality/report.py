@@ -129,7 +129,7 @@ def _pct(row: dict, m: str) -> str:
 
 def markdown(q: dict) -> str:
     m = q["machine"]
-    flag = "" if q["scale"] == "cpu" else f" --scale {q['scale']}"
+    flag = {"cpu": "", "gpu": " --scale gpu", "smoke": " --smoke --force"}[q["scale"]]
     lines = [f"# Compression quality ({q['scale']} scale): what the recipe keeps, and which recipe wins", "",
              f"Command: `python benchmarks/quality/run.py all{flag}` (resumable; `jobs` lists the experiments, "
              "each also one command).", "",

@@ -527,9 +527,10 @@ def refuse_if_busy(force: bool) -> None:
     """A benchmark on a busy machine measures the other jobs: refuse (exit 2) unless --force."""
     per_core = load_per_core()
     if per_core > BUSY_LOAD_PER_CORE and not force:
-        raise SystemExit(f"the machine is busy: 1-min load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} "
-                         f"cores ({per_core:.2f} per core > {BUSY_LOAD_PER_CORE}); wait for a quiet machine, or "
-                         "pass --force (the load is recorded either way)")
+        print(f"the machine is busy: 1-min load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} "
+              f"cores ({per_core:.2f} per core > {BUSY_LOAD_PER_CORE}); wait for a quiet machine, or "
+              "pass --force (the load is recorded either way)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 class LoadMonitor:
@@ -711,11 +712,13 @@ def main(argv=None) -> None:
             latency()
         else:
             finished = run_all(a.budget_s)
-            from report import report
-
-            report(report_dir)
     finally:
         record_session(monitor, time.perf_counter() - t0, a.force, finished)
+        copy_to_out(report_dir)
+    if a.command == "all":  # after the session is recorded, so that the report shows its load
+        from report import report
+
+        report(report_dir)
         copy_to_out(report_dir)
 
 
