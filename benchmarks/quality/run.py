@@ -655,16 +655,21 @@ def run_all(budget_s: float | None) -> bool:
 
 
 def copy_to_out(report_dir: Path) -> None:
-    """On the GPU machine only $OUT comes back: the results and the report go there too."""
+    """On the GPU machine only $OUT comes back, at most 8 files: the report (quality.md, quality.json, two PNGs)
+    and every result JSON in one results.tar.gz."""
     import shutil
+    import tarfile
 
     out = os.environ.get("OUT")
     if not out:
         return
     target = Path(out) / f"quality-{S['scale']}"
-    shutil.copytree(RESULTS, target / "results", dirs_exist_ok=True)
-    if report_dir.is_dir():
-        shutil.copytree(report_dir, target / "report", dirs_exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(target / "results.tar.gz", "w:gz") as tar:
+        tar.add(RESULTS, arcname="results")
+    for name in ("quality.md", "quality.json", "quality.png", "quality_cookbook.png"):
+        if (report_dir / name).is_file():
+            shutil.copy(report_dir / name, target / name)
 
 
 def main(argv=None) -> None:
