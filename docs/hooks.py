@@ -24,6 +24,8 @@ RESULTS_INTRO = {
     "progressive": "What progressive transfer's truncated forward passes save.",
     "latency": "Export latency: the exported student against BERT_BASE and a plain export.",
     "reliability": "How runs behave under interruption, bad input and resume.",
+    "throughput": "Tokens/s and MFU per stage, as every run logs them.",
+    "gpu": "The GPU check: CUDA tests, the quickstart and the paper's shape on one GPU.",
 }
 
 

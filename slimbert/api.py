@@ -8,7 +8,7 @@ from typing import Any
 
 def compress(recipe: str | Path, teacher: Any = None, *, out: str | Path | None = None,
              overrides: list[str] | None = None, resume: bool = False, allow_plugins: bool = False,
-             console: Any = None) -> Path:
+             console: Any = None, device: str | None = None) -> Path:
     """Run `recipe` (a YAML file or a preset name) and return the run directory.
 
     The Python form of `slimbert run`: the recipe is loaded and checked in full before anything runs, then its
@@ -26,6 +26,7 @@ def compress(recipe: str | Path, teacher: Any = None, *, out: str | Path | None 
         resume: continue the run in `out` from its latest good checkpoint.
         allow_plugins: permit the recipe's `plugins:` (they import Python modules).
         console: a rich Console for progress output (default: stderr).
+        device: auto, cpu, cuda or cuda:N; overrides the recipe's `device` (auto: the GPU when there is one).
 
     Returns:
         The run directory.
@@ -39,5 +40,7 @@ def compress(recipe: str | Path, teacher: Any = None, *, out: str | Path | None 
     from .engine.runner import run
     from .recipe import load_recipe, recipe_path
 
-    resolved = load_recipe(recipe_path(str(recipe)), list(overrides or []), allow_plugins)
-    return run(resolved, Path(out) if out is not None else None, resume, console, teacher=teacher)
+    from .export.shape_timer import ExportTimer
+
+    resolved = load_recipe(recipe_path(str(recipe)), list(overrides or []), allow_plugins, timer=ExportTimer())
+    return run(resolved, Path(out) if out is not None else None, resume, console, teacher=teacher, device=device)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .recipe.schema import MAX_BATCH, MAX_DEPTH, MAX_POSITIONS, MAX_RUNS, OPSETS, os_path_problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress BERT-family encoders into MobileBERT-style students.")
@@ -21,6 +22,15 @@ err = Console(stderr=True)
 def fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def path_arg(value: Path | None, what: str) -> Path | None:
+    """A path argument any OS can use (no NUL, no over-long name), or exit 2 naming the argument."""
+    if value is not None:
+        problem = os_path_problem(str(value))
+        if problem:
+            fail(f"{what}: {problem}")
+    return value
 
 
 def recipe_errors(fn):
@@ -36,8 +46,31 @@ def recipe_errors(fn):
         raise typer.Exit(2)
 
 
+class _timer:  # noqa: N801 - used like the function it stands in for
+    """Times candidate shapes for a latency budget (balance.latency_ms). The export machinery is imported on first
+    use, so `validate` and `plan` of recipes without a budget do not pay for it."""
+
+    def __init__(self):
+        self._timer = None
+
+    def _get(self):
+        if self._timer is None:
+            from .export.shape_timer import ExportTimer
+
+            self._timer = ExportTimer(log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+        return self._timer
+
+    def __call__(self, config, spec) -> float:
+        return self._get()(config, spec)
+
+    def __getattr__(self, name):
+        return getattr(self._get(), name)
+
+
 RecipeArg = typer.Argument(..., help="Recipe YAML file, or a preset name (see `slimbert recipes list`).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
+DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: the recipe's `device`, auto: "
+                                                "the GPU when there is one).")
 
 
 @app.command()
@@ -46,7 +79,7 @@ def validate(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     """Check a recipe: exit 0, or exit 2 with every problem (key path and line)."""
     from .recipe import load_recipe, recipe_path
 
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=_timer()))
     from .models import count as count_fn
 
     console.print(f"[green]ok[/] {r.file}: {len(r.recipe.transfer)} stage(s); student "
@@ -63,20 +96,51 @@ def validate(recipe: str = RecipeArg, set_: list[str] = SetOpt,
 def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
          as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
          no_measure: bool = typer.Option(False, "--no-measure", help="Skip timing a few steps per stage."),
-         allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
+         gpus: int = typer.Option(8, "--gpus", min=1, help="Also estimate wall time on this many GPUs, on paper: "
+                                                           "the measured step shared linearly when timed on a GPU, "
+                                                           "counted FLOPs at 35% of an H100 when timed on a CPU."),
+         device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
     """A dry run: architectures side by side, the layer map, the stage schedule and time estimates."""
     from .recipe import build_plan, load_recipe, recipe_path
 
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    timer = _timer()
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=timer))
     p = build_plan(r)
     if not no_measure:
         from .engine.estimate import estimate_stages
 
-        recipe_errors(lambda: estimate_stages(r, p))
+        recipe_errors(lambda: estimate_stages(r, p, device, gpus))
+    if r.balance is not None and r.balance.frontier is not None:
+        from .export.shape_timer import frontier_chart, reference_marks
+        from .recipe.shape_search import LatencySpec
+
+        marks = [] if no_measure else reference_marks(timer, r.source_path, LatencySpec(**r.balance.spec))
+        p["balance"]["references"] = marks
+        name = f"frontier-{r.recipe.name}-{r.balance.spec['runtime']}-{r.balance.spec['precision']}.png"
+        p["balance"]["frontier_png"] = str(frontier_chart(p["balance"], marks, timer.file.parent / name))
     if as_json:
         print(json.dumps(p, indent=2, default=str))
         return
     print_plan(p)
+
+
+def print_frontier(b: dict) -> None:
+    spec = b["spec"]
+    ft = Table(title=f"latency frontier: {spec['runtime']} {spec['precision']}, batch {spec['batch']} x seq "
+                     f"{spec['seq']}, {spec['threads']} threads, budget {b['budget_ms']:g} ms")
+    for col in ("layers", "H", "I", "heads", "N", "F", "qkv", "params", "ratio", "ms", ""):
+        ft.add_column(col, justify="left" if col in ("qkv", "") else "right")
+    for r in sorted(b["frontier"], key=lambda r: -r["params"]):
+        ft.add_row(*(str(r[k]) for k in ("layers", "inter_size", "intra_size", "heads", "stacked", "ffn_size")),
+                   r["qkv_from"], f"{r['params'] / 1e6:.2f}M", f"{r['ratio']:.3f}", f"{r['ms']:.2f}",
+                   "chosen" if r["chosen"] else ("fits" if r["fits"] else ""),
+                   style="bold" if r["chosen"] else None)
+    for m in b.get("references", []):
+        ft.add_row(m["name"], "", "", "", "", "", "", f"{m['params'] / 1e6:.2f}M" if m["params"] else "?", "",
+                   f"{m['ms']:.2f}", f"best: {m['runtime']} {m['precision']}")
+    console.print(ft)
+    if b.get("frontier_png"):
+        console.print(f"frontier plot: {b['frontier_png']}", highlight=False)
 
 
 SHORT = {"feature_map": "FMT", "feature_mean": "mean", "feature_var": "var", "attention": "AT"}
@@ -86,16 +150,25 @@ SHORT = {"feature_map": "FMT", "feature_mean": "mean", "feature_var": "var", "at
 def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
         out: Path = typer.Option(None, "--out", help="Run directory (default: runs/<name>-<timestamp>)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
-        allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
-    """Run the recipe's stages and write the run directory."""
+        log: str = typer.Option(None, "--log", help="Experiment trackers to turn on, e.g. tensorboard,mlflow "
+                                                    "(also wandb, trackio); settings from the recipe's logging."),
+        device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
+    """Run the recipe's stages and write the run directory (one process, or one per GPU under torchrun)."""
     from .engine.runner import TrainingError, run as run_recipe
     from .recipe import load_recipe, recipe_path
+    from .recipe.loader import read_recipe_file
+    from .recipe.overrides import apply_overrides, tracker_overrides
 
+    path_arg(out, "--out")
     if resume and out is None:
         fail("--resume needs --out: the run directory to continue")
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins))
+    overrides = list(set_ or [])
+    if log is not None:
+        overrides += recipe_errors(lambda: tracker_overrides(
+            apply_overrides(read_recipe_file(recipe_path(recipe))[0], overrides), log))
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), overrides, allow_plugins, timer=_timer()))
     try:
-        recipe_errors(lambda: run_recipe(r, out, resume, err))
+        recipe_errors(lambda: run_recipe(r, out, resume, err, device=device))
     except TrainingError as e:
         err.print(f"[bold red]training stopped:[/] {e}", soft_wrap=True)
         raise typer.Exit(3)
@@ -121,6 +194,8 @@ def print_plan(p: dict) -> None:
     console.print(f"compression: {c['params']}x params, {c['encoder_params']}x encoder params, {c['flops']}x FLOPs")
     if p.get("balance"):
         console.print(f"[bold]balance:[/] {p['balance']['reason']}", highlight=False)
+        if p["balance"].get("frontier"):
+            print_frontier(p["balance"])
     lm = Table(title="layer map")
     for col in ("student", "teacher", "student shape", "teacher shape", "heads t/s", "losses"):
         lm.add_column(col)
@@ -130,18 +205,39 @@ def print_plan(p: dict) -> None:
                    shape, "/".join(map(str, row["heads"])),
                    " ".join(f"{SHORT.get(k, k)}x{v:g}" for k, v in row["losses"].items() if v))
     console.print(lm)
-    st = Table(title="stages")
-    for col in ("#", "kind", "steps", "batch", "optimizer", "lr", "schedule", "trainable", "est. time"):
+    st = Table(title="stages" + (f" (timed on {p['estimate_device']})" if p.get("estimate_device") else ""))
+    ests = [row.get("estimate") for row in p["stages"]]
+    gpus = next((e["gpus"] for e in ests if e), None)
+    for col in ("#", "kind", "steps", "batch", "optimizer", "lr", "schedule", "trainable", "est. time here",
+                "tok/s, MFU", f"on {gpus} GPUs" if gpus else "on N GPUs"):
         st.add_column(col)
-    for row in p["stages"]:
-        est = row.get("estimate")
-        est_s = f"{est['seconds']:.0f}s ({est['step_seconds'] * 1000:.0f} ms/step)" if est else "-"
+    for row, est in zip(p["stages"], ests):
+        cells = ["-", "-", "-"]
+        if est:
+            mfu = "n/a" if est.get("mfu") is None else f"{100 * est['mfu']:.1f}%"
+            cells = [f"{_duration(est['seconds'])} ({est['step_seconds'] * 1000:.0f} ms/step)",
+                     f"{est['tokens_per_s']:,.0f}, {mfu}",
+                     "-" if est.get("seconds_on_gpus") is None else _duration(est["seconds_on_gpus"])]
         st.add_row(str(row["index"]), row["kind"], f"{row['steps']:,}", str(row["batch_size"]), row["optimizer"],
                    f"{row['lr']:g}", row["schedule"] + (f" +{row['warmup_steps']} warm-up" if row["warmup_steps"] else ""),
-                   row.get("trainable", ""), est_s)
+                   row.get("trainable", ""), *cells)
     console.print(st)
+    basis = next((e["gpus_basis"] for e in ests if e), None)
+    if basis:
+        total = sum(e["seconds"] for e in ests if e)
+        paper = [e["seconds_on_gpus"] for e in ests if e and e.get("seconds_on_gpus") is not None]
+        console.print(f"whole run: {_duration(total)} here" + (f"; on paper {_duration(sum(paper))} on {basis}"
+                                                              if paper else ""), highlight=False)
     if p.get("estimate_note"):
         console.print(f"estimates: {p['estimate_note']}", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as the largest sensible unit: 42 s, 12.5 min, 3.2 h, 41.7 days, 3.1 years."""
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
 
 
 recipes_app = typer.Typer(no_args_is_help=True, help="The preset recipes shipped with slimbert.")
@@ -174,7 +270,11 @@ def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", hel
     from .recipe import recipe_path
 
     src = recipe_errors(lambda: recipe_path(from_))
-    out = Path(name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if not name.strip() or name.strip() in (".", ".."):
+        fail(f"NAME {name!r}: give a file name for the new recipe, e.g. my-recipe")
+    out = path_arg(Path(name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"), "NAME")
+    if out.is_dir():
+        fail(f"{out} is a folder; NAME names the recipe file to write")
     if out.exists() and not force:
         fail(f"{out} exists; pass --force to overwrite")
     stem = out.stem
@@ -184,7 +284,10 @@ def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", hel
 
     # The presets name the schema relative to recipes/; the copy names the installed file, so editors find it.
     text = re.sub(r"(# yaml-language-server: \$schema=)\S+", lambda m: m.group(1) + SCHEMA_FILE.as_uri(), text)
-    out.write_text(text)
+    try:
+        out.write_text(text)
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror or e}")
     console.print(f"wrote {out} (from {src.name}); next: slimbert validate {out}")
 
 
@@ -196,83 +299,181 @@ def recipes_schema() -> None:
     print(schema_text(), end="")
 
 
+RUNS = Path("runs")  # where `slimbert run` puts run directories without --out
+
+
 @app.command("export")
-def export_cmd(path: Path = typer.Argument(..., help="A run directory (its fine-tuned or pre-trained student) or a "
-                                                    "model directory."),
+def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine-tuned or pre-trained student) or a "
+                                                     "model directory (default: the newest finished run under "
+                                                     "./runs)."),
                onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX (the only format so far)."),
                quantize: str = typer.Option(None, "--quantize", help="Also write a dynamic-int8 model: int8."),
-               opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+               opset: int = typer.Option(17, "--opset", min=OPSETS[0], max=OPSETS[-1],
+                                         help=f"ONNX opset, {OPSETS[0]}-{OPSETS[-1]} (as the recipe's export.opset)."),
                task: str = typer.Option(None, "--task", help="feature-extraction, fill-mask, text-classification or "
                                                              "question-answering (default: from the model's head)."),
                out: Path = typer.Option(None, "--out", help="Output folder (default: PATH/export, or PATH-onnx)."),
                no_passes: bool = typer.Option(False, "--no-passes", help="Plain torch.onnx export, no graph passes."),
+               openvino: bool = typer.Option(False, "--openvino", help="Also write OpenVINO IRs beside the ONNX files "
+                                             "(fp32; NNCF int8 with --quantize int8), each checked against PyTorch."),
+               calibration: Path = typer.Option(None, "--calibration", help="Text file, one sentence a line, to "
+                                                "calibrate OpenVINO int8 on (default: built-in real sentences)."),
+               device: str = typer.Option("cpu", "--device", help="Where PyTorch computes the parity reference: "
+                                                                  "cpu (default), auto, cuda or cuda:N."),
                ) -> None:
-    """Export to ONNX in optimum's ORTModel layout, checked against PyTorch (exit 4 when it does not match)."""
-    from .export.onnx import ExportError, export
+    """Export to ONNX in optimum's ORTModel layout (and OpenVINO IRs), checked against PyTorch (exit 4 when it
+    does not match)."""
+    from .engine.device import select
+    from .engine.rundir import newest_run
+    from .export.onnx import TASKS, ExportError, ParityError, export
 
-    if not onnx:
-        fail("say which format: --onnx")
+    if not onnx and not openvino:
+        fail("say which format: --onnx and/or --openvino (the IR is converted from the ONNX file, so both are "
+             "written)")
+    texts = None
+    if calibration is not None:
+        if not openvino or quantize != "int8":
+            fail("--calibration is for OpenVINO int8: give it with --openvino --quantize int8")
+        try:
+            texts = [t.strip() for t in calibration.read_text(encoding="utf-8").splitlines() if t.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"--calibration {calibration}: cannot read it ({e})")
+        if not texts:
+            fail(f"--calibration {calibration}: no text in it (expected one sentence a line)")
     if quantize not in (None, "int8"):
         fail(f"--quantize {quantize!r}: only int8 is available")
+    if task is not None and task not in TASKS:
+        fail(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+    path_arg(out, "--out")
+    if path is None:
+        path = newest_run(RUNS)
+        if path is None:
+            fail(f"no finished run under ./{RUNS} to export; run one first (slimbert run recipes/quickstart.yaml) "
+                 "or give a run or model directory")
+        err.print(f"exporting the newest finished run: {path}", highlight=False, soft_wrap=True)
+    path_arg(path, "PATH")
+    if not path.is_dir():
+        fail(f"{path}: no such folder (PATH is a run directory or a model directory)")
     if out is None:
+        path = path.resolve()  # "." has no name to derive PATH-onnx from
         out = path / "export" if (path / "recipe.resolved.yaml").is_file() else path.with_name(path.name + "-onnx")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; it names the export folder")
+    where = recipe_errors(lambda: select(device, key="--device"))
     try:
         result = export(path, out, task=task, opset=opset, quantize=quantize, passes=[] if no_passes else None,
-                        log=lambda m: err.print(m, highlight=False, soft_wrap=True))
-    except ExportError as e:
+                        openvino=openvino, calibration_texts=texts,
+                        log=lambda m: err.print(m, highlight=False, soft_wrap=True), device=where)
+    except ParityError as e:
         err.print(f"[bold red]export failed:[/] {e}", soft_wrap=True)
         raise typer.Exit(4)
+    except ExportError as e:  # bad input: no model or tokenizer there, an --out in use
+        fail(f"export: {e}")
+    except OSError as e:
+        fail(f"export: cannot write {e.filename or out}: {e.strerror or e}")
+    if (path / "recipe.resolved.yaml").is_file():
+        from .engine.cards import write_card
+
+        write_card(path, result.out, "export")   # exported from a run directory: the export's model card
     console.print(f"[green]exported[/] {result.task} model to {result.out}: {', '.join(result.files)}",
                   highlight=False)
 
 
-def _ints(text: str, what: str) -> list[int]:
+def _ints(text: str, what: str, bound: int) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         fail(f"{what} {text!r}: expected comma-separated integers, e.g. 1,8")
     if not values or any(v <= 0 for v in values):
         fail(f"{what} {text!r}: expected positive integers")
+    if any(v > bound for v in values):
+        fail(f"{what} {text!r}: {max(values):,} is beyond the plausible bound {bound:,}")
     return values
 
 
 @app.command()
-def bench(models: list[Path] = typer.Argument(..., help="ONNX files (or export folders) to time side by side."),
+def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export folders) to time side by side "
+                                                         "(default: the newest model.onnx under ./runs/*/export)."),
           batch: str = typer.Option("1", "--batch", help="Batch sizes, e.g. 1,8."),
           seq: str = typer.Option("128", "--seq", help="Sequence lengths, e.g. 32,128,384."),
-          threads: int = typer.Option(2, "--threads", help="Intra-op threads."),
-          runs: int = typer.Option(30, "--runs", help="Timed runs per model and shape (alternating models)."),
+          threads: int = typer.Option(2, "--threads", min=1, max=MAX_DEPTH, help="Intra-op threads."),
+          runs: int = typer.Option(30, "--runs", min=1, max=MAX_RUNS,
+                                   help="Timed runs per model and shape (alternating models)."),
           compare: list[str] = typer.Option(None, "--compare", help="bert_base, teacher, or another ONNX file."),
+          runtime: str = typer.Option(None, "--runtime", help="Runtimes to time each export folder on: ort, "
+                                      "openvino (comma-separated). With it, every folder and baseline is timed on "
+                                      "every runtime and precision, and the report leads with best vs best."),
+          precision: str = typer.Option("fp32", "--precision", help="With --runtime: fp32, bf16, int8, int8-bf16, "
+                                        "int8-static (comma-separated); one this CPU or runtime lacks is reported "
+                                        "n/a."),
           out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
           ) -> None:
     """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
-    from .export.bench import Entry, bench as run_bench, bert_base_reference, teacher_reference, write_report
+    from .export.bench import (Entry, bench as run_bench, bert_base_reference, check_onnx, export_task,
+                               teacher_reference, variants, write_report)
+    from .export.isa import cpu_info
     from .export.onnx import ExportError
+    from .export.runtime import RUNTIMES
 
+    batches, seqs = _ints(batch, "--batch", MAX_BATCH), _ints(seq, "--seq", MAX_POSITIONS)
+    path_arg(out, "--out")
+    if out is not None and out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; it names the report folder")
+    for c in compare or []:
+        if c not in ("bert_base", "teacher") and not (not os_path_problem(c) and Path(c).is_file()):
+            fail(f"--compare {c!r}: expected bert_base, teacher or an ONNX file")
+    rts = [r.strip() for r in runtime.split(",") if r.strip()] if runtime else None
+    precs = [p.strip() for p in precision.split(",") if p.strip()]
+    if rts is not None:
+        bad = [r for r in rts if r not in RUNTIMES]
+        if bad or not rts:
+            fail(f"--runtime {runtime!r}: expected runtimes from {', '.join(RUNTIMES)}")
+        known = sorted({p for rt in RUNTIMES.values() for p in rt.files})
+        if not precs or any(p not in known for p in precs):
+            fail(f"--precision {precision!r}: expected precisions from {', '.join(known)}")
+    elif precision != "fp32":
+        fail("--precision needs --runtime (e.g. --runtime ort,openvino --precision fp32,int8)")
+    if not models:
+        from .engine.rundir import newest_export
+
+        newest = newest_export(RUNS)
+        if newest is None:
+            fail(f"no export under ./{RUNS}/*/export to time; export a run first (slimbert export --onnx) or give "
+                 "ONNX files")
+        err.print(f"timing the newest export: {newest}", highlight=False, soft_wrap=True)
+        models = [newest]
+    cpu = cpu_info()
     entries = []
-    for m in models:
-        p = m / "model.onnx" if m.is_dir() else m
-        if not p.is_file():
-            fail(f"{m}: no ONNX model there")
-        entries.append(Entry(p.parent.name if p.name == "model.onnx" else p.stem, p))
-    first = entries[0].path
-    meta = first.parent / "slimbert_export.json"
-    task = json.loads(meta.read_text())["task"] if meta.is_file() else "feature-extraction"
-    cache = (out or first.parent) / "baselines"
     try:
+        for m in models:
+            path_arg(m, "MODELS")
+            p = m / "model.onnx" if m.is_dir() else m
+            if not p.is_file():
+                fail(f"{m}: no ONNX model there")
+            check_onnx(p)
+            name = p.parent.name if p.name == "model.onnx" else p.stem
+            entries += variants(name, p.parent, rts, precs, cpu) if rts else [Entry(name, p)]
+        first = Path(models[0]) / "model.onnx" if models[0].is_dir() else models[0]
+        task = export_task(first)
+        cache = (out or first.parent) / "baselines"
+        want = {"openvino": bool(rts) and "openvino" in rts,
+                "quantize": "int8" if any("int8" in p for p in precs) else None}
         for c in compare or []:
             if c == "bert_base":
-                entries.append(Entry("bert_base", bert_base_reference(task, cache / f"bert_base-{task}", first.parent)))
+                ref = bert_base_reference(task, cache / f"bert_base-{task}", first.parent, **want)
             elif c == "teacher":
-                entries.append(Entry("teacher", teacher_reference(first.parent, cache / "teacher")))
-            elif Path(c).is_file():
-                entries.append(Entry(Path(c).stem, Path(c)))
+                ref = teacher_reference(first.parent, cache / "teacher", **want)
             else:
-                fail(f"--compare {c!r}: expected bert_base, teacher or an ONNX file")
+                check_onnx(Path(c))
+                entries.append(Entry(Path(c).stem, Path(c)))
+                continue
+            entries += variants(c, ref.parent, rts, precs, cpu) if rts else [Entry(c, ref)]
+        report = run_bench(entries, batches, seqs, threads, runs, cpu=cpu)
+        files = write_report(report, out or first.parent / "bench")
     except ExportError as e:
         fail(str(e))
-    report = run_bench(entries, _ints(batch, "--batch"), _ints(seq, "--seq"), threads, runs)
-    files = write_report(report, out or first.parent / "bench")
+    except OSError as e:
+        fail(f"cannot write {e.filename or out}: {e.strerror or e}")
     console.print((files[1]).read_text(), highlight=False)
     console.print(f"written: {', '.join(str(f) for f in files)}", highlight=False)
 
@@ -286,7 +487,7 @@ def version() -> None:
 @app.command()
 def count(
     model: str = typer.Argument(..., help="A preset name (e.g. mobilebert, bert_base) or a saved model directory."),
-    seq: int = typer.Option(128, "--seq", min=1, help="Sequence length for FLOPs."),
+    seq: int = typer.Option(128, "--seq", min=1, max=MAX_POSITIONS, help="Sequence length for FLOPs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Parameters and FLOPs per component, and the attention/FFN parameter ratio."""
@@ -294,14 +495,20 @@ def count(
 
     if model in PRESETS:
         config = preset(model)
-    elif (Path(model) / "config.json").is_file():
+    elif not os_path_problem(model) and (Path(model) / "config.json").is_file():
         try:
+            raw = json.loads((Path(model) / "config.json").read_text())
+            if not isinstance(raw, dict) or raw.get("model_type") not in (None, "slimbert"):
+                raise ValueError(f"it describes a {raw.get('model_type') if isinstance(raw, dict) else raw!r} model")
             config = SlimBertConfig.from_pretrained(model)
-        except (ValueError, OSError) as e:
-            fail(f"{model}/config.json is not a slimbert config: {e}")
+        except Exception as e:  # noqa: BLE001 - bad JSON, wrongly typed fields (strict configs): the file's fault
+            fail(f"{model}/config.json is not a slimbert config: {(str(e).strip().splitlines() or [''])[-1]}")
     else:
         fail(f"{model!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a directory with config.json")
-    c = count_fn(config, seq_len=seq)
+    try:
+        c = count_fn(config, seq_len=seq)
+    except (ValueError, ZeroDivisionError, TypeError) as e:
+        fail(f"{model}: cannot count it: {e}")
     if as_json:
         print(json.dumps(c.as_dict(), indent=2))
         return

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Elsewhere (e.g. a GPU machine that gets a copy of the repo alone): SLIMBERT_SHARED_DATA names the data folder
+# and SLIMBERT_TOKENIZER a folder holding the MiniLM tokenizer (benchmarks/gpu_wheels.sh prepares both).
+SHARED_DATA = Path(os.environ.get("SLIMBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def _need(what: str):
@@ -17,6 +22,15 @@ def _need(what: str):
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing in CI")
     pytest.skip(f"{what} not available")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def corpus_cache(tmp_path_factory) -> Path:
+    """Runs in tests (and the CLI subprocesses they start) cache tokenised corpora in a temporary folder, never
+    in the user's ~/.cache; the tests share it, as runs on one machine do."""
+    root = tmp_path_factory.mktemp("slimbert-cache")
+    os.environ["SLIMBERT_CACHE"] = str(root)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +50,11 @@ def minilm_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(minilm_path):
+def tokenizer(request):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(minilm_path)
+    path = os.environ.get("SLIMBERT_TOKENIZER") or request.getfixturevalue("minilm_path")
+    return AutoTokenizer.from_pretrained(path)
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +116,53 @@ def write_recipe(dir: Path, source: Path, shared: Path, **sections) -> Path:
     path = dir / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+# Runs with `python -I` (no PYTHONPATH, no cwd on the path) and a finder that refuses slimbert, so neither an
+# editable nor a regular install can be reached: the folder must open with torch and transformers alone.
+WITHOUT_SLIMBERT = r"""
+import importlib.abc, json, sys
+
+class NoSlimbert(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "slimbert":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoSlimbert())
+try:
+    import slimbert
+except ModuleNotFoundError:
+    pass
+else:
+    sys.exit("slimbert is importable: the test proves nothing")
+import torch
+import transformers
+
+folder, auto_name, batch = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if auto_name == "AutoConfig":   # an export folder: ONNX files and the config, no PyTorch weights
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    print(json.dumps({"class": type(config).__module__ + "." + type(config).__name__, "out": config.to_dict()}))
+    sys.exit(0)
+model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
+assert "slimbert" not in sys.modules
+with torch.no_grad():
+    out = model(**{k: torch.tensor(v) for k, v in batch.items()})
+key = "last_hidden_state" if auto_name == "AutoModel" else "logits"
+# Loaded from its own code, it saves again with that code, so it can be passed on.
+model.save_pretrained(folder + "-resaved")
+again = getattr(transformers, auto_name).from_pretrained(folder + "-resaved", trust_remote_code=True).eval()
+with torch.no_grad():
+    assert torch.equal(again(**{k: torch.tensor(v) for k, v in batch.items()})[key], out[key])
+print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__, "out": out[key].tolist()}))
+"""
+
+
+def open_without_slimbert(folder: Path, auto_name: str, batch: dict[str, torch.Tensor], tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_"))}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-I", "-c", WITHOUT_SLIMBERT, str(folder), auto_name,
+                           json.dumps({k: v.tolist() for k, v in batch.items()})],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

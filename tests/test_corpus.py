@@ -98,9 +98,24 @@ def test_a_datasets_corpus_packs_like_the_same_text_in_files(tmp_path, tiny_sour
     ds = write_recipe(tmp_path, tiny_source, shared_data, data={**data, "corpus": {
         "dataset": "corpus.jsonl", "text_field": "body", "streaming": streaming}})
     got = load_corpus(load_recipe(ds), tokenizer)
-    assert len(want[0]) == 40 and all(torch.equal(a, b) for a, b in zip(want, got))
+    assert len(want[0]) == 40 and all(torch.equal(a[:], b[:]) for a, b in zip(want, got))
 
     bad = write_recipe(tmp_path, tiny_source, shared_data, data={**data, "corpus": {
         "dataset": "corpus.jsonl", "text_field": "text", "streaming": streaming}})
     with pytest.raises(RecipeError, match=r"data\.corpus\.dataset.*no column 'text'.*body"):
         load_corpus(load_recipe(bad), tokenizer)
+
+
+def test_count_sequences_matches_pack_and_stops_early(tokenizer, shared_data, tmp_path):
+    from slimbert.data.corpus import count_sequences, pack, read_texts
+
+    files = [shared_data / "wikitext-2-raw" / "wiki.test.raw"]
+    text = files[0].read_text(encoding="utf-8")[:20000]
+    small = tmp_path / "small.txt"
+    small.write_text(text)
+    assert count_sequences([small], tokenizer, 32, 10 ** 9) == len(pack(read_texts([small]), tokenizer, 32))
+    assert count_sequences(files, tokenizer, 32, 5) == 5                      # stops once there is enough
+    assert count_sequences(files, tokenizer, 32, 10 ** 9, max_bytes=1000) is None  # too big to decide cheaply
+    long_words = tmp_path / "long.txt"
+    long_words.write_text("\n".join("x" * 1000 for _ in range(12)))           # 12 KB, 12 [UNK] tokens
+    assert count_sequences([long_words], tokenizer, 32, 10) == 0

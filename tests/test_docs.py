@@ -123,7 +123,7 @@ def test_reference_page_has_every_key_with_type_default_and_constraints():
     assert '| `norm` | `"no_norm"` \\| `"layer_norm"` | `"no_norm"` |' in page
     assert re.search(r"\| `transfer` \|.*\| \*\*required\*\* \| at least 1 item\(s\) \|", page)
     assert re.search(r"\| `mlm_probability` \| number \| `0.15` \| > 0, < 1 \|", page)
-    assert re.search(r"\| `steps_per_layer` \| integer \| \*\*required\*\* \| > 0 \|", page)
+    assert re.search(r"\| `steps_per_layer` \| integer \| \*\*required\*\* \| > 0, <= 100000000 \|", page)  # a bound
 
 
 # ---- presets and cookbook recipes --------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def test_mkdocs_build_strict_with_generated_pages(site):
     from slimbert.recipe.reference import SCHEMA_FILE
 
     for page in ("getting-started", "concepts", "recipe-reference", "schema", "cookbook", "api", "export",
-                 "results", "troubleshooting", "teachers", "models"):
+                 "results", "troubleshooting", "teachers", "models", "model-cards"):
         assert (site / page / "index.html").is_file(), page
     assert (site / "recipe.schema.json").read_text() == SCHEMA_FILE.read_text()
     reference = (site / "recipe-reference" / "index.html").read_text()

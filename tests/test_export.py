@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,31 @@ def test_fold_nonorm_is_exact(qkv, n_ffn, real_batch):
     # the folded copy has no NoNorm left inside its blocks' chains
     names = [n for n, m in folded.named_modules() if type(m).__name__ == "NoNorm"]
     assert all("bottleneck.LayerNorm" in n or n.endswith("embeddings.LayerNorm") for n in names), names
+
+
+@pytest.mark.parametrize("qkv", ["inter", "shared_bottleneck"])
+def test_residual_gemm_is_exact_and_removes_the_adds(qkv, real_batch, tmp_path, tokenizer):
+    import onnx
+
+    model = tiny(qkv, 3)
+    folded, _ = P.fold_nonorm(model)
+    fused, stats = P.residual_gemm(folded)
+    assert stats == {"steps": 2 * 4, "bottleneck": 2, "blocks_skipped": 0}  # attention, 2 extra FFNs, last FFN
+    with torch.no_grad():
+        a, b = model(**real_batch).logits, fused(**real_batch).logits
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+    # without fold_nonorm first the chain still has NoNorms: the pass leaves those blocks alone
+    assert P.residual_gemm(model)[1]["blocks_skipped"] == 2
+    path = tmp_path / "m"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    res = export(path, tmp_path / "x", passes=["fold_nonorm", "residual_gemm", "ort_basic"], measure=False,
+                 log=lambda m: None)
+    assert res.parity["fp32"].ok(10.0)
+    graph = onnx.load(str(tmp_path / "x" / "model.onnx")).graph
+    weights = {t.name for t in graph.initializer}
+    # each residual step (4 per block) and each output bottleneck is one Gemm whose C input is an activation
+    assert sum(n.op_type == "Gemm" and len(n.input) == 3 and n.input[2] not in weights for n in graph.node) == 10
 
 
 def test_fold_nonorm_leaves_layer_norm_models_alone(real_batch):
@@ -121,9 +147,11 @@ def test_export_cli_from_a_run_directory_and_errors(tmp_path, model_dir):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (run / "export" / "model_int8.onnx").is_file()
-    bad = subprocess.run([sys.executable, "-m", "slimbert.cli", "export", str(tmp_path / "nowhere"), "--onnx"],
+    (tmp_path / "not-a-model").mkdir()
+    bad = subprocess.run([sys.executable, "-m", "slimbert.cli", "export", str(tmp_path / "not-a-model"), "--onnx"],
                          capture_output=True, text=True)
-    assert bad.returncode == 4 and "no model here" in bad.stderr and "Traceback" not in bad.stderr
+    # Bad input is exit 2; 4 means "made, but does not match PyTorch".
+    assert bad.returncode == 2 and "no model here" in bad.stderr and "Traceback" not in bad.stderr
     bench = subprocess.run([sys.executable, "-m", "slimbert.cli", "bench", str(run / "export" / "model.onnx"),
                             str(run / "export" / "model_int8.onnx"), "--seq", "16,32", "--batch", "1,2", "--runs", "5",
                             "--out", str(tmp_path / "bench")], capture_output=True, text=True)
@@ -134,6 +162,72 @@ def test_export_cli_from_a_run_directory_and_errors(tmp_path, model_dir):
     assert {"count", "mean", "p50", "p90", "p95", "p99", "stdev", "stdev_", "unit"} <= set(lat) and lat["count"] == 5
     assert report["models"]["export"]["flops_per_sequence"] > 0
     assert (tmp_path / "bench" / "report.png").is_file() and (tmp_path / "bench" / "report.md").is_file()
+
+
+def fake_run(runs, name, finished, student_from=None, finetuned=None):
+    """A run directory as `slimbert run` leaves it: a resolved recipe and a saved student (optionally fine-tune
+    results), with file times set to when it 'finished'."""
+    import os
+
+    run = runs / name
+    (run / "student").mkdir(parents=True)
+    (run / "recipe.resolved.yaml").write_text("name: x\n")
+    for f in (student_from.iterdir() if student_from else []):
+        (run / "student" / f.name).write_bytes(f.read_bytes())
+    if not student_from:
+        (run / "student" / "config.json").write_text("{}")
+    os.utime(run / "student" / "config.json", (finished, finished))
+    if finetuned is not None:
+        (run / "finetune").mkdir()
+        (run / "finetune" / "metrics.json").write_text("{}")
+        os.utime(run / "finetune" / "metrics.json", (finetuned, finetuned))
+    return run
+
+
+def test_newest_run_is_the_last_to_finish_not_the_last_by_name(tmp_path):
+    import os
+
+    from slimbert.engine.rundir import newest_export, newest_run
+
+    runs = tmp_path / "runs"
+    assert newest_run(runs) is None and newest_export(runs) is None  # no runs/ at all
+    fake_run(runs, "z-early", finished=1_000)
+    b = fake_run(runs, "a-late", finished=3_000)
+    (runs / "b-unfinished" / "stages").mkdir(parents=True)  # no student yet: not a candidate
+    assert newest_run(runs) == b
+    fine = fake_run(runs, "m-finetuned", finished=2_000, finetuned=4_000)  # fine-tuning finished it last
+    assert newest_run(runs) == fine
+    (fine / "lock").write_text(json.dumps({"pid": os.getpid()}))  # still running (a live process holds it)
+    assert newest_run(runs) == b
+    (fine / "lock").write_text(json.dumps({"pid": 2 ** 22 + 7}))  # a lock a killed run left: no such process
+    assert newest_run(runs) == fine
+    for run, t in ((b, 5_000), (fine, 6_000)):
+        (run / "export").mkdir()
+        (run / "export" / "model.onnx").write_bytes(b"")
+        os.utime(run / "export" / "model.onnx", (t, t))
+    assert newest_export(runs) == fine / "export" / "model.onnx"
+
+
+@pytest.mark.e2e
+def test_export_and_bench_without_paths_take_the_newest_run(tmp_path, model_dir):
+    path, _ = model_dir
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "slimbert.cli", *a], capture_output=True, text=True,
+                                    cwd=tmp_path)  # noqa: E731
+    for command, hint in ((["export", "--onnx"], "slimbert run"), (["bench"], "slimbert export --onnx")):
+        none = cli(*command)
+        assert none.returncode == 2 and hint in " ".join(none.stderr.split()) and "Traceback" not in none.stderr
+    fake_run(tmp_path / "runs", "quickstart-20261128-101500", finished=2_000, student_from=path)
+    newest = fake_run(tmp_path / "runs", "quickstart-20261128-090000", finished=9_000, student_from=path)
+    done = cli("export", "--onnx")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"newest finished run: {Path('runs') / newest.name}" in " ".join(done.stderr.split())
+    assert (newest / "export" / "model.onnx").is_file() and not (tmp_path / "runs" / "quickstart-20261128-101500" /
+                                                                  "export").exists()
+    bench = cli("bench", "--seq", "16", "--runs", "3")
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert f"newest export: {Path('runs') / newest.name / 'export' / 'model.onnx'}" in " ".join(bench.stderr.split())
+    report = json.loads((newest / "export" / "bench" / "report.json").read_text())
+    assert len(report["results"]) == 1 and report["results"][0]["latency"]["count"] == 3
 
 
 @pytest.mark.e2e
@@ -171,6 +265,6 @@ def test_finetuned_run_exports_static_int8_and_reports_task_accuracy(tmp_path, t
     assert (out / "model_int8_static.onnx").is_file()
     report = json.loads((out / "task_metrics.json").read_text())
     # the fp32 export classifies the dev set exactly as PyTorch does
-    assert report["model.onnx"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"], abs=1 / 872 + 1e-9)
-    assert "accuracy_delta_vs_pytorch" in report["model_int8.onnx"]
-    assert "accuracy_delta_vs_pytorch" in report["model_int8_static.onnx"]
+    assert report["ort-fp32"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"], abs=1 / 872 + 1e-9)
+    assert "accuracy_delta_vs_pytorch" in report["ort-int8"]
+    assert "accuracy_delta_vs_pytorch" in report["ort-int8-static"]

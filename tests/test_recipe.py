@@ -67,7 +67,7 @@ def test_every_problem_is_listed_with_key_path_and_line(tmp_path, tiny_source, s
     (lambda r: r.update(layer_map=[1, 9]), "layer_map.1", "out of range"),
     (lambda r: r.update(layer_map=[1]), "layer_map", "one teacher layer per student layer"),
     (lambda r: r["transfer"][1].update(temperature=0), "transfer.1.temperature", "greater than 0"),
-    (lambda r: r["transfer"][0].update(kind="telepathy"), "transfer.0", "unknown stage kind"),
+    (lambda r: r["transfer"][0].update(kind="telepathy"), "transfer.0.kind", "unknown stage kind"),
     (lambda r: r["transfer"].insert(0, {"kind": "teacher_adaptation", "steps": 3}), "transfer.0.kind", "nothing to adapt"),
     (lambda r: r["transfer"][0].update(warmup_steps=50), "transfer.0.warmup_steps", "longer than the stage"),
     (lambda r: r["data"]["corpus"].update(files=["nowhere/*.txt"]), "data.corpus.files.0", "no file matches"),
@@ -175,4 +175,11 @@ def test_plan_measures_stage_times(tmp_path, tiny_source, shared_data):
     for row in stages:
         assert row["estimate"]["step_seconds"] > 0
         assert row["estimate"]["seconds"] == pytest.approx(row["estimate"]["step_seconds"] * row["steps"], abs=0.06)  # rounded to 0.1 s
+        assert row["estimate"]["tokens_per_s"] > 0 and 0 < row["estimate"]["mfu"] < 1
+        assert row["estimate"]["gpus"] == 8 and row["estimate"]["seconds_on_gpus"] >= 0
+        assert "H100 SXM at 35% MFU (assumed)" in row["estimate"]["gpus_basis"]  # on paper, from a CPU
+    shown = cli("plan", str(path), "--gpus", "4", "--device", "cpu")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    text = " ".join(shown.stdout.split())  # rich wraps at the terminal's width
+    assert "whole run:" in text and "on paper" in text and "4 x H100 SXM" in text
     assert not any(tmp_path.glob("runs*")), "plan must not write a run directory"

@@ -4,28 +4,54 @@ batches an uninterrupted run would have seen."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 
-def read_texts(files: list[Path]) -> list[str]:
-    texts = []
+def iter_texts(files: list[Path]) -> Iterator[str]:
+    """The non-empty lines of text files, one at a time (WikiText headings skipped)."""
     for f in files:
-        for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-            line = line.strip()
-            if line and not (line.startswith("=") and line.endswith("=")):  # skip WikiText headings
-                texts.append(line)
-    return texts
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for raw in fh:
+                for line in raw.splitlines():  # as str.splitlines on the whole file: \x0c, \u2028 ... break too
+                    line = line.strip()
+                    if line and not (line.startswith("=") and line.endswith("=")):  # skip WikiText headings
+                        yield line
+
+
+def read_texts(files: list[Path]) -> list[str]:
+    return list(iter_texts(files))
 
 
 BUILDERS = {".txt": "text", ".raw": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def read_dataset(name: str, config: str | None, split: str, field: str, streaming: bool, limit: int) -> list[str]:
-    """Up to `limit` texts from a `datasets` dataset: a local data file (by its suffix), a local folder of data
-    files, or a hub name (when online). Streaming reads only what it needs, for corpora too large to load."""
+# Suffixes of data files that `datasets` cannot read as a corpus here: a name ending in one is a file, not a hub id.
+OTHER_DATA_FILES = (".tsv", ".gz", ".bz2", ".xz", ".zip", ".tar", ".xml", ".xlsx", ".xls", ".arrow", ".feather",
+                    ".md", ".html", ".pdf", ".docx", ".tfrecord")
+
+
+def dataset_problem(name: str, base: Path) -> str | None:
+    """Why data.corpus.dataset cannot be read (as iter_dataset would find out later), or None. A local path is
+    relative to the recipe's folder `base`; a hub name is only checked when the run loads it."""
+    local = Path(name).expanduser()
+    local = local if local.is_absolute() else base / local
+    kinds = ", ".join(BUILDERS)
+    if local.is_file() and local.suffix not in BUILDERS:
+        return (f"{local} is a {local.suffix or 'suffix-less'} file; a corpus data file must end in {kinds} (or "
+                "list plain text files under data.corpus.files)")
+    if not local.exists() and (name.startswith((".", "/", "~")) or local.suffix in BUILDERS
+                               or local.suffix.lower() in OTHER_DATA_FILES):
+        return f"no such data file or folder: {local} (data files end in {kinds})"
+    return None
+
+
+def iter_dataset(name: str, config: str | None, split: str, field: str, streaming: bool) -> Iterator[str]:
+    """The texts of a `datasets` dataset, one at a time: a local data file (by its suffix), a local folder of data
+    files, or a hub name (when online). Streaming reads only what is consumed, for corpora too large to load."""
     try:
         import datasets
     except ImportError:
@@ -38,19 +64,36 @@ def read_dataset(name: str, config: str | None, split: str, field: str, streamin
                                    streaming=streaming)
     else:
         ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
-    out = []
     for row in ds:
         if field not in row:
             raise ValueError(f"no column {field!r} (columns: {', '.join(row)}); set data.corpus.text_field")
         if row[field]:
-            out.append(row[field])
-        if len(out) >= limit:
-            break
-    return out
+            yield row[field]
+
+
+def count_sequences(files: list[Path], tokenizer, seq_len: int, enough: int, max_bytes: int = 64 << 20) -> int | None:
+    """How many sequences `pack(read_texts(files), ...)` gives, counted only up to `enough` (tokenising stops
+    there), so validate can tell a corpus too small for the held-out set without reading a large one. None
+    when more than `max_bytes` would have to be read before deciding (the run then checks it)."""
+    body = seq_len - 2
+    tokens, read = 0, 0
+    for f in files:
+        read += f.stat().st_size
+        if read > max_bytes:
+            return None
+        texts = read_texts([f])
+        for i in range(0, len(texts), 256):
+            # verbose=False: lines longer than the model's positions are fine here, they are cut when packed
+            for ids in tokenizer(texts[i:i + 256], add_special_tokens=False, verbose=False)["input_ids"]:
+                tokens += len(ids)
+            if tokens // body >= enough:
+                return enough
+    return tokens // body
 
 
 def pack(texts: list[str], tokenizer, seq_len: int, max_sequences: int | None = None) -> torch.Tensor:
-    """Concatenate token streams and cut into [CLS] ... [SEP] sequences of exactly seq_len tokens."""
+    """Concatenate token streams and cut into [CLS] ... [SEP] sequences of exactly seq_len tokens, in RAM.
+    Runs go through cache.load_or_build, which gives the same rows from disk; this stays as its reference."""
     body = seq_len - 2
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     if cls is None or sep is None:
@@ -117,9 +160,11 @@ def mask_tokens(ids: torch.Tensor, tokenizer, probability: float, generator: tor
 
 
 class Batches:
-    """Deterministic batches: epoch e of stage s uses permutation(seed, s, e); masking is seeded per step."""
+    """Deterministic batches: epoch e of stage s uses permutation(seed, s, e); masking is seeded per step.
+    `sequences` is a tensor or the memory-mapped rows of a corpus cache (`cache.PackedRows`): only the rows of
+    each batch are read."""
 
-    def __init__(self, sequences: torch.Tensor, batch_size: int, seed: int, stage: int):
+    def __init__(self, sequences, batch_size: int, seed: int, stage: int):
         if len(sequences) == 0:
             raise ValueError("the corpus produced no sequences")
         self.seq, self.bs, self.seed, self.stage = sequences, batch_size, seed, stage

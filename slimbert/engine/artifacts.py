@@ -3,6 +3,7 @@ fidelity report, and each stage's loss curve."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -11,21 +12,31 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.corpus import mask_tokens
-from ..models import SlimBertModel, to_transformers, why_not_expressible
+from ..models import SlimBertModel
+from ..models.remote import save_pretrained_portable, save_pretrained_standalone
 from ..teacher.build import IBTeacher, fidelity
 from . import checkpoint as ckpt
+from .cards import fidelity_rows, write_card
 from .checkpoint import TrainingError
-from .metrics import read_rows
+from .metrics import NOT_LOSSES, read_rows
 
 
 def save_model(model, tokenizer, final: Path) -> Path:
-    """Atomically: stock transformers format when the shape is expressible, else slimbert's."""
-    reason = why_not_expressible(model.config)
-    hf = to_transformers(model) if reason is None else model
+    """Atomically, in a form stock transformers opens: stock MobileBERT when the shape is expressible, else
+    slimbert's format with its own code (models/remote.py)."""
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).to("cpu")  # saved from the CPU; the caller's model stays put
     with ckpt.atomic_dir(final) as tmp:
-        hf.save_pretrained(tmp)
+        save_pretrained_portable(model, tmp)
         tokenizer.save_pretrained(tmp)
     return final
+
+
+def save_student(student, tokenizer, out: Path) -> Path:
+    """<out>/student, with its model card (cards.py)."""
+    path = save_model(student, tokenizer, out / "student")
+    write_card(out, path, "student")
+    return path
 
 
 # ---- the IB teacher: its saved copy and its fidelity to the source ----------------------------------------------
@@ -34,7 +45,7 @@ def save_teacher(ib: IBTeacher, out: Path) -> Path:
     """The IB teacher as a slimbert model directory (loads with AutoModel), plus its readouts."""
     final = out / "teacher" / "model"
     with ckpt.atomic_dir(final) as tmp:
-        ib.model.save_pretrained(tmp)
+        save_pretrained_standalone(ib.model, tmp)  # opens without slimbert too
         save_file({k: v.contiguous() for k, v in ib.readout.state_dict().items()}, str(tmp / "readouts.safetensors"))
     return final
 
@@ -73,24 +84,13 @@ def write_fidelity(out: Path, when: str, report: dict, held_out_sequences: int) 
 def print_fidelity(console, data: dict) -> None:
     from rich.table import Table
 
-    whens = [w for w in ("before", "after") if w in data]
     table = Table(title=f"IB teacher vs source on {data['held_out_sequences']} held-out sequences "
                         "(before / after adaptation)")
-    table.add_column("state")
-    for when in whens:
-        table.add_column(f"cosine {when}", justify="right")
-    for when in whens:
-        table.add_column(f"attention KL {when}", justify="right")
-    n = len(data[whens[0]]["cosine"])
-    for j in range(n):
-        kl = [f"{data[w]['attention_kl'][j - 1]:.4f}" if j else "" for w in whens]
-        table.add_row("embedding" if j == 0 else f"layer {j}", *[f"{data[w]['cosine'][j]:.4f}" for w in whens], *kl)
-    if "teacher_mlm_loss" in data[whens[0]]:
-        blank = [""] * len(whens)
-        table.add_row("MLM loss (source)", *[f"{data[w]['source_mlm_loss']:.4f}" for w in whens], *blank)
-        table.add_row("MLM loss (teacher)", *[f"{data[w]['teacher_mlm_loss']:.4f}" for w in whens], *blank)
-        table.add_row("MLM accuracy (source)", *[f"{data[w]['source_mlm_accuracy']:.4f}" for w in whens], *blank)
-        table.add_row("MLM accuracy (teacher)", *[f"{data[w]['teacher_mlm_accuracy']:.4f}" for w in whens], *blank)
+    header, rows = fidelity_rows(data)   # the same table as the model card's
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if i else "left")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -108,7 +108,7 @@ def plot_stage(out: Path, k: int, name: str) -> None:
         return
     steps = sorted(rows)
     fig, ax = plt.subplots(figsize=(7, 4))
-    keys = [key for key in rows[steps[0]] if key not in ("stage", "kind", "step", "lr", "tokens_per_s", "layer")]
+    keys = [key for key in rows[steps[0]] if key not in NOT_LOSSES]
     for key in keys:
         ax.plot(steps, [rows[s].get(key, float("nan")) for s in steps], label=key)
     ax.set_yscale("log")

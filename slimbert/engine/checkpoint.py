@@ -93,14 +93,27 @@ def _seal(state: dict) -> str:
                                      sort_keys=True).encode()).hexdigest()
 
 
+def to_cpu(obj):
+    """Every tensor in a (nested) state dict on the CPU: checkpoints are device-free, so a run started on a GPU
+    resumes on a CPU and back (the optimizer moves its state to its parameters' device when it loads it)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu")
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def save(stage_dir: Path, step: int, tensors: dict[str, torch.Tensor], optimizer: dict | None, meta: dict) -> Path:
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = stage_dir / f"checkpoint-{step:08d}"
     with atomic_dir(final) as tmp:
-        # Tied weights share storage; safetensors stores each name once, so clone.
-        save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, tmp / "model.safetensors")
+        # Tied weights share storage; safetensors stores each name once, so clone (on the CPU).
+        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()},
+                  tmp / "model.safetensors")
         if optimizer is not None:
-            torch.save(optimizer, tmp / "optimizer.pt")
+            torch.save(to_cpu(optimizer), tmp / "optimizer.pt")
         files = sorted(p.name for p in tmp.iterdir())
         state = {**meta, "step": step, "sha256": {n: _sha256(tmp / n) for n in files}}
         state["state_sha256"] = _seal(state)
@@ -144,7 +157,8 @@ def load(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict | None]:
     opt = None
     if (path / "optimizer.pt").is_file():
         try:
-            opt = torch.load(path / "optimizer.pt", weights_only=True)  # never unpickles arbitrary objects
+            # weights_only: never unpickles arbitrary objects; map_location: a GPU-written file loads anywhere.
+            opt = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
         except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
             raise CheckpointError(f"{path}: optimizer.pt refused by the weights-only loader "
                                   f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None

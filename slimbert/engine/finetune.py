@@ -19,19 +19,29 @@ import torch
 import torch.nn.functional as F
 
 from ..data.qa import best_answers, features, read_squad, squad_metrics
-from ..data.tasks import TaskData, encode, metrics, read_task, sample_rows
+from ..data.tasks import TaskData, encode, metrics, read_task_split, sample_rows
 from ..models import SlimBertForMaskedLM, SlimBertForQuestionAnswering, SlimBertForSequenceClassification
 from ..recipe.resolve import Resolved
 from ..transfer import losses as L
 from .artifacts import save_model
+from .cards import write_card
 
 LABELS = ("labels", "start_positions", "end_positions")
 
 
-def _inputs(enc: dict, idx: torch.Tensor) -> dict:
+def _device(model) -> torch.device:
+    """Where a model computes: its parameters' device (the CPU for a model without any, e.g. ONNX Runtime's)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(parameters(), None) if callable(parameters) else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _inputs(enc: dict, idx: torch.Tensor, device: torch.device | None = None) -> dict:
+    """The model inputs of examples `idx` (tokenised once, on the CPU), moved to `device`."""
     batch = {k: v[idx] for k, v in enc.items() if k not in LABELS}
     width = int(batch["attention_mask"].sum(1).max())  # drop columns that are padding for the whole batch
-    return {k: v[:, :width] for k, v in batch.items()}
+    return {k: v[:, :width].to(device, non_blocking=True) if device is not None else v[:, :width]
+            for k, v in batch.items()}
 
 
 def _from_student(cls, student, dropout: float, **config_changes):
@@ -53,10 +63,12 @@ class ClassificationTask:
 
     def __init__(self, spec, base: Path, tokenizer, seed: int = 0):
         self.spec = spec
-        self.train_data: TaskData = read_task(base / spec.train, spec.text_fields, spec.label_field, spec.regression,
-                                              max_examples=spec.max_examples, seed=seed)
-        self.dev_data: TaskData = read_task(base / spec.dev, spec.text_fields, spec.label_field, spec.regression,
-                                            label_names=self.train_data.label_names)
+        where = dict(dataset=spec.dataset, config=spec.dataset_config, columns=spec.columns)
+        self.train_data: TaskData = read_task_split(base, spec.split("train"), spec.text_fields, spec.label_field,
+                                                    spec.regression, max_examples=spec.max_examples, seed=seed,
+                                                    **where)
+        self.dev_data: TaskData = read_task_split(base, spec.split("dev"), spec.text_fields, spec.label_field,
+                                                  spec.regression, label_names=self.train_data.label_names, **where)
         self.num_labels = 1 if spec.regression else len(self.train_data.label_names)
         self.label_names = self.train_data.label_names
         self.train = encode(self.train_data, tokenizer, spec.seq_len)
@@ -73,7 +85,7 @@ class ClassificationTask:
                                                                   use_safetensors=True)
 
     def hard_loss(self, out, idx):
-        y = self.train["labels"][idx]
+        y = self.train["labels"][idx].to(out.logits.device)
         if self.spec.regression:
             return F.mse_loss(out.logits.squeeze(-1), y.float())
         return F.cross_entropy(out.logits, y)
@@ -89,8 +101,8 @@ class ClassificationTask:
         model.eval()
         preds = []
         for i in range(0, self.n_dev, batch_size):
-            logits = model(**_inputs(self.dev, torch.arange(i, min(self.n_dev, i + batch_size)))).logits
-            preds.append(logits.squeeze(-1) if self.spec.regression else logits.argmax(-1))
+            logits = model(**_inputs(self.dev, torch.arange(i, min(self.n_dev, i + batch_size)), _device(model))).logits
+            preds.append((logits.squeeze(-1) if self.spec.regression else logits.argmax(-1)).float().cpu())
         return metrics(torch.cat(preds).tolist(), self.dev["labels"].tolist(), self.spec.regression, self.num_labels)
 
 
@@ -118,7 +130,7 @@ class QATask:
         return AutoModelForQuestionAnswering.from_pretrained(str(path), use_safetensors=True)
 
     def hard_loss(self, out, idx):
-        s, e = self.train["start_positions"][idx], self.train["end_positions"][idx]
+        s, e = (self.train[k][idx].to(out.start_logits.device) for k in ("start_positions", "end_positions"))
         return (F.cross_entropy(out.start_logits, s) + F.cross_entropy(out.end_logits, e)) / 2
 
     def soft_loss(self, out, teacher_out):
@@ -132,10 +144,10 @@ class QATask:
         n = len(self.dev["input_ids"])
         starts, ends = [], []
         for i in range(0, n, batch_size):
-            out = model(**_inputs(self.dev, torch.arange(i, min(n, i + batch_size))))
+            out = model(**_inputs(self.dev, torch.arange(i, min(n, i + batch_size)), _device(model)))
             pad = self.dev["input_ids"].shape[1] - out.start_logits.shape[1]  # _inputs trimmed padding columns
-            starts.append(F.pad(out.start_logits, (0, pad), value=-1e4))
-            ends.append(F.pad(out.end_logits, (0, pad), value=-1e4))
+            starts.append(F.pad(out.start_logits.float().cpu(), (0, pad), value=-1e4))
+            ends.append(F.pad(out.end_logits.float().cpu(), (0, pad), value=-1e4))
         answers = best_answers(self.dev_examples, self.dev_features, torch.cat(starts), torch.cat(ends),
                                self.spec.max_answer_length)
         return squad_metrics(self.dev_examples, answers)
@@ -159,10 +171,10 @@ class TeacherOutputs:
         width = task.train["input_ids"].shape[1]
         parts: dict[str, list[torch.Tensor]] = {}
         for i in range(0, task.n_train, batch_size):
-            out = teacher(**_inputs(task.train, torch.arange(i, min(task.n_train, i + batch_size))))
+            out = teacher(**_inputs(task.train, torch.arange(i, min(task.n_train, i + batch_size)), _device(teacher)))
             for f in self.FIELDS:
                 if getattr(out, f, None) is not None:
-                    x = getattr(out, f).float()
+                    x = getattr(out, f).float().cpu()  # kept on the CPU: one row per training example
                     if f != "logits":  # span logits: pad the trimmed columns back to the full width
                         x = F.pad(x, (0, width - x.shape[1]), value=-1e4)
                     parts.setdefault(f, []).append(x)
@@ -175,16 +187,18 @@ class TeacherOutputs:
         self.outputs = outputs
         return self
 
-    def __call__(self, idx: torch.Tensor, width: int):
-        out = {f: (v[idx] if f == "logits" else v[idx, :width]) for f, v in self.outputs.items()}
+    def __call__(self, idx: torch.Tensor, width: int, device: torch.device | None = None):
+        out = {f: (v[idx] if f == "logits" else v[idx, :width]).to(device) for f, v in self.outputs.items()}
         return SimpleNamespace(**out)
 
 
 def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
-    """Fine-tune `model` on the task's training set; with `teacher` (a model, or its precomputed
-    TeacherOutputs), mix in task distillation:
-    distill_alpha * hard-label loss + (1 - distill_alpha) * soft cross-entropy at the temperature."""
+    """Fine-tune `model` on the task's training set, on the device the model is on; with `teacher` (a model,
+    or its precomputed TeacherOutputs), mix in task distillation:
+    distill_alpha * hard-label loss + (1 - distill_alpha) * soft cross-entropy at the temperature.
+    The example order is drawn on the CPU from `seed`, so it is the same on every device."""
     s = task.spec
+    device = _device(model)
     if teacher is not None and not isinstance(teacher, TeacherOutputs):
         teacher = TeacherOutputs(teacher, task)
     n = task.n_train
@@ -206,11 +220,11 @@ def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
             if step >= total:
                 break
             idx = order[i:i + s.batch_size]
-            x = _inputs(task.train, idx)
+            x = _inputs(task.train, idx, device)
             out = model(**x)
             loss = task.hard_loss(out, idx)
             if teacher is not None:
-                t_out = teacher(idx, x["input_ids"].shape[1])
+                t_out = teacher(idx, x["input_ids"].shape[1], device)
                 loss = s.distill_alpha * loss + (1 - s.distill_alpha) * task.soft_loss(out, t_out)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tuning {s.task}, step {step}: loss is {loss.item()}")
@@ -229,9 +243,10 @@ def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
     return history
 
 
-def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer, progress, console) -> dict:
-    """The recipe's finetune section: fine-tune the student on the task (with task distillation when asked),
-    evaluate it, save it to <out>/finetune; a run resumed after this step reads the saved result."""
+def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer, progress, console,
+                 device: torch.device = torch.device("cpu")) -> dict:
+    """The recipe's finetune section: fine-tune the student on the task (with task distillation when asked) on
+    `device`, evaluate it, save it to <out>/finetune; a run resumed after this step reads the saved result."""
     spec, seed = r.recipe.finetune, r.recipe.seed
     done = out / "finetune" / "metrics.json"
     if done.is_file():
@@ -247,12 +262,12 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
     teacher, teacher_dev = None, None
     if spec.distill:
         if spec.teacher_model:
-            teacher = task.source_model(base / spec.teacher_model)  # already fine-tuned: its head is kept
+            teacher = task.source_model(base / spec.teacher_model).to(device)  # already fine-tuned: head kept
         else:
-            teacher = task.source_model(r.source_path)
+            teacher = task.source_model(r.source_path).to(device)
             train(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
         teacher_dev = task.evaluate(teacher)
-    model = task.student_model(student, r.recipe.student.dropout)
+    model = task.student_model(student, r.recipe.student.dropout).to(device)
     history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"))
     dev = task.evaluate(model)
     save_model(model, tokenizer, out / "finetune" / "model")
@@ -262,6 +277,7 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, done)
+    write_card(out, out / "finetune" / "model", "finetuned")   # after metrics.json, which it reports
     shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
     console.print(f"[bold]{spec.task}[/] dev: {shown}" + (
         f"  (teacher: {', '.join(f'{k} {v:.4f}' for k, v in teacher_dev.items())})" if teacher_dev else ""),

@@ -1,8 +1,8 @@
 """Metric logging: one JSON row per logged step in the run directory's metrics.jsonl.
 
 Only rank 0 writes. The file is opened for appending, so a resumed run adds to it; a line torn by a kill is
-ended first, so the resumed rows parse. Experiment trackers (TensorBoard, MLflow) belong here, next to the
-JSON lines, so that the runner only ever calls `log` and `close`.
+ended first, so the resumed rows parse. Each row also goes to the run's experiment trackers (tracking.py), so
+that the runner only ever calls `log` and `close`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .tracking import Trackers
+
+
+# Row fields that are not loss terms: the loss curves and the model card's loss table show the others.
+NOT_LOSSES = ("stage", "kind", "step", "lr", "tokens_per_s", "tflops", "mfu", "device", "precision", "processes",
+              "peak", "layer")
 
 class MetricLogger:
-    def __init__(self, path: Path, main: bool = True):
+    def __init__(self, path: Path, main: bool = True, trackers: Trackers | None = None):
         self.path = path
+        self.trackers = trackers  # every row also goes to the recipe's experiment trackers
         self._file = open(path, "a") if main else None
         if self._file is not None and self._file.tell() and not path.read_bytes().endswith(b"\n"):
             self._file.write("\n")  # end a line torn by a kill, so the resumed rows parse
@@ -23,6 +30,8 @@ class MetricLogger:
             return
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()  # a killed run keeps every row it logged
+        if self.trackers is not None:
+            self.trackers.log(row)
 
     def close(self) -> None:
         if self._file is not None:

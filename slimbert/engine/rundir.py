@@ -11,6 +11,7 @@ import socket
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..models import count
@@ -18,14 +19,17 @@ from ..recipe.errors import Problem, RecipeError
 from ..recipe.resolve import Resolved
 
 
-def preflight(r: Resolved) -> None:
-    """Refuse, before anything is written, what this machine cannot run (recipe checks live in load_recipe)."""
+def preflight(r: Resolved, device: torch.device | None = None) -> None:
+    """Refuse, before anything is written, what this machine (or its GPU) cannot run (recipe checks live in
+    load_recipe)."""
     problems = []
     need = _memory_needed(r)
-    have = _physical_memory()
+    gpu = device is not None and device.type == "cuda"
+    have = torch.cuda.get_device_properties(device).total_memory if gpu else _physical_memory()
     if have and need > have:
+        where = f"{device} has" if gpu else "this machine has"
         problems.append(Problem("student", f"the student and teacher need about {need / 2**30:.1f} GiB (fp32 weights, "
-                                           f"gradients and Adam moments) but this machine has {have / 2**30:.1f} GiB; "
+                                           f"gradients and Adam moments) but {where} {have / 2**30:.1f} GiB; "
                                            "shrink the student (num_layers, inter_size, ffn) or use a bigger machine",
                                 None, str(r.file)))
     if problems:
@@ -95,8 +99,7 @@ class RunDir:
                 if owner.get("host", me["host"]) != me["host"]:
                     raise RecipeError(Problem("--out", f"{self.path} is locked by a run on host {owner['host']} "
                                                        f"(pid {pid}); delete {self.lock} if that run is gone"))
-                alive = bool(pid) and _pid_alive(pid) and (owner.get("start") in (None, _start_time(pid)))
-                if alive and pid != os.getpid():
+                if self.in_use() and pid != os.getpid():
                     raise RecipeError(Problem("--out", f"{self.path} is in use by another slimbert run (pid {pid})"))
                 warn(f"removing a stale lock left by a dead run (pid {pid})")
                 self.lock.unlink(missing_ok=True)
@@ -109,10 +112,40 @@ class RunDir:
             return
         raise RecipeError(Problem("--out", f"could not take the lock {self.lock}: another run keeps taking it"))
 
+    def in_use(self) -> bool:
+        """A live process holds the lock (a lock from another host counts as held: it cannot be checked)."""
+        owner = self._owner()
+        pid = owner.get("pid") or 0
+        if owner.get("host", socket.gethostname()) != socket.gethostname():
+            return bool(owner)
+        return bool(pid) and _pid_alive(pid) and owner.get("start") in (None, _start_time(pid))
+
     def release(self) -> None:
         if self.held and self._owner().get("pid") == os.getpid():
             self.lock.unlink(missing_ok=True)
         self.held = False
+
+
+def finished_at(run: Path) -> float | None:
+    """When a run finished: its student is saved at the end of transfer, its fine-tune results after that. A run
+    still going (a live process holds its lock) or that never saved a student has not finished."""
+    student = run / "student" / "config.json"
+    if not student.is_file() or RunDir(run).in_use():
+        return None
+    return max(p.stat().st_mtime for p in (student, run / "finetune" / "metrics.json") if p.is_file())
+
+
+def newest_run(root: Path) -> Path | None:
+    """The run directory under `root` that finished last (by the files it wrote last, not by its name)."""
+    runs = [(t, d) for d in root.iterdir() if d.is_dir() and (t := finished_at(d)) is not None] \
+        if root.is_dir() else []
+    return max(runs)[1] if runs else None
+
+
+def newest_export(root: Path) -> Path | None:
+    """The most recently written model.onnx under root/*/export."""
+    files = [(p.stat().st_mtime, p) for p in root.glob("*/export/model.onnx")] if root.is_dir() else []
+    return max(files)[1] if files else None
 
 
 def _nothing_started(out: Path) -> bool:
@@ -122,7 +155,7 @@ def _nothing_started(out: Path) -> bool:
 
 def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> tuple[Path, bool]:
     """The run directory, and whether there is a run in it to resume."""
-    resolved = r.recipe.model_dump(mode="json")
+    resolved = _what_it_is(r.recipe.model_dump(mode="json"))
     if out is None:
         out = Path("runs") / f"{r.recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(out)
@@ -134,7 +167,7 @@ def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> tuple[Path, 
             if _nothing_started(out):  # killed during start-up: a retry loop passing --resume just starts it
                 return out, False
             raise RecipeError(Problem("--resume", f"{out} is not a slimbert run directory (no recipe.resolved.yaml)"))
-        before = yaml.safe_load(saved.read_text())
+        before = _what_it_is(yaml.safe_load(saved.read_text()))
         if before != resolved:
             keys = sorted(_diff_keys(before, resolved))[:10]
             raise RecipeError(Problem("--resume", f"the recipe changed since the run started ({', '.join(keys)}); "
@@ -144,6 +177,12 @@ def prepare_run_dir(r: Resolved, out: Path | None, resume: bool) -> tuple[Path, 
         raise RecipeError(Problem("--out", f"{out} exists and is not empty; pass --resume to continue that run or "
                                            "choose another --out"))
     return out, False
+
+
+def _what_it_is(recipe: dict) -> dict:
+    """The recipe without `device`: where a run computes is not what it computes, so a GPU run resumes on a CPU
+    and the other way round."""
+    return {k: v for k, v in recipe.items() if k != "device"} if isinstance(recipe, dict) else recipe
 
 
 def _diff_keys(a, b, prefix="") -> set[str]:

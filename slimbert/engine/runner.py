@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..data.corpus import Batches, pack, read_dataset, read_texts
+from ..data.corpus import Batches
 from ..models import SlimBertForMaskedLM
 from ..plugins import TEACHERS
 from ..recipe.errors import Problem, RecipeError
@@ -30,19 +29,24 @@ from ..recipe.plan import build_plan
 from ..recipe.resolve import Resolved, with_teacher
 from ..recipe.schema import Stage
 from ..teacher.adapters import HFEncoderTeacher, IBTeacherAdapter, Teacher, as_teacher, teacher_has_attention
+from ..teacher.adapters import to_device as teacher_to
 from ..teacher.build import IBTeacher, build_ib_teacher
 from ..transfer.init import copy_embeddings, init_from_teacher
 from ..transfer.strategies import STRATEGIES, Shard, TransferInputs, strategy
 from . import checkpoint as ckpt
-from .artifacts import (load_teacher, plot_stage, print_fidelity, save_model, save_teacher, teacher_fidelity,
+from . import device as dev
+from . import throughput as tp
+from .artifacts import (load_teacher, plot_stage, print_fidelity, save_student, save_teacher, teacher_fidelity,
                         write_fidelity)
 from .checkpoint import TrainingError
+from .corpus import load_corpus
 from .distributed import World, world_from_env
 from .export_step import run_export
 from .finetune import run_finetune
 from .metrics import MetricLogger
 from .rundir import RunDir, discard, preflight, prepare_run_dir, remove_partial_writes
 from .sentence import finish_sentence_student
+from .tracking import Trackers
 
 __all__ = ["Context", "TrainingError", "build_context", "compute", "run", "run_stage"]
 
@@ -65,12 +69,15 @@ class Context:
     ib: IBTeacher | None = None                   # the IB teacher being built (teacher.type: inverted_bottleneck)
     source: HFEncoderTeacher | None = None        # its source, the reference while adapting
     world: World = field(default_factory=World)   # this process's rank among torchrun's processes
+    trackers: Trackers | None = None              # recipe.logging's experiment trackers (rank 0 only)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the models compute
 
     def inputs(self) -> TransferInputs:
         """The narrow view a strategy computes its loss terms from."""
         d = self.r.recipe.data
         return TransferInputs(self.student, self.teacher, self.projections, self.r.layer_map, self.tokenizer,
-                              d.mlm_probability, d.whole_word_mask, Shard(self.world.rank, self.world.size),
+                              d.mlm_probability, d.whole_word_mask,
+                              Shard(self.world.rank, self.world.size, self.device),
                               self.ib, self.source)
 
     def trainable(self, kind: str) -> dict[str, nn.Parameter]:
@@ -101,32 +108,11 @@ class Context:
             self.projections.load_state_dict(part("projections."))
 
 
-def load_corpus(r: Resolved, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed (train, held-out) sequences from the recipe's corpus files or dataset."""
-    d = r.recipe.data
-    limit = (d.max_sequences or 10 ** 9) + d.eval_sequences
-    if d.corpus.dataset:
-        c = d.corpus
-        try:
-            local = Path(c.dataset).expanduser()
-            local = local if local.is_absolute() else r.file.parent / local  # relative to the recipe, as files
-            texts = read_dataset(str(local) if local.exists() else c.dataset, c.dataset_config, c.split,
-                                 c.text_field, c.streaming, limit * 8)
-        except Exception as e:  # noqa: BLE001 - any loader failure is a data problem to report
-            raise RecipeError(Problem("data.corpus.dataset", f"cannot read dataset {c.dataset!r}: {e}")) from None
-    else:
-        texts = read_texts(r.corpus_files)
-    seqs = pack(texts, tokenizer, d.seq_len, limit)
-    if len(seqs) <= d.eval_sequences:
-        raise RecipeError(Problem("data.corpus", f"the corpus gives {len(seqs)} sequences of {d.seq_len} tokens, not "
-                                                 f"more than data.eval_sequences ({d.eval_sequences}); add text or "
-                                                 "shorten data.seq_len", None, str(r.file)))
-    return seqs[d.eval_sequences:], seqs[: d.eval_sequences]
-
-
-def build_context(r: Resolved, out: Path, console, teacher=None, quick: bool = False) -> Context:
-    """Tokenizer, corpus, teacher and student. `teacher` (any object slimbert.as_teacher accepts) replaces
-    the recipe's; `quick` (for plan's timings) builds an IB teacher without its PCA."""
+def build_context(r: Resolved, out: Path, console, teacher=None, quick: bool = False,
+                  device: torch.device = torch.device("cpu")) -> Context:
+    """Tokenizer, corpus (kept on the CPU), teacher and student (on `device`). `teacher` (any object
+    slimbert.as_teacher accepts) replaces the recipe's; `quick` (for plan's timings) builds an IB teacher
+    without its PCA."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(r.recipe.seed)
@@ -136,12 +122,12 @@ def build_context(r: Resolved, out: Path, console, teacher=None, quick: bool = F
     if teacher is not None:
         teacher = as_teacher(teacher)
     elif r.teacher_config is not None:
-        source = HFEncoderTeacher(r.source_path, with_mlm=r.source.has_mlm_head)
+        source = HFEncoderTeacher(r.source_path, with_mlm=r.source.has_mlm_head).to(device)
         t = r.recipe.teacher
         ids = train[: 8 if quick else t.init_sequences]
         started = time.perf_counter()
         ib = build_ib_teacher(source.model, ids, config=r.teacher_config, init="random" if quick else t.init,
-                              seed=r.recipe.seed)
+                              seed=r.recipe.seed)  # on the source's device: its PCA and SVD run there
         if not quick:
             console.print(f"IB teacher built from {r.source.path} ({t.init} init on {len(ids)} sequences) in "
                           f"{time.perf_counter() - started:.1f} s", highlight=False)
@@ -149,13 +135,16 @@ def build_context(r: Resolved, out: Path, console, teacher=None, quick: bool = F
     else:
         needs_mlm = any(getattr(st, "alpha", 1.0) < 1.0 for st in r.recipe.transfer) and r.source.has_mlm_head
         teacher = HFEncoderTeacher(r.source_path, with_mlm=needs_mlm)
-    student = SlimBertForMaskedLM(r.student_config)
+    teacher_to(teacher, device)
+    # Initialised on the CPU, then moved: the same initial weights on every device.
+    student = SlimBertForMaskedLM(r.student_config).to(device)
     projections = None
     if teacher.hidden_size != r.student_config.hidden_size:
         # TinyBERT-style: learned maps from the student's feature width to the teacher's, one per layer.
         projections = nn.ModuleList(nn.Linear(r.student_config.hidden_size, teacher.hidden_size)
-                                    for _ in range(r.student_config.num_hidden_layers))
-    return Context(r, out, tokenizer, train, held_out, teacher, student, projections, console, ib, source)
+                                    for _ in range(r.student_config.num_hidden_layers)).to(device)
+    return Context(r, out, tokenizer, train, held_out, teacher, student, projections, console, ib, source,
+                   device=device)
 
 
 def start_student_stages(ctx: Context, adapted: bool) -> None:
@@ -225,8 +214,18 @@ class StepModule(nn.Module):
         return compute(self.ctx, st, step, batches, micro, n_micro)
 
 
-def autocast(st: Stage):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if st.precision == "bf16" else nullcontext()
+def step_flops(ctx: Context, st: Stage, step: int, cache: dict) -> float | None:
+    """Counted FLOPs of one step (engine/throughput.py); None for a teacher slimbert does not know the shape of
+    (a plugin's or one passed in), whose MFU is then n/a."""
+    layer = strategy(st).log_fields(st, step).get("layer")
+    if layer not in cache:
+        known = ctx.ib is not None or isinstance(ctx.teacher, HFEncoderTeacher)
+        cache[layer] = tp.recipe_step_flops(ctx.r, st, layer, teacher_known=known)
+    return cache[layer]
+
+
+def _sig(x: float | None) -> float | None:
+    return None if x is None else float(f"{x:.4g}")  # 4 significant digits: a tiny model's TFLOP/s are ~1e-3
 
 
 def run_stage(ctx: Context, k: int, st: Stage, start: int, opt_state: dict | None, progress) -> None:
@@ -249,8 +248,13 @@ def run_stage(ctx: Context, k: int, st: Stage, start: int, opt_state: dict | Non
     every = st.checkpoint_every or total
     model = world.wrap(StepModule(ctx, st.kind))
     n_micro = st.grad_accum
-    t0, seen = time.perf_counter(), 0
-    with MetricLogger(ctx.out / "metrics.jsonl", main=world.main) as metrics:
+    # Throughput: counted FLOPs over each logged window's time, against the device's peak (engine/throughput.py).
+    precision = dev.precision(st.precision, ctx.device)
+    peak = tp.device_peak(ctx.device, precision)
+    flops_cache: dict = {}
+    window = {"t0": time.perf_counter(), "tokens": 0, "flops": 0.0}
+    rate = None
+    with MetricLogger(ctx.out / "metrics.jsonl", main=world.main, trackers=ctx.trackers) as metrics:
         for step in range(start, total):
             # 1. LR: the stage's schedule times each parameter's multiplier, set every step because progressive
             #    stages move the trained layer (and restart the schedule) as they go.
@@ -261,7 +265,7 @@ def run_stage(ctx: Context, k: int, st: Stage, start: int, opt_state: dict | Non
             # 2. Micro-batches: each backward adds 1/n_micro of its loss; DDP syncs gradients on the last only.
             local = {}
             for micro in range(n_micro):
-                with world.no_sync(model, micro == n_micro - 1), autocast(st):
+                with world.no_sync(model, micro == n_micro - 1), dev.autocast(ctx.device, precision):
                     parts = model(st, step, batches, micro, n_micro)
                 (sum(parts.values()) / n_micro).backward()
                 for term, value in parts.items():
@@ -282,14 +286,27 @@ def run_stage(ctx: Context, k: int, st: Stage, start: int, opt_state: dict | Non
             if st.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.grad is not None], st.grad_clip)
             opt.step()
-            seen += 1
-            rate = seen * tokens / (time.perf_counter() - t0)
-            # 6. Log every LOG_EVERY steps and the last: enough for the loss curve, cheap on disk.
+            flops = step_flops(ctx, st, step, flops_cache)
+            window["tokens"] += tokens
+            window["flops"] = None if flops is None or window["flops"] is None else window["flops"] + flops
+            # 6. Log every LOG_EVERY steps and the last: enough for the loss curve, cheap on disk. Throughput is
+            #    the window since the last log, after the device has finished its queued work.
             if step % LOG_EVERY == 0 or step == total - 1:
+                dev.synchronize(ctx.device)
+                rate = tp.rates(window["flops"] or 0.0, window["tokens"], time.perf_counter() - window["t0"], peak,
+                                world.size)
+                if window["flops"] is None:
+                    rate["tflops"] = rate["mfu"] = None
+                window.update(t0=time.perf_counter(), tokens=0, flops=0.0)
                 metrics.log({"stage": k, "kind": st.kind, "step": step, "lr": base, "loss": loss.item(),
-                             "tokens_per_s": round(rate, 1), **{t: v.item() for t, v in terms.items()},
-                             **kind.log_fields(st, step)})
-            progress.update(task, advance=1, info=f"loss {loss.item():.4g}  {rate:,.0f} tok/s")
+                             "tokens_per_s": round(rate["tokens_per_s"], 1), "tflops": _sig(rate["tflops"]),
+                             "mfu": _sig(rate["mfu"]), "device": str(ctx.device), "precision": precision,
+                             "processes": world.size, "peak": peak.source,
+                             **{t: v.item() for t, v in terms.items()}, **kind.log_fields(st, step)})
+            info = f"loss {loss.item():.4g}"
+            if rate is not None:
+                info += f"  {rate['tokens_per_s']:,.0f} tok/s  {tp.fmt_mfu(rate['mfu'])}"
+            progress.update(task, advance=1, info=info)
             # 7. Checkpoint (weights + optimizer) every checkpoint_every steps and at the end: resume starts here.
             if world.main and ((step + 1) % every == 0 or step + 1 == total):
                 ckpt.save(stage_dir, step + 1, ctx.tensors(st.kind), opt.state_dict(),
@@ -323,22 +340,26 @@ def find_resume_point(ctx: Context, warn) -> tuple[int, int, dict | None]:
     return 0, 0, None
 
 
-def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None, teacher: Teacher | None = None) -> Path:
-    """The whole run: preflight, teacher checks, run directory and lock, context, resume point, the stages,
-    then the student, fine-tuning and export; returns the run directory."""
+def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None, teacher: Teacher | None = None,
+        device: str | None = None) -> Path:
+    """The whole run: device and preflight, teacher checks, run directory and lock, context, resume point, the
+    stages, then the student, fine-tuning and export; returns the run directory. `device` (auto, cpu, cuda,
+    cuda:N) overrides the recipe's `device`; under torchrun each process takes cuda:LOCAL_RANK."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = console or Console(stderr=True)
     warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)  # noqa: E731
-    preflight(r)
+    where = dev.select(device or r.recipe.device, "--device" if device else "device",
+                       [st.precision for st in r.recipe.transfer])  # exit 2 before anything is written
+    preflight(r, where)
     if teacher is None and r.recipe.teacher.plugin is not None:
         teacher = TEACHERS[r.recipe.teacher.plugin](r)  # registered by a plugin the user allowed
     if teacher is not None:
         teacher = as_teacher(teacher)
         r = with_teacher(r, teacher.num_layers, teacher.num_heads, teacher.hidden_size,
                          attention=teacher_has_attention(teacher))
-    world = world_from_env()
+    world = world_from_env(where)
     if world.active:
         if out is None:
             raise RecipeError(Problem("--out", "a multi-process run needs --out: every process must use the same "
@@ -369,6 +390,7 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             if not existed:
                 shutil.rmtree(out, ignore_errors=True)
             raise
+    trackers = None
     try:
         if world.main:
             remove_partial_writes(out, warn)
@@ -376,8 +398,13 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             ckpt.write_atomic(out / "recipe.resolved.yaml",
                               yaml.safe_dump(r.recipe.model_dump(mode="json"), sort_keys=False))
             ckpt.write_atomic(out / "plan.json", json.dumps(build_plan(r), indent=2, default=str))
-        ctx = build_context(r, out, console, teacher)
+        ctx = build_context(r, out, console, teacher, device=where)
         ctx.world = world
+        console.print(f"device: {dev.describe(where)}" + (f" x {world.size} processes" if world.active else ""),
+                      highlight=False)
+        if world.main:
+            trackers = ctx.trackers = Trackers(r.recipe.logging, out, r.file.parent, out.name,
+                                               r.recipe.model_dump(mode="json"), warn)
         start_stage, start_step, opt_state = find_resume_point(ctx, warn) if resume else (0, 0, None)
         if world.main and ctx.ib is not None and not (out / "teacher" / "fidelity.json").is_file():
             print_fidelity(console, write_fidelity(out, "before", _fidelity(ctx), len(ctx.held_out)))
@@ -397,16 +424,20 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             start_student_stages(ctx, adapted=first_student > 0)  # a recipe that only builds the teacher
         if not world.main:
             return out  # rank 0 saves the student and fine-tunes it
-        path = save_model(ctx.student, ctx.tokenizer, out / "student")
+        path = save_student(ctx.student, ctx.tokenizer, out)
         finish_sentence_student(r, ctx.student, ctx.tokenizer, path, out, lambda m: console.print(m, highlight=False))
         if r.recipe.finetune is not None:
             with Progress(*columns, console=console, transient=False) as progress:
-                run_finetune(r, out, ctx.student, ctx.tokenizer, progress, console)
+                run_finetune(r, out, ctx.student, ctx.tokenizer, progress, console, device=where)
         if r.recipe.export.onnx:
-            run_export(r, out, ctx.train, ctx.tokenizer, lambda m: console.print(m, highlight=False, soft_wrap=True))
+            run_export(r, out, ctx.train, ctx.tokenizer, lambda m: console.print(m, highlight=False, soft_wrap=True),
+                       device=where)
+        trackers.finish()  # results, plots, then close
         console.print(f"[green]done[/]: student in {path}", highlight=False)
         return out
     except Exception as e:
+        if trackers is not None:
+            trackers.close(failed=True)  # before a partial run directory is removed
         if world.main and not resume and not any(out.glob("stages/*/checkpoint-*")):
             # A fresh run that stopped before its first checkpoint has nothing worth keeping: leave no partial
             # run directory behind (a bad corpus, a full disk), so the same command can simply be run again.
@@ -417,6 +448,8 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
                                 + ("the last good checkpoint is kept" if out.exists() else "nothing was kept"))
         raise
     finally:
+        if trackers is not None:
+            trackers.close(failed=True)  # interrupted (finish and the except above have closed the others)
         if world.main:
             run_dir.release()
 

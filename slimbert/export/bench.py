@@ -21,14 +21,89 @@ from .. import __version__
 from ..models import SlimBertConfig, count
 from ..models.convert import from_transformers_config
 from ..teacher.source import resolve_model_path
+from . import runtime
+from .isa import FEATURES, CpuInfo, cpu_info
 from .onnx import ExportError, export
-from .runtime import dummy_inputs, session
 
 
 @dataclass
 class Entry:
     name: str
     path: Path
+    runtime: str = "ort"
+    precision: str = "fp32"
+    group: str | None = None          # the model this is a variant of (best-vs-best compares groups); default name
+    unavailable: str | None = None    # "n/a: ..." when this CPU or install cannot run it: reported, not timed
+    accuracy: dict | None = None      # task dev metrics of this variant, when the model has a fine-tuned head
+
+    @property
+    def model(self) -> str:
+        return self.group or self.name
+
+
+def _session(e: Entry, threads: int):
+    try:
+        return runtime.get(e.runtime).load(e.path, e.precision, threads)
+    except Exception as err:  # noqa: BLE001 - each runtime raises its own types for a file it cannot run
+        raise ExportError(f"{e.path}: {e.runtime} cannot load it: {_first_line(err)}") from None
+
+
+def _inputs(sess, batch: int, seq: int, rng) -> dict:
+    names = sess.input_names
+    x = {"input_ids": rng.integers(1000, 2000, (batch, seq)).astype(np.int64),
+         "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
+    return {k: v for k, v in x.items() if k in names}
+
+
+def variants(name: str, folder: Path, runtimes: list[str], precisions: list[str], cpu: CpuInfo) -> list[Entry]:
+    """One entry per (runtime, precision) of the export in `folder`: n/a (with the reason) when this CPU or install
+    cannot run it or the export has no such file; with its task accuracy when task_metrics.json has it."""
+    metrics_file = Path(folder) / "task_metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    out = []
+    for rt in runtimes:
+        for prec in precisions:
+            reason = runtime.unavailable(rt, prec, cpu)
+            path = runtime.get(rt).file(folder, prec) if reason is None else Path(folder)
+            if reason is None and not path.is_file():
+                reason = (f"not exported: no {path.name} (slimbert export --onnx"
+                          + (" --openvino" if rt == "openvino" else "") + (" --quantize int8)" if "int8" in prec
+                                                                            else ")"))
+            out.append(Entry(f"{name} {rt} {prec}", path, rt, prec, name, reason, metrics.get(f"{rt}-{prec}")))
+    return out
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def check_onnx(path: Path) -> None:
+    """`path` is a readable ONNX model (a truncated or foreign file is bad input, named, not a traceback)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, onnx's ValidationError, OSError...
+        raise ExportError(f"{path}: not a readable ONNX model (truncated, or not ONNX?): {_first_line(e)}") from None
+
+
+def export_meta(export_dir: Path) -> dict | None:
+    """slimbert_export.json beside a model exported by `slimbert export`, or None for any other ONNX file."""
+    meta = export_dir / "slimbert_export.json"
+    if not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{meta} is unreadable: {_first_line(e)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("task"), str) or not isinstance(data.get("source"), str):
+        raise ExportError(f"{meta} is not slimbert export's (expected task and source fields)")
+    return data
+
+
+def export_task(onnx_path: Path) -> str:
+    meta = export_meta(onnx_path.parent)
+    return meta["task"] if meta else "feature-extraction"
 
 
 def latency_fields(values: list[float]) -> dict:
@@ -45,6 +120,11 @@ def model_facts(path: Path, seq: int) -> dict:
     import onnx
 
 
+    if path.suffix == ".xml":  # an OpenVINO IR: the ONNX file it was converted from tells the rest
+        onnx_file = path.parent / "model.onnx"
+        facts = model_facts(onnx_file, seq) if onnx_file.is_file() else {"initializer_params": None,
+                                                                           "flops_per_sequence": None}
+        return {**facts, "file_mb": round(path.with_suffix(".bin").stat().st_size / 2 ** 20, 2), "onnx_nodes": None}
     m = onnx.load(str(path), load_external_data=False)
     params = int(sum(int(np.prod(t.dims)) for t in m.graph.initializer if len(t.dims) > 0))
     facts = {"file_mb": round(path.stat().st_size / 2 ** 20, 2), "onnx_nodes": len(m.graph.node),
@@ -52,14 +132,14 @@ def model_facts(path: Path, seq: int) -> dict:
     cfg_path = path.parent / "config.json"
     if cfg_path.is_file():
         try:
-            facts["flops_per_sequence"] = count(_family_config(json.loads(cfg_path.read_text())), seq_len=seq).total_flops
+            config = family_config(json.loads(cfg_path.read_text()))
+            facts["flops_per_sequence"] = count(config, seq_len=seq).total_flops
         except Exception:  # noqa: BLE001 - FLOPs are informative; a config slimbert cannot count leaves them out
             pass
     return facts
 
 
-def _family_config(raw: dict):
-
+def family_config(raw: dict):
     t = raw.get("model_type")
     if t == "slimbert":
         return SlimBertConfig(**{k: v for k, v in raw.items() if k not in ("model_type", "architectures")})
@@ -84,50 +164,90 @@ def versions() -> dict:
     import torch
     import transformers
 
-    return {"slimbert": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+    return {"slimbert": __version__, "onnxruntime": onnxruntime.__version__,
+            "openvino": runtime.versions()["openvino"], "onnx": onnx.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.processor()}".strip()}
 
 
 def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, runs: int = 30, warmup: int = 5,
-          block: int = 5, seed: int = 0) -> dict:
-    """Time every model at every (batch, seq), alternating between models in blocks of `block` runs."""
+          block: int = 5, seed: int = 0, cpu: CpuInfo | None = None) -> dict:
+    """Time every runnable entry at every (batch, seq), alternating between them in blocks of `block` runs;
+    entries this machine cannot run are reported with their reason."""
     rng = np.random.default_rng(seed)
-    sessions = {e.name: session(e.path, threads=threads) for e in entries}
+    timed = [e for e in entries if e.unavailable is None]
+    sessions = {e.name: _session(e, threads) for e in timed}
+    cpu = cpu or cpu_info()
     report = {"config": {"batch": list(batches), "seq": list(seqs), "threads": threads, "runs": runs,
                          "warmup": warmup, "alternating_blocks": block},
-              "versions": versions(), "models": {}, "results": []}
+              "versions": versions(), "cpu": cpu.as_dict(), "models": {}, "results": [], "unavailable": []}
     for e in entries:
-        report["models"][e.name] = {"path": str(e.path), **model_facts(e.path, max(seqs))}
+        if e.unavailable is None:
+            report["models"][e.name] = {"path": str(e.path), "runtime": e.runtime, "precision": e.precision,
+                                        "group": e.model, **model_facts(e.path, max(seqs))}
+        else:
+            report["unavailable"].append({"model": e.name, "group": e.model, "runtime": e.runtime,
+                                          "precision": e.precision, "reason": e.unavailable})
+    meta = {e.name: e for e in timed}
     for b in batches:
         for s in seqs:
-            feeds = {name: dummy_inputs(sess, b, s, rng) for name, sess in sessions.items()}
+            feeds = {name: _inputs(sess, b, s, rng) for name, sess in sessions.items()}
             for name, sess in sessions.items():
-                for _ in range(warmup):
-                    sess.run(None, feeds[name])
+                try:
+                    sess.run(feeds[name])
+                except Exception as e:  # noqa: BLE001 - e.g. --seq beyond the model's positions
+                    raise ExportError(f"{name} cannot run at batch {b} x seq {s}: {_first_line(e)}") from None
+                for _ in range(warmup - 1):
+                    sess.run(feeds[name])
             # Alternate in blocks: each model runs `block` times in a row, the first run of a block untimed.
             # Strict one-by-one alternation would measure cold caches (a BERT_BASE run evicts everything),
             # not the latency a deployed model sees; blocks keep the comparison fair and still interleaved.
             times = {name: [] for name in sessions}
-            while min(len(t) for t in times.values()) < runs:
+            while sessions and min(len(t) for t in times.values()) < runs:
                 for name, sess in sessions.items():
-                    sess.run(None, feeds[name])
+                    sess.run(feeds[name])
                     for _ in range(min(block, runs - len(times[name]))):
                         t0 = time.perf_counter()
-                        sess.run(None, feeds[name])
+                        sess.run(feeds[name])
                         times[name].append(time.perf_counter() - t0)
             for name in sessions:
                 lat = latency_fields(times[name])
+                e = meta[name]
                 report["results"].append({
-                    "model": name, "batch_size": b, "sequence_length": s, "latency": lat,
+                    "model": name, "group": e.model, "runtime": e.runtime, "precision": e.precision,
+                    "accuracy": e.accuracy, "batch_size": b, "sequence_length": s, "latency": lat,
                     "throughput": {"unit": "samples/s", "value": b / lat["mean"]},
                     "tokens_per_s": b * s / lat["mean"]})
-    first = entries[0].name
+    if not timed:
+        return report
+    first = timed[0].name
     for row in report["results"]:
         base = next(r for r in report["results"] if r["model"] == first and r["batch_size"] == row["batch_size"]
                     and r["sequence_length"] == row["sequence_length"])
         row[f"p50_vs_{first}"] = row["latency"]["p50"] / base["latency"]["p50"]
+    report["best"] = best_vs_best(report["results"], timed[0].model)
     return report
+
+
+def best_vs_best(results: list[dict], student: str, reference: str = "bert_base") -> list[dict]:
+    """Per (batch, seq): each model's fastest variant (any runtime, any precision), and the headline ratio of the
+    reference's fastest p50 to the student's fastest."""
+    out = []
+    for b, s in sorted({(r["batch_size"], r["sequence_length"]) for r in results}):
+        rows = [r for r in results if (r["batch_size"], r["sequence_length"]) == (b, s)]
+        fastest = {}
+        for r in rows:
+            if r["group"] not in fastest or r["latency"]["p50"] < fastest[r["group"]]["latency"]["p50"]:
+                fastest[r["group"]] = r
+        entry = {"batch_size": b, "sequence_length": s,
+                 "fastest": {g: {"model": r["model"], "runtime": r["runtime"], "precision": r["precision"],
+                                 "p50": r["latency"]["p50"], "accuracy": r.get("accuracy")}
+                             for g, r in fastest.items()}}
+        if student in fastest and reference in fastest:
+            entry["headline"] = {"student": student, "reference": reference,
+                                 "speedup": fastest[reference]["latency"]["p50"] / fastest[student]["latency"]["p50"]}
+        out.append(entry)
+    return out
 
 
 def write_report(report: dict, out: Path) -> list[Path]:
@@ -138,23 +258,57 @@ def write_report(report: dict, out: Path) -> list[Path]:
     return [out / "report.json", out / "report.md", out / "report.png"]
 
 
+def _accuracy(acc: dict | None) -> str:
+    if not acc:
+        return ""
+    key = next(k for k in acc if not k.endswith("_delta_vs_pytorch"))
+    return f"{key} {acc[key]:.4f}"
+
+
+def cpu_line(cpu: dict) -> str:
+    have = [k for k in FEATURES if cpu["features"].get(k)]
+    lacks = [k for k in FEATURES if not cpu["features"].get(k)]
+    caps = cpu.get("openvino_capabilities")
+    return (f"CPU: {cpu['model']}, {cpu['logical_cpus']} logical CPUs; has {', '.join(have) or 'none of them'}"
+            + (f"; lacks {', '.join(lacks)}" if lacks else "")
+            + (f"; OpenVINO OPTIMIZATION_CAPABILITIES {', '.join(caps)}" if caps is not None else "") + ".")
+
+
 def markdown(report: dict) -> str:
     c, v = report["config"], report["versions"]
-    first = next(iter(report["models"]))
+    first = next(iter(report["models"]), None)
+    runtimes_used = sorted({m.get("runtime", "ort") for m in report["models"].values()})
+    used = ", ".join(f"onnxruntime {v['onnxruntime']}" if r == "ort" else f"openvino {v.get('openvino')}"
+                     for r in runtimes_used)
     lines = [f"Latency, {c['threads']} threads, {c['runs']} runs per model, alternating between models in blocks "
              f"of {c['alternating_blocks']} (each block after one untimed run), after {c['warmup']} warm-up runs "
-             f"(onnxruntime {v['onnxruntime']}, {v['machine']}).", "",
-             "| model | batch | seq | mean ms | p50 ms | p90 ms | p99 ms | stdev % | samples/s | "
-             f"p50 / {first} |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"({used}, {v['machine']})."]
+    if report.get("cpu"):
+        lines += ["", cpu_line(report["cpu"])]
+    for best in report.get("best", []):
+        if "headline" in best:
+            h = best["headline"]
+            st, ref = best["fastest"][h["student"]], best["fastest"][h["reference"]]
+            lines += ["", f"**Student's fastest vs BERT_BASE's fastest (batch {best['batch_size']} x seq "
+                          f"{best['sequence_length']}): {h['speedup']:.2f}x** ({st['model']} {st['p50'] * 1e3:.1f} ms"
+                          + (f", {_accuracy(st['accuracy'])}" if st["accuracy"] else "")
+                          + f"; {ref['model']} {ref['p50'] * 1e3:.1f} ms"
+                          + (f", {_accuracy(ref['accuracy'])}" if ref["accuracy"] else "") + ")."]
+    lines += ["", "| model | runtime | precision | batch | seq | mean ms | p50 ms | p90 ms | p99 ms | stdev % | "
+              f"samples/s | p50 / {first} | dev accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lat = r["latency"]
-        lines.append(f"| {r['model']} | {r['batch_size']} | {r['sequence_length']} | {lat['mean'] * 1e3:.1f} | "
-                     f"{lat['p50'] * 1e3:.1f} | {lat['p90'] * 1e3:.1f} | {lat['p99'] * 1e3:.1f} | "
-                     f"{lat['stdev_']:.1f} | {r['throughput']['value']:.1f} | {r[f'p50_vs_{first}']:.2f} |")
+        lines.append(f"| {r['model']} | {r.get('runtime', 'ort')} | {r.get('precision', 'fp32')} | {r['batch_size']} "
+                     f"| {r['sequence_length']} | {lat['mean'] * 1e3:.1f} | {lat['p50'] * 1e3:.1f} | "
+                     f"{lat['p90'] * 1e3:.1f} | {lat['p99'] * 1e3:.1f} | {lat['stdev_']:.1f} | "
+                     f"{r['throughput']['value']:.1f} | {r[f'p50_vs_{first}']:.2f} | {_accuracy(r.get('accuracy'))} |")
+    for u in report.get("unavailable", []):
+        lines.append(f"| {u['model']} | {u['runtime']} | {u['precision']} | | | | {u['reason']} | | | | | | |")
     lines += ["", "| model | parameters | GFLOPs / sequence | file MB | ONNX nodes |", "|---|---|---|---|---|"]
     for name, m in report["models"].items():
         fl = f"{m['flops_per_sequence'] / 1e9:.2f}" if m["flops_per_sequence"] else "n/a"
-        lines.append(f"| {name} | {m['initializer_params']:,} | {fl} | {m['file_mb']} | {m['onnx_nodes']} |")
+        params = f"{m['initializer_params']:,}" if m["initializer_params"] is not None else "n/a"
+        lines.append(f"| {name} | {params} | {fl} | {m['file_mb']} | {m['onnx_nodes'] or ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,7 +329,7 @@ def chart(report: dict, path: Path) -> None:
     ax.set_xticks([k + width * (len(names) - 1) / 2 for k in range(len(shapes))])
     ax.set_xticklabels([f"b{b} x s{s}" for b, s in shapes])
     ax.set_ylabel("p50 latency (ms)")
-    ax.set_title(f"ONNX Runtime, {report['config']['threads']} threads")
+    ax.set_title(f"{report['config']['threads']} threads")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -188,14 +342,28 @@ def median(xs):
 
 # ---- baselines: exported the same way as the student -------------------------------------------------------------
 
-def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None) -> Path:
+def _cached(dest: Path, openvino: bool, quantize: str | None) -> bool:
+    """Whether `dest` already holds an export with every file asked for; a partial one is removed."""
+    import shutil
+
+    want = ["model.onnx"] + (["model_int8.onnx"] if quantize else [])
+    want += ["openvino_model.xml"] + (["openvino_model_int8.xml"] if quantize else []) if openvino else []
+    if all((dest / f).is_file() for f in want):
+        return True
+    shutil.rmtree(dest, ignore_errors=True)
+    return False
+
+
+def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None, openvino: bool = False,
+                        quantize: str | None = None) -> Path:
     """BERT_BASE (BertConfig defaults, random weights: latency does not depend on them) with the same head,
-    exported by the same exporter into `dest` (reused when already there)."""
+    exported by the same exporter into `dest` (reused when already there), with the same variants as the student
+    (`quantize`: int8 for ONNX Runtime, and NNCF int8 too with `openvino`)."""
     import torch
     import transformers
 
     onnx_path = dest / "model.onnx"
-    if onnx_path.is_file():
+    if _cached(dest, openvino, quantize):
         return onnx_path
     cls = {"feature-extraction": transformers.BertModel, "fill-mask": transformers.BertForMaskedLM,
            "text-classification": transformers.BertForSequenceClassification,
@@ -205,9 +373,17 @@ def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None
     src = dest.parent / f".src-{dest.name}"
     model.save_pretrained(src)
     if tokenizer_dir is not None:
-        transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(src)
+        try:
+            transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(src)
+        except (OSError, ValueError) as e:
+            import shutil
+
+            shutil.rmtree(src, ignore_errors=True)
+            raise ExportError(f"{tokenizer_dir}: no tokenizer beside the model, which the bert_base export needs "
+                              f"({_first_line(e)})") from None
     try:
-        export(src, dest, task=task, passes=[], measure=False, log=lambda m: None)
+        export(src, dest, task=task, passes=[], measure=False, quantize=quantize, openvino=openvino,
+               log=lambda m: None)
     finally:
         import shutil
 
@@ -215,14 +391,17 @@ def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None
     return onnx_path
 
 
-def teacher_reference(export_dir: Path, dest: Path) -> Path:
+def teacher_reference(export_dir: Path, dest: Path, openvino: bool = False, quantize: str | None = None) -> Path:
     """The teacher of the run the exported student came from (its IB teacher, or the source itself)."""
     import yaml
 
     onnx_path = dest / "model.onnx"
-    if onnx_path.is_file():
+    if _cached(dest, openvino, quantize):
         return onnx_path
-    meta = json.loads((export_dir / "slimbert_export.json").read_text())
+    meta = export_meta(export_dir)
+    if meta is None:
+        raise ExportError(f"{export_dir} was not made by `slimbert export` (no slimbert_export.json): --compare "
+                          "teacher needs the export of a run directory, which names its teacher")
     run_dir = Path(meta["source"]).parent
     if run_dir.name == "finetune":
         run_dir = run_dir.parent
@@ -243,7 +422,8 @@ def teacher_reference(export_dir: Path, dest: Path) -> Path:
     if not (src / "tokenizer_config.json").is_file():
         transformers.AutoTokenizer.from_pretrained(str(tok)).save_pretrained(src)
     try:
-        export(src, dest, task="feature-extraction", passes=None, measure=False, log=lambda m: None)
+        export(src, dest, task="feature-extraction", passes=None, measure=False, quantize=quantize, openvino=openvino,
+               log=lambda m: None)
     finally:
         shutil.rmtree(src, ignore_errors=True)
     return onnx_path

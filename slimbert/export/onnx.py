@@ -11,6 +11,7 @@ Everything is written to a temporary folder that replaces --out only when the wh
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -23,7 +24,10 @@ import torch
 from torch import nn
 
 from .. import models as M  # registers slimbert with the Auto classes
-from ..models import SlimBertPreTrainedModel, to_transformers, why_not_expressible
+from ..models import SlimBertConfig, SlimBertPreTrainedModel, to_transformers, why_not_expressible
+from ..models.remote import write_standalone_code
+from . import openvino as ovx
+from .isa import cpu_info, why_not
 from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, node_count
 from .runtime import latency_ms, session
 
@@ -47,7 +51,11 @@ PARITY_TEXTS = [
 
 
 class ExportError(RuntimeError):
-    """The export cannot be made or does not match PyTorch."""
+    """The export cannot be made: bad input (no model, no tokenizer, an unknown task, a busy --out...)."""
+
+
+class ParityError(ExportError):
+    """The export was made but does not match PyTorch (the CLI's exit 4, apart from bad input's 2)."""
 
 
 @dataclass
@@ -92,6 +100,12 @@ def find_model_dir(path: Path) -> Path:
                       "or finetune/model/)")
 
 
+def _last_line(e: Exception) -> str:
+    """An exception's message in one line (huggingface_hub's strict-config errors put the field on the last)."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return " ".join(lines[-2:]) if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+
+
 def task_of(config) -> str:
     archs = " ".join(config.architectures or [])
     if "ForSequenceClassification" in archs:
@@ -109,20 +123,20 @@ def load_model(model_dir: Path, task: str | None = None) -> tuple[nn.Module, str
     import transformers
 
 
+    if task is not None and task not in TASKS:
+        raise ExportError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     try:
         config = transformers.AutoConfig.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as e:
-        raise ExportError(f"{model_dir}: cannot read config.json: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - bad JSON, an unknown model_type, a wrongly typed field (strict configs)
+        raise ExportError(f"{model_dir}: cannot read config.json: {_last_line(e)}") from None
     task = task or task_of(config)
-    if task not in TASKS:
-        raise ExportError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     auto = {"feature-extraction": transformers.AutoModel, "fill-mask": transformers.AutoModelForMaskedLM,
             "text-classification": transformers.AutoModelForSequenceClassification,
             "question-answering": transformers.AutoModelForQuestionAnswering}[task]
     try:
         model = auto.from_pretrained(str(model_dir))
-    except (OSError, ValueError, KeyError) as e:
-        raise ExportError(f"{model_dir}: cannot load it for {task}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - missing/truncated weights, shapes that do not fit: the folder's fault
+        raise ExportError(f"{model_dir}: cannot load it for {task}: {_last_line(e)}") from None
     if config.model_type == "mobilebert" and task != "feature-extraction":
         model = M.from_transformers(model)
     return model.eval(), task
@@ -173,19 +187,29 @@ def parity_inputs(tokenizer, texts: list[str] | None = None, max_length: int = 1
     return out
 
 
-def _outputs(model, task, inputs, dtype) -> list[np.ndarray]:
-    m = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    with torch.no_grad():
-        out = KeywordCall(m, task)(*(torch.from_numpy(inputs[k]) for k in INPUTS))
-    return [o.to(torch.float64).numpy() for o in out]
+def _outputs(model, task, inputs, dtype, device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """PyTorch's outputs in `dtype` on `device` (the run's device: the reference is computed where the model
+    trained). On CUDA, TF32 is switched off for it: the reference must be true fp32 (or fp64)."""
+    device = torch.device(device)
+    m = model if dtype == torch.float32 and device.type == "cpu" else copy.deepcopy(model).to(device, dtype)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            out = KeywordCall(m, task)(*(torch.from_numpy(inputs[k]).to(device) for k in INPUTS))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return [o.to("cpu", torch.float64).numpy() for o in out]
 
 
-def check_parity(model: nn.Module, task: str, onnx_path: Path, inputs: dict[str, np.ndarray],
-                 exact: list[np.ndarray] | None = None) -> Parity:
-    """ONNX Runtime against PyTorch on the same (real, padded) inputs; outputs at padded positions are ignored."""
-    ref = _outputs(model, task, inputs, torch.float32)
-    exact = exact if exact is not None else _outputs(model, task, inputs, torch.float64)
-    got = [g.astype(np.float64) for g in session(onnx_path).run(None, inputs)]
+def check_parity(model: nn.Module, task: str, onnx_path: Path | None, inputs: dict[str, np.ndarray],
+                 exact: list[np.ndarray] | None = None, runner=None, device: str | torch.device = "cpu") -> Parity:
+    """ONNX Runtime (or `runner`, any runtime's runner) against PyTorch (on `device`) on the same (real, padded)
+    inputs; outputs at padded positions are ignored."""
+    ref = _outputs(model, task, inputs, torch.float32, device)
+    exact = exact if exact is not None else _outputs(model, task, inputs, torch.float64, device)
+    got = runner.run(inputs) if runner is not None else session(onnx_path).run(None, inputs)
+    got = [np.asarray(g, np.float64) for g in got]
     mask = inputs["attention_mask"].astype(bool)
 
     def real(x, name):  # per-token outputs: real tokens only
@@ -212,10 +236,16 @@ def check_parity(model: nn.Module, task: str, onnx_path: Path, inputs: dict[str,
 def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quantize: str | None = None,
            passes: list[str] | None = None, texts: list[str] | None = None, fp32_factor: float = 10.0,
            int8_min_cosine: float = 0.98, measure: bool = True, static_calibration: dict | None = None,
-           log=print) -> ExportResult:
+           openvino: bool = False, calibration_texts: list[str] | None = None,
+           openvino_calibration: dict | None = None, log=print,
+           device: str | torch.device = "cpu") -> ExportResult:
     """Export the model at `path` (a run directory or a model directory) to `out`. `passes`: names from
     passes.MODEL_PASSES / ONNX_PASSES in order (default: DEFAULT_PASSES; [] for a plain export).
-    `static_calibration` (model inputs, e.g. corpus sequences) also writes a static int8 model_int8_static.onnx."""
+    `static_calibration` (model inputs, e.g. corpus sequences) also writes a static int8 model_int8_static.onnx.
+    `openvino` also writes OpenVINO IRs (fp32, and NNCF int8 with `quantize`; calibrated on `openvino_calibration`
+    (model inputs, e.g. corpus sequences) when given, else `calibration_texts` or built-in real sentences), each
+    precision checked like the ONNX file. `device`: where PyTorch computes the parity reference (the graph is
+    traced on the CPU, as ONNX Runtime runs it)."""
     from transformers import AutoTokenizer
 
     passes = list(DEFAULT_PASSES) if passes is None else list(passes)
@@ -261,39 +291,44 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         for leftover in tmp.glob("stage-*.onnx"):
             leftover.unlink()
         inputs = parity_inputs(tokenizer, texts)
-        exact = _outputs(model, task, inputs, torch.float64)
-        p = check_parity(model, task, onnx_path, inputs, exact)
+        exact = _outputs(model, task, inputs, torch.float64, device)
+        p = check_parity(model, task, onnx_path, inputs, exact, device)
         result.parity["fp32"] = p
         log(f"parity fp32: max |onnx - torch| {p.max_abs:.3g} ({p.max_rel:.2g} of the output scale), cosine "
             f"{p.cosine:.8f}; vs fp64: onnx {p.onnx_error:.3g}, torch fp32 {p.torch_error:.3g}"
             + (f"; argmax agreement {p.argmax_agreement:.4f}" if p.argmax_agreement is not None else ""))
         if not p.ok(fp32_factor):
-            raise ExportError(f"the ONNX model does not match PyTorch: its distance to the exact (fp64) result is "
+            raise ParityError(f"the ONNX model does not match PyTorch: its distance to the exact (fp64) result is "
                               f"{p.onnx_error:.3g}, more than {fp32_factor:g}x PyTorch fp32's own {p.torch_error:.3g}"
                               f" (argmax agreement {p.argmax_agreement})")
         if quantize == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
             q_path = tmp / "model_int8.onnx"
-            quantize_dynamic(str(onnx_path), str(q_path), weight_type=QuantType.QInt8,
-                             extra_options={"DefaultTensorType": 1})  # FLOAT, for tensors shape inference misses
-            q = check_parity(model, task, q_path, inputs, exact)
+            quantize_dynamic_int8(onnx_path, q_path)
+            q = check_parity(model, task, q_path, inputs, exact, device=device)
             result.parity["int8"] = q
             log(f"parity int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of the "
                 "output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
                                    else ""))
             if q.cosine < int8_min_cosine:
-                raise ExportError(f"the int8 model drifts too far from PyTorch: output cosine {q.cosine:.4f} < "
+                raise ParityError(f"the int8 model drifts too far from PyTorch: output cosine {q.cosine:.4f} < "
                                   f"{int8_min_cosine}")
         if static_calibration is not None:
             q_path = tmp / "model_int8_static.onnx"
             quantize_static_int8(onnx_path, q_path, static_calibration)
-            q = check_parity(model, task, q_path, inputs, exact)
+            q = check_parity(model, task, q_path, inputs, exact, device)
             result.parity["int8_static"] = q
             log(f"parity static int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of "
                 "the output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
                                        else ""))
-        to_save(model).config.save_pretrained(tmp)
+        if openvino:
+            items = (ovx.calibration_items(tokenizer, calibration_texts, openvino_calibration) if quantize == "int8"
+                     else None)
+            result.parity.update(write_openvino(model, task, onnx_path, tmp, inputs, exact, items, fp32_factor,
+                                                int8_min_cosine, log))
+        config = to_save(model).config
+        config.save_pretrained(tmp)
+        if config.model_type == SlimBertConfig.model_type:
+            write_standalone_code(tmp, config_only=True)  # AutoConfig reads the folder without slimbert
         tokenizer.save_pretrained(tmp)
         (tmp / "slimbert_export.json").write_text(json.dumps({
             "task": task, "opset": opset, "source": str(model_dir), "passes": result.passes,
@@ -308,7 +343,53 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ---- static int8 and task accuracy ------------------------------------------------------------------------------
+# ---- OpenVINO -------------------------------------------------------------------------------------------------------
+
+def write_openvino(model: nn.Module, task: str, onnx_path: Path, folder: Path, inputs: dict[str, np.ndarray],
+                   exact: list[np.ndarray], calibration: list[dict] | None, fp32_factor: float,
+                   int8_min_cosine: float, log=print) -> dict[str, Parity]:
+    """IRs beside `onnx_path` (fp32; int8 by NNCF when `calibration` is given), every precision this CPU runs
+    checked against PyTorch: fp32 by the same fp64 test as the ONNX file, int8 by the same cosine floor as ONNX
+    Runtime's int8 (both raise), bf16 reported only (it is a compile-time choice, not a file)."""
+    if importlib.util.find_spec("openvino") is None:
+        raise ExportError("--openvino needs the openvino extra: pip install 'slimbert[openvino]'")
+    ovx.to_ir(onnx_path, folder / ovx.IR)
+    if calibration is not None:
+        if importlib.util.find_spec("nncf") is None:
+            raise ExportError("OpenVINO int8 needs nncf: pip install 'slimbert[openvino]'")
+        ovx.quantize_int8(folder / ovx.IR, folder / ovx.IR_INT8, calibration)
+    cpu, out = cpu_info(), {}
+    for precision, (file, _) in ovx.PRECISIONS.items():
+        if not (folder / file).is_file():
+            continue
+        reason = why_not("openvino", "bf16", cpu) if precision.endswith("bf16") else None
+        if reason:
+            log(f"parity openvino {precision}: skipped ({reason})")
+            continue
+        p = check_parity(model, task, None, inputs, exact, runner=ovx.OvRunner(folder / file, precision))
+        out[f"openvino-{precision}"] = p
+        log(f"parity openvino {precision}: max |ov - torch| {p.max_abs:.3g} ({p.max_rel:.2g} of the output scale), "
+            f"cosine {p.cosine:.8f}; vs fp64: ov {p.onnx_error:.3g}, torch fp32 {p.torch_error:.3g}"
+            + (f"; argmax agreement {p.argmax_agreement:.4f}" if p.argmax_agreement is not None else ""))
+        if precision == "fp32" and not p.ok(fp32_factor):
+            raise ParityError(f"the OpenVINO IR does not match PyTorch: its distance to the exact (fp64) result is "
+                              f"{p.onnx_error:.3g}, more than {fp32_factor:g}x PyTorch fp32's own {p.torch_error:.3g}"
+                              f" (argmax agreement {p.argmax_agreement})")
+        if precision == "int8" and p.cosine < int8_min_cosine:
+            raise ParityError(f"the OpenVINO int8 model drifts too far from PyTorch: output cosine {p.cosine:.4f} < "
+                              f"{int8_min_cosine}")
+    return out
+
+
+# ---- static int8 ------------------------------------------------------------------------------
+
+def quantize_dynamic_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 (onnxruntime.quantization): int8 weights, activations quantised per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": 1})  # FLOAT, for tensors shape inference misses
+
 
 def quantize_static_int8(src: Path, dst: Path, calibration: dict[str, np.ndarray], batch: int = 8) -> None:
     """Static int8 (QDQ, per-channel weights, activations calibrated by MinMax on `calibration`, e.g. the recipe's
@@ -327,25 +408,3 @@ def quantize_static_int8(src: Path, dst: Path, calibration: dict[str, np.ndarray
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     extra_options={"DefaultTensorType": 1})
-
-
-class OrtTaskModel:
-    """An ONNX model called like a transformers task model (logits, or start/end logits), for evaluating an
-    export on a task's dev set with the same code that evaluates PyTorch models."""
-
-    def __init__(self, path: Path, threads: int | None = None):
-        self.session = session(path, threads)
-        self.names = [o.name for o in self.session.get_outputs()]
-        self.inputs = {i.name for i in self.session.get_inputs()}
-
-    def eval(self):
-        return self
-
-    def __call__(self, **x):
-        from types import SimpleNamespace
-
-        feed = {k: v.numpy().astype(np.int64) for k, v in x.items() if k in self.inputs}
-        if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
-            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-        out = self.session.run(None, feed)
-        return SimpleNamespace(**{n: torch.from_numpy(o) for n, o in zip(self.names, out)})

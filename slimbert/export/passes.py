@@ -63,30 +63,36 @@ def _safe(s: torch.Tensor) -> bool:
     return bool(a.min() >= SAFE_SCALE[0] and a.max() <= SAFE_SCALE[1])
 
 
+def _bottlenecked_copy(model: nn.Module) -> tuple[nn.Module, list]:
+    """A copy in eval mode, and its blocks when it is a bottlenecked slimbert model (else none to rewrite)."""
+    model = copy.deepcopy(model).eval()
+    body = next((m for m in model.modules() if isinstance(m, SlimBertModel)), None)
+    return model, list(body.encoder.layer) if body is not None and body.config.use_bottleneck else []
+
+
+def _chain(layer) -> tuple[list[nn.Module], list[nn.Linear]]:
+    """A block's residual chain: the modules of its steps (attention output, the stacked FFNs, the last FFN; each
+    a projection `dense`, a residual Add and a `LayerNorm`) and the projection reading each step's output."""
+    owners = [layer.attention.output, *(ffn.output for ffn in layer.ffn or ()), layer.output]
+    consumers = [*(ffn.intermediate.dense for ffn in layer.ffn or ()), layer.intermediate.dense,
+                 layer.output.bottleneck.dense]
+    return owners, consumers
+
+
 @torch.no_grad()
 def fold_nonorm(model: nn.Module) -> tuple[nn.Module, dict]:
     """An equivalent copy of a slimbert model with its foldable NoNorms removed; and what was folded."""
-    model = copy.deepcopy(model).eval()
-    body = next((m for m in model.modules() if isinstance(m, SlimBertModel)), None)
+    model, layers = _bottlenecked_copy(model)
     stats = {"bottleneck": 0, "chain": 0, "blocks_skipped": 0}
-    if body is None or not body.config.use_bottleneck:
-        return model, stats
-    for layer in body.encoder.layer:
+    for layer in layers:
         bn = layer.bottleneck
         for part in (bn.input, getattr(bn, "attention", None)):
             if part is not None and _is_nonorm(part.LayerNorm):
                 _fold_into_output(part.dense, part.LayerNorm.weight, part.LayerNorm.bias)
                 part.LayerNorm = nn.Identity()
                 stats["bottleneck"] += 1
-        # The chain: attention output, the stacked FFNs, the last FFN; each (dense, NoNorm) pair adds a residual.
-        steps = [(layer.attention.output.dense, layer.attention.output)]
-        consumers = []  # the projection reading each step's output
-        for ffn in layer.ffn or ():
-            consumers.append(ffn.intermediate.dense)
-            steps.append((ffn.output.dense, ffn.output))
-        consumers.append(layer.intermediate.dense)
-        steps.append((layer.output.dense, layer.output))
-        consumers.append(layer.output.bottleneck.dense)
+        owners, consumers = _chain(layer)
+        steps = [(owner.dense, owner) for owner in owners]
         if not all(_is_nonorm(owner.LayerNorm) for _, owner in steps):
             stats["blocks_skipped"] += 1
             continue
@@ -108,7 +114,63 @@ def fold_nonorm(model: nn.Module) -> tuple[nn.Module, dict]:
     return model, stats
 
 
-MODEL_PASSES = {"fold_nonorm": fold_nonorm}
+# ---- residual_gemm: the residual Add into the producing Gemm (C input) -------------------------------------------
+
+def _fused(cls: type, forward) -> type:
+    """A subclass of `cls` whose forward is `forward`: same parameters and state dict, another graph."""
+    return type(f"ResidualGemm{cls.__name__}", (cls,), {"forward": forward})
+
+
+def _self_output(self, ctx, residual):  # addmm exports as one Gemm whose C input is the residual
+    return self.LayerNorm(torch.addmm(residual, ctx, self.dense.weight.t()))
+
+
+def _ffn_output(self, f, residual):
+    return self.LayerNorm(torch.addmm(residual, f, self.dense.weight.t()))
+
+
+def _last_output(self, f, h, x):
+    h = self.LayerNorm(torch.addmm(h, f, self.dense.weight.t()))
+    return h if self.bottleneck is None else self.bottleneck(h, x)
+
+
+def _bottleneck_output(self, h, x):
+    return self.LayerNorm(torch.addmm(x, h, self.dense.weight.t()))
+
+
+@torch.no_grad()
+def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
+    """An equivalent copy (for inference: dropout is dropped) in which each residual step y = W f + b + r is one
+    Gemm with r as its C input, saving an Add per step. The bias has to go somewhere: along a block's chain
+    (after fold_nonorm removed its NoNorms) the stream carries U_k - S_k, S_k the sum of the biases so far, and
+    the projections reading it add W S_k to their bias; the output bottleneck's bias moves into its NoNorm's
+    shift (w * b). Blocks whose chain still has a norm, or whose bottleneck has a LayerNorm or a gate, keep
+    those steps as they are."""
+    model, layers = _bottlenecked_copy(model)
+    stats = {"steps": 0, "bottleneck": 0, "blocks_skipped": 0}
+    for layer in layers:
+        owners, consumers = _chain(layer)
+        steps = [(owners[0], _self_output), *((o, _ffn_output) for o in owners[1:-1]), (owners[-1], _last_output)]
+        if not all(isinstance(owner.LayerNorm, nn.Identity) for owner, _ in steps):
+            stats["blocks_skipped"] += 1  # NoNorm(U - S) != NoNorm(U) - anything: run fold_nonorm first
+            continue
+        shift = torch.zeros_like(layer.attention.output.dense.bias)
+        for (owner, forward), consumer in zip(steps, consumers):
+            shift = shift + owner.dense.bias
+            consumer.bias.add_(consumer.weight @ shift)
+            owner.dense.register_parameter("bias", None)
+            owner.__class__ = _fused(type(owner), forward)
+            stats["steps"] += 1
+        ob = layer.output.bottleneck
+        if _is_nonorm(ob.LayerNorm) and ob.residual_gate is None:
+            ob.LayerNorm.bias.add_(ob.LayerNorm.weight * ob.dense.bias)
+            ob.dense.register_parameter("bias", None)
+            ob.__class__ = _fused(type(ob), _bottleneck_output)
+            stats["bottleneck"] += 1
+    return model, stats
+
+
+MODEL_PASSES = {"fold_nonorm": fold_nonorm, "residual_gemm": residual_gemm}
 DEFAULT_PASSES = ("fold_nonorm", "ort_basic")
 
 

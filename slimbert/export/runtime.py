@@ -1,12 +1,21 @@
-"""ONNX Runtime: inference sessions and latency timing, shared by the export (parity), its graph passes
-(per-pass timings) and the latency report."""
+"""The runtimes an export runs on: ONNX Runtime sessions and latency timing (shared by the export's parity check,
+its graph passes and the latency report), and ONNX Runtime and OpenVINO as two implementations of one small
+interface: which file a precision runs from, and a runner called like a session without its first argument,
+run(feed) -> outputs in order, that knows its input and output names. Reports, parity checks, task metrics and
+the shape search take a (runtime, precision) pair and never need to know which library is behind it."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Protocol
 
 import numpy as np
+
+from . import openvino as ovx
+from .isa import CpuInfo, why_not
 
 
 def session(path: Path, threads: int | None = None, optimize: bool = True):
@@ -42,5 +51,122 @@ def latency_ms(path: Path, runs: int = 20, seq: int = 128, threads: int = 2) -> 
     for _ in range(runs):
         t0 = time.perf_counter()
         s.run(None, x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+# ---- one interface, two runtimes ------------------------------------------------------------------------------
+
+class Runner(Protocol):
+    input_names: set[str]
+    output_names: list[str]
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    files: dict[str, str]                                           # precision -> file in an export folder
+    load: Callable[[Path, str, int | None], Runner]                 # (file, precision, threads) -> runner
+    version: Callable[[], str]
+
+    def file(self, folder: Path, precision: str) -> Path:
+        return Path(folder) / self.files[precision]
+
+
+class OrtRunner:
+    def __init__(self, path: Path, precision: str = "fp32", threads: int | None = None):
+        self.session = session(path, threads=threads)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+ORT = Runtime("ort", {"fp32": "model.onnx", "int8": "model_int8.onnx", "int8-static": "model_int8_static.onnx"},
+              OrtRunner, _ort_version)
+OPENVINO = Runtime("openvino", {p: f for p, (f, _) in ovx.PRECISIONS.items()}, ovx.OvRunner, ovx.version)
+RUNTIMES = {"ort": ORT, "openvino": OPENVINO}
+
+
+def get(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
+    return RUNTIMES[name]
+
+
+def unavailable(runtime: str, precision: str, cpu: CpuInfo) -> str | None:
+    """Why this CPU or install cannot run (runtime, precision); None when it can."""
+    rt = get(runtime)
+    base = "int8" if precision.startswith("int8") else precision
+    reason = why_not(runtime, base, cpu)
+    if reason is None and precision == "int8-bf16":
+        reason = why_not(runtime, "bf16", cpu)
+    if reason is None and precision not in rt.files:
+        reason = f"n/a: {runtime} has no {precision} variant (it has {', '.join(rt.files)})"
+    return reason
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for name, rt in RUNTIMES.items():
+        try:
+            out[name] = rt.version()
+        except ImportError:
+            out[name] = None
+    return out
+
+
+class TaskModel:
+    """A runner called like a transformers task model (logits, or start/end logits), so an export on any runtime
+    and precision is evaluated on a task's dev set by the code that evaluates PyTorch models."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def eval(self):
+        return self
+
+    def __call__(self, **x):
+        import torch
+
+        feed = {k: v.cpu().numpy().astype(np.int64) for k, v in x.items() if k in self.runner.input_names}
+        if "token_type_ids" in self.runner.input_names and "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        out = self.runner.run(feed)
+        return SimpleNamespace(**{n: torch.from_numpy(np.asarray(o)) for n, o in zip(self.runner.output_names, out)})
+
+
+def exported_variants(folder: Path, cpu: CpuInfo) -> list[tuple[str, str]]:
+    """The (runtime, precision) pairs an export folder has a file for and this machine can run."""
+    return [(name, prec) for name, rt in RUNTIMES.items() for prec in rt.files
+            if rt.file(folder, prec).is_file() and unavailable(name, prec, cpu) is None]
+
+
+def task_model(folder: Path, runtime: str, precision: str, threads: int | None = None) -> TaskModel:
+    rt = get(runtime)
+    return TaskModel(rt.load(rt.file(folder, precision), precision, threads))
+
+def median_ms(runner: Runner, batch: int, seq: int, runs: int = 20, warmup: int = 3, seed: int = 0) -> float:
+    """Median wall time of one call of any runtime's runner at batch x seq (random token ids below 1000, so any
+    vocabulary takes them; no padding)."""
+    rng = np.random.default_rng(seed)
+    feed = {"input_ids": rng.integers(100, 1000, (batch, seq)).astype(np.int64),
+            "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
+    feed = {k: v for k, v in feed.items() if k in runner.input_names}
+    for _ in range(warmup):
+        runner.run(feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner.run(feed)
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1000)

@@ -29,10 +29,23 @@ class BalanceResult:
     feasible: int
     reason: str
     alternatives: list[dict] = field(default_factory=list)
+    # the latency search (shape_search.py) also chooses these, and says what it measured; None otherwise
+    layers: int | None = None
+    inter_size: int | None = None
+    heads: int | None = None
+    qkv_from: str | None = None
+    latency_ms: float | None = None
+    budget_ms: float | None = None
+    spec: dict | None = None
+    frontier: list[dict] | None = None
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("intra_size", "stacked", "ffn_size", "ratio", "params", "flops",
-                                              "considered", "feasible", "reason", "alternatives")}
+        out = {k: getattr(self, k) for k in ("intra_size", "stacked", "ffn_size", "ratio", "params", "flops",
+                                             "considered", "feasible", "reason", "alternatives")}
+        for k in ("layers", "inter_size", "heads", "qkv_from", "latency_ms", "budget_ms", "spec", "frontier"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
 
 
 def solve(base: SlimBertConfig, *, ratio: float | None, tolerance: float, max_params: float | None,

@@ -48,7 +48,7 @@ def embedding_copy(recipe: Recipe, f: Facts) -> Problems:
     if f.teacher.origin == "plugin" or s.init == "prune_from_teacher":
         return []
     mine = (f.student.vocab_size, f.student.embedding_size, f.student.trigram_input, f.student.hidden_size)
-    if f.embedding != mine:
+    if f.embedding is not None and f.embedding != mine:  # None: the teacher's section is wrong, reported there
         return [("student.copy_embeddings",
                  f"copying embeddings and the MLM head needs a compatible vocab and embedding: {f.embedding_what} "
                  f"(vocab, embedding size, trigram, inter width) is {f.embedding}, the student's {mine}; set "
@@ -63,13 +63,34 @@ def student_init(recipe: Recipe, f: Facts) -> Problems:
     if f.teacher.origin == "passed_in":
         return [("student.init", "prune_from_teacher prunes the IB teacher the recipe builds into the student; a "
                                  "teacher passed in cannot be: set student.init: random")]
-    return prune_problems(f.teacher_config, f.student) if f.student is not None else []
+    if f.student is None or (f.teacher.inverted_bottleneck and f.teacher_config is None and f.teacher.width is None):
+        return []  # the student's or the IB teacher's own section is wrong, and reported there
+    return prune_problems(f.teacher_config, f.student)
 
 
-def bench_needs_onnx(recipe: Recipe, f: Facts) -> Problems:
-    if recipe.export.bench is not None and not recipe.export.onnx:
-        return [("export.bench", "the latency report times the ONNX export: set export.onnx: true")]
-    return []
+def export_needs_onnx(recipe: Recipe, f: Facts) -> Problems:
+    """The latency report and both int8 models are made from the ONNX export: without it they would be skipped."""
+    e, out = recipe.export, []
+    if e.onnx:
+        return out
+    if e.bench is not None:
+        out.append(("export.bench", "the latency report times the ONNX export: set export.onnx: true"))
+    if e.quantize is not None:
+        out.append(("export.quantize", f"{e.quantize} quantizes the ONNX export, which is off: set export.onnx: true "
+                                       "(or remove quantize)"))
+    if e.static_int8:
+        out.append(("export.static_int8", "static int8 is calibrated on the ONNX export, which is off: set "
+                                          "export.onnx: true (or remove static_int8)"))
+    return out
+
+
+def openvino_needs_onnx(recipe: Recipe, f: Facts) -> Problems:
+    e, out = recipe.export, []
+    if e.openvino and not e.onnx:
+        out.append(("export.openvino", "the IR is converted from the ONNX export: set export.onnx: true as well"))
+    if e.bench is not None and "openvino" in (e.bench.runtimes or []) and not e.openvino:
+        out.append(("export.bench.runtimes", "openvino needs the student's IR: set export.openvino: true"))
+    return out
 
 
 def sequence_lengths(recipe: Recipe, f: Facts) -> Problems:
@@ -99,8 +120,8 @@ def widths_or_balance(recipe: Recipe) -> Problems:
     return out
 
 
-CHECKS: list[Callable[[Recipe, Facts], Problems]] = [stages, embedding_copy, student_init, bench_needs_onnx,
-                                                     sequence_lengths]
+CHECKS: list[Callable[[Recipe, Facts], Problems]] = [stages, embedding_copy, student_init, export_needs_onnx,
+                                                     openvino_needs_onnx, sequence_lengths]
 
 
 def run_checks(recipe: Recipe, f: Facts) -> Problems:

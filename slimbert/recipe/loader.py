@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from .errors import Problem, RecipeError
+from .keys import key_path
 
 
 class LineMap:
@@ -46,12 +47,13 @@ class LineMap:
             for key, value in node.value:
                 if not isinstance(key, yaml.ScalarNode):
                     continue  # the constructor reports unhashable keys
-                child = loc + (key.value,)
-                if key.value in seen and problems is not None and key.tag != "tag:yaml.org,2002:merge":
+                name = _key_value(key)
+                child = loc + (name,)
+                if name in seen and problems is not None and key.tag != "tag:yaml.org,2002:merge":
                     problems.append(Problem(_dotted(child), f"duplicate key (first given on line {seen[key.value]}); "
                                                             "a later value would silently replace the first",
                                             key.start_mark.line + 1))
-                seen.setdefault(key.value, key.start_mark.line + 1)
+                seen.setdefault(name, key.start_mark.line + 1)
                 self.add(value, child, problems, _open, _done)
                 self.lines[child] = key.start_mark.line + 1  # a key's own line, not its value's
         elif isinstance(node, yaml.SequenceNode):
@@ -61,7 +63,23 @@ class LineMap:
 
 
 def _dotted(loc: tuple) -> str:
-    return ".".join(map(str, loc))
+    return key_path(loc)
+
+
+def _key_value(key: yaml.ScalarNode):
+    """The key as the safe loader builds it (1 -> int, 2024-01-01 -> date), so the line of a key that is not a
+    string is found under the same key the data holds."""
+    if key.tag == "tag:yaml.org,2002:str":
+        return key.value
+    try:
+        value = yaml.constructor.SafeConstructor().construct_object(key)
+    except yaml.YAMLError:
+        return key.value
+    try:
+        hash(value)
+    except TypeError:
+        return key.value
+    return value
 
 
 def parse_yaml(text: str, file: str = "recipe") -> tuple[Any, LineMap]:

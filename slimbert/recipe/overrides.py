@@ -75,3 +75,19 @@ def data_set(data: dict, path: list, value):
         node = node[part]
     node[path[-1]] = value
     return value
+
+
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
+
+
+def tracker_overrides(data: dict, names: str) -> list[str]:
+    """`--log tensorboard,mlflow` as overrides that turn those trackers on, keeping any settings the recipe (or an
+    earlier --set) already gives them. `data` is the recipe as read, overrides applied."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in TRACKERS]
+    if unknown or not wanted:
+        raise RecipeError(Problem("", f"expected a comma-separated list of {', '.join(TRACKERS)}, got {names!r}", None,
+                                  f"--log {names}"))
+    section = data.get("logging") if isinstance(data.get("logging"), dict) else {}
+    return [f"logging.{n}=true" if n == "tensorboard" else f"logging.{n}={{}}" for n in wanted
+            if n == "tensorboard" or not isinstance(section.get(n), dict)]

@@ -8,27 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib.util
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
-from ..data.corpus import BUILDERS
+from ..data.corpus import count_sequences, dataset_problem
 from ..data.qa import read_squad
-from ..data.tasks import TaskDataError, read_task
+from ..data.tasks import DatasetUnavailable, TaskDataError, read_task_split
 from ..models import SlimBertConfig
 from ..plugins import TEACHERS, PluginError, load_plugins
 from ..teacher.build import ib_teacher_config
-from ..teacher.source import (SourceError, SourceInfo, check_tokenizer_files, check_weights,
+from ..teacher.source import (SourceError, SourceInfo, check_hub_tokenizer, check_tokenizer_files, check_weights,
                               describe_source, resolve_model_path)
 from ..transfer.strategies import TeacherFacts
 from . import balance as balance_solver
-from . import checks
+from . import checks, shape_search
 from .errors import Problem, RecipeError
+from .keys import annotation_at, key_kind, key_path, known_keys, render_key, suggest, tuple_length
 from .loader import LineMap, read_recipe_file
 from .overrides import apply_overrides, parse_override
-from .schema import STAGE_KINDS, Recipe
+from .schema import PLAUSIBLE, STAGE_KINDS, Recipe
 
 @dataclass
 class Resolved:
@@ -71,9 +74,9 @@ class Collector:
         loc = tuple(loc)
         override = next((o for k, o in self.overridden.items() if loc[:len(k)] == k), None)
         if override is not None:
-            self.problems.append(Problem(".".join(map(str, loc)), message, None, f"--set {override}"))
+            self.problems.append(Problem(key_path(loc), message, None, f"--set {override}"))
         else:
-            self.problems.append(Problem(".".join(map(str, loc)), message, self.lines.line(loc), self.file))
+            self.problems.append(Problem(key_path(loc), message, self.lines.line(loc), self.file))
 
     def extend(self, problems: list[tuple[str, str]]) -> None:
         for loc, message in problems:
@@ -95,10 +98,24 @@ def _data_loc(data, loc: tuple) -> tuple:
         elif isinstance(node, list) and isinstance(x, int) and 0 <= x < len(node):
             out.append(x)
             node = node[x]
+        elif isinstance(node, dict) and isinstance(x, str) and any(repr(k) == x for k in node):
+            key = next(k for k in node if repr(k) == x)  # pydantic names a non-string key by its Python repr
+            out.append(key)
+            node = node[key]
         elif isinstance(node, dict) and isinstance(x, str) and x not in STAGE_KINDS and not node_is_tagged(x):
             out.append(x)  # a missing key: name it
             node = None
     return tuple(out)
+
+
+def _node_at(data, loc: tuple):
+    node = data
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
 
 
 def node_is_tagged(x: str) -> bool:
@@ -113,16 +130,50 @@ def _short(value) -> str:
     return _REPR.repr(value)
 
 
+def _unknown_key(loc: tuple, data: dict) -> str:
+    """'unknown key', with what was probably meant: a dotted name written as one key, a typo or a look-alike."""
+    key = loc[-1] if loc else None
+    known = known_keys(Recipe, loc[:-1], data)
+    if isinstance(key, str) and "." in key and key.split(".")[0] in known:
+        head, _, rest = key.partition(".")
+        return (f"unknown key: a dotted name is one key in YAML, not a key path; nest it under {head}: "
+                f"({head}: {{{rest}: ...}})")
+    msg = "unknown key"
+    if isinstance(key, str) and not key.isascii():
+        odd = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in dict.fromkeys(c for c in key if not c.isascii()))
+        msg += f" (it holds non-ASCII characters that look like letters: {odd})"
+    hint = suggest(key, known)
+    return msg + (f"; did you mean `{hint}`?" if hint else "")
+
+
 def _schema_problems(e: ValidationError, data: dict, out: Collector) -> None:
     seen = set()
     for err in e.errors():
         loc = _data_loc(data, err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _unknown_key(loc, data)
+        elif err["type"] == "invalid_key":
+            key = loc[-1] if loc else None
+            msg = (f"{render_key(key)} is read by YAML as {key_kind(key)}, but a key must be a name"
+                   + ("" if not known_keys(Recipe, loc[:-1], data) else
+                      f" (here: {', '.join(known_keys(Recipe, loc[:-1], data))})"))
+        elif err["type"] == "missing" and isinstance(err["loc"][-1], int):
+            n = tuple_length(annotation_at(Recipe, loc, data))
+            got = _node_at(data, loc)
+            msg = (f"expected {n} values" if n else "too few values") + f", got {len(got) if isinstance(got, list) else 0}"
+            if isinstance(got, list):
+                msg += f" ({_short(got)})"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] == "too_long" and (err.get("ctx") or {}).get("field_type") == "Tuple":
+            n = err["ctx"]["max_length"]
+            msg = f"expected {n} values, got {err['ctx'].get('actual_length')} ({_short(err['input'])})"
+        elif err["type"] == "less_than_equal" and (err.get("ctx") or {}).get("le") in PLAUSIBLE:
+            msg = (f"{_short(err['input'])} is beyond the plausible bound {err['ctx']['le']:,}: "
+                   f"{PLAUSIBLE[err['ctx']['le']]}")
         elif err["type"] == "union_tag_invalid":
+            loc = loc + ("kind",)  # the kind is what is wrong (and what a --set may have changed)
             msg = f"unknown stage kind {_short(err['input'].get('kind'))}; expected one of {', '.join(STAGE_KINDS)}"
         elif err["type"] == "union_tag_not_found":
             msg = f"each stage needs a kind: one of {', '.join(STAGE_KINDS)}"
@@ -137,7 +188,10 @@ def _schema_problems(e: ValidationError, data: dict, out: Collector) -> None:
         out.add(loc, msg.replace("Value error, ", ""))
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plugins: bool = False) -> Resolved:
+def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plugins: bool = False,
+                timer: shape_search.Timer | None = None) -> Resolved:
+    """`timer` times candidate shapes for a latency budget (balance.latency_ms); recipe/ cannot export, so the
+    CLI and API pass one (slimbert.export.shape_timer.ExportTimer)."""
     data, lines, file = read_recipe_file(path)
     data = apply_overrides(data, overrides or [])
     out = Collector(lines, str(path), overrides)
@@ -175,8 +229,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
         except SourceError as e:
             out.add("source.tokenizer", str(e))
             tokenizer_path = None
+    tokenizer = None
     if tokenizer_path is not None:
-        _check_tokenizer(tokenizer_path, source, out, "source.tokenizer" if recipe.source.tokenizer else "source.model")
+        tokenizer = _check_tokenizer(tokenizer_path, source, out,
+                                     "source.tokenizer" if recipe.source.tokenizer else "source.model")
 
     # Architectures -----------------------------------------------------------------------------------
     t = recipe.teacher
@@ -186,10 +242,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
     if recipe.balance is not None and student_config is not None and not out.problems:
         b = recipe.balance
         try:
-            balance = balance_solver.solve(student_config, ratio=b.mha_ffn_ratio, tolerance=b.tolerance,
-                                           max_params=b.max_params, max_flops=b.max_flops, stacked=b.stacked,
-                                           seq_len=recipe.data.seq_len)
-            student_config = _student_config(recipe, source, balance, out)
+            if b.latency_ms is not None:
+                balance = _latency_balance(recipe, student_config, source, timer, out)
+                if balance is not None:  # the search also chose these: the rest of the recipe sees them
+                    recipe = recipe.model_copy(update={"student": recipe.student.model_copy(update={
+                        "num_layers": balance.layers, "inter_size": balance.inter_size, "num_heads": balance.heads,
+                        "qkv_from": balance.qkv_from})})
+            else:
+                balance = balance_solver.solve(student_config, ratio=b.mha_ffn_ratio, tolerance=b.tolerance,
+                                               max_params=b.max_params, max_flops=b.max_flops, stacked=b.stacked,
+                                               seq_len=recipe.data.seq_len)
+            if balance is not None:
+                student_config = _student_config(recipe, source, balance, out)
         except ValueError as e:
             out.add("balance", f"impossible balance: {e}")
     ib = t.type == "inverted_bottleneck" and plugin_teacher is None
@@ -204,6 +268,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
 
     # Data and task files ---------------------------------------------------------------------------------
     corpus_files = _corpus_files(recipe, base, out)
+    if corpus_files and tokenizer is not None and not any(p.path.startswith("data.") for p in out.problems):
+        _check_corpus_tokens(recipe, corpus_files, tokenizer, out)
     for i, pairs in enumerate(recipe.data.similarity_pairs):
         p = Path(pairs).expanduser()
         if not (p if p.is_absolute() else base / p).is_file():
@@ -211,6 +277,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
     recipe = _with_source_pooling(recipe, source.pooling)
     if recipe.finetune is not None:
         _check_task(recipe.finetune, base, out)
+    for key, message in logging_problems(recipe.logging, base):
+        out.add(key, message)
     out.raise_if_any()
     return Resolved(recipe=recipe, file=file, raw=data, source=source, source_path=source_path,
                     tokenizer_path=tokenizer_path, teacher_config=teacher_config, student_config=student_config,
@@ -236,25 +304,83 @@ def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_siz
     return dataclasses.replace(r, teacher_config=None, layer_map=layer_map)
 
 
+# pip names of what each tracker imports
+TRACKER_PACKAGES = {"tensorboard": ["tensorboard"], "mlflow": ["mlflow"], "wandb": ["wandb"], "trackio": ["trackio"]}
+MLFLOW_SCHEMES = ("sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+
+
+def logging_problems(spec, base: Path) -> list[tuple[str, str]]:
+    """Trackers the recipe turns on that could not start: not installed, or an MLflow URI MLflow cannot use.
+    Checked here so that a run never fails on its logging after hours of training."""
+    problems = []
+    wanted = {"tensorboard": spec.tensorboard, "mlflow": spec.mlflow, "wandb": spec.wandb, "trackio": spec.trackio}
+    for name, on in wanted.items():
+        missing = [m for m in TRACKER_PACKAGES[name] if on and importlib.util.find_spec(m) is None]
+        if missing:
+            extra = "pip install 'slimbert[tracking]'" if name == "mlflow" else f"pip install {name}"
+            problems.append((f"logging.{name}", f"needs the {', '.join(missing)} package, which is not installed "
+                                                f"({extra})"))
+    uri = spec.mlflow.tracking_uri if spec.mlflow is not None else None
+    if uri is not None:
+        try:
+            scheme = urlparse(uri).scheme
+        except ValueError:  # e.g. an unbalanced [ in the host
+            scheme = "?"
+        if scheme not in MLFLOW_SCHEMES:
+            problems.append(("logging.mlflow.tracking_uri",
+                             f"{uri!r}: expected a URI such as sqlite:///mlflow.db, http(s)://host:5000 or databricks"
+                             + (" (MLflow's file store is deprecated: use a sqlite:/// path)"
+                                if scheme in ("", "file") else "")))
+        elif scheme in ("http", "https") and not urlparse(uri).netloc:
+            problems.append(("logging.mlflow.tracking_uri", f"{uri!r}: no host"))
+        elif scheme == "sqlite":
+            path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+            folder = (base / path).parent if path else None
+            if folder is None:
+                problems.append(("logging.mlflow.tracking_uri", f"{uri!r}: expected sqlite:///path/to/mlflow.db"))
+            elif not folder.is_dir():
+                problems.append(("logging.mlflow.tracking_uri", f"{uri!r}: folder {folder} does not exist"))
+        if scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+            missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+            if missing:
+                problems.append(("logging.mlflow.tracking_uri", f"a database store needs {', '.join(missing)} "
+                                                                "(pip install 'slimbert[tracking]')"))
+    elif spec.mlflow is not None and any(importlib.util.find_spec(m) is None for m in ("sqlalchemy", "alembic")):
+        problems.append(("logging.mlflow", "the default store (sqlite in the run directory) needs sqlalchemy and "
+                                           "alembic (pip install 'slimbert[tracking]')"))
+    return problems
+
+
 def _check_task(ft, base: Path, out: Collector) -> None:
-    """The task files exist and hold the named columns (and, for regression, numbers) before any training."""
+    """The task files or dataset splits exist and hold the named columns (and, for regression, numbers) before
+    any training."""
     names = None
     for key in ("train", "dev"):
-        p = base / getattr(ft, key)
-        if not p.is_file():
+        name = ft.split(key)
+        p = base / name
+        if ft.dataset is None and not p.is_file():
             out.add(f"finetune.{key}", f"file not found: {p}")
             continue
         try:
             if ft.format == "squad":
                 read_squad(p, ft.max_examples if key == "train" else None)
             else:
-                names = read_task(p, ft.text_fields, ft.label_field, ft.regression, label_names=names,
-                                  max_examples=ft.max_examples if key == "train" else None).label_names
+                names = read_task_split(base, name, ft.text_fields, ft.label_field, ft.regression,
+                                        dataset=ft.dataset, config=ft.dataset_config, columns=ft.columns,
+                                        label_names=names,
+                                        max_examples=ft.max_examples if key == "train" else None).label_names
+        except DatasetUnavailable as e:
+            out.add("finetune.dataset", str(e))
+            break
         except TaskDataError as e:
-            out.add(f"finetune.{key}", str(e))
+            blame = f"finetune.{e.key or key}"  # real-valued labels: regression is the key to change, once
+            if not (e.key and any(p.path == blame for p in out.problems)):
+                out.add(blame, str(e))
         except Exception as e:  # noqa: BLE001 - binary or odd files: whatever the parser raised, it is the file
-            out.add(f"finetune.{key}", f"{p}: cannot read it as {ft.format} data ({type(e).__name__}: "
-                                       f"{(str(e).splitlines() or [''])[0][:200]})")
+            out.add(f"finetune.{key}", f"{p if ft.dataset is None else name}: cannot read it as {ft.format} data "
+                                       f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})")
+    if ft.columns is not None and ft.format == "squad":
+        out.add("finetune.columns", "names the columns of headerless CSV/TSV task files; squad reads JSON")
     if ft.format == "squad" and 2 * ft.doc_stride >= ft.seq_len:
         out.add("finetune.doc_stride", f"{ft.doc_stride} must be under half of finetune.seq_len ({ft.seq_len}): "
                                        "each window also holds the question")
@@ -271,11 +397,16 @@ def _check_task(ft, base: Path, out: Collector) -> None:
             out.add("finetune.teacher_model", str(e))
 
 
-def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str) -> None:
+def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str):
+    """The tokenizer, loaded and matched against the source (None when it is a hub id or has problems)."""
     from transformers import AutoTokenizer
 
     if not isinstance(path, Path):
-        return  # a hub id: checked when the run loads it, so validate and plan never touch the network
+        try:  # a hub id: its form, and its presence in the cache when offline (validate never touches the network)
+            check_hub_tokenizer(path)
+        except SourceError as e:
+            out.add(key, str(e))
+        return None
 
     try:
         check_tokenizer_files(path)
@@ -286,13 +417,36 @@ def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str) -> None
     except Exception as e:  # noqa: BLE001 - tokenizer loaders raise many types for a broken directory
         out.add(key, f"cannot load a tokenizer from {path}: {type(e).__name__}: "
                                     f"{(str(e).splitlines() or [''])[0]}")
-        return
+        return None
     if len(tok) > source.vocab_size:
         out.add(key, f"tokenizer mismatch: the tokenizer at {path} has {len(tok)} tokens but the "
                                     f"source model's vocabulary has {source.vocab_size} rows")
     elif None not in (tok.pad_token_id, source.pad_token_id) and tok.pad_token_id != source.pad_token_id:
         out.add(key, f"tokenizer mismatch: the tokenizer at {path} pads with id {tok.pad_token_id}, "
                                     f"the source model with {source.pad_token_id}: they come from different models")
+    else:
+        return tok
+    return None
+
+
+def _latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo, timer: shape_search.Timer | None,
+                     out: Collector) -> balance_solver.BalanceResult | None:
+    b, s = recipe.balance, recipe.student
+    if timer is None:
+        out.add("balance.latency_ms", "a latency budget needs candidate shapes timed on this machine, which this "
+                                      "caller cannot do: use slimbert validate/plan/run or slimbert.api, or pass "
+                                      "timer= to load_recipe")
+        return None
+    if b.seq > source.max_positions:
+        out.add("balance.seq", f"{b.seq} exceeds the student's {source.max_positions} positions")
+        return None
+    axes = shape_search.Axes(layers=tuple(b.layers or [s.num_layers]),
+                             inter_sizes=tuple(b.inter_sizes or [s.inter_size]), heads=tuple(b.heads or [s.num_heads]),
+                             qkv_from=tuple(b.qkv_from or [s.qkv_from]), stacked=tuple(b.stacked))
+    spec = shape_search.LatencySpec(b.runtime, b.precision, b.batch, b.seq, b.threads)
+    return shape_search.solve_latency(base, axes, spec, timer, budget_ms=b.latency_ms, ratio=b.mha_ffn_ratio,
+                                      tolerance=b.tolerance, max_params=b.max_params, max_flops=b.max_flops,
+                                      seq_len=recipe.data.seq_len, sample=b.sample, max_timed=b.max_timed)
 
 
 def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Collector) -> SlimBertConfig | None:
@@ -354,17 +508,23 @@ def _facts(recipe: Recipe, source: SourceInfo, teacher_config: SlimBertConfig | 
            student_config: SlimBertConfig | None) -> checks.Facts:
     """What the cross-field checks need to know about the teacher the recipe describes."""
     t, s = recipe.teacher, recipe.student
+    # An IB teacher whose section is wrong (too wide, heads not dividing) has no config: its width, heads and
+    # embedding are unknown, and the checks that need them stay quiet instead of adding follow-on errors about
+    # the source's numbers.
+    broken = t.type == "inverted_bottleneck" and t.plugin is None and teacher_config is None
     if teacher_config is not None:
         embedding = (teacher_config.vocab_size, teacher_config.embedding_size, teacher_config.trigram_input,
                      teacher_config.hidden_size)
         what = "the IB teacher's"
+    elif broken:
+        embedding, what = None, "the IB teacher's"
     else:
         embedding = (source.vocab_size, source.embedding_size, False, source.hidden_size)
         what = f"the source's ({source.model_type}, unfactorised)"
     teacher = TeacherFacts(
         layers=source.num_layers,
-        heads=teacher_config.num_attention_heads if teacher_config else source.num_heads,
-        width=teacher_config.hidden_size if teacher_config else source.hidden_size,
+        heads=None if broken else teacher_config.num_attention_heads if teacher_config else source.num_heads,
+        width=None if broken else teacher_config.hidden_size if teacher_config else source.hidden_size,
         student_width=s.inter_size, student_heads=s.num_heads,
         inverted_bottleneck=t.type == "inverted_bottleneck", has_mlm_head=source.has_mlm_head,
         origin="plugin" if t.plugin is not None else "recipe",
@@ -400,14 +560,22 @@ def _with_source_pooling(recipe: Recipe, pooling: str) -> Recipe:
     return recipe.model_copy(update={"transfer": stages})
 
 
+def _check_corpus_tokens(recipe: Recipe, files: list[Path], tokenizer, out: Collector) -> None:
+    """What the run's packing will find: more sequences than data.eval_sequences (counted up to that, so cheap)."""
+    d = recipe.data
+    got = count_sequences(files, tokenizer, d.seq_len, d.eval_sequences + 1, max_bytes=16 << 20)
+    if got is not None and got <= d.eval_sequences:
+        out.add("data.eval_sequences", f"the corpus gives {got} sequences of {d.seq_len} tokens, not more than "
+                                       f"data.eval_sequences ({d.eval_sequences}) held out, so none are left to "
+                                       "train on; add text, shorten data.seq_len or lower data.eval_sequences")
+
+
 def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:
     c = recipe.data.corpus
     if c.dataset:
-        local = Path(c.dataset).expanduser()
-        local = local if local.is_absolute() else base / local
-        # A hub name is only checked when the run loads it; a path (or a data file's name) must exist now.
-        if not local.exists() and (c.dataset.startswith((".", "/", "~")) or local.suffix in BUILDERS):
-            out.add("data.corpus.dataset", f"no such data file or folder: {local}")
+        problem = dataset_problem(c.dataset, base)
+        if problem:
+            out.add("data.corpus.dataset", problem)
         return []
     files: list[Path] = []
     hint = ("point data.corpus.files at local text files (globs, relative to the recipe), e.g. "

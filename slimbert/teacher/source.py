@@ -105,6 +105,12 @@ def _read_config(path: Path | str):
         return AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise SourceError(f"cannot read a model config from {path}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - transformers' strict configs raise huggingface_hub's errors for a
+        # wrongly typed field (max_position_embeddings: 512.0), others TypeError/KeyError: all are the file's fault
+        where = Path(path) / "config.json" if isinstance(path, Path) else f"{path} (config.json)"
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        reason = lines[-1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+        raise SourceError(f"{where} has a wrongly typed field: {reason.split(': ', 1)[-1]}") from None
 
 
 class PoolingError(SourceError):
@@ -135,15 +141,24 @@ def sentence_pooling(path: Path | str) -> str | None:
 
 
 def describe_source(path: Path | str) -> SourceInfo:
-    info = _describe(path)
+    try:
+        info = _describe(path)
+    except (TypeError, AttributeError, KeyError) as e:  # a field missing or of an odd type that the config kept
+        raise SourceError(f"{path}: its config.json cannot describe an encoder ({type(e).__name__}: {e})") from None
     pooling = sentence_pooling(path)
     if pooling is not None:
         info.pooling, info.sentence_transformers = pooling, True
     sizes = {"hidden size": info.hidden_size, "layers": info.num_layers, "heads": info.num_heads,
-             "vocab_size": info.vocab_size, "max positions": info.max_positions}
+             "vocab_size": info.vocab_size, "max positions": info.max_positions,
+             "intermediate size": info.intermediate_size, "embedding size": info.embedding_size}
     bad = [f"{k} {v!r}" for k, v in sizes.items() if not isinstance(v, int) or isinstance(v, bool) or v <= 0]
+    if not isinstance(info.type_vocab_size, int) or isinstance(info.type_vocab_size, bool) or info.type_vocab_size < 0:
+        bad.append(f"type_vocab_size {info.type_vocab_size!r}")
+    if not isinstance(info.hidden_act, str):
+        bad.append(f"hidden_act {info.hidden_act!r} (expected a name such as gelu)")
     if bad:
-        raise SourceError(f"{path}: its config.json gives {', '.join(bad)}; expected positive integers")
+        raise SourceError(f"{path}: its config.json gives {', '.join(bad)}; expected positive integers "
+                          "(type_vocab_size may be 0) and a string activation")
     if info.hidden_size % info.num_heads:
         raise SourceError(f"{path}: its config.json gives {info.num_heads} heads, which do not divide its hidden size "
                           f"{info.hidden_size}")
@@ -154,6 +169,9 @@ def _describe(path: Path | str) -> SourceInfo:
     c = _read_config(path)
     mt = c.model_type
     archs = c.architectures or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise SourceError(f"{path}: its config.json gives architectures {archs!r}; expected a list of class names, "
+                          'e.g. ["BertForMaskedLM"]')
     has_mlm = any(a.endswith(MLM_ARCHS) for a in archs)
     if mt == "distilbert":
         return SourceInfo(path, mt, c.dim, c.n_layers, c.n_heads, c.hidden_dim, c.vocab_size,
@@ -220,3 +238,32 @@ def check_tokenizer_files(path: Path | str) -> None:
     if isinstance(path, Path) and not any((path / n).is_file() for n in TOKENIZER_FILES):
         raise SourceError(f"no tokenizer in {path} (expected one of {', '.join(TOKENIZER_FILES)}); set "
                           "source.tokenizer to the directory that holds the source's tokenizer")
+
+
+def hub_offline() -> bool:
+    """The hub is switched off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE), read now rather than at import."""
+    import os
+
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(k, "").strip().upper() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in ("1", "ON", "YES", "TRUE") for f in flags) or bool(constants.HF_HUB_OFFLINE)
+
+
+def check_hub_tokenizer(repo_id: str) -> None:
+    """A tokenizer named by hub id: a valid id, and when the hub is offline, one in the local cache. Never
+    touches the network (validate and plan stay offline)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise SourceError(f"{repo_id!r} is not a folder, and not a valid hub id either: {str(e).split('. ')[0]}") \
+            from None
+    if hub_offline() and not any(isinstance(try_to_load_from_cache(repo_id, f), str)
+                                 for f in ("tokenizer_config.json", *TOKENIZER_FILES)):
+        raise SourceError(f"{repo_id!r} is not a folder, so it is read as a hub id, but the hub is offline "
+                          "(HF_HUB_OFFLINE) and the local cache has no tokenizer for it: give the tokenizer's folder "
+                          "(relative to the recipe) or fetch it once online")

@@ -309,7 +309,7 @@ def copy_into_student(t: SlimBertModel, student: SlimBertModel, ffn_rank: list[l
         # teacher without the projection (E == H) gives the identity.
         E = te.word_embeddings.weight.shape[1]
         proj = te.embedding_transformation
-        w = proj.weight if proj is not None else torch.eye(E)
+        w = proj.weight if proj is not None else torch.eye(E, device=te.word_embeddings.weight.device)
         if te.trigram_input and not se.trigram_input:
             w = w[:, E:2 * E]
         elif se.trigram_input and not te.trigram_input:
@@ -377,7 +377,7 @@ def fit_output_bottlenecks(student: SlimBertModel, teacher: SlimBertModel, layer
         pre = ((y - ob.LayerNorm.bias) / g - gate * x).double()  # what W h + b must give
         a = torch.cat([h, torch.ones_like(h[:, :1])], dim=1).double()
         gram = a.T @ a
-        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
         sol = torch.linalg.solve(gram, a.T @ pre).T.float()  # H x (I + 1)
         _set(ob.dense, sol[:, :-1], sol[:, -1])
 
@@ -428,6 +428,8 @@ def init_from_teacher(student: SlimBertModel, teacher: SlimBertModel, layer_map:
     `ids`: a few corpus sequences for the importance and the residual fit; `eval_ids`: held-out ones for the
     fidelity figures (default `ids`)."""
     eval_ids = ids if eval_ids is None else eval_ids
+    device = next(teacher.parameters()).device  # prune and fit where the models are (the student too)
+    ids, eval_ids = ids.to(device), eval_ids.to(device)
     modes = teacher.training, student.training
     teacher.eval(), student.eval()  # no attention dropout in the fit and the figures
     t = select_layers(teacher, layer_map)

@@ -1,6 +1,8 @@
 """Transfer losses (paper §3.5, official code §3.2 of the reference doc). Pure functions of tensors.
 
 Shapes: features B x T x H; attention B x A x T x T; logits B x T x V; `mask` is B x T with 1 = real token.
+Every loss computes in fp32 whatever its inputs' dtype (bf16 under autocast): variances of near-equal
+features, softmaxes over attention rows and over the vocabulary lose their meaning in bf16's 8-bit mantissa.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def feature_map_loss(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor | None = None,
                      normalize: bool = True) -> torch.Tensor:
     """MSE between feature maps, averaged over tokens and features (1/(T*N) sum of squares, per sequence)."""
+    teacher, student = teacher.float(), student.float()
     if normalize:
         teacher, student = _layer_norm(teacher), _layer_norm(student)
     return _masked_mean((teacher - student).pow(2), mask)
@@ -34,13 +37,14 @@ def feature_map_loss(teacher: torch.Tensor, student: torch.Tensor, mask: torch.T
 
 def feature_mean_loss(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over tokens of (mu_t - mu_s)^2, mu = per-token feature mean (the official beta term)."""
+    teacher, student = teacher.float(), student.float()
     return _masked_mean((teacher.mean(-1) - student.mean(-1)).pow(2), mask)
 
 
 def feature_var_loss(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over tokens of |var_t - var_s|, var = per-token feature variance (the official gamma term)."""
-    vt = teacher.var(-1, unbiased=False)
-    vs = student.var(-1, unbiased=False)
+    vt = teacher.float().var(-1, unbiased=False)
+    vs = student.float().var(-1, unbiased=False)
     return _masked_mean((vt - vs).abs(), mask)
 
 
@@ -48,6 +52,7 @@ def attention_loss(teacher: torch.Tensor, student_scores: torch.Tensor, mask: to
                    teacher_is_probs: bool = False, kind: str = "kl") -> torch.Tensor:
     """KL(teacher || student) (or cross-entropy) between per-head attention rows, averaged over batch,
     heads and real query positions. Masked keys are excluded from both distributions."""
+    teacher, student_scores = teacher.float(), student_scores.float()
     if mask is not None:
         key_pad = (mask == 0)[:, None, None, :]
         student_scores = student_scores.masked_fill(key_pad, float("-inf"))
@@ -94,6 +99,7 @@ def pretrain_distill_loss(student_logits: torch.Tensor, labels: torch.Tensor, te
 def task_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                       regression: bool = False) -> torch.Tensor:
     """Soft cross-entropy on logits at temperature T (scaled by T^2), or MSE for regression."""
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
     if regression:
         return F.mse_loss(student_logits, teacher_logits)
     t = F.softmax(teacher_logits / temperature, dim=-1)

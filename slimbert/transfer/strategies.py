@@ -16,7 +16,7 @@ and the stage config by duck type (`StageConfig`): transfer/ does not import rec
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -53,7 +53,8 @@ class TeacherFacts:
 
     layers: int
     heads: int | None
-    width: int                     # the teacher's feature width (layer outputs compared with the student's)
+    width: int | None              # the teacher's feature width (layer outputs compared with the student's);
+                                   # None when the teacher's own section is wrong (reported there, not again)
     student_width: int             # student.inter_size
     student_heads: int
     inverted_bottleneck: bool      # the recipe builds an IB teacher
@@ -65,13 +66,18 @@ class TeacherFacts:
 
 @dataclass
 class Shard:
-    """This rank's rows of the global batch: rows [rank::size], then micro-batch `micro` of `n_micro`."""
+    """This rank's rows of the global batch: rows [rank::size], then micro-batch `micro` of `n_micro`, on the
+    device the models are on. The global batch is drawn (and masked) on the CPU, the same on every device."""
 
     rank: int = 0
     size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def part(self, x: torch.Tensor, micro: int, n_micro: int) -> torch.Tensor:
-        return x[self.rank::self.size].chunk(n_micro)[micro]
+        rows = x[self.rank::self.size].chunk(n_micro)[micro]
+        if self.device.type == "cuda":  # pinned, so the copy runs without blocking the host
+            return rows.pin_memory().to(self.device, non_blocking=True)
+        return rows.to(self.device)
 
 
 @dataclass
@@ -139,23 +145,36 @@ def layerwise_terms(x: TransferInputs, weights, layers: list[int], batch: torch.
     t_layers = [x.layer_map[l - 1] for l in layers]
     s = x.student.slimbert(batch, output_hidden_states=True, output_attention_scores=True, num_layers=max(layers))
     t = x.teacher(batch, num_layers=max(t_layers))
-    terms = {k: torch.zeros(()) for k in LAYERWISE_TERMS}
+    # mask_padding: padding positions (pad token id) leave the feature terms and the attention rows and columns.
+    pad = getattr(x.tokenizer, "pad_token_id", None)
+    mask = (batch != pad).long() if weights.mask_padding and pad is not None else None
+    terms = {k: torch.zeros((), device=batch.device) for k in LAYERWISE_TERMS}
     for l, tl in zip(layers, t_layers):
         hs = s.hidden_states[l]
         if x.projections is not None:
             hs = x.projections[l - 1](hs)
         hs, ht = hs.float(), t.hidden_states[tl].float()  # losses in fp32 under bf16 autocast
         if weights.feature_map:
-            terms["feature_map"] = terms["feature_map"] + L.feature_map_loss(ht, hs, normalize=weights.feature_norm)
+            terms["feature_map"] = terms["feature_map"] + L.feature_map_loss(ht, hs, mask,
+                                                                             normalize=weights.feature_norm)
         if weights.feature_mean:
-            terms["feature_mean"] = terms["feature_mean"] + L.feature_mean_loss(ht, hs)
+            terms["feature_mean"] = terms["feature_mean"] + L.feature_mean_loss(ht, hs, mask)
         if weights.feature_var:
-            terms["feature_var"] = terms["feature_var"] + L.feature_var_loss(ht, hs)
+            terms["feature_var"] = terms["feature_var"] + L.feature_var_loss(ht, hs, mask)
         if weights.attention:
             terms["attention"] = terms["attention"] + L.attention_loss(
-                t.attentions[tl - 1], s.attention_scores[l - 1], teacher_is_probs=t.attentions_are_probs)
+                t.attentions[tl - 1], s.attention_scores[l - 1], mask, teacher_is_probs=t.attentions_are_probs)
     n = len(layers)
     return {k: v / n for k, v in terms.items() if getattr(weights, k)}
+
+
+def require_terms(terms: Terms, what: str) -> Terms:
+    """A backstop: validate refuses a stage without loss terms (no_terms_problems); an empty dict would fail later
+    as `sum({}).backward()`, far from its cause."""
+    if not terms:
+        raise ValueError(f"the {what} stage has no loss term to train on (every weight is 0, or the only term "
+                         "needs an MLM head the teacher lacks)")
+    return terms
 
 
 def weighted(weights, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -225,17 +244,26 @@ def layerwise_problems(st: StageConfig, i: int, f: TeacherFacts) -> Problems:
                                                           f"passed in has {f.heads}, student.num_heads is "
                                                           f"{f.student_heads}; make them equal or set attention: 0"))
         return out
-    if any(getattr(w, k) > 0 for k in FEATURE_TERMS) and f.inverted_bottleneck and f.width != f.student_width:
+    if (any(getattr(w, k) > 0 for k in FEATURE_TERMS) and f.inverted_bottleneck and f.width is not None
+            and f.width != f.student_width):
         out.append((f"transfer.{i}.losses.feature_map",
                     f"feature-map transfer needs equal widths: the teacher's feature map is {f.width} "
                     f"wide (teacher.inter_size) and the student's {f.student_width} (student.inter_size); set "
                     "them equal, or use teacher.type: source, which learns a projection"))
-    if w.attention > 0 and f.heads != f.student_heads:
+    if w.attention > 0 and f.heads is not None and f.heads != f.student_heads:
         out.append((f"transfer.{i}.losses.attention",
                     f"attention transfer needs equal head counts per layer pair: teacher {f.heads}, "
                     f"student {f.student_heads}; set student.num_heads (and teacher.num_heads) equal, or "
                     "attention: 0"))
     return out
+
+
+def no_terms_problems(st: StageConfig, i: int) -> Problems:
+    """A progressive or joint stage whose every layer-wise weight is 0 has nothing to train on."""
+    if any(getattr(st.losses, k) for k in LAYERWISE_TERMS):
+        return []
+    return [(f"transfer.{i}.losses", f"every loss weight is 0 ({', '.join(LAYERWISE_TERMS)}): the stage would have "
+                                     "nothing to train on; give one a weight, or remove the stage")]
 
 
 def distill_problems(st: StageConfig, i: int, f: TeacherFacts) -> Problems:
@@ -289,7 +317,8 @@ class Progressive:
     def terms(self, st: StageConfig, x: TransferInputs, step: int, batches: Batches, micro: int = 0,
               n_micro: int = 1) -> Terms:
         batch = x.shard.part(batches.batch(step), micro, n_micro)
-        return weighted(st.losses, layerwise_terms(x, st.losses, [self.current_layer(st, step)], batch))
+        return require_terms(weighted(st.losses, layerwise_terms(x, st.losses, [self.current_layer(st, step)], batch)),
+                             st.kind)
 
     def log_fields(self, st: StageConfig, step: int) -> dict:
         return {"layer": self.current_layer(st, step)}
@@ -302,7 +331,7 @@ class Progressive:
                 "losses": _losses_row(st)}
 
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
-        out = layerwise_problems(st, i, f)
+        out = no_terms_problems(st, i) + layerwise_problems(st, i, f)
         if any(k in st.lr_multipliers for k in ("current", "lower")) and f.origin != "passed_in":
             out.append((f"transfer.{i}.lr_multipliers", "use current_lr / lower_lr for progressive stages; "
                                                         "lr_multipliers keys are module prefixes"))
@@ -345,13 +374,14 @@ class Joint:
     def terms(self, st: StageConfig, x: TransferInputs, step: int, batches: Batches, micro: int = 0,
               n_micro: int = 1) -> Terms:
         batch = x.shard.part(batches.batch(step), micro, n_micro)
-        return weighted(st.losses, layerwise_terms(x, st.losses, list(range(1, x.num_layers + 1)), batch))
+        return require_terms(weighted(st.losses, layerwise_terms(x, st.losses, list(range(1, x.num_layers + 1)),
+                                                                 batch)), st.kind)
 
     def plan_row(self, st: StageConfig, num_layers: int) -> dict:
         return {"steps": st.steps, "trainable": "student: all parameters", "losses": _losses_row(st)}
 
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
-        return layerwise_problems(st, i, f)
+        return no_terms_problems(st, i) + layerwise_problems(st, i, f)
 
 
 class Auxiliary:
@@ -428,8 +458,9 @@ class TeacherAdaptation:
         t, logits = x.ib(batch, want_mlm=labels is not None)
         terms = {}
         if st.hidden:
-            mse = [F.mse_loss(x.ib.readout[j](h).float(), s.hidden_states[j]) / s.hidden_states[j].pow(2).mean()
-                   for j, h in enumerate(t.hidden_states)]
+            # fp32 under autocast: the source's states may come out in bf16.
+            mse = [F.mse_loss(x.ib.readout[j](h).float(), s.hidden_states[j].float())
+                   / s.hidden_states[j].float().pow(2).mean() for j, h in enumerate(t.hidden_states)]
             terms["hidden"] = st.hidden * torch.stack(mse).mean()
         if st.attention:
             kl = [L.attention_loss(p, scores.float(), teacher_is_probs=True)
@@ -437,7 +468,7 @@ class TeacherAdaptation:
             terms["attention"] = st.attention * torch.stack(kl).mean()
         if labels is not None:
             terms["mlm"] = st.mlm * share * L.pretrain_distill_loss(logits, labels, s.mlm_logits, alpha=0.0)
-        return terms
+        return require_terms(terms, "teacher_adaptation")
 
     def plan_row(self, st: StageConfig, num_layers: int) -> dict:
         return {"steps": st.steps, "trainable": "IB teacher: all parameters (source frozen)",
@@ -448,6 +479,10 @@ class TeacherAdaptation:
             return [(f"transfer.{i}.kind", "teacher_adaptation adapts the IB teacher the recipe builds; with a "
                                            "teacher passed in there is nothing to adapt: remove this stage")]
         out = []
+        if not (st.hidden or st.attention or (st.mlm and f.has_mlm_head)):
+            out.append((f"transfer.{i}", "no loss term to train on: hidden and attention are 0, and "
+                                         + (f"mlm needs an MLM head, which the source lacks ({f.description})"
+                                            if st.mlm else "so is mlm") + "; give hidden or attention a weight"))
         if not f.inverted_bottleneck:
             out.append((f"transfer.{i}.kind", "teacher_adaptation adapts an inverted-bottleneck teacher, but "
                                               "teacher.type is source: there is nothing to adapt"))

@@ -1,0 +1,112 @@
+"""OpenVINO as a second runtime: the exported ONNX file converted to an IR, NNCF post-training int8, inference.
+
+The IR is written beside the ONNX files in optimum-intel's layout (openvino_model.xml/.bin, and
+openvino_model_int8.xml/.bin), so `OVModelForXxx.from_pretrained(folder)` opens the folder as it is. The IR is
+fp32 (no fp16 weight compression: the CPU would decompress it again); the precision a model runs at is chosen
+when it is compiled (`PRECISIONS`), and the export checks every one of them against PyTorch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+IR = "openvino_model.xml"
+IR_INT8 = "openvino_model_int8.xml"
+
+# precision -> (IR file, INFERENCE_PRECISION_HINT for what is not quantised). OpenVINO's CPU plugin defaults to
+# bf16 where the CPU has it; "fp32" pins f32 so it is what it says, "int8" keeps the rest of the graph in f32
+# and "int8-bf16" lets it run in bf16 (usually the fastest on AMX / AVX512-BF16 CPUs).
+PRECISIONS = {"fp32": (IR, "f32"), "bf16": (IR, "bf16"), "int8": (IR_INT8, "f32"), "int8-bf16": (IR_INT8, "bf16")}
+
+# Real sentences for NNCF's activation statistics when no corpus is given (a bare model folder): different
+# registers and lengths, none from the parity texts (so the parity check does not grade its own calibration).
+CALIBRATION_TEXTS = [
+    "The committee will meet again on Thursday to review the budget for the coming year.",
+    "She opened the window, and the smell of rain and cut grass filled the room.",
+    "Prices rose by 3.2 percent in October, the fastest pace since the spring of 2008.",
+    "The enzyme breaks the bond between the two sugars, releasing glucose into the blood.",
+    "I would not recommend this film to anyone who values a coherent plot.",
+    "A wonderful, warm and very funny performance from the whole cast.",
+    "The bridge was closed for repairs after engineers found cracks in two of its supports.",
+    "Why did the train stop in the middle of the field for almost an hour?",
+    "Add the flour slowly, stirring all the time so that no lumps form.",
+    "The court ruled that the contract was void because one party had been misled.",
+    "Heavy snow is expected in the mountains tonight, with strong winds along the coast.",
+    "He had never seen the sea before, and stood at the edge of the water for a long time without speaking.",
+    "The software update fixes a bug that caused the application to crash when saving large files.",
+    "Mitochondria produce most of the chemical energy needed to power the cell's reactions.",
+    "The novel follows three generations of a family living on a farm in the north of the country.",
+    "Results may vary.",
+]
+
+
+class OvRunner:
+    """A compiled OpenVINO model, called like an ONNX Runtime session: run(feed) -> outputs in order."""
+
+    def __init__(self, xml: Path, precision: str = "fp32", threads: int | None = None):
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"OpenVINO precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision][1], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(str(xml), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = {i.get_any_name() for i in self.compiled.inputs}
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = self.request.infer({k: v for k, v in feed.items() if k in self.input_names})
+        return [np.asarray(out[o]) for o in self.compiled.outputs]
+
+
+def to_ir(onnx_path: Path, xml: Path) -> None:
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+
+
+def calibration_items(tokenizer=None, texts: list[str] | None = None, sequences: dict | None = None,
+                      max_length: int = 128) -> list[dict[str, np.ndarray]]:
+    """NNCF's calibration samples, one sequence each: rows of `sequences` (model inputs, e.g. the recipe's corpus)
+    when given, else `texts` (default CALIBRATION_TEXTS) tokenised without padding."""
+    if sequences is not None:
+        return [{k: np.asarray(v[i:i + 1], np.int64) for k, v in sequences.items()}
+                for i in range(len(sequences["input_ids"]))]
+    items = []
+    for text in texts or CALIBRATION_TEXTS:
+        enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
+        item = {"input_ids": enc["input_ids"].astype(np.int64),
+                "attention_mask": enc["attention_mask"].astype(np.int64)}
+        item["token_type_ids"] = (enc["token_type_ids"].astype(np.int64) if "token_type_ids" in enc
+                                  else np.zeros_like(item["input_ids"]))
+        items.append(item)
+    return items
+
+
+def quantize_int8(xml: Path, dst: Path, items: list[dict[str, np.ndarray]], for_timing: bool = False) -> None:
+    """NNCF post-training quantisation (transformer preset: int8 MatMuls, sensitive ops kept in float).
+    `for_timing`: the same quantised graph without SmoothQuant and bias correction, which only change values
+    (several times faster to make; for latency measurements of random-weight shapes, never for a real export)."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    model = ov.Core().read_model(str(xml))
+    names = {i.get_any_name() for i in model.inputs}
+    data = nncf.Dataset([{k: v for k, v in item.items() if k in names} for item in items])
+    advanced = (AdvancedQuantizationParameters(disable_bias_correction=True,
+                                               smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+                if for_timing else None)
+    quantized = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items),
+                              advanced_parameters=advanced)
+    ov.save_model(quantized, str(dst), compress_to_fp16=False)
+
+
+def version() -> str:
+    import openvino as ov
+
+    return ov.__version__.split("-")[0]

@@ -1,0 +1,183 @@
+"""Latency-aware shape search: the largest student that answers within a latency budget on this machine.
+
+FLOPs do not rank students on a CPU: MobileBERT's 24 thin blocks are bound by per-op overhead, so a shape with
+4x fewer FLOPs than BERT_BASE may be only 1.2x faster where both run at their best. The search therefore times
+real candidates: every shape on the grid (layers, inter and intra widths, heads, FFN stacking and size, Q/K/V
+source) inside the paper's attention/FFN band and the parameter/FLOP budgets is counted exactly, and candidates
+are timed with random weights on the named runtime and precision by a `Timer` the caller injects (recipe/ does
+not know how to export; the CLI passes an export-backed, per-machine cached one). The solver is pure over
+(shape -> params, ms).
+
+Search: a spread sample of the candidates (at most `sample`, across the parameter range) is timed first: it
+draws the frontier and gives anchors. Then family by family (layers, inter width, heads, Q/K/V source, FFN count
+and F/I fixed; only the intra width I varies), largest families first, a binary search over I finds the family's
+largest shape that fits; families that cannot beat the best so far are skipped, and so is any shape at least as
+big in every dimension as one already timed too slow. Exact when latency grows with each dimension on its own
+(it need not grow with the parameter count: 24 thin layers can be slower than 12 wide ones). At most
+`max_timed` shapes are timed; the answer says when that cap stopped the search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import lcm
+from typing import Protocol
+
+from ..models import SlimBertConfig
+from ..models.counting import count_config
+from .balance import FFN_MULTIPLES, BalanceResult
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    runtime: str
+    precision: str
+    batch: int = 1
+    seq: int = 128
+    threads: int = 2
+
+
+class Timer(Protocol):
+    def __call__(self, config: SlimBertConfig, spec: LatencySpec) -> float:
+        """Median milliseconds of one forward pass of a random-weight model with this config."""
+
+
+@dataclass(frozen=True)
+class Axes:
+    layers: tuple[int, ...]
+    inter_sizes: tuple[int, ...]
+    heads: tuple[int, ...]
+    qkv_from: tuple[str, ...]
+    stacked: tuple[int, ...]
+
+
+def shape_of(config: SlimBertConfig) -> dict:
+    return {"layers": config.num_hidden_layers, "inter_size": config.hidden_size,
+            "intra_size": config.intra_bottleneck_size, "heads": config.num_attention_heads,
+            "stacked": config.num_feedforward_networks, "ffn_size": config.intermediate_size,
+            "qkv_from": config.qkv_source}
+
+
+def candidates(base: SlimBertConfig, axes: Axes, *, ratio: float, tolerance: float, max_params: float | None,
+               max_flops: float | None, seq_len: int) -> tuple[list[tuple[SlimBertConfig, dict]], int]:
+    """(config, row) for every grid shape inside the ratio band and budgets, sorted by parameters (descending);
+    and how many shapes the grid had."""
+    rows, n = [], 0
+    for layers in sorted(set(axes.layers)):
+        for inter in sorted(set(axes.inter_sizes)):
+            for heads in sorted(set(axes.heads)):
+                step = lcm(heads, 16)
+                for qkv in axes.qkv_from:
+                    for intra in range(step, inter + 1, step):
+                        for stacked in sorted(set(axes.stacked)):
+                            for m in FFN_MULTIPLES:
+                                n += 1
+                                cfg = SlimBertConfig(**{
+                                    **base.to_diff_dict(), "num_hidden_layers": layers, "hidden_size": inter,
+                                    "num_attention_heads": heads, "qkv_source": qkv, "intra_bottleneck_size": intra,
+                                    "num_feedforward_networks": stacked, "intermediate_size": m * intra,
+                                    "embedding_size": min(base.embedding_size, inter)})
+                                c = count_config(cfg, seq_len=seq_len)
+                                if abs(c.attention_ffn_ratio - ratio) > tolerance:
+                                    continue
+                                if (max_params is not None and c.total_params > max_params) or \
+                                        (max_flops is not None and c.total_flops > max_flops):
+                                    continue
+                                rows.append((cfg, {**shape_of(cfg), "ratio": c.attention_ffn_ratio,
+                                                   "params": c.total_params, "flops": c.total_flops}))
+    rows.sort(key=lambda r: (-r[1]["params"], abs(r[1]["ratio"] - ratio), r[1]["flops"]))
+    return rows, n
+
+
+def spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n), both ends included."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
+
+
+def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Timer, *, budget_ms: float,
+                  ratio: float | None, tolerance: float, max_params: float | None, max_flops: float | None,
+                  seq_len: int, sample: int = 12, max_timed: int = 40) -> BalanceResult:
+    """The largest candidate (by parameters) whose timed latency is within `budget_ms`; ValueError when none is."""
+    target = ratio if ratio is not None else 0.5   # the paper's band: 0.4-0.6 with the default tolerance
+    rows, considered = candidates(base, axes, ratio=target, tolerance=tolerance, max_params=max_params,
+                                  max_flops=max_flops, seq_len=seq_len)
+    if not rows:
+        raise ValueError(f"no shape on the grid ({considered} searched) has an attention/FFN ratio within "
+                         f"{target} +- {tolerance} and fits the budgets; widen the axes or the tolerance")
+    timed: dict[int, float] = {}
+
+    def ms(i: int) -> float:
+        if i not in timed:
+            timed[i] = float(timer(rows[i][0], spec))
+        return timed[i]
+
+    for i in spread(len(rows), sample):
+        ms(i)
+    slow = [i for i in timed if timed[i] > budget_ms]
+    fits = [i for i in timed if timed[i] <= budget_ms]
+    best = min(fits) if fits else None  # rows are sorted by parameters, descending: the lowest index is largest
+    truncated = False
+    families: dict[tuple, list[int]] = {}
+    for i, (_, r) in enumerate(rows):
+        families.setdefault(tuple(r[k] for k in FAMILY) + (r["ffn_size"] // r["intra_size"],), []).append(i)
+    # Families with the largest possible student first; within one, latency grows with the intra width, so a
+    # binary search finds its largest shape that fits. A family that cannot beat the best so far is skipped.
+    for members in sorted(families.values(), key=min):
+        if best is not None and min(members) >= best:
+            break
+        todo = [i for i in sorted(members, reverse=True)  # smallest first, only shapes larger than the best
+                if (best is None or i < best) and not any(_dominates(rows[i][1], rows[j][1]) for j in slow)]
+        lo, hi = -1, len(todo)  # todo[:lo + 1] fit, todo[hi:] do not
+        while hi - lo > 1:
+            mid = 0 if lo < 0 and hi == len(todo) else (lo + hi) // 2  # the smallest first: often rules it all out
+            if todo[mid] not in timed and len(timed) >= max_timed:
+                truncated = True
+                break
+            if ms(todo[mid]) <= budget_ms:
+                lo = mid
+            else:
+                hi = mid
+                slow.append(todo[mid])
+        if lo >= 0 and (best is None or todo[lo] < best):
+            best = todo[lo]
+        if truncated:
+            break
+    if best is None:
+        fastest = sorted(timed, key=timed.get)[:3]
+        desc = "; ".join(_describe(rows[i][1], timed[i]) for i in fastest)
+        raise ValueError(f"no candidate answers within {budget_ms:g} ms on {spec.runtime} {spec.precision} "
+                         f"(batch {spec.batch} x seq {spec.seq}, {spec.threads} threads; timed {len(timed)} of "
+                         f"{len(rows)} shapes in the band); fastest: {desc}. Raise latency_ms or allow smaller "
+                         "shapes (fewer layers, narrower inter_sizes)")
+    row = rows[best][1]
+    frontier = [{**rows[i][1], "ms": round(timed[i], 3), "fits": timed[i] <= budget_ms, "chosen": i == best}
+                for i in sorted(timed)]
+    cap = f"; the scan stopped at max_timed={max_timed}, so a larger shape may fit" if truncated else ""
+    reason = (f"largest of {len(rows)} shapes in the attention/FFN band {target} +- {tolerance} (of {considered} "
+              f"searched; {len(timed)} timed{cap}) within {budget_ms:.4g} ms on {spec.runtime} {spec.precision}, batch "
+              f"{spec.batch} x seq {spec.seq}, {spec.threads} threads: {_describe(row, timed[best])}")
+    return BalanceResult(intra_size=row["intra_size"], stacked=row["stacked"], ffn_size=row["ffn_size"],
+                         ratio=row["ratio"], params=row["params"], flops=row["flops"], considered=considered,
+                         feasible=len(rows), reason=reason,
+                         alternatives=[f for f in frontier if f["fits"] and not f["chosen"]][:5],
+                         layers=row["layers"], inter_size=row["inter_size"], heads=row["heads"],
+                         qkv_from=row["qkv_from"], latency_ms=round(timed[best], 3), budget_ms=budget_ms,
+                         spec=spec.__dict__.copy(), frontier=frontier)
+
+
+FAMILY = ("layers", "inter_size", "heads", "qkv_from", "stacked")  # with F / I: a family varies only in I
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    """a is at least as big as b in every dimension (same heads and Q/K/V source): it cannot be faster."""
+    return (a["heads"] == b["heads"] and a["qkv_from"] == b["qkv_from"]
+            and all(a[k] >= b[k] for k in ("layers", "inter_size", "intra_size", "stacked", "ffn_size")))
+
+
+def _describe(row: dict, ms: float) -> str:
+    return (f"L={row['layers']} H={row['inter_size']} I={row['intra_size']} heads={row['heads']} N={row['stacked']} "
+            f"F={row['ffn_size']} qkv={row['qkv_from']}: {row['params'] / 1e6:.2f}M params, ratio "
+            f"{row['ratio']:.3f}, {ms:.2f} ms")
+

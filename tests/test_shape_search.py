@@ -1,0 +1,148 @@
+"""Latency-aware shape search: the pure solver with fake timers, the recipe section, and one real timing."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from slimbert.models import count, preset
+from slimbert.recipe import RecipeError, build_plan, load_recipe
+from slimbert.recipe.shape_search import Axes, LatencySpec, candidates, solve_latency, spread
+
+from conftest import write_recipe
+
+SPEC = LatencySpec("openvino", "int8", 1, 128, 2)
+AXES = Axes(layers=(12, 24), inter_sizes=(384, 512), heads=(4,), qkv_from=("inter", "bottleneck"), stacked=(2, 4))
+
+
+class FakeTimer:
+    """ms from the shape: per-op overhead per layer and FFN plus a cost per parameter (monotone in both)."""
+
+    def __init__(self, per_op=0.05, per_mparam=0.2):
+        self.per_op, self.per_mparam, self.calls = per_op, per_mparam, []
+
+    def __call__(self, config, spec):
+        assert spec == SPEC
+        self.calls.append(config)
+        ops = config.num_hidden_layers * (config.num_feedforward_networks + 3)
+        return ops * self.per_op + count(config).total_params / 1e6 * self.per_mparam
+
+
+def test_candidates_stay_in_the_band_and_are_counted_exactly():
+    rows, n = candidates(preset("mobilebert"), AXES, ratio=0.5, tolerance=0.1, max_params=None, max_flops=None,
+                         seq_len=128)
+    assert n > len(rows) > 10
+    for cfg, row in rows:
+        assert 0.4 <= row["ratio"] <= 0.6 and count(cfg).total_params == row["params"]
+    assert [r["params"] for _, r in rows] == sorted((r["params"] for _, r in rows), reverse=True)
+    assert spread(10, 4) == [0, 3, 6, 9] and spread(3, 5) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("budget", [4.0, 5.0, 6.5])
+def test_solver_picks_the_largest_shape_that_fits(budget):
+    base = preset("mobilebert")
+    timer = FakeTimer()
+    best = solve_latency(base, AXES, SPEC, timer, budget_ms=budget, ratio=None, tolerance=0.1, max_params=None,
+                         max_flops=None, seq_len=128, sample=6, max_timed=60)
+    # brute force over the same band: the largest shape whose fake latency fits
+    rows, _ = candidates(base, AXES, ratio=0.5, tolerance=0.1, max_params=None, max_flops=None, seq_len=128)
+    fitting = [r for cfg, r in rows if FakeTimer()(cfg, SPEC) <= budget]
+    assert best.params == max(r["params"] for r in fitting)
+    assert best.latency_ms <= budget and 0.4 <= best.ratio <= 0.6
+    assert len(timer.calls) < len(rows)  # not everything was timed
+    chosen = [f for f in best.frontier if f["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["params"] == best.params
+    assert all(f["ms"] > budget for f in best.frontier if f["params"] > best.params)
+    assert "within" in best.reason and f"L={best.layers}" in best.reason
+    assert best.as_dict()["spec"]["runtime"] == "openvino"
+
+
+def test_solver_with_a_non_monotone_timer_still_returns_a_measured_fit():
+    def bumpy(config, spec):  # 24-layer shapes are slow whatever their size: overhead, not FLOPs
+        return 9.0 if config.num_hidden_layers == 24 else count(config).total_params / 1e6 * 0.2
+
+    best = solve_latency(preset("mobilebert"), AXES, SPEC, bumpy, budget_ms=5.0, ratio=0.5, tolerance=0.1,
+                         max_params=None, max_flops=None, seq_len=128, sample=8, max_timed=40)
+    assert best.layers == 12 and best.latency_ms <= 5.0
+
+
+def test_solver_says_what_was_closest_when_nothing_fits():
+    with pytest.raises(ValueError, match="no candidate answers within 0.5 ms on openvino int8.*fastest: L="):
+        solve_latency(preset("mobilebert"), AXES, SPEC, FakeTimer(), budget_ms=0.5, ratio=0.5, tolerance=0.1,
+                      max_params=None, max_flops=None, seq_len=128, sample=4)
+
+
+def _latency_recipe(tmp_path, tiny_source, shared_data, **balance):
+    return write_recipe(tmp_path, tiny_source, shared_data,
+                        student={"num_layers": 2, "inter_size": 64, "intra_size": None, "ffn": None, "num_heads": 4,
+                                 "embedding": {"size": 32}, "copy_embeddings": False},
+                        balance={"latency_ms": 6, "runtime": "openvino", "precision": "int8", "batch": 1, "seq": 128,
+                                 "layers": [2, 4], "inter_sizes": [64, 96], "tolerance": 0.15, **balance})
+
+
+def test_recipe_latency_budget_resolves_the_whole_student(tmp_path, tiny_source, shared_data):
+    path = _latency_recipe(tmp_path, tiny_source, shared_data)
+    calls = []
+
+    def timer(config, spec):
+        calls.append(spec)
+        return 1.5 * config.num_hidden_layers + config.hidden_size / 64
+
+    r = load_recipe(path, timer=timer)
+    assert calls and calls[0] == LatencySpec("openvino", "int8", 1, 128, 2)
+    b = r.balance
+    assert 1.5 * b.layers + b.inter_size / 64 <= 6
+    cfg = r.student_config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intra_bottleneck_size) == (b.layers, b.inter_size, b.intra_size)
+    assert r.recipe.student.num_layers == b.layers and len(r.layer_map) == b.layers
+    plan = build_plan(r)
+    assert plan["balance"]["frontier"] and plan["student"]["params"]["total"] == b.params
+    # without a timer (a caller that cannot export) the budget is refused by name, not ignored
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert [p.path for p in e.value.problems] == ["balance.latency_ms"]
+
+
+def test_latency_keys_without_a_budget_are_refused(tmp_path, tiny_source, shared_data):
+    path = write_recipe(tmp_path, tiny_source, shared_data,
+                        student={"num_layers": 2, "inter_size": 64, "intra_size": None, "ffn": None, "num_heads": 4,
+                                 "embedding": {"size": 32}, "copy_embeddings": False},
+                        balance={"max_params": 2.2e6, "runtime": "openvino"})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert any("runtime only apply to a latency search" in p.message for p in e.value.problems)
+
+
+def test_one_real_timing_is_cached_per_machine(tmp_path, monkeypatch):
+    from slimbert.export import shape_timer
+    from slimbert.models import SlimBertConfig
+
+    timer = shape_timer.ExportTimer(cache_dir=tmp_path, runs=3)
+    cfg = SlimBertConfig(vocab_size=1000, embedding_size=32, hidden_size=64, intra_bottleneck_size=32,
+                         num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_feedforward_networks=2)
+    spec = LatencySpec("ort", "fp32", 1, 32, 1)
+    ms = timer(cfg, spec)
+    assert 0 < ms < 1000
+    saved = json.loads(timer.file.read_text())
+    assert saved["machine"]["cpu"] == timer.cpu.key() and "ort" in saved["machine"]["runtimes"]
+    # a second timer on this machine answers from the cache, without exporting anything
+    monkeypatch.setattr(shape_timer, "artefact", lambda *a, **k: pytest.fail("re-exported a cached shape"))
+    assert shape_timer.ExportTimer(cache_dir=tmp_path)(cfg, spec) == ms
+    with pytest.raises(ValueError, match="cannot time on ort bf16: n/a"):
+        timer(cfg, LatencySpec("ort", "bf16", 1, 32, 1))
+
+
+@pytest.mark.e2e
+def test_plan_shows_the_frontier_table_and_png(tmp_path, tiny_source, shared_data):
+    path = _latency_recipe(tmp_path, tiny_source, shared_data, runtime="ort", precision="fp32", seq=32, threads=1,
+                           latency_ms=1000, sample=2, max_timed=3, layers=[2], inter_sizes=[64])
+    env = {**__import__("os").environ, "SLIMBERT_LATENCY_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "plan", str(path), "--json", "--no-measure"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    b = json.loads(done.stdout)["balance"]
+    assert sum(f["chosen"] for f in b["frontier"]) == 1 and b["latency_ms"] <= 1000
+    from pathlib import Path
+
+    assert Path(b["frontier_png"]).is_file() and Path(b["frontier_png"]).parent == tmp_path / "cache"
