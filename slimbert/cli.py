@@ -86,6 +86,10 @@ def validate(recipe: str = RecipeArg, set_: list[str] = SetOpt,
                   f"{count_fn(r.student_config).total_params / 1e6:.2f}M params", highlight=False)
     if r.balance is not None:
         console.print(f"balance: {r.balance.reason}", highlight=False)
+    from .recipe.checks import advice
+
+    for key, message in advice(r.recipe, r.source.has_mlm_head, r.source.sentence_transformers):
+        console.print(f"[yellow]note[/] {key}: {message}", highlight=False)
 
 
 @app.command()

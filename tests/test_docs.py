@@ -67,7 +67,8 @@ def test_schema_is_valid_and_uses_standard_keywords():
     assert schema["properties"]["plugins"]["default"] == []
     assert schema["properties"]["student"]["default"]["ffn"] == {"size": 512, "stacked": 4}
     kinds = schema["properties"]["transfer"]["items"]["discriminator"]["mapping"]
-    assert set(kinds) == {"progressive", "joint", "auxiliary", "pretrain_distill", "teacher_adaptation"}
+    assert set(kinds) == {"progressive", "joint", "auxiliary", "pretrain_distill", "teacher_adaptation",
+                          "embedding_distill"}
 
 
 def test_schema_rejects_what_validate_rejects():
@@ -117,7 +118,7 @@ def test_reference_page_has_every_key_with_type_default_and_constraints():
             if field.description:
                 assert cells[4] == field.description.replace("|", "\\|"), row
     # Stage kinds, the discriminator, are named; Literal enums, constraints and defaults are rendered.
-    for kind in ("progressive", "joint", "auxiliary", "pretrain_distill", "teacher_adaptation"):
+    for kind in ("progressive", "joint", "auxiliary", "pretrain_distill", "teacher_adaptation", "embedding_distill"):
         assert f"kind: {kind}`" in page
     assert '| `norm` | `"no_norm"` \\| `"layer_norm"` | `"no_norm"` |' in page
     assert re.search(r"\| `transfer` \|.*\| \*\*required\*\* \| at least 1 item\(s\) \|", page)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from slimbert.data.tasks import TaskDataError, metrics, read_task
+from slimbert.data.tasks import TaskDataError, metrics, read_task, sample_rows
 
 from conftest import write_recipe
 
@@ -22,6 +22,27 @@ def test_reads_the_glue_formats(shared_data):
     assert rte.label_names == ["entailment", "not_entailment"]
     with pytest.raises(TaskDataError, match="no column 'sentence'"):
         read_task(shared_data / "RTE" / "dev.tsv", ["sentence"], "label", False)
+
+
+def test_sample_rows_spreads_over_the_file_with_the_seed():
+    rows = list(range(1000))
+    a = sample_rows(rows, 100, seed=0)
+    assert len(a) == 100 == len(set(a)) and a == sorted(a)        # no repeats, file order kept
+    assert min(a) < 100 and max(a) > 900                           # the whole file, not its head
+    assert sum(x < 500 for x in a) in range(35, 66)                # both halves about equally
+    assert a == sample_rows(rows, 100, seed=0) != sample_rows(rows, 100, seed=1)
+    assert sample_rows(rows, None, 0) is rows and sample_rows(rows, 5000, 0) is rows
+
+
+def test_max_examples_samples_the_grouped_glue_file(shared_data):
+    # RTE's training file is grouped by source; its head is not a sample of it.
+    path = shared_data / "RTE" / "train.tsv"
+    full = read_task(path, ["sentence1", "sentence2"], "label", False)
+    part = read_task(path, ["sentence1", "sentence2"], "label", False, max_examples=200, seed=3)
+    assert len(part.texts) == 200 and set(part.texts) <= set(full.texts)
+    assert part.texts[:200] != full.texts[:200]
+    positions = sorted(full.texts.index(t) for t in part.texts)
+    assert positions[-1] > 0.9 * len(full.texts)
 
 
 def test_metrics_golden():

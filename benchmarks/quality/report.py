@@ -1,146 +1,220 @@
-"""Turn runs/quality/results/*.json into benchmarks/results/quality.{md,json,png}.
+"""Turn <workspace>/results/*.json into quality.{md,json} and two charts in the scale's report folder
+(benchmarks/results for the CPU run, benchmarks/results/gpu for --scale gpu).
 
-  python benchmarks/quality/run.py report
+  python benchmarks/quality/run.py report [--scale gpu]
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
-from run import ARM_TRANSFER, FINETUNE, LR, RESULTS, ROOT, STUDENT_DROPOUT, TASKS, arms_for, machine
+import run as R  # benchmarks/quality/run.py, configured for the scale by its main()
 
-OUT = ROOT / "benchmarks" / "results"
 ARM_TITLES = {
-    "source": "1. source (all-MiniLM-L6-v2), fine-tuned: the ceiling",
-    "slimbert": "2. slimbert: IB teacher + progressive transfer + PD, task KD",
+    "source": "1. source (all-MiniLM-L6-v2), fine-tuned to a dev plateau: the ceiling",
+    "slimbert": "2. slimbert: IB teacher + progressive transfer + PD (alpha 1), task KD",
+    "embed": "2e. slimbert with embedding_distill instead of PD (equal steps), task KD",
     "random_init": "3. same student, random init, task KD",
     "pruned_init": "4. same student pruned from the teacher (torch-pruning), same transfer, task KD",
-    "joint": "5a. ablation: joint instead of progressive (equal steps)",
-    "auxiliary": "5b. ablation: auxiliary instead of progressive (equal steps)",
-    "slimbert_no_kd": "2'. slimbert student fine-tuned without task KD",
+    "joint": "5a. lever: joint instead of progressive (equal steps)",
+    "auxiliary": "5b. lever: auxiliary instead of progressive (equal steps)",
+    "pd_share": "5c. lever: half the layer-wise steps moved to PD (equal steps)",
+    "slimbert_no_kd": "5d. lever: slimbert student fine-tuned without task KD",
+    "slimbert_lr_low": "5e. lever: fine-tuning LR 1e-4 (default 3e-4)",
+    "slimbert_lr_high": "5f. lever: fine-tuning LR 1e-3",
+    "distilbert_style": "6a. cookbook distilbert-style: 3 x 384 pruned from the teacher, auxiliary",
+    "tinybert_style": "6b. cookbook tinybert-style: 4 x 192, source teacher, hidden + attention",
+    "minilm_style": "6c. cookbook minilm-style: 6 x 192, attention only",
 }
 METRICS = {"sst2": ["accuracy"], "mrpc": ["accuracy", "f1"], "rte": ["accuracy"]}
 
 
 def _load() -> dict[str, dict]:
     out = {}
-    for p in sorted(RESULTS.glob("*.json")):
-        out[p.stem] = json.loads(p.read_text())
-        out[p.stem]["finished_at"] = p.stat().st_mtime  # a result is written when its experiment ends
+    for p in sorted(R.RESULTS.glob("*.json")):
+        data = json.loads(p.read_text())
+        if isinstance(data, dict):
+            data["finished_at"] = p.stat().st_mtime  # a result is written when its experiment ends
+        out[p.stem] = data
     return out
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+def summary(xs: list[float]) -> dict:
+    """mean, sample std and standard error of the mean (0 with one seed: unresolved)."""
+    std = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return {"mean": statistics.fmean(xs), "std": std, "se": std / math.sqrt(len(xs)), "n": len(xs)}
 
 
 def collect(results: dict[str, dict]) -> dict:
-    latency = results.get("latency", {}).get("p50_ms", {})
+    latency = (results.get("latency") or {}).get("p50_ms", {})
+    lat_name = {"source": "source", "slimbert": "student"}
     tasks: dict = {}
-    for task, spec in TASKS.items():
-        for arm in arms_for(task):
-            runs = [results[k] for k in (f"{task}-{arm}-{s}" for s in spec["seeds"]) if k in results]
+    for task in R.TASKS:
+        for arm in R.arms_for(task):
+            runs = [results[k] for k in (f"{task}-{arm}-{s}" for s in R.seeds_for(task, arm)) if k in results]
             if not runs:
                 continue
             row: dict = {"seeds": [r["seed"] for r in runs]}
             for m in METRICS[task]:
-                mean, std = _mean_std([r["dev"][m] for r in runs])
-                row[m], row[f"{m}_std"] = mean, std
+                s = summary([r["dev"][m] for r in runs])
+                row[m], row[f"{m}_std"], row[f"{m}_se"] = s["mean"], s["std"], s["se"]
                 row[f"{m}_per_seed"] = [r["dev"][m] for r in runs]
             for k in ("params", "encoder_params", "gflops"):
                 row[k] = runs[0][k]
             row["finetune_seconds"] = statistics.fmean(r["seconds"] for r in runs)
-            t = results.get(f"transfer-{ARM_TRANSFER.get(arm, '')}")
+            t = results.get(f"transfer-{R.ARM_TRANSFER.get(arm, '')}")
             row["transfer_seconds"] = t["seconds"] if t else 0.0
-            kind = "source" if arm == "source" else "student"
-            row["latency_p50_ms_fp32"] = latency.get(f"{kind}-fp32")
-            row["latency_p50_ms_int8"] = latency.get(f"{kind}-int8")
+            name = lat_name.get(arm, arm if arm in R.COOKBOOK_ONLY else "student")
+            row["latency_p50_ms_fp32"] = latency.get(f"{name}-fp32")
+            row["latency_p50_ms_int8"] = latency.get(f"{name}-int8")
             row["train_examples"], row["dev_examples"] = runs[0]["train_examples"], runs[0]["dev_examples"]
+            if "curve" in runs[0]:
+                row["curves"] = {r["seed"]: r["curve"] for r in runs}
             tasks.setdefault(task, {})[arm] = row
-    wall = sum(r["seconds"] for k, r in results.items() if "seconds" in r)
-    timed = [r for r in results.values() if "seconds" in r]
-    elapsed = (max(r["finished_at"] for r in timed) - min(r["finished_at"] - r["seconds"] for r in timed)) if timed else 0.0
-    sst = tasks.get("sst2", {})
+    for arms in tasks.values():  # retention: the arm's mean over the converged source's
+        src = arms.get("source")
+        for row in arms.values():
+            if src:
+                row["kept_fraction"] = row["accuracy"] / src["accuracy"]
+                # the difference to the source and its standard error (independent seeds)
+                row["diff_points"] = 100 * (row["accuracy"] - src["accuracy"])
+                row["diff_se_points"] = 100 * math.hypot(row["accuracy_se"], src["accuracy_se"])
+    embedding = {k.removeprefix("similarity-"): v["spearman"] for k, v in results.items()
+                 if k.startswith("similarity-")}
+    cookbook = {}
+    for arm, recipe in R.COOKBOOK_ARMS.items():
+        rows = {t: tasks.get(t, {}).get(arm) for t in R.TASKS}
+        if not any(rows.values()):
+            continue
+        any_row = next(r for r in rows.values() if r)
+        cookbook[arm] = {"recipe": recipe, **{f"{t}_accuracy": r["accuracy"] if r else None for t, r in rows.items()},
+                         "encoder_params": any_row["encoder_params"], "gflops": any_row["gflops"],
+                         "latency_p50_ms_fp32": any_row["latency_p50_ms_fp32"],
+                         "similarity_spearman": embedding.get(arm)}
     goals = {}
-    if "source" in sst and "slimbert" in sst:
-        goals["sst2_kept_fraction"] = {"measured": sst["slimbert"]["accuracy"] / sst["source"]["accuracy"],
-                                       "target": 0.97}
+    for task, arms in tasks.items():
+        if "source" in arms and "slimbert" in arms:
+            best = max((a for a in arms if a != "source"), key=lambda a: arms[a]["accuracy"])
+            goals[f"{task}_kept_fraction"] = {"measured": arms["slimbert"]["kept_fraction"], "target": 0.97,
+                                              "best_arm": best, "best": arms[best]["kept_fraction"]}
+    sst = tasks.get("sst2", {})
     if "slimbert" in sst and "random_init" in sst:
         goals["sst2_points_over_random_init"] = {
             "measured": 100 * (sst["slimbert"]["accuracy"] - sst["random_init"]["accuracy"]), "target": 5.0}
-    goals["total_wall_hours"] = {"measured": elapsed / 3600, "target": 2.0}
-    for g in goals.values():
-        g["reached"] = g["measured"] <= g["target"] if g is goals["total_wall_hours"] else g["measured"] >= g["target"]
+    if "embed" in embedding:
+        goals["embed_similarity_spearman_mrpc"] = {"measured": embedding["embed"]["mrpc"], "target": 0.9}
+    sessions = results.get("machine") or []
+    elapsed = sum(s["seconds"] for s in sessions)
+    goals["total_wall_hours"] = {"measured": elapsed / 3600, "target": 2.0 if R.S["scale"] == "cpu" else 8 / 60}
+    for k, g in goals.items():
+        g["reached"] = g["measured"] <= g["target"] if k == "total_wall_hours" else g["measured"] >= g["target"]
     transfer = {k.removeprefix("transfer-"): {"seconds": v["seconds"], "stage_losses": v["stage_losses"],
-                                               "fidelity": v.get("fidelity"), "recipe": v["recipe"]}
+                                               "fidelity": v.get("fidelity"), "similarity": v.get("similarity"),
+                                               "recipe": v["recipe"]}
                 for k, v in results.items() if k.startswith("transfer-")}
-    return {"tasks": tasks, "goals": goals, "transfer": transfer, "total_wall_seconds": wall,
-            "elapsed_seconds": elapsed,
-            "latency": results.get("latency"), "finetune": {**FINETUNE, "lr": LR, "student_dropout": STUDENT_DROPOUT,
-                                                            "tasks": TASKS},
-            "machine": machine()}
+    return {"scale": R.S["scale"], "tasks": tasks, "cookbook": cookbook, "embedding": embedding, "goals": goals,
+            "transfer": transfer, "elapsed_seconds": elapsed, "sessions": sessions,
+            "latency": results.get("latency"),
+            "finetune": {**R.FINETUNE, "lr": R.LR, "student_lr": R.STUDENT_LR, "student_dropout": R.STUDENT_DROPOUT,
+                         "tasks": R.TASKS, "source": R.S["source"], "student_epochs": R.S["student_epochs"]},
+            "machine": R.machine()}
+
+
+def _pct(row: dict, m: str) -> str:
+    return f"{100 * row[m]:.2f} ± {100 * row[m + '_std']:.2f} (SE {100 * row[m + '_se']:.2f})"
 
 
 def markdown(q: dict) -> str:
     m = q["machine"]
-    lines = ["# Compression quality: does the recipe keep the source's accuracy?", "",
-             "Command: `python benchmarks/quality/run.py all && python benchmarks/quality/run.py report` "
-             "(each experiment is one command too: see `benchmarks/quality/run.py`).", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}, "
-             f"transformers {m['transformers']}, slimbert at {m['git']}. "
-             f"From the first experiment's start to the last one's end: {q['elapsed_seconds'] / 60:.0f} min, with "
-             f"several experiments at a time; their own wall times add up to {q['total_wall_seconds'] / 60:.0f} min.",
-             ""]
+    flag = {"cpu": "", "gpu": " --scale gpu", "smoke": " --smoke --force"}[q["scale"]]
+    lines = [f"# Compression quality ({q['scale']} scale): what the recipe keeps, and which recipe wins", "",
+             f"Command: `python benchmarks/quality/run.py all{flag}` (resumable; `jobs` lists the experiments, "
+             "each also one command).", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads"
+             + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f", torch {m['torch']}, transformers "
+             f"{m['transformers']}, slimbert at {m['git']}. Wall time over {len(q['sessions'])} invocation(s): "
+             f"{q['elapsed_seconds'] / 60:.0f} min.", ""]
+    if q["sessions"]:
+        lines += ["| invocation | load avg before (1/5/15 min) | 1-min load during: mean / max | forced | finished |",
+                  "|---|---|---|---|---|"]
+        for i, s in enumerate(q["sessions"]):
+            lo = s["load"]
+            lines.append(f"| {i + 1} ({s['started']}, {s['seconds'] / 60:.0f} min) | "
+                         f"{' / '.join(f'{x:.2f}' for x in lo['before'])} | {lo['during_1min_mean']:.2f} / "
+                         f"{lo['during_1min_max']:.2f} | {s['forced']} | {s['finished']} |")
+        lines.append("")
     lines += ["## Goals", "", "| goal | measured | target | reached |", "|---|---|---|---|"]
-    names = {"sst2_kept_fraction": ("arm 2 keeps arm 1's SST-2 dev accuracy", "{:.1%}", "≥ {:.0%}"),
-             "sst2_points_over_random_init": ("arm 2 over arm 3 on SST-2 (points)", "{:+.1f}", "≥ +{:.0f}"),
-             "total_wall_hours": ("whole benchmark on 2 cores, first start to last end (hours)", "{:.2f}", "≤ {:.0f}")}
     for k, g in q["goals"].items():
-        title, fmt, tfmt = names[k]
-        lines.append(f"| {title} | {fmt.format(g['measured'])} | {tfmt.format(g['target'])} | "
-                     f"{'yes' if g['reached'] else 'no'} |")
+        extra = f" (best arm: {g['best_arm']}, {g['best']:.1%})" if "best_arm" in g else ""
+        lines.append(f"| {k} | {g['measured']:.3f}{extra} | {g['target']:.3g} | {'yes' if g['reached'] else 'no'} |")
+    if q["cookbook"]:
+        lines += ["", "## Which recipe wins at this budget", "",
+                  "Same source, corpus, student token budget (steps x batch x length), fine-tuning and seeds; dev "
+                  "accuracy (mean over seeds), encoder parameters, FLOPs per 128-token sequence, ONNX fp32 p50 "
+                  "latency (batch 1, seq 128), similarity Spearman vs the source on MRPC pairs (no fine-tuning).", "",
+                  "| arm | recipe | " + " | ".join(t.upper() for t in R.TASKS)
+                  + " | encoder params | GFLOPs | p50 ms | similarity |", "|---|---|" + "---|" * (len(R.TASKS) + 4)]
+        for arm, c in q["cookbook"].items():
+            accs = " | ".join("-" if c[f"{t}_accuracy"] is None else f"{100 * c[f'{t}_accuracy']:.2f}"
+                              for t in R.TASKS)
+            lat = "-" if c["latency_p50_ms_fp32"] is None else f"{c['latency_p50_ms_fp32']:.1f}"
+            sim = "-" if not c["similarity_spearman"] else f"{c['similarity_spearman']['mrpc']:.3f}"
+            lines.append(f"| {arm} | {c['recipe']} | {accs} | {c['encoder_params'] / 1e6:.2f}M | {c['gflops']:.2f} | "
+                         f"{lat} | {sim} |")
+    if q["embedding"]:
+        lines += ["", "## Embeddings (no fine-tuning)", "",
+                  "Spearman between the source's and the student's cosine similarities of the same dev pairs "
+                  "(the source's mean pooling); MRPC retention from the fine-tuned table below.", "",
+                  "| arm | MRPC pairs | RTE pairs | MRPC accuracy kept |", "|---|---|---|---|"]
+        mrpc = q["tasks"].get("mrpc", {})
+        for arm, sp in q["embedding"].items():
+            kept = mrpc.get(arm, {}).get("kept_fraction")
+            lines.append(f"| {arm} | {sp['mrpc']:.3f} | {sp['rte']:.3f} | "
+                         f"{'-' if kept is None else f'{kept:.1%}'} |")
     for task, arms in q["tasks"].items():
         ms = METRICS[task]
         any_row = next(iter(arms.values()))
         lines += ["", f"## {task.upper()} (dev, {any_row['dev_examples']} examples; train {any_row['train_examples']} "
-                      f"examples, seeds {any_row['seeds']})", "",
-                  "| arm | " + " | ".join(f"{x} (mean ± std)" for x in ms)
-                  + " | params | encoder params | GFLOPs @128 | p50 ms fp32 / int8 | transfer s | fine-tune s |",
-                  "|---|" + "---|" * (len(ms) + 6)]
+                      "examples for the source)", "",
+                  "| arm | seeds | " + " | ".join(f"{x} % (mean ± std, SE)" for x in ms)
+                  + " | kept | vs source (points ± SE) | encoder params | GFLOPs @128 | p50 ms fp32 / int8 | "
+                    "transfer s | fine-tune s |", "|---|---|" + "---|" * (len(ms) + 7)]
         for arm, r in arms.items():
-            vals = " | ".join(f"{100 * r[x]:.2f} ± {100 * r[x + '_std']:.2f}" for x in ms)
             lat = " / ".join("-" if r[f"latency_p50_ms_{k}"] is None else f"{r[f'latency_p50_ms_{k}']:.1f}"
                              for k in ("fp32", "int8"))
-            lines.append(f"| {ARM_TITLES[arm]} | {vals} | {r['params'] / 1e6:.2f}M | {r['encoder_params'] / 1e6:.2f}M | "
-                         f"{r['gflops']:.2f} | {lat} | {r['transfer_seconds']:.0f} | {r['finetune_seconds']:.0f} |")
-    lat = q.get("latency") or {}
-    if lat:
-        lines += ["", "Latency: `slimbert export` (passes, parity) and `slimbert bench` of the SST-2 models, batch 1 x seq "
-                      "128, 2 threads, alternating runs; every student arm shares the slimbert arm's architecture. "
-                  + "".join(f"{k}'s int8 was refused by the export's parity guard ({v}), so only its fp32 is timed. "
-                            for k, v in lat.get("int8_refused", {}).items())]
+            kept = f"{r['kept_fraction']:.1%}" if "kept_fraction" in r else "-"
+            diff = f"{r['diff_points']:+.2f} ± {r['diff_se_points']:.2f}" if "diff_points" in r else "-"
+            lines.append(f"| {ARM_TITLES.get(arm, arm)} | {len(r['seeds'])} | "
+                         + " | ".join(_pct(r, x) for x in ms)
+                         + f" | {kept} | {diff} | {r['encoder_params'] / 1e6:.2f}M | {r['gflops']:.2f} | {lat} | "
+                           f"{r['transfer_seconds']:.0f} | {r['finetune_seconds']:.0f} |")
+        src = arms.get("source", {})
+        for seed, curve in (src.get("curves") or {}).items():
+            key = "accuracy"
+            lines.append("")
+            lines.append(f"Source curve, seed {seed} (epoch: dev {key}): "
+                         + ", ".join(f"{c['epoch']:.2f}: {100 * c[key]:.2f}" for c in curve))
     lines += ["", "## Transfer runs (task-agnostic, shared by every task)", "",
-              "Stage 0 adapts the IB teacher; the first/last losses of a progressive stage are layer 1's first and "
-              "layer 6's last.", "",
               "| run | wall s | stage: first → last logged loss |", "|---|---|---|"]
     for arm, t in q["transfer"].items():
         stages = "; ".join(f"{k}: {v['first']:.4g} → {v['last']:.4g}" for k, v in t["stage_losses"].items())
         lines.append(f"| {arm} | {t['seconds']:.0f} | {stages} |")
     findings = Path(__file__).with_name("findings.md")  # the reading of these figures, written by hand
-    if findings.is_file():
+    if findings.is_file() and q["scale"] == "cpu":
         lines += ["", findings.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 
-def chart(q: dict, path: Path) -> None:
+def charts(q: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(q["tasks"]), figsize=(5 * len(q["tasks"]), 4), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(q["tasks"])), figsize=(5 * max(1, len(q["tasks"])), 4), squeeze=False)
     for ax, (task, arms) in zip(axes[0], q["tasks"].items()):
         for arm, r in arms.items():
             ax.errorbar(r["encoder_params"] / 1e6, 100 * r["accuracy"], yerr=100 * r["accuracy_std"], fmt="o",
@@ -149,16 +223,33 @@ def chart(q: dict, path: Path) -> None:
         ax.set_xlabel("encoder parameters (M)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(out / "quality.png", dpi=110)
+    plt.close(fig)
+    # which recipe wins: accuracy against measured latency, one point per recipe (and the source)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    sst = q["tasks"].get("sst2", {})
+    for arm in ["source", *q["cookbook"]]:
+        r = sst.get(arm)
+        if r and r["latency_p50_ms_fp32"] is not None:
+            ax.errorbar(r["latency_p50_ms_fp32"], 100 * r["accuracy"], yerr=100 * r["accuracy_std"], fmt="o",
+                        capsize=3)
+            ax.annotate(arm, (r["latency_p50_ms_fp32"], 100 * r["accuracy"]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("ONNX fp32 p50 latency, batch 1 x 128 tokens (ms)")
+    ax.set_ylabel("SST-2 dev accuracy (%)")
+    ax.set_title("Which recipe wins at this budget")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "quality_cookbook.png", dpi=110)
     plt.close(fig)
 
 
-def report() -> None:
+def report(out: Path) -> None:
     q = collect(_load())
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "quality.json").write_text(json.dumps(q, indent=2, default=str) + "\n")
-    (OUT / "quality.md").write_text(markdown(q))
-    chart(q, OUT / "quality.png")
-    print((OUT / "quality.md").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps(q, indent=2, default=str) + "\n")
+    (out / "quality.md").write_text(markdown(q))
+    charts(q, out)
+    print((out / "quality.md").read_text())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,11 +181,20 @@ def _label_text(value) -> str:
     return str(value).strip()
 
 
+def sample_rows(rows: list, n: int | None, seed: int) -> list:
+    """`n` rows drawn without replacement with `seed`, in file order (all rows when n is None or too large).
+    GLUE files are grouped by source, so their head is a biased sample."""
+    if not n or n >= len(rows):
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    return [rows[i] for i in keep]
+
+
 def to_task(rows, where: str, text_fields: list[str], label_field: str, regression: bool,
-            label_names: list[str] | None = None, max_examples: int | None = None) -> TaskData:
-    """Examples from `rows` (a `datasets.Dataset`; `where` names it in errors). Classification labels map to
-    indices by `label_names` (from the training split: its distinct labels, sorted numerically when they are
-    numbers)."""
+            label_names: list[str] | None = None, max_examples: int | None = None, seed: int = 0) -> TaskData:
+    """Examples from `rows` (a `datasets.Dataset`; `where` names it in errors; `max_examples` of them sampled
+    with `seed`). Classification labels map to indices by `label_names` (from the training split: its distinct
+    labels, sorted numerically when they are numbers)."""
     if len(rows) == 0:
         raise TaskDataError(f"{where}: no examples")
     missing = [k for k in (*text_fields, label_field) if k not in rows.column_names]
@@ -195,8 +205,7 @@ def to_task(rows, where: str, text_fields: list[str], label_field: str, regressi
     table = rows.select_columns(list(dict.fromkeys((*text_fields, label_field)))).to_dict()  # column -> list
     labels = table[label_field]
     keep = [i for i, v in enumerate(labels) if v is not None and str(v).strip() != ""]
-    if max_examples:
-        keep = keep[:max_examples]
+    keep = sample_rows(keep, max_examples, seed)
     columns = [table[k] for k in text_fields]
     texts = [tuple("" if c[i] is None else str(c[i]).strip() for c in columns) for i in keep]
     raw = [_label_text(labels[i]) for i in keep]
@@ -224,23 +233,24 @@ def to_task(rows, where: str, text_fields: list[str], label_field: str, regressi
 
 def read_task(path: Path, text_fields: list[str], label_field: str, regression: bool,
               label_names: list[str] | None = None, max_examples: int | None = None, *,
-              columns: list[str] | None = None) -> TaskData:
+              columns: list[str] | None = None, seed: int = 0) -> TaskData:
     """Examples from one local task file (see `to_task`)."""
     return to_task(load_files([path], columns), str(path), text_fields, label_field, regression, label_names,
-                   max_examples)
+                   max_examples, seed)
 
 
 def read_task_split(base: Path, name: str, text_fields: list[str], label_field: str, regression: bool, *,
                     dataset: str | None = None, config: str | None = None, columns: list[str] | None = None,
-                    label_names: list[str] | None = None, max_examples: int | None = None) -> TaskData:
+                    label_names: list[str] | None = None, max_examples: int | None = None,
+                    seed: int = 0) -> TaskData:
     """Examples from a file `name` relative to `base` or, with `dataset` (a folder relative to `base`, or a hub
     name), from its split `name`."""
     if dataset is None:
         return read_task(base / name, text_fields, label_field, regression, label_names, max_examples,
-                         columns=columns)
+                         columns=columns, seed=seed)
     rows = load_split(dataset, name, config, base, columns)
     where = f"{dataset}{f' ({config})' if config else ''}, split {name!r}"
-    return to_task(rows, where, text_fields, label_field, regression, label_names, max_examples)
+    return to_task(rows, where, text_fields, label_field, regression, label_names, max_examples, seed)
 
 
 def encode(data: TaskData, tokenizer, seq_len: int) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.qa import best_answers, features, read_squad, squad_metrics
-from ..data.tasks import TaskData, encode, metrics, read_task_split
+from ..data.tasks import TaskData, encode, metrics, read_task_split, sample_rows
 from ..models import SlimBertForMaskedLM, SlimBertForQuestionAnswering, SlimBertForSequenceClassification
 from ..recipe.resolve import Resolved
 from ..transfer import losses as L
@@ -61,11 +61,12 @@ def _from_student(cls, student, dropout: float, **config_changes):
 class ClassificationTask:
     """A GLUE-format task (classification or regression), read and tokenised once."""
 
-    def __init__(self, spec, base: Path, tokenizer):
+    def __init__(self, spec, base: Path, tokenizer, seed: int = 0):
         self.spec = spec
         where = dict(dataset=spec.dataset, config=spec.dataset_config, columns=spec.columns)
         self.train_data: TaskData = read_task_split(base, spec.split("train"), spec.text_fields, spec.label_field,
-                                                    spec.regression, max_examples=spec.max_examples, **where)
+                                                    spec.regression, max_examples=spec.max_examples, seed=seed,
+                                                    **where)
         self.dev_data: TaskData = read_task_split(base, spec.split("dev"), spec.text_fields, spec.label_field,
                                                   spec.regression, label_names=self.train_data.label_names, **where)
         self.num_labels = 1 if spec.regression else len(self.train_data.label_names)
@@ -111,9 +112,9 @@ class QATask:
     num_labels = 2
     label_names = None
 
-    def __init__(self, spec, base: Path, tokenizer):
+    def __init__(self, spec, base: Path, tokenizer, seed: int = 0):
         self.spec = spec
-        self.train_examples = read_squad(base / spec.train, spec.max_examples)
+        self.train_examples = sample_rows(read_squad(base / spec.train), spec.max_examples, seed)
         self.dev_examples = read_squad(base / spec.dev)
         self.train_features = features(self.train_examples, tokenizer, spec.seq_len, spec.doc_stride)
         self.dev_features = features(self.dev_examples, tokenizer, spec.seq_len, spec.doc_stride)
@@ -152,8 +153,9 @@ class QATask:
         return squad_metrics(self.dev_examples, answers)
 
 
-def make_task(spec, base: Path, tokenizer):
-    return (QATask if spec.format == "squad" else ClassificationTask)(spec, base, tokenizer)
+def make_task(spec, base: Path, tokenizer, seed: int = 0):
+    """The task, its training set sampled with `seed` when finetune.max_examples caps it."""
+    return (QATask if spec.format == "squad" else ClassificationTask)(spec, base, tokenizer, seed)
 
 
 class TeacherOutputs:
@@ -250,7 +252,7 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
     if done.is_file():
         return json.loads(done.read_text())  # finished before a resume
     base = r.file.parent
-    task = make_task(spec, base, tokenizer)
+    task = make_task(spec, base, tokenizer, seed)
     started = time.perf_counter()
 
     def bar(name):

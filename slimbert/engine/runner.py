@@ -45,6 +45,7 @@ from .export_step import run_export
 from .finetune import run_finetune
 from .metrics import MetricLogger
 from .rundir import RunDir, discard, preflight, prepare_run_dir, remove_partial_writes
+from .sentence import finish_sentence_student
 from .tracking import Trackers
 
 __all__ = ["Context", "TrainingError", "build_context", "compute", "run", "run_stage"]
@@ -424,6 +425,7 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
         if not world.main:
             return out  # rank 0 saves the student and fine-tunes it
         path = save_student(ctx.student, ctx.tokenizer, out)
+        finish_sentence_student(r, ctx.student, ctx.tokenizer, path, out, lambda m: console.print(m, highlight=False))
         if r.recipe.finetune is not None:
             with Progress(*columns, console=console, transient=False) as progress:
                 run_finetune(r, out, ctx.student, ctx.tokenizer, progress, console, device=where)

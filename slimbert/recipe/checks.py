@@ -126,3 +126,19 @@ CHECKS: list[Callable[[Recipe, Facts], Problems]] = [stages, embedding_copy, stu
 
 def run_checks(recipe: Recipe, f: Facts) -> Problems:
     return [p for check in CHECKS for p in check(recipe, f)]
+
+
+def advice(recipe: Recipe, source_has_mlm_head: bool, source_is_sentence_model: bool) -> Problems:
+    """Not errors but likely mistakes, printed by `validate`: a source without an MLM head (an embedding or
+    reranking model) whose knowledge the recipe never distils beyond its layer features."""
+    out = []
+    kinds = {st.kind for st in recipe.transfer}
+    if source_has_mlm_head or "embedding_distill" in kinds:
+        return out
+    for i, st in enumerate(recipe.transfer):
+        if st.kind == "pretrain_distill" and st.alpha == 1.0:
+            what = "a sentence-transformers model" if source_is_sentence_model else "a model without an MLM head"
+            out.append((f"transfer.{i}.kind", f"the source is {what}: this stage trains on hard MLM labels only "
+                                              "(alpha 1) and teaches nothing of its embedding space; consider "
+                                              "kind: embedding_distill (its pooled sentence embedding)"))
+    return out

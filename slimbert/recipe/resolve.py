@@ -270,6 +270,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
     corpus_files = _corpus_files(recipe, base, out)
     if corpus_files and tokenizer is not None and not any(p.path.startswith("data.") for p in out.problems):
         _check_corpus_tokens(recipe, corpus_files, tokenizer, out)
+    for i, pairs in enumerate(recipe.data.similarity_pairs):
+        p = Path(pairs).expanduser()
+        if not (p if p.is_absolute() else base / p).is_file():
+            out.add(("data", "similarity_pairs", i), f"file not found: {p if p.is_absolute() else base / p}")
+    recipe = _with_source_pooling(recipe, source.pooling)
     if recipe.finetune is not None:
         _check_task(recipe.finetune, base, out)
     for key, message in logging_problems(recipe.logging, base):
@@ -546,6 +551,13 @@ def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]
     if lm == "uniform":  # student layer i <- teacher layer i * Lt / Ls (TF2's transfer_teacher_layers, 1-based)
         return [(i * teacher_layers) // n for i in range(1, n + 1)]
     return [teacher_layers - n + i for i in range(1, n + 1)]  # last: the top teacher layers
+
+
+def _with_source_pooling(recipe: Recipe, pooling: str) -> Recipe:
+    """embedding_distill stages with pooling: auto get the source's own (recipe.resolved.yaml shows which)."""
+    stages = [st.model_copy(update={"pooling": pooling}) if getattr(st, "pooling", None) == "auto" else st
+              for st in recipe.transfer]
+    return recipe.model_copy(update={"transfer": stages})
 
 
 def _check_corpus_tokens(recipe: Recipe, files: list[Path], tokenizer, out: Collector) -> None:

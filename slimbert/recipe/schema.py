@@ -239,6 +239,11 @@ class Data(Section):
     num_proc: Depth | None = Field(None, description="Processes that tokenise the corpus when the cache is "
                                                            "built (default: 1 under 64 MiB of text, else up to 8); "
                                                            "the sequences do not depend on it.")
+    similarity_pairs: list[PathStr] = Field(
+        default_factory=list, description="GLUE-format sentence-pair files (MRPC, RTE... relative to the recipe): "
+                                          "the run reports the Spearman correlation between the source's and the "
+                                          "student's cosine similarities on their pairs, with no fine-tuning.")
+    similarity_max_pairs: Sequences = Field(1000, description="Pairs read from each similarity_pairs file.")
 
 
 # ---- transfer stages --------------------------------------------------------------------------------------------------
@@ -326,7 +331,25 @@ class TeacherAdaptationStage(StageBase):
     mlm: NonNegFloat = Field(1.0, description="MLM KD weight, when the source has an MLM head.")
 
 
-Stage = Annotated[Union[ProgressiveStage, JointStage, AuxiliaryStage, PretrainDistillStage, TeacherAdaptationStage],
+class EmbeddingDistillStage(StageBase):
+    """The source's pooled sentence embedding distilled into the student's (sentence-transformers' distillation)."""
+
+    kind: Literal["embedding_distill"]
+    steps: Steps = Field(..., description="Optimizer steps.")
+    pooling: Literal["auto", "mean", "cls"] = Field(
+        "auto", description="How sentence embeddings are pooled; auto: the source's own (its sentence-transformers "
+                            "Pooling config), else mean.")
+    mse: NonNegFloat = Field(1.0, description="MSE between the source's embedding and the student's (through a "
+                                              "learned projection when the widths differ), as MSELoss distillation.")
+    cosine: NonNegFloat = Field(1.0, description="1 - cosine between the source's embedding and the student's "
+                                                 "(projected likewise).")
+    similarity: NonNegFloat = Field(1.0, description="MSE between the in-batch cosine-similarity matrices of the "
+                                                     "source and the student (width-free: what similarity search "
+                                                     "reads).")
+
+
+Stage = Annotated[Union[ProgressiveStage, JointStage, AuxiliaryStage, PretrainDistillStage, TeacherAdaptationStage,
+                        EmbeddingDistillStage],
                   Field(discriminator="kind")]
 # The kinds, in the union's order, read from each member's `kind` literal.
 STAGE_KINDS: tuple[str, ...] = tuple(get_args(member.model_fields["kind"].annotation)[0]

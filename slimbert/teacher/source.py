@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,8 @@ class SourceInfo:
     layer_norm_eps: float = 1e-12
     position_offset: int = 0  # RoBERTa-style models count positions from padding_idx + 1
     pad_token_id: int | None = None
+    pooling: str = "mean"     # how its sentence embedding is pooled (a sentence-transformers layout says)
+    sentence_transformers: bool = False  # the directory is a sentence-transformers model (modules.json)
 
     def as_config(self) -> SlimBertConfig:
         """The source as a (bottleneck-free) member of the family, for counting."""
@@ -110,11 +113,41 @@ def _read_config(path: Path | str):
         raise SourceError(f"{where} has a wrongly typed field: {reason.split(': ', 1)[-1]}") from None
 
 
+class PoolingError(SourceError):
+    """A sentence-transformers layout whose pooling slimbert cannot reproduce."""
+
+
+def sentence_pooling(path: Path | str) -> str | None:
+    """The pooling of a sentence-transformers model directory ("mean" or "cls", from modules.json and its Pooling
+    module's config.json); None when the directory is not one."""
+    if not isinstance(path, Path) or not (path / "modules.json").is_file():
+        return None
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+        pool = next((m for m in modules if m.get("type", "").endswith(".Pooling")), None)
+        if pool is None:
+            return "mean"  # sentence-transformers' own default when a layout names no pooling
+        config = json.loads((path / pool["path"] / "config.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise PoolingError(f"{path}: unreadable sentence-transformers layout (modules.json, Pooling config): "
+                           f"{e}") from None
+    if config.get("pooling_mode_cls_token"):
+        return "cls"
+    if config.get("pooling_mode_mean_tokens"):
+        return "mean"
+    used = [k for k, v in config.items() if k.startswith("pooling_mode") and v]
+    raise PoolingError(f"{path}: its pooling ({', '.join(used) or 'none'}) is neither mean nor CLS, the two "
+                       "slimbert distils")
+
+
 def describe_source(path: Path | str) -> SourceInfo:
     try:
         info = _describe(path)
     except (TypeError, AttributeError, KeyError) as e:  # a field missing or of an odd type that the config kept
         raise SourceError(f"{path}: its config.json cannot describe an encoder ({type(e).__name__}: {e})") from None
+    pooling = sentence_pooling(path)
+    if pooling is not None:
+        info.pooling, info.sentence_transformers = pooling, True
     sizes = {"hidden size": info.hidden_size, "layers": info.num_layers, "heads": info.num_heads,
              "vocab_size": info.vocab_size, "max positions": info.max_positions,
              "intermediate size": info.intermediate_size, "embedding size": info.embedding_size}

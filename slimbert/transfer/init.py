@@ -56,6 +56,7 @@ from torch import nn
 
 from ..models import SlimBertConfig, SlimBertModel
 from ..models.modeling import NoNorm
+from ..teacher.source import position_offset
 
 # ---- validation ---------------------------------------------------------------------------------------------------
 
@@ -456,15 +457,47 @@ def _notes(teacher: SlimBertConfig, student: SlimBertConfig) -> list[str]:
     return notes
 
 
+class EmbeddingCopyError(ValueError):
+    """student.copy_embeddings asked for tables the teacher does not have in the student's shapes."""
+
+
 def copy_embeddings(teacher, student) -> None:
-    """student.copy_embeddings: the teacher's embedding tables, where a table has the student's shape (a teacher
-    adapter without a slimbert body, e.g. a plugin's, has none to copy)."""
+    """student.copy_embeddings: the teacher's word, position and token-type tables (and its embedding norm when
+    it has the student's shape), all of them or none. A RoBERTa-style teacher counts positions from
+    padding_idx + 1, so its rows are shifted to the student's position 0. A teacher adapter without a body
+    (e.g. a plugin's) has none to copy."""
     src = getattr(teacher, "body", None)
     if src is None:
         return
-    mine = student.slimbert.embeddings.state_dict()
-    theirs = {k.split("embeddings.", 1)[1]: v for k, v in src.state_dict().items() if "embeddings." in k}
+    emb = getattr(src, "embeddings", None)
+    if emb is None:
+        raise EmbeddingCopyError(f"student.copy_embeddings: the teacher ({type(src).__name__}) has no .embeddings "
+                                 "module to copy; set copy_embeddings: false")
+    mine = student.slimbert.embeddings
+    config = getattr(src, "config", None)
+    offset = position_offset(getattr(config, "model_type", ""), getattr(config, "pad_token_id", None))
+    n_pos = mine.position_embeddings.weight.shape[0]
+    tables = {"word_embeddings": emb.word_embeddings.weight,
+              "position_embeddings": emb.position_embeddings.weight[offset:offset + n_pos],
+              "token_type_embeddings": emb.token_type_embeddings.weight}
+    for name, theirs in tables.items():
+        ours = getattr(mine, name).weight
+        if theirs.shape != ours.shape:
+            rows = f" (from row {offset}, its padding offset)" if name == "position_embeddings" and offset else ""
+            raise EmbeddingCopyError(
+                f"student.copy_embeddings: the teacher's {name} table is {tuple(theirs.shape)}{rows}, the "
+                f"student's {tuple(ours.shape)}; copy all tables or none: set copy_embeddings: false or give the "
+                "student the teacher's shapes (embedding_size = inter_size, no trigram_input for a plain BERT)")
     with torch.no_grad():
-        for k, v in theirs.items():
-            if k in mine and mine[k].shape == v.shape:
-                mine[k].copy_(v)
+        for name, theirs in tables.items():
+            getattr(mine, name).weight.copy_(theirs)
+        norm = getattr(emb, "LayerNorm", None)
+        if norm is not None:  # the norm is not a table: copied when its shape fits, as before
+            for k, v in norm.state_dict().items():
+                target = mine.LayerNorm.state_dict().get(k)
+                if target is not None and target.shape == v.shape:
+                    target.copy_(v)
+        if getattr(emb, "embedding_transformation", None) is not None and mine.embedding_transformation is not None:
+            t = emb.embedding_transformation.state_dict()
+            if all(v.shape == t[k].shape for k, v in mine.embedding_transformation.state_dict().items() if k in t):
+                mine.embedding_transformation.load_state_dict(t)

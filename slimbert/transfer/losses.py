@@ -104,3 +104,39 @@ def task_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         return F.mse_loss(student_logits, teacher_logits)
     t = F.softmax(teacher_logits / temperature, dim=-1)
     return -(t * F.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean() * temperature ** 2
+
+
+# ---- sentence embeddings (sentence-transformers' distillation) -----------------------------------------------------
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """B x T x H -> B x H: the mean over real tokens ("mean") or the first token ("cls"), as
+    sentence-transformers' Pooling module."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode != "mean":
+        raise ValueError(f"pooling {mode!r}: expected 'mean' or 'cls'")
+    if mask is None:
+        return hidden.mean(1)
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
+    """B x H -> B x B cosine similarities."""
+    x = F.normalize(x, dim=-1)
+    return x @ x.T
+
+
+def embedding_mse_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """sentence-transformers' MSELoss: mean squared error between embeddings of equal width."""
+    return F.mse_loss(student, teacher)
+
+
+def embedding_cosine_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """1 - cosine between each sentence's embeddings, averaged."""
+    return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+
+
+def similarity_matrix_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """MSE between the in-batch cosine-similarity matrices (any widths): the geometry similarity search reads."""
+    return F.mse_loss(cosine_matrix(student), cosine_matrix(teacher))

@@ -491,10 +491,70 @@ class TeacherAdaptation:
         return out
 
 
-Strategy = Progressive | Joint | Auxiliary | PretrainDistill | TeacherAdaptation
+def embedding_projection(x: TransferInputs, width: int, target: int) -> nn.Module:
+    """Student embedding (width) -> the reference's (target): none when equal; else the TinyBERT-style learned
+    projection of the student's last layer (teacher.type: source, or a teacher passed in), or the IB teacher's
+    readout of its last layer into the source's width (the student's features imitate the IB teacher's)."""
+    if width == target:
+        return nn.Identity()
+    if x.projections is not None and x.projections[-1].out_features == target:
+        return x.projections[-1]
+    if x.ib is not None and x.ib.readout[-1].in_features == width and x.ib.readout[-1].out_features == target:
+        return x.ib.readout[-1]
+    raise ValueError(f"embedding_distill: no projection from the student's width {width} to the source's {target}")
+
+
+class EmbeddingDistill:
+    """The source's pooled sentence embedding (its own pooling) distilled into the student's: MSE and cosine
+    through a projection when the widths differ (sentence-transformers' MSELoss distillation), and the in-batch
+    cosine-similarity matrix. The reference is the source (through the IB teacher's run: its source), the model
+    whose embeddings users search with."""
+
+    kind, trains = "embedding_distill", "student"
+    total_steps, period = staticmethod(_fixed_total), staticmethod(_fixed_period)
+    lr_factor = staticmethod(_fixed_lr_factor)
+    log_fields, typical_step = staticmethod(_no_log_fields), staticmethod(_first_step)
+
+    def multiplier(self, st: StageConfig, name: str, step: int) -> float:
+        return 0.0 if _is_mlm_head(name) else prefix_multiplier(st, name)
+
+    def terms(self, st: StageConfig, x: TransferInputs, step: int, batches: Batches, micro: int = 0,
+              n_micro: int = 1) -> Terms:
+        batch = x.shard.part(batches.batch(step), micro, n_micro)
+        mode = "mean" if st.pooling == "auto" else st.pooling  # resolve.py fills in the source's; mean otherwise
+        reference = x.source if x.source is not None else x.teacher
+        with torch.no_grad():
+            target = L.pool(reference(batch).hidden_states[-1].float(), None, mode)
+        mine = L.pool(x.student.slimbert(batch).last_hidden_state, None, mode)
+        terms = {}
+        if st.mse or st.cosine:
+            projected = embedding_projection(x, mine.shape[-1], target.shape[-1])(mine).float()
+            if st.mse:
+                terms["mse"] = st.mse * L.embedding_mse_loss(target, projected)
+            if st.cosine:
+                terms["cosine"] = st.cosine * L.embedding_cosine_loss(target, projected)
+        if st.similarity:
+            terms["similarity"] = st.similarity * L.similarity_matrix_loss(target, mine.float())
+        return terms
+
+    def plan_row(self, st: StageConfig, num_layers: int) -> dict:
+        return {"steps": st.steps, "trainable": "student: all but the MLM head",
+                "losses": {k: getattr(st, k) for k in ("mse", "cosine", "similarity")}, "pooling": st.pooling}
+
+    def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
+        if not (st.mse or st.cosine or st.similarity):
+            return [(f"transfer.{i}.mse", "every embedding term is 0 (mse, cosine, similarity): the stage would "
+                                          "train nothing; give one a weight")]
+        if st.similarity and st.batch_size < 2:
+            return [(f"transfer.{i}.batch_size", "the similarity term compares sentences within a batch: use "
+                                                 "batch_size >= 2 or similarity: 0")]
+        return []
+
+
+Strategy = Progressive | Joint | Auxiliary | PretrainDistill | TeacherAdaptation | EmbeddingDistill
 
 STRATEGIES: dict[str, Strategy] = {s.kind: s for s in (Progressive(), Joint(), Auxiliary(), PretrainDistill(),
-                                                        TeacherAdaptation())}
+                                                        TeacherAdaptation(), EmbeddingDistill())}
 
 
 def strategy(st: StageConfig) -> Strategy:

@@ -1,0 +1,67 @@
+"""benchmarks/quality/run.py: every arm's derived recipe validates, at every scale, and equal compute holds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "quality"))
+import run as Q  # noqa: E402
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu", "smoke"])
+def test_every_transfer_arm_validates_at_equal_student_tokens(scale, tmp_path, shared_data):
+    import yaml
+
+    from slimbert.recipe import load_recipe
+
+    Q.configure(scale, str(tmp_path))
+    Q.corpus_file().parent.mkdir(parents=True)
+    Q.corpus_file().write_text((shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text())
+    tokens = {}
+    for arm in Q.TRANSFER_ARMS:
+        r = load_recipe(Q.transfer_recipe(arm))
+        student = [st for st in r.recipe.transfer if st.kind != "teacher_adaptation"]
+        per_layer = {"progressive": r.student_config.num_hidden_layers}
+        tokens[arm] = sum(getattr(st, "steps", None) or st.steps_per_layer * per_layer[st.kind]
+                          for st in student) * student[0].batch_size
+        assert r.recipe.data.similarity_pairs and yaml.safe_load(Q.transfer_recipe(arm).read_text())
+    # equal compute: every arm's student stages see the slimbert arm's sequences (rounding aside; the smoke
+    # scale's 2-step floor breaks it, and its numbers mean nothing)
+    for arm, n in tokens.items() if scale != "smoke" else ():
+        assert abs(n - tokens["slimbert"]) <= 0.05 * tokens["slimbert"], (arm, n, tokens["slimbert"])
+    Q.configure("cpu")
+
+
+def test_task_spec_keeps_regression_and_the_student_budget():
+    Q.configure("cpu")
+    Q.TASKS["stsb"] = dict(train="STS-B/train.tsv", dev="STS-B/dev.tsv", text_fields=["sentence1", "sentence2"],
+                           label_field="score", seq_len=128, regression=True, max_examples=None,
+                           student_max_examples=500)
+    Q.S["source"]["max_epochs"]["stsb"] = 3
+    Q.S["student_epochs"]["stsb"] = 2
+    try:
+        assert Q.task_spec("stsb", "slimbert", True).regression
+        assert Q.task_spec("stsb", "slimbert", True).max_examples == 500
+        assert Q.task_spec("stsb", "source", False).epochs == 3
+    finally:
+        Q.configure("cpu")
+
+
+def test_paths_outside_the_repo_are_recorded_whole(tmp_path):
+    assert Q._shown(tmp_path / "x") == str(tmp_path / "x")
+    assert Q._shown(Q.ROOT / "runs" / "x") == "runs/x"
+
+
+def test_a_busy_machine_is_refused_unless_forced(monkeypatch, capsys):
+    monkeypatch.setattr(Q.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(Q.os, "cpu_count", lambda: 2)
+    with pytest.raises(SystemExit) as e:
+        Q.refuse_if_busy(False)
+    assert e.value.code == 2
+    assert "the machine is busy: 1-min load average 9.00 on 2 cores (4.50 per core > 0.5)" in capsys.readouterr().err
+    Q.refuse_if_busy(True)
+    monkeypatch.setattr(Q.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
+    Q.refuse_if_busy(False)
