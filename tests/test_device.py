@@ -120,6 +120,17 @@ def test_step_flops_count_student_three_times_and_teacher_once():
                                                                        + forward_flops(src, 128))
 
 
+def test_every_stage_kind_has_a_step_shape():
+    # MFU is logged for every stage: a new kind in the schema's union needs its shape here too
+    from slimbert.recipe.schema import STAGE_KINDS
+
+    for kind in STAGE_KINDS:
+        assert isinstance(stage_shape(kind, [1, 2], 0.15, 128, layer=1), StepShape), kind
+    s, t = preset("mobilebert", num_hidden_layers=2), preset("ib_bert_large", num_hidden_layers=2)
+    embed = stage_shape("embedding_distill", [1, 2], 0.15, 128)
+    assert step_flops(embed, s, t, 128, 1) == pytest.approx(3 * forward_flops(s, 128) + forward_flops(t, 128))
+
+
 def test_peaks_and_mfu():
     assert peak_for("NVIDIA H200", "bf16") == 989e12
     assert peak_for("NVIDIA H100 PCIe", "bf16") == 756e12

@@ -152,6 +152,8 @@ def stage_shape(kind: str, layer_map: list[int], mlm_probability: float, seq_len
         return StepShape(None, None if soft else 0, masked, masked if soft else 0.0)
     if kind == "teacher_adaptation":
         return StepShape(None, None, 0.0, masked if adapt_mlm else 0.0, teacher_trains=True)
+    if kind == "embedding_distill":  # both whole encoders (the pooled embedding reads the last layer), no MLM head
+        return StepShape(None, None)
     raise ValueError(f"unknown stage kind {kind!r}")
 
 
