@@ -260,7 +260,11 @@ def recipes_show(name: str) -> None:
     from .recipe import recipe_path
 
     path = recipe_errors(lambda: recipe_path(name))
-    print(path.read_text(), end="")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:  # a binary file, a folder named *.yaml: bad input, named
+        fail(f"{path}: not a readable YAML recipe ({e.__class__.__name__}: {getattr(e, 'strerror', None) or e})")
+    print(text, end="")
 
 
 @recipes_app.command("new")

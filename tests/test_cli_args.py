@@ -126,6 +126,7 @@ CASES = {
     ],
     "recipes": [
         (["recipes", "show", "nonsense"], "neither a recipe file nor a preset"),
+        (["recipes", "show", "@GOOD@"], "not a readable YAML recipe"),    # a binary file (found by the fuzz test)
         (["recipes", "new", "x", "--from", "nonsense"], "neither a recipe file nor a preset"),
         (["recipes", "new", "@RECIPE@", "--from", "quickstart"], "exists"),
         (["recipes", "new", "@DIR_YAML@", "--from", "quickstart"], "is a folder"),
