@@ -80,6 +80,13 @@ def test_export_writes_irs_checked_against_pytorch(ov_export, model_dir, tokeniz
         ref = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
     got = ovx.OvRunner(out / ovx.IR, "fp32", threads=1).run(feed)[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    # compiled per static shape (latency measurement): the same logits, one compiled model per shape seen
+    static = ovx.OvRunner(out / ovx.IR, "fp32", threads=1, static_shapes=True)
+    np.testing.assert_allclose(static.run(feed)[0], ref, rtol=1e-4, atol=1e-5)
+    one = {k: v[:1] for k, v in feed.items()}
+    np.testing.assert_allclose(static.run(one)[0], ref[:1], rtol=1e-4, atol=1e-5)
+    static.run(feed)
+    assert len(static._by_shape) == 2
 
 
 def test_an_ir_that_does_not_match_fails_the_export_and_leaves_nothing(model_dir, tmp_path, monkeypatch):  # noqa: F811

@@ -43,7 +43,7 @@ class Entry:
 
 def _session(e: Entry, threads: int):
     try:
-        return runtime.get(e.runtime).load(e.path, e.precision, threads)
+        return runtime.load_for_timing(e.runtime, e.path, e.precision, threads)
     except Exception as err:  # noqa: BLE001 - each runtime raises its own types for a file it cannot run
         raise ExportError(f"{e.path}: {e.runtime} cannot load it: {_first_line(err)}") from None
 
@@ -282,7 +282,9 @@ def markdown(report: dict) -> str:
                      for r in runtimes_used)
     lines = [f"Latency, {c['threads']} threads, {c['runs']} runs per model, alternating between models in blocks "
              f"of {c['alternating_blocks']} (each block after one untimed run), after {c['warmup']} warm-up runs "
-             f"({used}, {v['machine']})."]
+             f"({used}, {v['machine']})."
+             + (" OpenVINO runs a model compiled for each timed shape (static batch x seq, as a deployment that "
+                "pads to a fixed length runs it)." if "openvino" in runtimes_used else "")]
     if report.get("cpu"):
         lines += ["", cpu_line(report["cpu"])]
     for best in report.get("best", []):

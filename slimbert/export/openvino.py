@@ -43,9 +43,15 @@ CALIBRATION_TEXTS = [
 
 
 class OvRunner:
-    """A compiled OpenVINO model, called like an ONNX Runtime session: run(feed) -> outputs in order."""
+    """A compiled OpenVINO model, called like an ONNX Runtime session: run(feed) -> outputs in order.
 
-    def __init__(self, xml: Path, precision: str = "fp32", threads: int | None = None):
+    `static_shapes`: compile one model per input shape (reshaped to that static batch x seq), as a deployment that
+    pads to a fixed length runs it. OpenVINO's CPU plugin then skips shape inference and picks kernels for the
+    shape: measured 1.29x faster for the MobileBERT preset in int8 (16.4 -> 12.7 ms) and 1.04x for BERT_BASE
+    (34.5 -> 33.1 ms), batch 1 x seq 128, 2 threads, AMD EPYC. Latency measurements use it; parity checks and
+    task evaluation (many lengths) keep the one dynamic model."""
+
+    def __init__(self, xml: Path, precision: str = "fp32", threads: int | None = None, static_shapes: bool = False):
         import openvino as ov
 
         if precision not in PRECISIONS:
@@ -53,14 +59,35 @@ class OvRunner:
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision][1], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(str(xml), "CPU", config)
+        self.xml, self.config, self.static_shapes = Path(xml), config, static_shapes
+        self.core = ov.Core()
+        self._by_shape: dict[tuple, tuple] = {}
+        if static_shapes:  # nothing compiled until a shape is seen: one executor per timed shape, no idle extra
+            model = self.core.read_model(str(xml))
+            self.compiled = self.request = None
+            self.input_names = {i.get_any_name() for i in model.inputs}
+            self.output_names = [o.get_any_name() for o in model.outputs]
+            return
+        self.compiled = self.core.compile_model(str(xml), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.input_names = {i.get_any_name() for i in self.compiled.inputs}
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]
 
+    def _for_shape(self, feed: dict[str, np.ndarray]):
+        """The (compiled model, request) specialised to this feed's static shapes, compiled on first use."""
+        key = tuple(sorted((k, v.shape) for k, v in feed.items()))
+        if key not in self._by_shape:
+            model = self.core.read_model(str(self.xml))
+            model.reshape({i.get_any_name(): list(feed[i.get_any_name()].shape) for i in model.inputs})
+            compiled = self.core.compile_model(model, "CPU", self.config)
+            self._by_shape[key] = (compiled, compiled.create_infer_request())
+        return self._by_shape[key]
+
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        out = self.request.infer({k: v for k, v in feed.items() if k in self.input_names})
-        return [np.asarray(out[o]) for o in self.compiled.outputs]
+        feed = {k: v for k, v in feed.items() if k in self.input_names}
+        compiled, request = self._for_shape(feed) if self.static_shapes else (self.compiled, self.request)
+        out = request.infer(feed)
+        return [np.asarray(out[o]) for o in compiled.outputs]
 
 
 def to_ir(onnx_path: Path, xml: Path) -> None:

@@ -97,6 +97,14 @@ OPENVINO = Runtime("openvino", {p: f for p, (f, _) in ovx.PRECISIONS.items()}, o
 RUNTIMES = {"ort": ORT, "openvino": OPENVINO}
 
 
+def load_for_timing(runtime_name: str, path: Path, precision: str, threads: int | None = None) -> Runner:
+    """A runner for latency measurement at fixed shapes: each runtime at its best for a fixed batch x seq. OpenVINO
+    compiles one model per timed shape (OvRunner's static_shapes); ONNX Runtime runs the file as it is."""
+    if runtime_name == "openvino":
+        return ovx.OvRunner(path, precision, threads, static_shapes=True)
+    return get(runtime_name).load(path, precision, threads)
+
+
 def get(name: str) -> Runtime:
     if name not in RUNTIMES:
         raise ValueError(f"unknown runtime {name!r}; expected one of {', '.join(RUNTIMES)}")
