@@ -10,13 +10,14 @@ depend on the values; every export still passes slimbert's parity checks. Steps:
      checkpoint's shape both through slimbert's passes and through a plain torch.onnx export;
   2. run 1, alternating: all of them -> goals (a), same-runtime ratios, export vs plain, best vs best;
   3. the latency-aware shape search (slimbert.recipe.shape_search with the export-backed timer, a fresh cache):
-     budget = BERT_BASE's fastest p50 / 3.5 on the MobileBERT student's fastest runtime and precision;
+     budget = BERT_BASE's fastest p50 / 3.5 on the MobileBERT student's fastest runtime and precision, only
+     shapes with at least the preset's parameters (goal b), 3 to 24 layers, inter width 512 or 768;
   4. the chosen shape exported the same way, and run 2, alternating: it, the MobileBERT student's fastest
      variant and BERT_BASE's variants -> goal (b); the frontier plot.
 
 Writes benchmarks/results/latency.md, latency.json and latency_frontier.png. Run it alone on the machine.
 
-    python benchmarks/runtimes_latency.py [--runs 30] [--max-timed 5]
+    python benchmarks/runtimes_latency.py [--runs 30] [--max-timed 12]
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-timed", type=int, default=5, help="shapes the latency search may time (each ~20-40 s)")
+    ap.add_argument("--max-timed", type=int, default=12, help="shapes the latency search may time (each ~20-40 s)")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results"))
     ap.add_argument("--smoke", action="store_true", help="2-layer models, to check the script, not to measure")
     args = ap.parse_args()
@@ -155,15 +156,17 @@ def main() -> None:
         # 3. the latency search -----------------------------------------------------------------------------------
         budget = bb_best["p50"] * 1e3 / GOAL_BEST
         spec = LatencySpec(mb_best["runtime"], mb_best["precision"], 1, args.seq, args.threads)
-        axes = Axes(layers=(1, 2) if args.smoke else (12, 24), inter_sizes=(512,), heads=(4,),
-                    qkv_from=("inter", "bottleneck"), stacked=(2, 4))
+        # Goal (b) asks for a student at least as big as the preset: the floor is its parameter count, and the
+        # axes reach shallow, wide shapes too (on a CPU, per-op overhead makes 24 thin layers slow).
+        axes = Axes(layers=(1, 2) if args.smoke else (3, 4, 6, 12, 24), inter_sizes=(512, 768), heads=(4, 12),
+                    qkv_from=("inter", "bottleneck"), stacked=(1, 2, 4))
         say(f"latency search: budget {budget:.2f} ms on {spec.runtime} {spec.precision}")
         timer = ExportTimer(cache_dir=tmp / "timings", runs=20, log=say, cpu=cpu)
         base = preset("mobilebert", num_labels=2, **SMOKE)
         try:
             found = solve_latency(base, axes, spec, timer, budget_ms=budget, ratio=None, tolerance=0.1,
-                                  max_params=None, max_flops=None, seq_len=args.seq, sample=3,
-                                  max_timed=args.max_timed)
+                                  max_params=None, max_flops=None, seq_len=args.seq, sample=4,
+                                  max_timed=args.max_timed, min_params=count(base).total_params)
         except ValueError as e:
             found, search_error = None, str(e)
         else:

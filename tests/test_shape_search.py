@@ -146,3 +146,54 @@ def test_plan_shows_the_frontier_table_and_png(tmp_path, tiny_source, shared_dat
     from pathlib import Path
 
     assert Path(b["frontier_png"]).is_file() and Path(b["frontier_png"]).parent == tmp_path / "cache"
+
+
+def test_latency_model_recovers_overhead_and_flop_terms():
+    from slimbert.recipe.shape_search import fit_latency_model, op_layers
+
+    rows = [{"layers": l, "stacked": n, "flops": g * 1e9} for l, n, g in ((24, 4, 5.6), (12, 1, 22.4), (3, 1, 5.5))]
+    truth = [0.05 * op_layers(r) + 1.5 * r["flops"] / 1e9 for r in rows]
+    predict = fit_latency_model(list(zip(rows, truth)))
+    probe = {"layers": 6, "stacked": 2, "flops": 3e9}
+    assert predict(probe) == pytest.approx(0.05 * 30 + 4.5)
+    assert fit_latency_model(list(zip(rows, truth))[:1]) is None
+    # a fit that wants a negative term falls back to the better single non-negative term
+    flat = fit_latency_model([({"layers": 1, "stacked": 1, "flops": 1e9}, 5.0),
+                              ({"layers": 10, "stacked": 1, "flops": 1e9}, 1.0)])
+    assert all(flat(r) >= 0 for r in rows)
+
+
+def test_min_params_floor_and_a_capped_search_spends_its_timings_where_the_fit_is():
+    base = preset("mobilebert")
+    floor = count(base).total_params
+    axes = Axes(layers=(3, 4, 12, 24), inter_sizes=(512, 768), heads=(12,), qkv_from=("inter",), stacked=(1, 4))
+    rows, _ = candidates(base, axes, ratio=0.5, tolerance=0.1, max_params=None, max_flops=None, seq_len=128,
+                         min_params=floor)
+    assert rows and min(r["params"] for _, r in rows) >= floor
+
+    def cpu_like(config, spec):  # per-op overhead per layer plus a cost per FLOP: thin and deep is slow
+        from slimbert.models.counting import count_config
+
+        return (0.05 * config.num_hidden_layers * (config.num_feedforward_networks + 3)
+                + 1.5 * count_config(config, seq_len=128).total_flops / 1e9)
+
+    fitting = [r for cfg, r in rows if cpu_like(cfg, SPEC) <= 10.0]
+    assert fitting, "the fixture should have an answer"
+    best = solve_latency(base, axes, SPEC, cpu_like, budget_ms=10.0, ratio=None, tolerance=0.1, max_params=None,
+                         max_flops=None, seq_len=128, sample=4, max_timed=12, min_params=floor)
+    assert best.params == max(r["params"] for r in fitting)  # found exactly within 12 timings of many shapes
+    assert len(best.frontier) <= 12 < len(rows) and "at least 25.36M params" in best.reason
+    with pytest.raises(ValueError, match="at least 300.00M params"):
+        solve_latency(base, axes, SPEC, cpu_like, budget_ms=10.0, ratio=None, tolerance=0.1, max_params=None,
+                      max_flops=None, seq_len=128, min_params=3e8)
+
+
+def test_min_params_is_a_latency_key_and_cannot_exceed_max_params(tmp_path, tiny_source, shared_data):
+    path = write_recipe(tmp_path, tiny_source, shared_data,
+                        student={"num_layers": 2, "inter_size": 64, "intra_size": None, "ffn": None, "num_heads": 4,
+                                 "embedding": {"size": 32}, "copy_embeddings": False},
+                        balance={"max_params": 2.2e6, "min_params": 3e6})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    messages = " ".join(p.message for p in e.value.problems)
+    assert "min_params (3e+06) exceeds max_params (2.2e+06)" in messages

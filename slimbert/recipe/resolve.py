@@ -446,7 +446,8 @@ def _latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo, t
     spec = shape_search.LatencySpec(b.runtime, b.precision, b.batch, b.seq, b.threads)
     return shape_search.solve_latency(base, axes, spec, timer, budget_ms=b.latency_ms, ratio=b.mha_ffn_ratio,
                                       tolerance=b.tolerance, max_params=b.max_params, max_flops=b.max_flops,
-                                      seq_len=recipe.data.seq_len, sample=b.sample, max_timed=b.max_timed)
+                                      seq_len=recipe.data.seq_len, sample=b.sample, max_timed=b.max_timed,
+                                      min_params=b.min_params)
 
 
 def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Collector) -> SlimBertConfig | None:

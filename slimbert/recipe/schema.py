@@ -190,12 +190,18 @@ class Balance(Section):
     sample: Depth = Field(12, description="latency_ms: shapes timed first, spread over the parameter range "
                                                 "(they draw the frontier).")
     max_timed: Depth = Field(40, description="latency_ms: at most this many shapes timed in all.")
+    min_params: PosFloat | None = Field(
+        None, description="latency_ms: only shapes with at least this many parameters (e.g. a preset's count: "
+                          "\"as big as MobileBERT, but fast on this machine\").")
 
     @model_validator(mode="after")
     def _something_to_solve(self):
         if self.max_params is None and self.max_flops is None and self.latency_ms is None:
             raise ValueError("give max_params, max_flops or latency_ms: a ratio alone does not fix the student's "
                              "size")
+        if None not in (self.min_params, self.max_params) and self.min_params > self.max_params:
+            raise ValueError(f"min_params ({self.min_params:g}) exceeds max_params ({self.max_params:g}): no "
+                             "shape can satisfy both")
         if self.latency_ms is None:
             unread = sorted(LATENCY_KEYS & self.model_fields_set)
             if unread:
@@ -205,7 +211,7 @@ class Balance(Section):
 
 
 LATENCY_KEYS = {"runtime", "precision", "batch", "seq", "threads", "layers", "inter_sizes", "heads", "qkv_from",
-                "sample", "max_timed"}
+                "sample", "max_timed", "min_params"}
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------

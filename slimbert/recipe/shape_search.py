@@ -9,19 +9,25 @@ not know how to export; the CLI passes an export-backed, per-machine cached one)
 (shape -> params, ms).
 
 Search: a spread sample of the candidates (at most `sample`, across the parameter range) is timed first: it
-draws the frontier and gives anchors. Then family by family (layers, inter width, heads, Q/K/V source, FFN count
-and F/I fixed; only the intra width I varies), largest families first, a binary search over I finds the family's
-largest shape that fits; families that cannot beat the best so far are skipped, and so is any shape at least as
-big in every dimension as one already timed too slow. Exact when latency grows with each dimension on its own
-(it need not grow with the parameter count: 24 thin layers can be slower than 12 wide ones). At most
-`max_timed` shapes are timed; the answer says when that cap stopped the search.
+draws the frontier and gives anchors. From those timings a two-term latency model is fitted (ms per op-layer,
+the per-op overhead, plus ms per GFLOP) and used only to ORDER the rest: families (layers, inter width, heads,
+Q/K/V source, FFN count and F/I fixed; only the intra width I varies) whose largest predicted fit is biggest come
+first, families predicted not to fit at all last. In each, a binary search over I finds the family's largest shape
+that fits; families that cannot beat the best so far are skipped, and so is any shape at least as big in every
+dimension as one already timed too slow. Every answer is a measured timing, never a prediction; the search is exact
+when latency grows with each dimension on its own (it need not grow with the parameter count: 24 thin layers can
+be slower than 12 wide ones), and the model only decides what a capped search (`max_timed`) times first. The
+answer says when that cap stopped it. `min_params` keeps only shapes at least that large (e.g. "as big as the
+MobileBERT preset, but fast here").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from math import lcm
-from typing import Protocol
+from typing import Callable, Protocol
+
+import numpy as np
 
 from ..models import SlimBertConfig
 from ..models.counting import count_config
@@ -59,9 +65,10 @@ def shape_of(config: SlimBertConfig) -> dict:
 
 
 def candidates(base: SlimBertConfig, axes: Axes, *, ratio: float, tolerance: float, max_params: float | None,
-               max_flops: float | None, seq_len: int) -> tuple[list[tuple[SlimBertConfig, dict]], int]:
-    """(config, row) for every grid shape inside the ratio band and budgets, sorted by parameters (descending);
-    and how many shapes the grid had."""
+               max_flops: float | None, seq_len: int, min_params: float | None = None
+               ) -> tuple[list[tuple[SlimBertConfig, dict]], int]:
+    """(config, row) for every grid shape inside the ratio band and budgets (and at least min_params), sorted by
+    parameters (descending); and how many shapes the grid had."""
     rows, n = [], 0
     for layers in sorted(set(axes.layers)):
         for inter in sorted(set(axes.inter_sizes)):
@@ -81,7 +88,8 @@ def candidates(base: SlimBertConfig, axes: Axes, *, ratio: float, tolerance: flo
                                 if abs(c.attention_ffn_ratio - ratio) > tolerance:
                                     continue
                                 if (max_params is not None and c.total_params > max_params) or \
-                                        (max_flops is not None and c.total_flops > max_flops):
+                                        (max_flops is not None and c.total_flops > max_flops) or \
+                                        (min_params is not None and c.total_params < min_params):
                                     continue
                                 rows.append((cfg, {**shape_of(cfg), "ratio": c.attention_ffn_ratio,
                                                    "params": c.total_params, "flops": c.total_flops}))
@@ -96,16 +104,44 @@ def spread(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
 
 
+def op_layers(row: dict) -> int:
+    """A shape's count of per-op-overhead units: each layer runs its attention block (about 3 units of small
+    ops: projections, softmax, bottlenecks) and each stacked FFN."""
+    return row["layers"] * (row["stacked"] + 3)
+
+
+def fit_latency_model(points: list[tuple[dict, float]]) -> Callable[[dict], float] | None:
+    """ms ~ a * op_layers + b * GFLOPs, fitted by least squares with a, b >= 0 on (row, measured ms) points;
+    None with fewer than two points. Only orders the search: every answer is still a measured timing."""
+    if len(points) < 2:
+        return None
+    x = np.array([[op_layers(r), r["flops"] / 1e9] for r, _ in points], dtype=float)
+    y = np.array([t for _, t in points], dtype=float)
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    if (coef < 0).any():  # non-negative least squares over two terms: the better single-term fit
+        fits = []
+        for j in (0, 1):
+            c = float(x[:, j] @ y / max(float(x[:, j] @ x[:, j]), 1e-12))
+            fits.append((float(((x[:, j] * c - y) ** 2).sum()), j, c))
+        _, j, c = min(fits)
+        coef = np.zeros(2)
+        coef[j] = max(c, 0.0)
+    a, b = float(coef[0]), float(coef[1])
+    return lambda row: a * op_layers(row) + b * row["flops"] / 1e9
+
+
 def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Timer, *, budget_ms: float,
                   ratio: float | None, tolerance: float, max_params: float | None, max_flops: float | None,
-                  seq_len: int, sample: int = 12, max_timed: int = 40) -> BalanceResult:
+                  seq_len: int, sample: int = 12, max_timed: int = 40,
+                  min_params: float | None = None) -> BalanceResult:
     """The largest candidate (by parameters) whose timed latency is within `budget_ms`; ValueError when none is."""
     target = ratio if ratio is not None else 0.5   # the paper's band: 0.4-0.6 with the default tolerance
     rows, considered = candidates(base, axes, ratio=target, tolerance=tolerance, max_params=max_params,
-                                  max_flops=max_flops, seq_len=seq_len)
+                                  max_flops=max_flops, seq_len=seq_len, min_params=min_params)
     if not rows:
+        floor = f", at least {min_params / 1e6:.2f}M params" if min_params is not None else ""
         raise ValueError(f"no shape on the grid ({considered} searched) has an attention/FFN ratio within "
-                         f"{target} +- {tolerance} and fits the budgets; widen the axes or the tolerance")
+                         f"{target} +- {tolerance} and fits the budgets{floor}; widen the axes or the tolerance")
     timed: dict[int, float] = {}
 
     def ms(i: int) -> float:
@@ -113,7 +149,7 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
             timed[i] = float(timer(rows[i][0], spec))
         return timed[i]
 
-    for i in spread(len(rows), sample):
+    for i in spread(len(rows), min(sample, max_timed)):
         ms(i)
     slow = [i for i in timed if timed[i] > budget_ms]
     fits = [i for i in timed if timed[i] <= budget_ms]
@@ -122,24 +158,44 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
     families: dict[tuple, list[int]] = {}
     for i, (_, r) in enumerate(rows):
         families.setdefault(tuple(r[k] for k in FAMILY) + (r["ffn_size"] // r["intra_size"],), []).append(i)
-    # Families with the largest possible student first; within one, latency grows with the intra width, so a
-    # binary search finds its largest shape that fits. A family that cannot beat the best so far is skipped.
-    for members in sorted(families.values(), key=min):
+    # Order the families by where the model predicts their largest fit (the biggest first); families predicted
+    # not to fit at all come last, largest first. Within one, latency grows with the intra width, so a binary
+    # search finds its largest shape that fits. A family that cannot beat the best so far is skipped.
+    predict = fit_latency_model([(rows[i][1], t) for i, t in timed.items()])
+
+    def order(members: list[int]) -> tuple:
+        if predict is None:
+            return (0, min(members))
+        fit = [i for i in members if predict(rows[i][1]) <= budget_ms]
+        return (0, min(fit)) if fit else (1, min(members))
+
+    for members in sorted(families.values(), key=order):
         if best is not None and min(members) >= best:
-            break
+            continue
         todo = [i for i in sorted(members, reverse=True)  # smallest first, only shapes larger than the best
                 if (best is None or i < best) and not any(_dominates(rows[i][1], rows[j][1]) for j in slow)]
         lo, hi = -1, len(todo)  # todo[:lo + 1] fit, todo[hi:] do not
+        # First the predicted boundary and its neighbour (two timings when the model is right); without a
+        # prediction the smallest shape, which often rules the whole family out. Then bisection.
+        guess = max((k for k, i in enumerate(todo) if predict is not None and predict(rows[i][1]) <= budget_ms),
+                    default=0)
+        probes = [guess]
         while hi - lo > 1:
-            mid = 0 if lo < 0 and hi == len(todo) else (lo + hi) // 2  # the smallest first: often rules it all out
+            mid = probes.pop(0) if probes else (lo + hi) // 2
+            if not lo < mid < hi:
+                continue
             if todo[mid] not in timed and len(timed) >= max_timed:
                 truncated = True
                 break
             if ms(todo[mid]) <= budget_ms:
                 lo = mid
+                if mid == guess:
+                    probes.append(mid + 1)
             else:
                 hi = mid
                 slow.append(todo[mid])
+                if mid == guess:
+                    probes.append(mid - 1)
         if lo >= 0 and (best is None or todo[lo] < best):
             best = todo[lo]
         if truncated:
@@ -155,8 +211,9 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
     frontier = [{**rows[i][1], "ms": round(timed[i], 3), "fits": timed[i] <= budget_ms, "chosen": i == best}
                 for i in sorted(timed)]
     cap = f"; the scan stopped at max_timed={max_timed}, so a larger shape may fit" if truncated else ""
-    reason = (f"largest of {len(rows)} shapes in the attention/FFN band {target} +- {tolerance} (of {considered} "
-              f"searched; {len(timed)} timed{cap}) within {budget_ms:.4g} ms on {spec.runtime} {spec.precision}, batch "
+    floor = f", at least {min_params / 1e6:.2f}M params" if min_params is not None else ""
+    reason = (f"largest of {len(rows)} shapes in the attention/FFN band {target} +- {tolerance}{floor} (of "
+              f"{considered} searched; {len(timed)} timed{cap}) within {budget_ms:.4g} ms on {spec.runtime} {spec.precision}, batch "
               f"{spec.batch} x seq {spec.seq}, {spec.threads} threads: {_describe(row, timed[best])}")
     return BalanceResult(intra_size=row["intra_size"], stacked=row["stacked"], ffn_size=row["ffn_size"],
                          ratio=row["ratio"], params=row["params"], flops=row["flops"], considered=considered,
