@@ -61,7 +61,7 @@ def peak_for(name: str, precision: str) -> float | None:
 
 
 @lru_cache(maxsize=None)
-def measured_cpu_peak(size: int = 1024, repeats: int = 5) -> float:
+def measured_cpu_peak(size: int = 2048, repeats: int = 5) -> float:
     """The fastest fp32 matmul rate this CPU reaches with torch's threads (the CPU's practical peak)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
