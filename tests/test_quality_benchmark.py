@@ -65,3 +65,30 @@ def test_a_busy_machine_is_refused_unless_forced(monkeypatch, capsys):
     Q.refuse_if_busy(True)
     monkeypatch.setattr(Q.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
     Q.refuse_if_busy(False)
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_jobs_put_whole_rows_first_and_every_teacher_before_its_students(scale):
+    Q.configure(scale)
+    try:
+        jobs = Q.jobs()
+        assert jobs[0] == ("corpus",) and len(set(jobs)) == len(jobs) - 1  # latency runs twice, nothing else
+        where = {j: i for i, j in reversed(list(enumerate(jobs)))}
+        first_latency = where[("latency",)]
+        for task in Q.TASKS:
+            for seed in Q.TASKS[task]["seeds"]:
+                teacher = ("finetune", task, "source", Q.teacher_seed(task, seed))
+                assert teacher in where and where[teacher] < where[("finetune", task, "slimbert", seed)]
+            # seed 0 of every main arm, on every task, comes before latency and before any other seed
+            for arm in ("slimbert", "embed", "random_init"):
+                first = ("finetune", task, arm, Q.seeds_for(task, arm)[0])
+                assert where[first] < first_latency
+                assert all(where[("finetune", task, arm, s)] > first_latency for s in Q.seeds_for(task, arm)[1:])
+        for arm in Q.TRANSFER_ARMS:
+            assert where[("transfer", arm)] < where[("similarity", arm)]
+        # a source that ran with this seed teaches it; otherwise the first source run does
+        sources = Q.seeds_for("mrpc", "source")
+        assert Q.teacher_seed("mrpc", sources[0]) == sources[0]
+        assert Q.teacher_seed("mrpc", 99) == sources[0]
+    finally:
+        Q.configure("cpu")

@@ -109,8 +109,11 @@ def collect(results: dict[str, dict]) -> dict:
     sessions = results.get("machine") or []
     elapsed = sum(s["seconds"] for s in sessions)
     goals["total_wall_hours"] = {"measured": elapsed / 3600, "target": 2.0 if R.S["scale"] == "cpu" else 8 / 60}
+    # the whole benchmark's time only counts once some invocation has finished every job
+    goals["total_wall_hours"]["finished"] = any(s.get("finished") for s in sessions)
     for k, g in goals.items():
-        g["reached"] = g["measured"] <= g["target"] if k == "total_wall_hours" else g["measured"] >= g["target"]
+        g["reached"] = (g["measured"] <= g["target"] and g["finished"] if k == "total_wall_hours"
+                        else g["measured"] >= g["target"])
     transfer = {k.removeprefix("transfer-"): {"seconds": v["seconds"], "stage_losses": v["stage_losses"],
                                                "fidelity": v.get("fidelity"), "similarity": v.get("similarity"),
                                                "recipe": v["recipe"]}
@@ -149,6 +152,8 @@ def markdown(q: dict) -> str:
     lines += ["## Goals", "", "| goal | measured | target | reached |", "|---|---|---|---|"]
     for k, g in q["goals"].items():
         extra = f" (best arm: {g['best_arm']}, {g['best']:.1%})" if "best_arm" in g else ""
+        if g.get("finished") is False:
+            extra = " (so far: not every job has run)"
         lines.append(f"| {k} | {g['measured']:.3f}{extra} | {g['target']:.3g} | {'yes' if g['reached'] else 'no'} |")
     if q["cookbook"]:
         lines += ["", "## Which recipe wins at this budget", "",
@@ -192,6 +197,10 @@ def markdown(q: dict) -> str:
                          + f" | {kept} | {diff} | {r['encoder_params'] / 1e6:.2f}M | {r['gflops']:.2f} | {lat} | "
                            f"{r['transfer_seconds']:.0f} | {r['finetune_seconds']:.0f} |")
         src = arms.get("source", {})
+        if len(src.get("seeds", [])) == 1:
+            lines += ["", f"The source was fine-tuned once (seed {src['seeds'][0]}): it is every student seed's task "
+                          "teacher, its std and SE read 0, and the SE of a difference to it counts the students' "
+                          "seeds only."]
         for seed, curve in (src.get("curves") or {}).items():
             key = "accuracy"
             lines.append("")
