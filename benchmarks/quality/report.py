@@ -127,6 +127,8 @@ def collect(results: dict[str, dict]) -> dict:
 
 
 def _pct(row: dict, m: str) -> str:
+    if len(row["seeds"]) == 1:  # one seed: no spread to report, not a spread of zero
+        return f"{100 * row[m]:.2f} (one seed)"
     return f"{100 * row[m]:.2f} ± {100 * row[m + '_std']:.2f} (SE {100 * row[m + '_se']:.2f})"
 
 
@@ -191,7 +193,8 @@ def markdown(q: dict) -> str:
             lat = " / ".join("-" if r[f"latency_p50_ms_{k}"] is None else f"{r[f'latency_p50_ms_{k}']:.1f}"
                              for k in ("fp32", "int8"))
             kept = f"{r['kept_fraction']:.1%}" if "kept_fraction" in r else "-"
-            diff = f"{r['diff_points']:+.2f} ± {r['diff_se_points']:.2f}" if "diff_points" in r else "-"
+            diff = ("-" if "diff_points" not in r else f"{r['diff_points']:+.2f}" if r["diff_se_points"] == 0
+                    else f"{r['diff_points']:+.2f} ± {r['diff_se_points']:.2f}")
             lines.append(f"| {ARM_TITLES.get(arm, arm)} | {len(r['seeds'])} | "
                          + " | ".join(_pct(r, x) for x in ms)
                          + f" | {kept} | {diff} | {r['encoder_params'] / 1e6:.2f}M | {r['gflops']:.2f} | {lat} | "
