@@ -496,8 +496,9 @@ def latency() -> dict:
     names = {arm: name for arm, name in names.items()  # arms the budget left out are not timed (yet)
              if (RESULTS / f"sst2-{arm}-{seed}.json").is_file()}
     done = RESULTS / "latency.json"
-    if done.is_file() and sorted(json.loads(done.read_text()).get("arms", [])) == sorted(names):
-        return json.loads(done.read_text())  # timed before, and no arm has been added since
+    before = _read_json(done)
+    if before is not None and sorted(before.get("arms", [])) == sorted(names):
+        return before  # timed before, and no arm has been added since
     import shutil
 
     from transformers import AutoTokenizer

@@ -162,11 +162,12 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
     # not to fit at all come last, largest first. Within one, latency grows with the intra width, so a binary
     # search finds its largest shape that fits. A family that cannot beat the best so far is skipped.
     predict = fit_latency_model([(rows[i][1], t) for i, t in timed.items()])
+    predicted_fit = {i for i, (_, r) in enumerate(rows) if predict is not None and predict(r) <= budget_ms}
 
     def order(members: list[int]) -> tuple:
         if predict is None:
             return (0, min(members))
-        fit = [i for i in members if predict(rows[i][1]) <= budget_ms]
+        fit = [i for i in members if i in predicted_fit]
         return (0, min(fit)) if fit else (1, min(members))
 
     for members in sorted(families.values(), key=order):
@@ -177,8 +178,7 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
         lo, hi = -1, len(todo)  # todo[:lo + 1] fit, todo[hi:] do not
         # First the predicted boundary and its neighbour (two timings when the model is right); without a
         # prediction the smallest shape, which often rules the whole family out. Then bisection.
-        guess = max((k for k, i in enumerate(todo) if predict is not None and predict(rows[i][1]) <= budget_ms),
-                    default=0)
+        guess = max((k for k, i in enumerate(todo) if i in predicted_fit), default=0)
         probes = [guess]
         while hi - lo > 1:
             mid = probes.pop(0) if probes else (lo + hi) // 2

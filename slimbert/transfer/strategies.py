@@ -360,6 +360,11 @@ def _first_step(st: StageConfig, total: int) -> int:
     return 0  # every step costs the same
 
 
+def _body_multiplier(st: StageConfig, name: str, step: int) -> float:
+    """The whole student body at the stage's prefix multipliers; the MLM head gets no gradient."""
+    return 0.0 if _is_mlm_head(name) else prefix_multiplier(st, name)
+
+
 class Joint:
     """All student layers at once on the layer-wise terms; the MLM head gets no gradient from them."""
 
@@ -367,9 +372,7 @@ class Joint:
     total_steps, period = staticmethod(_fixed_total), staticmethod(_fixed_period)
     lr_factor = staticmethod(_fixed_lr_factor)
     log_fields, typical_step = staticmethod(_no_log_fields), staticmethod(_first_step)
-
-    def multiplier(self, st: StageConfig, name: str, step: int) -> float:
-        return 0.0 if _is_mlm_head(name) else prefix_multiplier(st, name)
+    multiplier = staticmethod(_body_multiplier)
 
     def terms(self, st: StageConfig, x: TransferInputs, step: int, batches: Batches, micro: int = 0,
               n_micro: int = 1) -> Terms:
@@ -514,9 +517,7 @@ class EmbeddingDistill:
     total_steps, period = staticmethod(_fixed_total), staticmethod(_fixed_period)
     lr_factor = staticmethod(_fixed_lr_factor)
     log_fields, typical_step = staticmethod(_no_log_fields), staticmethod(_first_step)
-
-    def multiplier(self, st: StageConfig, name: str, step: int) -> float:
-        return 0.0 if _is_mlm_head(name) else prefix_multiplier(st, name)
+    multiplier = staticmethod(_body_multiplier)
 
     def terms(self, st: StageConfig, x: TransferInputs, step: int, batches: Batches, micro: int = 0,
               n_micro: int = 1) -> Terms:
