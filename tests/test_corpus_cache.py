@@ -58,6 +58,34 @@ def test_cache_rows_are_the_rows_pack_gives(tmp_path, tokenizer, corpus_file):
         view[[240]]
 
 
+def test_the_texts_layout_keeps_one_text_per_row(tmp_path, tokenizer, corpus_file):
+    """Each non-empty text its own [CLS] ids [SEP] row, truncated to seq_len and padded with PAD; its own cache
+    key beside the packed one; workers and row caps as for packed rows; unpad gives ids and mask."""
+    from slimbert.data.corpus import unpad
+
+    texts = read_texts([corpus_file])
+    cls, sep = C.frame_ids(tokenizer)
+    one = build([corpus_file], tokenizer, 32, tmp_path / "a", layout="texts", shard_tokens=32 * 100, block_texts=97)
+    rows = one.rows[:]
+    ids = [t for t in tokenizer(texts, add_special_tokens=False)["input_ids"] if t]
+    assert len(rows) == len(ids) > 1000 and one.manifest["layout"] == "texts"
+    for i in (0, 1, 500, len(ids) - 1):
+        body = ids[i][:30]
+        assert rows[i, :len(body) + 2].tolist() == [cls, *body, sep]
+        assert (rows[i, len(body) + 2:] == C.PAD).all()
+    assert one.path.name != C.cache_key(C.files_identity([corpus_file]), tokenizer, 32)[0]  # not the packed key
+    two = build([corpus_file], tokenizer, 32, tmp_path / "b", layout="texts", num_proc=2, block_texts=53)
+    assert torch.equal(two.rows[:], rows)
+    capped = build([corpus_file], tokenizer, 32, tmp_path / "c", layout="texts", rows_needed=77, block_texts=50)
+    assert len(capped.rows) == 77 and torch.equal(capped.rows[:], rows[:77]) and not capped.manifest["exhausted"]
+    batch, mask = unpad(rows[[0, 1, 2]], tokenizer.pad_token_id)
+    lengths = [min(len(t), 30) + 2 for t in ids[:3]]
+    assert batch.shape == (3, max(lengths)) and mask.sum(1).tolist() == lengths
+    assert (batch[mask == 0] == tokenizer.pad_token_id).all() and (batch >= 0).all()
+    with pytest.raises(ValueError, match="layout 'lines'"):
+        build([corpus_file], tokenizer, 32, tmp_path / "d", layout="lines")
+
+
 def test_second_load_reads_the_cache_without_tokenising(tmp_path, tokenizer, corpus_file, monkeypatch):
     first = build([corpus_file], tokenizer, 64, tmp_path, rows_needed=200)
     manifest = first.path / C.MANIFEST

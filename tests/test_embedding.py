@@ -136,6 +136,44 @@ def test_embedding_distill_terms_train_the_student_towards_the_source(tiny_sourc
     assert all(p.grad is None for n, p in student.named_parameters() if n.startswith("cls.predictions.decoder"))
 
 
+def test_embedding_distill_on_texts_pools_over_each_texts_own_tokens(tiny_source, tokenizer, shared_data, tmp_path):
+    """inputs: texts (the default) reads one padded text per row: the source's target is its embedding of each
+    text alone, as a user embeds it, whatever padding the batch adds."""
+    from slimbert.data import cache as C
+    from slimbert.data.corpus import iter_texts
+    from slimbert.models import SlimBertConfig, SlimBertForMaskedLM
+    from slimbert.teacher.adapters import HFEncoderTeacher
+    from transformers import AutoModel
+
+    f = shared_data / "MRPC" / "dev.tsv"
+    texts = [line.split("\t")[3] for line in f.read_text(encoding="utf-8").splitlines()[1:40]]
+    (tmp_path / "s.txt").write_text("\n".join(texts) + "\n")
+    files = [tmp_path / "s.txt"]
+    rows = C.load_or_build(lambda: iter_texts(files), C.files_identity(files), tokenizer, 48, cache_dir=tmp_path,
+                           layout="texts").rows
+    teacher = HFEncoderTeacher(tiny_source)
+    student = SlimBertForMaskedLM(SlimBertConfig(vocab_size=len(tokenizer), embedding_size=16, hidden_size=64,
+                                                 intra_bottleneck_size=16, num_hidden_layers=2,
+                                                 num_attention_heads=2, intermediate_size=64,
+                                                 max_position_embeddings=128))
+    x = TransferInputs(student, teacher, None, [2, 4], tokenizer, 0.15, False, Shard())
+    st = STAGE.validate_python({"kind": "embedding_distill", "steps": 3, "pooling": "mean", "mse": 1.0,
+                                "cosine": 0, "similarity": 0})
+    assert st.inputs == "texts"
+    batches = Batches(rows, 4, seed=0, stage=0)
+    got = strategy(st).terms(st, x, 0, batches)["mse"]
+    # the same MSE from each text embedded on its own, with no padding at all
+    source = AutoModel.from_pretrained(tiny_source).eval()
+    want = []
+    for row in batches.batch(0):
+        ids = row[row != C.PAD][None]
+        with torch.no_grad():
+            t = source(input_ids=ids).last_hidden_state.mean(1)
+            s_ = student.slimbert(ids).last_hidden_state.mean(1)
+        want.append(((t - s_) ** 2).mean())
+    torch.testing.assert_close(got.detach(), torch.stack(want).mean(), rtol=2e-4, atol=1e-6)
+
+
 def test_write_sentence_transformers_layout(minilm_path, tmp_path):
     write_sentence_transformers(tmp_path, Path(minilm_path), 96, "mean")
     modules = json.loads((tmp_path / "modules.json").read_text())

@@ -1,5 +1,6 @@
 """An on-disk cache of packed token ids: a corpus is tokenised once, packed into [CLS] ... [SEP] rows of seq_len
-tokens exactly as `corpus.pack` packs them, and written as raw int32 shards beside a JSON manifest. Runs and
+tokens exactly as `corpus.pack` packs them (or, in the "texts" layout, one padded row per text), and written
+as raw int32 shards beside a JSON manifest. Runs and
 stages read the rows through memory maps, so the corpus never sits in RAM whatever its size.
 
 The cache key covers everything the rows depend on: the corpus (file paths, sizes and mtimes, or the dataset's
@@ -28,6 +29,8 @@ import torch
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+LAYOUTS = ("packed", "texts")
+PAD = -1                      # the "texts" layout's padding: never a token id, so the mask is `rows >= 0`
 SHARD_TOKENS = 1 << 24        # 64 MiB of int32 ids per shard file
 BLOCK_TEXTS = 1000            # texts per tokenizer call (the fast tokenizer batches them across its threads)
 AUTO_PARALLEL_BYTES = 64 << 20  # below this much text, worker processes cost more to start than they save
@@ -90,10 +93,12 @@ def frame_ids(tokenizer) -> tuple[int, int]:
     return int(cls), int(sep)
 
 
-def cache_key(corpus: dict, tokenizer, seq_len: int) -> tuple[str, dict]:
+def cache_key(corpus: dict, tokenizer, seq_len: int, layout: str = "packed") -> tuple[str, dict]:
     cls, sep = frame_ids(tokenizer)
     spec = {"format": FORMAT, "corpus": corpus, "tokenizer": tokenizer_identity(tokenizer), "seq_len": seq_len,
             "cls": cls, "sep": sep}
+    if layout != "packed":  # packed caches keep the keys they had before there was a second layout
+        spec["layout"] = layout
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24], spec
 
 
@@ -179,22 +184,37 @@ def _open(path: Path, key: str, seq_len: int) -> Cache | None:
 
 # ---- building -----------------------------------------------------------------------------------------------------
 
-def _tokenize(tokenizer, texts: list[str]) -> np.ndarray:
-    """One block of texts as a single stream of ids, without special tokens (as `pack` tokenises)."""
+def _tokenize(tokenizer, texts: list[str], rows: tuple[int, int, int] | None = None) -> np.ndarray:
+    """One block of texts as a single stream of ids, without special tokens (as `pack` tokenises); with
+    `rows` = (seq_len, cls, sep), as `text_rows` instead."""
     enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if rows is not None:
+        return text_rows(enc, *rows)
     return np.fromiter(itertools.chain.from_iterable(enc), dtype=np.int32, count=sum(map(len, enc)))
 
 
+def text_rows(ids: list[list[int]], seq_len: int, cls: int, sep: int) -> np.ndarray:
+    """The "texts" layout: each non-empty text its own row, [CLS] first seq_len - 2 ids [SEP], then PAD (-1,
+    never a token id) to seq_len. Sentence-embedding distillation reads sentences as users embed them, one at
+    a time, rather than packed spans that cross sentence boundaries."""
+    kept = [t[: seq_len - 2] for t in ids if t]
+    out = np.full((len(kept), seq_len), PAD, dtype=np.int32)
+    for i, t in enumerate(kept):
+        out[i, 0], out[i, 1:len(t) + 1], out[i, len(t) + 1] = cls, t, sep
+    return out
+
+
 _WORKER_TOKENIZER = None
+_WORKER_ROWS = None
 
 
-def _worker_init(tokenizer) -> None:
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tokenizer
+def _worker_init(tokenizer, rows) -> None:
+    global _WORKER_TOKENIZER, _WORKER_ROWS
+    _WORKER_TOKENIZER, _WORKER_ROWS = tokenizer, rows
 
 
 def _worker_tokenize(texts: list[str]) -> np.ndarray:
-    return _tokenize(_WORKER_TOKENIZER, texts)
+    return _tokenize(_WORKER_TOKENIZER, texts, _WORKER_ROWS)
 
 
 def _blocks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -203,12 +223,14 @@ def _blocks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
         yield block
 
 
-def _token_blocks(texts: Iterable[str], tokenizer, num_proc: int, block_texts: int) -> Iterator[np.ndarray]:
-    """Token ids block by block, in corpus order whatever num_proc is. With workers, at most 2 blocks per worker
-    are in flight, so a streamed corpus is read only as fast as it is tokenised."""
+def _token_blocks(texts: Iterable[str], tokenizer, num_proc: int, block_texts: int,
+                  rows: tuple[int, int, int] | None = None) -> Iterator[np.ndarray]:
+    """Token ids block by block (a stream, or with `rows` a block of text rows), in corpus order whatever
+    num_proc is. With workers, at most 2 blocks per worker are in flight, so a streamed corpus is read only as
+    fast as it is tokenised."""
     if num_proc <= 1:
         for block in _blocks(texts, block_texts):
-            yield _tokenize(tokenizer, block)
+            yield _tokenize(tokenizer, block, rows)
         return
     # fork where there is one: spawn and forkserver re-import the caller's __main__, which fails for `python -`
     # and notebooks. The children only run the tokenizer (never torch or CUDA), which is fork-safe; its own
@@ -218,7 +240,7 @@ def _token_blocks(texts: Iterable[str], tokenizer, num_proc: int, block_texts: i
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context(method), initializer=_worker_init,
-                                 initargs=(tokenizer,)) as pool:
+                                 initargs=(tokenizer, rows)) as pool:
             pending: deque = deque()
             try:
                 for block in _blocks(texts, block_texts):
@@ -290,6 +312,21 @@ def pack_blocks(blocks: Iterable[np.ndarray], seq_len: int, cls: int, sep: int, 
     return done, True
 
 
+def limit_rows(blocks: Iterable[np.ndarray], limit: int | None,
+               emit: Callable[[np.ndarray], None]) -> tuple[int, bool]:
+    """The "texts" layout's counterpart of pack_blocks: blocks of ready rows, emitted up to `limit` rows."""
+    done = 0
+    for rows in blocks:
+        if limit is not None:
+            rows = rows[: limit - done]
+        if len(rows):
+            emit(rows)
+            done += len(rows)
+        if limit is not None and done >= limit:
+            return done, False
+    return done, True
+
+
 LOCK = ".building"
 
 
@@ -336,16 +373,19 @@ def corpus_bytes(corpus: dict) -> int | None:
 
 def load_or_build(texts: Callable[[], Iterable[str]], corpus: dict, tokenizer, seq_len: int,
                   rows_needed: int | None = None, cache_dir: Path | None = None, num_proc: int | None = None,
-                  shard_tokens: int = SHARD_TOKENS, block_texts: int = BLOCK_TEXTS) -> Cache:
-    """The packed rows of a corpus, from the cache when a build of the same key holds enough of them, else
-    tokenised now (stopping at `rows_needed` rows when given) and cached.
+                  shard_tokens: int = SHARD_TOKENS, block_texts: int = BLOCK_TEXTS, layout: str = "packed") -> Cache:
+    """The rows of a corpus, from the cache when a build of the same key holds enough of them, else
+    tokenised now (stopping at `rows_needed` rows when given) and cached. layout "packed": the token stream
+    cut into full rows (`pack_blocks`); "texts": one padded row per text (`text_rows`).
 
     `texts` is called only when a build is needed and must yield the corpus' texts in order (a generator: it is
     read block by block, never collected). `corpus` identifies it (files_identity / dataset_identity).
     num_proc: tokenising worker processes (None: 1 for a small corpus, else up to 8); the rows do not depend
     on it."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key, spec = cache_key(corpus, tokenizer, seq_len)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    key, spec = cache_key(corpus, tokenizer, seq_len, layout)
     final = root / key
     found = _open(final, key, seq_len)
     if found and (found.manifest["exhausted"] or (rows_needed is not None and found.manifest["rows"] >= rows_needed)):
@@ -362,13 +402,18 @@ def load_or_build(texts: Callable[[], Iterable[str]], corpus: dict, tokenizer, s
         started = time.perf_counter()
         tokens = 0
 
+        framing = (seq_len, cls, sep) if layout == "texts" else None
+
         def counted() -> Iterator[np.ndarray]:
             nonlocal tokens
-            for ids in _token_blocks(texts(), tokenizer, procs, block_texts):
-                tokens += len(ids)
+            for ids in _token_blocks(texts(), tokenizer, procs, block_texts, framing):
+                tokens += int((ids >= 0).sum()) if framing else len(ids)
                 yield ids
 
-        rows, exhausted = pack_blocks(counted(), seq_len, cls, sep, rows_needed, writer.write)
+        if framing:
+            rows, exhausted = limit_rows(counted(), rows_needed, writer.write)
+        else:
+            rows, exhausted = pack_blocks(counted(), seq_len, cls, sep, rows_needed, writer.write)
         writer.close()
         seconds = time.perf_counter() - started
         manifest = {**spec, "key": key, "rows": rows, "exhausted": exhausted, "shards": writer.shards,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .cache import PAD
+
 
 def iter_texts(files: list[Path]) -> Iterator[str]:
     """The non-empty lines of text files, one at a time (WikiText headings skipped)."""
@@ -157,6 +159,17 @@ def mask_tokens(ids: torch.Tensor, tokenizer, probability: float, generator: tor
     rand = chosen & (r >= 0.8) & (r < 0.9)
     inputs[rand] = torch.randint(len(tokenizer), ids.shape, generator=generator)[rand]
     return inputs, labels
+
+
+def unpad(rows: torch.Tensor, pad_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the "texts" layout (padded with cache.PAD) -> (input_ids, attention_mask), cut to the
+    longest row: the tokenizer's pad id where the mask is 0, so that models which read positions from it
+    (RoBERTa) see ordinary padding."""
+    mask = rows != PAD
+    width = max(1, int(mask.sum(1).max()))
+    mask = mask[:, :width]
+    ids = torch.where(mask, rows[:, :width], torch.full_like(rows[:, :width], pad_id or 0))
+    return ids, mask.long()
 
 
 class Batches:

@@ -26,8 +26,28 @@ def _reading(texts: Iterator[str], failed: list[Exception]) -> Iterator[str]:
 def load_corpus(r: Resolved, tokenizer) -> tuple[PackedRows, torch.Tensor]:
     """(train rows, held-out rows): the first data.eval_sequences packed sequences are held out, the rest
     (up to data.max_sequences) are the training rows, memory-mapped."""
+    rows = _rows(r, tokenizer, "packed")
+    d = r.recipe.data
+    if len(rows) <= d.eval_sequences:
+        raise RecipeError(Problem("data.corpus", f"the corpus gives {len(rows)} sequences of {d.seq_len} tokens, not "
+                                                 f"more than data.eval_sequences ({d.eval_sequences}); add text or "
+                                                 "shorten data.seq_len", None, str(r.file)))
+    return rows.view(d.eval_sequences), rows[: d.eval_sequences]
+
+
+def load_texts(r: Resolved, tokenizer) -> PackedRows:
+    """The corpus one text per row (the cache's "texts" layout), up to data.max_sequences rows, memory-mapped:
+    what stages with `inputs: texts` read. Nothing is held out: the packed held-out rows serve fidelity."""
+    rows = _rows(r, tokenizer, "texts")
+    if len(rows) == 0:
+        raise RecipeError(Problem("data.corpus", "the corpus has no non-empty text to read with inputs: texts",
+                                  None, str(r.file)))
+    return rows
+
+
+def _rows(r: Resolved, tokenizer, layout: str) -> PackedRows:
     d, c = r.recipe.data, r.recipe.data.corpus
-    need = None if d.max_sequences is None else d.max_sequences + d.eval_sequences
+    need = None if d.max_sequences is None else d.max_sequences + (d.eval_sequences if layout == "packed" else 0)
     try:
         frame_ids(tokenizer)
     except ValueError as e:
@@ -50,7 +70,7 @@ def load_corpus(r: Resolved, tokenizer) -> tuple[PackedRows, torch.Tensor]:
         def texts() -> Iterator[str]:
             return _reading(iter_texts(r.corpus_files), failed)
     try:
-        rows = load_or_build(texts, corpus, tokenizer, d.seq_len, need, cache_dir, d.num_proc).rows
+        rows = load_or_build(texts, corpus, tokenizer, d.seq_len, need, cache_dir, d.num_proc, layout=layout).rows
     except Exception as e:  # noqa: BLE001 - a failure to read is a data problem, an OSError otherwise the cache's
         if failed and c.dataset:
             raise RecipeError(Problem("data.corpus.dataset", f"cannot read dataset {c.dataset!r}: {e}")) from None
@@ -61,10 +81,4 @@ def load_corpus(r: Resolved, tokenizer) -> tuple[PackedRows, torch.Tensor]:
         raise RecipeError(Problem("data.cache_dir", f"cannot write the corpus cache in "
                                                     f"{e.filename or cache_dir or default_cache_dir()}: "
                                                     f"{e.strerror or e}")) from None
-    if need is not None:
-        rows = rows.view(0, need)
-    if len(rows) <= d.eval_sequences:
-        raise RecipeError(Problem("data.corpus", f"the corpus gives {len(rows)} sequences of {d.seq_len} tokens, not "
-                                                 f"more than data.eval_sequences ({d.eval_sequences}); add text or "
-                                                 "shorten data.seq_len", None, str(r.file)))
-    return rows.view(d.eval_sequences), rows[: d.eval_sequences]
+    return rows if need is None else rows.view(0, need)

@@ -35,7 +35,7 @@ def estimate_stages(r: Resolved, plan: dict, device: str | None = None, gpus: in
     plan["estimate_device"] = dev.describe(where)
     ctx.student.eval()
     for k, (st, row) in enumerate(zip(r.recipe.transfer, plan["stages"])):
-        batches = Batches(ctx.train, st.batch_size, r.recipe.seed, k)
+        batches = Batches(ctx.rows(st), st.batch_size, r.recipe.seed, k)
         kind, x = strategy(st), ctx.inputs()
         total = kind.total_steps(st, r.student_config.num_hidden_layers)
         probe = kind.typical_step(st, total)

@@ -21,6 +21,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..data.cache import PAD, PackedRows
 from ..data.corpus import Batches
 from ..models import SlimBertForMaskedLM
 from ..plugins import TEACHERS
@@ -32,14 +33,14 @@ from ..teacher.adapters import HFEncoderTeacher, IBTeacherAdapter, Teacher, as_t
 from ..teacher.adapters import to_device as teacher_to
 from ..teacher.build import IBTeacher, build_ib_teacher
 from ..transfer.init import copy_embeddings, init_from_teacher
-from ..transfer.strategies import STRATEGIES, Shard, TransferInputs, strategy
+from ..transfer.strategies import STRATEGIES, Shard, TransferInputs, corpus_layout, strategy
 from . import checkpoint as ckpt
 from . import device as dev
 from . import throughput as tp
 from .artifacts import (load_teacher, plot_stage, print_fidelity, save_student, save_teacher, teacher_fidelity,
                         write_fidelity)
 from .checkpoint import TrainingError
-from .corpus import load_corpus
+from .corpus import load_corpus, load_texts
 from .distributed import World, world_from_env
 from .export_step import run_export
 from .finetune import run_finetune
@@ -71,6 +72,11 @@ class Context:
     world: World = field(default_factory=World)   # this process's rank among torchrun's processes
     trackers: Trackers | None = None              # recipe.logging's experiment trackers (rank 0 only)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the models compute
+    texts: PackedRows | None = None               # the corpus one text per row, when a stage reads `inputs: texts`
+
+    def rows(self, st) -> PackedRows | torch.Tensor:
+        """The corpus rows stage `st` draws its batches from."""
+        return self.texts if corpus_layout(st) == "texts" else self.train
 
     def inputs(self) -> TransferInputs:
         """The narrow view a strategy computes its loss terms from."""
@@ -143,8 +149,9 @@ def build_context(r: Resolved, out: Path, console, teacher=None, quick: bool = F
         # TinyBERT-style: learned maps from the student's feature width to the teacher's, one per layer.
         projections = nn.ModuleList(nn.Linear(r.student_config.hidden_size, teacher.hidden_size)
                                     for _ in range(r.student_config.num_hidden_layers)).to(device)
+    texts = load_texts(r, tokenizer) if any(corpus_layout(st) == "texts" for st in r.recipe.transfer) else None
     return Context(r, out, tokenizer, train, held_out, teacher, student, projections, console, ib, source,
-                   device=device)
+                   device=device, texts=texts)
 
 
 def start_student_stages(ctx: Context, adapted: bool) -> None:
@@ -234,7 +241,7 @@ def run_stage(ctx: Context, k: int, st: Stage, start: int, opt_state: dict | Non
     name = st.name or f"{k}-{st.kind}"
     stage_dir = ctx.out / "stages" / f"{k}-{st.kind}"
     total = kind.total_steps(st, ctx.r.student_config.num_hidden_layers)
-    batches = Batches(ctx.train, st.batch_size, ctx.r.recipe.seed, k)
+    batches = Batches(ctx.rows(st), st.batch_size, ctx.r.recipe.seed, k)
     params = ctx.trainable(st.kind)
     opt = make_optimizer(st, params)
     if opt_state is not None:
@@ -243,6 +250,7 @@ def run_stage(ctx: Context, k: int, st: Stage, start: int, opt_state: dict | Non
     if ctx.ib is not None:
         ctx.ib.eval()  # built without dropout; eval keeps the source's MLM head deterministic too
     tokens = st.batch_size * ctx.r.recipe.data.seq_len
+    padded = corpus_layout(st) == "texts"
     world = ctx.world
     task = progress.add_task(name, total=total, completed=start, info="")
     every = st.checkpoint_every or total
@@ -287,7 +295,12 @@ def run_stage(ctx: Context, k: int, st: Stage, start: int, opt_state: dict | Non
                 torch.nn.utils.clip_grad_norm_([p for p in params.values() if p.grad is not None], st.grad_clip)
             opt.step()
             flops = step_flops(ctx, st, step, flops_cache)
-            window["tokens"] += tokens
+            if padded:  # padded texts: count the batch's real tokens (FLOPs scaled alike; attention's T^2 aside)
+                real = int((batches.batch(step) != PAD).sum())
+                flops = None if flops is None else flops * real / tokens
+                window["tokens"] += real
+            else:
+                window["tokens"] += tokens
             window["flops"] = None if flops is None or window["flops"] is None else window["flops"] + flops
             # 6. Log every LOG_EVERY steps and the last: enough for the loss curve, cheap on disk. Throughput is
             #    the window since the last log, after the device has finished its queued work.

@@ -237,7 +237,9 @@ class Data(Section):
                                                                   "(paper: 512; shorter is much cheaper).")
     mlm_probability: Annotated[Float, Field(gt=0, lt=1)] = Field(0.15, description="Masking rate for MLM.")
     whole_word_mask: bool = Field(False, description="Mask whole words rather than word pieces.")
-    max_sequences: Sequences | None = Field(None, description="Cap on packed sequences read (for quick runs).")
+    max_sequences: Sequences | None = Field(None, description="Cap on packed sequences read (for quick runs); "
+                                                             "stages with inputs: texts read at most as many "
+                                                             "texts.")
     eval_sequences: Sequences = Field(64, description="Held-out sequences for fidelity and eval losses.")
     cache_dir: PathStr | None = Field(None, description="Where the tokenised corpus is cached (memory-mapped, reused "
                                                     "across runs), relative to the recipe; default "
@@ -352,6 +354,10 @@ class EmbeddingDistillStage(StageBase):
     similarity: NonNegFloat = Field(1.0, description="MSE between the in-batch cosine-similarity matrices of the "
                                                      "source and the student (width-free: what similarity search "
                                                      "reads).")
+    inputs: Literal["texts", "packed"] = Field(
+        "texts", description="texts: each corpus text (a line of the files, a dataset row) one input, truncated "
+                             "to data.seq_len and padded, as sentences are embedded; packed: the packed corpus "
+                             "sequences the other stages read.")
 
 
 Stage = Annotated[Union[ProgressiveStage, JointStage, AuxiliaryStage, PretrainDistillStage, TeacherAdaptationStage,

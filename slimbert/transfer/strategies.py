@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.corpus import Batches, mask_tokens
+from ..data.corpus import Batches, mask_tokens, unpad
 from . import losses as L
 
 Terms = dict[str, torch.Tensor]  # loss term name -> scalar tensor, already weighted
@@ -522,11 +522,14 @@ class EmbeddingDistill:
     def terms(self, st: StageConfig, x: TransferInputs, step: int, batches: Batches, micro: int = 0,
               n_micro: int = 1) -> Terms:
         batch = x.shard.part(batches.batch(step), micro, n_micro)
+        mask = None
+        if corpus_layout(st) == "texts":  # one padded text per row: pool over its real tokens only
+            batch, mask = unpad(batch, getattr(x.tokenizer, "pad_token_id", None))
         mode = "mean" if st.pooling == "auto" else st.pooling  # resolve.py fills in the source's; mean otherwise
         reference = x.source if x.source is not None else x.teacher
         with torch.no_grad():
-            target = L.pool(reference(batch).hidden_states[-1].float(), None, mode)
-        mine = L.pool(x.student.slimbert(batch).last_hidden_state, None, mode)
+            target = L.pool(reference(batch, mask).hidden_states[-1].float(), mask, mode)
+        mine = L.pool(x.student.slimbert(batch, attention_mask=mask).last_hidden_state, mask, mode)
         terms = {}
         if st.mse or st.cosine:
             projected = embedding_projection(x, mine.shape[-1], target.shape[-1])(mine).float()
@@ -540,7 +543,8 @@ class EmbeddingDistill:
 
     def plan_row(self, st: StageConfig, num_layers: int) -> dict:
         return {"steps": st.steps, "trainable": "student: all but the MLM head",
-                "losses": {k: getattr(st, k) for k in ("mse", "cosine", "similarity")}, "pooling": st.pooling}
+                "losses": {k: getattr(st, k) for k in ("mse", "cosine", "similarity")}, "pooling": st.pooling,
+                "inputs": st.inputs}
 
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
         if not (st.mse or st.cosine or st.similarity):
@@ -550,6 +554,12 @@ class EmbeddingDistill:
             return [(f"transfer.{i}.batch_size", "the similarity term compares sentences within a batch: use "
                                                  "batch_size >= 2 or similarity: 0")]
         return []
+
+
+def corpus_layout(st: StageConfig) -> str:
+    """The corpus rows a stage reads: "texts" (one padded text per row, data/cache.py) where the stage asks for
+    them (embedding_distill's `inputs`), else the packed sequences every other stage reads."""
+    return getattr(st, "inputs", "packed")
 
 
 Strategy = Progressive | Joint | Auxiliary | PretrainDistill | TeacherAdaptation | EmbeddingDistill
