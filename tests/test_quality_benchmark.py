@@ -20,7 +20,7 @@ def test_every_transfer_arm_validates_at_equal_student_tokens(scale, tmp_path, s
     Q.configure(scale, str(tmp_path))
     Q.corpus_file().parent.mkdir(parents=True)
     Q.corpus_file().write_text((shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text())
-    tokens = {}
+    tokens, embedding_steps = {}, {}
     for arm in Q.TRANSFER_ARMS:
         r = load_recipe(Q.transfer_recipe(arm))
         student = [st for st in r.recipe.transfer if st.kind != "teacher_adaptation"]
@@ -28,8 +28,12 @@ def test_every_transfer_arm_validates_at_equal_student_tokens(scale, tmp_path, s
         tokens[arm] = sum(getattr(st, "steps", None) or st.steps_per_layer * per_layer[st.kind]
                           for st in student) * student[0].batch_size
         assert r.recipe.data.similarity_pairs and yaml.safe_load(Q.transfer_recipe(arm).read_text())
+        embedding_steps[arm] = sum(st.steps for st in student if st.kind == "embedding_distill")
     # equal compute: every arm's student stages see the slimbert arm's sequences (rounding aside; the smoke
     # scale's 2-step floor breaks it, and its numbers mean nothing)
+    # embed_long is the "more transfer tokens" lever: its embedding stage alone is EMBED_LONG_X times longer
+    tokens.pop("embed_long")
+    assert embedding_steps["embed_long"] == Q.EMBED_LONG_X * embedding_steps["embed"]
     for arm, n in tokens.items() if scale != "smoke" else ():
         assert abs(n - tokens["slimbert"]) <= 0.05 * tokens["slimbert"], (arm, n, tokens["slimbert"])
     Q.configure("cpu")

@@ -16,7 +16,8 @@ import run as R  # benchmarks/quality/run.py, configured for the scale by its ma
 ARM_TITLES = {
     "source": "1. source (all-MiniLM-L6-v2), fine-tuned to a dev plateau: the ceiling",
     "slimbert": "2. slimbert: IB teacher + progressive transfer + PD (alpha 1), task KD",
-    "embed": "2e. slimbert with embedding_distill instead of PD (equal steps), task KD",
+    "embed": "2e. slimbert with embedding_distill (one text per input) instead of PD (equal steps), task KD",
+    "embed_long": "5g. lever: more transfer tokens, 2e's embedding stage 10x longer",
     "random_init": "3. same student, random init, task KD",
     "pruned_init": "4. same student pruned from the teacher (torch-pruning), same transfer, task KD",
     "joint": "5a. lever: joint instead of progressive (equal steps)",
@@ -104,8 +105,11 @@ def collect(results: dict[str, dict]) -> dict:
     if "slimbert" in sst and "random_init" in sst:
         goals["sst2_points_over_random_init"] = {
             "measured": 100 * (sst["slimbert"]["accuracy"] - sst["random_init"]["accuracy"]), "target": 5.0}
-    if "embed" in embedding:
-        goals["embed_similarity_spearman_mrpc"] = {"measured": embedding["embed"]["mrpc"], "target": 0.9}
+    embed_arms = [a for a in embedding if a.startswith("embed")]
+    if embed_arms:
+        best = max(embed_arms, key=lambda a: embedding[a]["mrpc"])
+        goals["embed_similarity_spearman_mrpc"] = {"measured": embedding[best]["mrpc"], "target": 0.9,
+                                                   "arm": best}
     sessions = results.get("machine") or []
     elapsed = sum(s["seconds"] for s in sessions)
     goals["total_wall_hours"] = {"measured": elapsed / 3600, "target": 2.0 if R.S["scale"] == "cpu" else 8 / 60}
@@ -154,6 +158,7 @@ def markdown(q: dict) -> str:
     lines += ["## Goals", "", "| goal | measured | target | reached |", "|---|---|---|---|"]
     for k, g in q["goals"].items():
         extra = f" (best arm: {g['best_arm']}, {g['best']:.1%})" if "best_arm" in g else ""
+        extra = f" ({g['arm']})" if "arm" in g else extra
         if g.get("finished") is False:
             extra = " (so far: not every job has run)"
         lines.append(f"| {k} | {g['measured']:.3f}{extra} | {g['target']:.3g} | {'yes' if g['reached'] else 'no'} |")
