@@ -75,6 +75,32 @@ def test_residual_gemm_is_exact_and_removes_the_adds(qkv, real_batch, tmp_path, 
     assert sum(n.op_type == "Gemm" and len(n.input) == 3 and n.input[2] not in weights for n in graph.node) == 10
 
 
+@pytest.mark.parametrize("qkv", ["inter", "shared_bottleneck", "bottleneck"])
+def test_merge_gemm_makes_one_gemm_of_the_readers_of_one_input(qkv, real_batch, tmp_path):
+    """A block's Gemms that read one input (input bottleneck, Q, K, V as the Q/K/V source has them) become one
+    Gemm and a Split, with PyTorch's outputs; on the ONNX file of a plain export and after the model passes."""
+    import onnx
+
+    from slimbert.export.onnx import export_onnx
+
+    model = tiny(qkv)
+    export_onnx(P.fold_nonorm(model)[0], "text-classification", tmp_path / "a.onnx")
+    stats = P.merge_gemm(tmp_path / "a.onnx", tmp_path / "b.onnx")
+    onnx.checker.check_model(str(tmp_path / "b.onnx"))
+    gemms = [sum(n.op_type == "Gemm" for n in onnx.load(str(tmp_path / f)).graph.node) for f in ("a.onnx", "b.onnx")]
+    # per block: inter, x -> (input bottleneck, Q, K, V); shared_bottleneck, x -> (input and attention
+    # bottlenecks, V) and the attention bottleneck -> (Q, K); bottleneck, the input bottleneck -> (Q, K, V)
+    groups, gone = {"inter": (1, 3), "shared_bottleneck": (2, 2 + 1), "bottleneck": (1, 2)}[qkv]
+    assert stats == {"merged_groups": 2 * groups} and gemms[0] - gemms[1] == 2 * gone
+    x = {k: v.numpy() for k, v in real_batch.items()}
+    x.setdefault("token_type_ids", np.zeros_like(x["input_ids"]))
+    with torch.no_grad():
+        want = model(**real_batch).logits.numpy()
+    for f in ("a.onnx", "b.onnx"):
+        got = session(tmp_path / f).run(None, x)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
 def test_fold_nonorm_leaves_layer_norm_models_alone(real_batch):
     model = tiny(norm="layer_norm")
     folded, stats = P.fold_nonorm(model)
@@ -90,7 +116,9 @@ def test_export_layout_parity_and_int8(model_dir, tmp_path, real_batch):
     p = result.parity["fp32"]
     assert p.ok(10.0) and p.argmax_agreement == 1.0 and p.cosine > 0.999999
     assert result.parity["int8"].cosine > 0.98
-    assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "ort_basic"]
+    assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "residual_gemm", "merge_gemm",
+                                                  "ort_basic"]
+    assert result.passes[3]["merged_groups"] == 2 * 2  # shared_bottleneck: (input, attention bottleneck), (Q, K)
     assert result.passes[-1]["nodes"] < result.passes[0]["nodes"]
     # dynamic axes: another batch and length run, and match PyTorch
     s = session(out / "model.onnx")

@@ -280,7 +280,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
                 current, info = MODEL_PASSES[name](current)
                 export_onnx(current, task, nxt, opset)
             else:
-                ONNX_PASSES[name](stage, nxt)
+                info = ONNX_PASSES[name](stage, nxt) or {}
             stage = nxt
             result.passes.append({"pass": name, "nodes": node_count(stage), "latency_ms": timed(stage), **info})
             before, after = result.passes[-2], result.passes[-1]

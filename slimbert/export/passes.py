@@ -14,6 +14,10 @@ pass, kept because measured faster (benchmarks/results/latency.md has the figure
     bottleneck's projection absorbs the last s and t. Every NoNorm of the chain disappears.
   A block is left as it is when a scale is too close to zero (|s| < 1e-4) or too large for the fold to be
   safe in fp32.
+- residual_gemm (on the model, after fold_nonorm): each residual Add of a block's chain becomes the C input of
+  the Gemm that produces it (addmm exports as one Gemm), one node fewer per step.
+- merge_gemm (on the ONNX file): the Gemms that read one input (a block's input bottleneck, Q, K and V) become
+  one wider Gemm and a Split: 4 small GEMMs a block become 1.
 - ort_basic (on the ONNX file): onnxruntime's hardware-independent "basic" level, saved offline: constant
   folding, identity and dead-node elimination. The file then needs no optimisation at load time.
 """
@@ -171,7 +175,7 @@ def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
 
 
 MODEL_PASSES = {"fold_nonorm": fold_nonorm, "residual_gemm": residual_gemm}
-DEFAULT_PASSES = ("fold_nonorm", "ort_basic")
+DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "merge_gemm", "ort_basic")
 
 
 # ---- ONNX passes ---------------------------------------------------------------------------------------------------
@@ -185,7 +189,84 @@ def ort_basic(src: Path, dst: Path) -> None:
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
 
 
-ONNX_PASSES = {"ort_basic": ort_basic}
+def _attr(node, name: str, default):
+    import onnx
+
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def merge_gemm(src: Path, dst: Path) -> dict:
+    """Gemms that read the same input with constant weights (a block's input bottleneck, Q, K and V) become one
+    Gemm over the concatenated weights and biases, then a Split into the original outputs: the same products,
+    fewer and wider GEMMs, which is what a graph bound by per-op overhead pays for. Only plain Gemms (alpha = beta
+    = 1, no transposed input, a weight and a 1-D or absent bias that are initializers) are merged."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    consts = {t.name: t for t in g.initializer}
+    for node in g.node:  # torch.onnx shares equal tensors (zero biases) through Identity and Constant nodes
+        if node.op_type == "Identity" and node.input[0] in consts:
+            consts[node.output[0]] = consts[node.input[0]]
+        elif node.op_type == "Constant" and _attr(node, "value", None) is not None:
+            consts[node.output[0]] = _attr(node, "value", None)
+    groups: dict[tuple, list] = {}
+    for node in g.node:
+        if node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        if _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0 or _attr(node, "transA", 0):
+            continue
+        if len(node.input) > 2 and node.input[2] and (node.input[2] not in consts
+                                                      or len(consts[node.input[2]].dims) != 1):
+            continue
+        groups.setdefault((node.input[0], _attr(node, "transB", 0)), []).append(node)
+    merged = 0
+    replace: dict[str, list] = {}   # a group's first node's output -> the nodes that stand in its place
+    drop: set[str] = set()
+    for (a, trans_b), nodes in groups.items():
+        if len(nodes) < 2:
+            continue
+        weights = [numpy_helper.to_array(consts[n.input[1]]) for n in nodes]
+        widths = [w.shape[0] if trans_b else w.shape[1] for w in weights]
+        biases = [numpy_helper.to_array(consts[n.input[2]]) if len(n.input) > 2 and n.input[2]
+                  else np.zeros(k, weights[0].dtype) for n, k in zip(nodes, widths)]
+        stem = f"merge_gemm_{merged}"
+        w = numpy_helper.from_array(np.concatenate(weights, axis=0 if trans_b else 1), f"{stem}.weight")
+        b = numpy_helper.from_array(np.concatenate(biases), f"{stem}.bias")
+        g.initializer.extend([w, b])
+        gemm = onnx.helper.make_node("Gemm", [a, w.name, b.name], [f"{stem}.out"], name=stem, transB=trans_b)
+        outs = [n.output[0] for n in nodes]
+        if opset >= 13:  # the sizes became an input at opset 13
+            split = numpy_helper.from_array(np.array(widths, np.int64), f"{stem}.split")
+            g.initializer.append(split)
+            cut = onnx.helper.make_node("Split", [f"{stem}.out", split.name], outs, name=f"{stem}.split", axis=1)
+        else:
+            cut = onnx.helper.make_node("Split", [f"{stem}.out"], outs, name=f"{stem}.split", axis=1, split=widths)
+        replace[nodes[0].output[0]] = [gemm, cut]   # where the first reader was: its input exists there already
+        drop.update(n.output[0] for n in nodes)
+        merged += 1
+    if merged:
+        key = lambda n: n.output[0] if n.op_type == "Gemm" else None  # noqa: E731 - a Gemm has one output
+        order = [m for n in g.node for m in (replace.get(key(n)) or ([] if key(n) in drop else [n]))]
+        del g.node[:]
+        g.node.extend(order)
+        # the merged weights' old tensors (and the Identity nodes that only fed them) go
+        live = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        nodes = [n for n in g.node if n.op_type != "Identity" or n.output[0] in live]
+        del g.node[:]
+        g.node.extend(nodes)
+        used = {i for n in g.node for i in n.input}
+        keep = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    onnx.save(model, str(dst))
+    return {"merged_groups": merged}
+
+
+ONNX_PASSES = {"merge_gemm": merge_gemm, "ort_basic": ort_basic}
 
 
 def node_count(path: Path) -> int:
