@@ -30,7 +30,7 @@ import torch
 FORMAT = 1
 MANIFEST = "manifest.json"
 LAYOUTS = ("packed", "texts")
-PAD = -1                      # the "texts" layout's padding: never a token id, so the mask is `rows >= 0`
+PAD = -1                      # the "texts" layout's padding: never a token id, so the mask is `rows != PAD`
 SHARD_TOKENS = 1 << 24        # 64 MiB of int32 ids per shard file
 BLOCK_TEXTS = 1000            # texts per tokenizer call (the fast tokenizer batches them across its threads)
 AUTO_PARALLEL_BYTES = 64 << 20  # below this much text, worker processes cost more to start than they save
@@ -407,7 +407,7 @@ def load_or_build(texts: Callable[[], Iterable[str]], corpus: dict, tokenizer, s
         def counted() -> Iterator[np.ndarray]:
             nonlocal tokens
             for ids in _token_blocks(texts(), tokenizer, procs, block_texts, framing):
-                tokens += int((ids >= 0).sum()) if framing else len(ids)
+                tokens += int((ids != PAD).sum()) if framing else len(ids)
                 yield ids
 
         if framing:
