@@ -410,6 +410,11 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
           precision: str = typer.Option("fp32", "--precision", help="With --runtime: fp32, bf16, int8, int8-bf16, "
                                         "int8-static (comma-separated); one this CPU or runtime lacks is reported "
                                         "n/a."),
+          max_accuracy_drop: float = typer.Option(
+              0.01, "--max-accuracy-drop", min=0.0, max=2.0,
+              help="A variant whose task dev metric (export/task_metrics.json) falls more than this below its "
+                   "PyTorch model's (0.01 = one point) is timed but cannot be a model's fastest in best vs best; 2 "
+                   "counts every variant."),
           out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
           ) -> None:
     """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
@@ -472,7 +477,7 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
                 entries.append(Entry(Path(c).stem, Path(c)))
                 continue
             entries += variants(c, ref.parent, rts, precs, cpu) if rts else [Entry(c, ref)]
-        report = run_bench(entries, batches, seqs, threads, runs, cpu=cpu)
+        report = run_bench(entries, batches, seqs, threads, runs, cpu=cpu, max_accuracy_drop=max_accuracy_drop)
         files = write_report(report, out or first.parent / "bench")
     except ExportError as e:
         fail(str(e))

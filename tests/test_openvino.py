@@ -140,6 +140,30 @@ def test_best_vs_best_picks_each_models_fastest_variant():
     assert "headline" not in best_vs_best(rows[:2], "student")[0]
 
 
+def test_best_vs_best_skips_variants_that_lose_accuracy():
+    # static int8 passed the output-cosine parity check yet lost 6 points on SST-2: it must not be the headline
+    def row(group, prec, p50, delta):
+        acc = {"accuracy": 0.80 + delta, "accuracy_delta_vs_pytorch": delta}
+        return {"model": f"{group} ort {prec}", "group": group, "runtime": "ort", "precision": prec, "accuracy": acc,
+                "batch_size": 1, "sequence_length": 128, "latency": {"p50": p50}}
+
+    rows = [row("student", "fp32", 0.030, 0.0), row("student", "int8", 0.020, -0.0099),
+            row("student", "int8-static", 0.010, -0.0596), row("bert_base", "fp32", 0.090, 0.0),
+            row("bert_base", "int8-static", 0.030, -0.355)]
+    best = best_vs_best(rows, "student")[0]
+    assert best["fastest"]["student"]["precision"] == "int8"            # -0.99 points: within the 1-point limit
+    assert best["fastest"]["bert_base"]["precision"] == "fp32"
+    assert best["headline"]["speedup"] == pytest.approx(0.090 / 0.020)
+    assert [(x["model"], round(x["accuracy_drop"], 4)) for x in best["excluded"]] == [
+        ("student ort int8-static", 0.0596), ("bert_base ort int8-static", 0.355)]
+    anything = best_vs_best(rows, "student", max_accuracy_drop=None)[0]
+    assert anything["fastest"]["student"]["precision"] == "int8-static" and anything["excluded"] == []
+    report = {"config": {"threads": 2, "runs": 1, "warmup": 1, "alternating_blocks": 5, "max_accuracy_drop": 0.01},
+              "versions": {"onnxruntime": "x", "machine": "m"}, "models": {}, "results": [], "best": [best]}
+    md = markdown(report)
+    assert "more than 1 point below" in md and "student ort int8-static (-5.96)" in md
+
+
 @pytest.mark.e2e
 def test_cli_export_openvino_and_bench_runtimes(model_dir, tmp_path):  # noqa: F811
     path, _ = model_dir
@@ -183,6 +207,12 @@ def test_openvino_keys_need_the_onnx_export_and_the_ir(tmp_path, tiny_source, sh
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
     assert "precisions only apply with runtimes" in e.value.problems[0].message
+    # the accuracy limit reads the variants' dev metrics: without a finetune section it would do nothing
+    path = write_recipe(tmp_path, tiny_source, shared_data,
+                        export={"onnx": True, "bench": {"runtimes": ["ort"], "max_accuracy_drop": 0.02}})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert [p.path for p in e.value.problems] == ["export.bench.max_accuracy_drop"]
 
 
 @pytest.mark.e2e

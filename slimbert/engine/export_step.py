@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..export.bench import Entry, bench, bert_base_reference, teacher_reference, variants, write_report
+from ..export.bench import MAX_ACCURACY_DROP, Entry, bench, bert_base_reference, teacher_reference, variants, write_report
 from ..export.isa import cpu_info
 from ..export.onnx import ExportError, export
 from ..export.runtime import exported_variants, task_model
@@ -49,7 +49,8 @@ def run_export(r: Resolved, out: Path, train: torch.Tensor, tokenizer, log,
                 ref = (bert_base_reference(meta["task"], dest / "baselines" / f"bert_base-{meta['task']}", dest, **want)
                        if c == "bert_base" else teacher_reference(dest, dest / "baselines" / "teacher", **want))
                 entries += variants(c, ref.parent, rts, precs, cpu) if rts else [Entry(c, ref)]
-            report = bench(entries, e.bench.batch, e.bench.seq, e.bench.threads, cpu=cpu)
+            report = bench(entries, e.bench.batch, e.bench.seq, e.bench.threads, cpu=cpu,
+                           max_accuracy_drop=e.bench.max_accuracy_drop)
             write_report(report, dest / "bench")
             log((dest / "bench" / "report.md").read_text())
         write_card(out, dest, "export")   # after the latency report, which it includes
@@ -67,8 +68,12 @@ def task_accuracy(r: Resolved, out: Path, dest: Path, tokenizer, log) -> dict:
         rt, prec = name.split("-", 1)
         report[name] = task.evaluate(task_model(dest, rt, prec))
     key = next(iter(report["pytorch"]))
+    limit = r.recipe.export.bench.max_accuracy_drop if r.recipe.export.bench is not None else MAX_ACCURACY_DROP
     for name in variants_here:
-        report[name][f"{key}_delta_vs_pytorch"] = report[name][key] - report["pytorch"][key]
-        log(f"{spec.task} dev {key}: {name} {report[name][key]:.4f} (PyTorch {report['pytorch'][key]:.4f})")
+        delta = report[name][f"{key}_delta_vs_pytorch"] = report[name][key] - report["pytorch"][key]
+        lossy = limit is not None and -delta > limit
+        log(f"{spec.task} dev {key}: {name} {report[name][key]:.4f} (PyTorch {report['pytorch'][key]:.4f})"
+            + (f": {-delta * 100:.2f} points lost, more than {limit * 100:g}; kept on disk but not counted as "
+               "fastest in best vs best" if lossy else ""))
     (dest / "task_metrics.json").write_text(json.dumps(report, indent=2))
     return report

@@ -90,6 +90,11 @@ def openvino_needs_onnx(recipe: Recipe, f: Facts) -> Problems:
         out.append(("export.openvino", "the IR is converted from the ONNX export: set export.onnx: true as well"))
     if e.bench is not None and "openvino" in (e.bench.runtimes or []) and not e.openvino:
         out.append(("export.bench.runtimes", "openvino needs the student's IR: set export.openvino: true"))
+    if e.bench is not None and "max_accuracy_drop" in e.bench.model_fields_set and (
+            recipe.finetune is None or e.bench.runtimes is None):
+        out.append(("export.bench.max_accuracy_drop", "reads the exported variants' dev metrics, which need a "
+                                                      "finetune section and export.bench.runtimes; without them it "
+                                                      "would do nothing: remove it"))
     return out
 
 

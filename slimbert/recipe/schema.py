@@ -439,6 +439,10 @@ class Bench(Section):
     precisions: list[Literal["fp32", "bf16", "int8", "int8-bf16", "int8-static"]] = Field(
         ["fp32", "bf16", "int8"], min_length=1, description="With runtimes: the precisions to time; one this CPU or "
                                                             "runtime lacks is reported n/a.")
+    max_accuracy_drop: Annotated[Float, Field(ge=0, le=2)] | None = Field(
+        0.01, description="With a finetune section: a variant whose dev metric falls more than this below its PyTorch "
+                          "model's (0.01 = one accuracy point) is timed and listed, but cannot be a model's fastest "
+                          "in best vs best. null: every variant counts.")
 
     @model_validator(mode="after")
     def _precisions_need_runtimes(self):
