@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -131,6 +132,77 @@ def test_one_real_timing_is_cached_per_machine(tmp_path, monkeypatch):
     assert shape_timer.ExportTimer(cache_dir=tmp_path)(cfg, spec) == ms
     with pytest.raises(ValueError, match="cannot time on ort bf16: n/a"):
         timer(cfg, LatencySpec("ort", "bf16", 1, 32, 1))
+
+
+class _Clock:
+    """A host whose speed the test sets: each fake run advances the clock by its cost times the slowdown."""
+
+    def __init__(self):
+        self.now, self.slowdown = 0.0, 1.0
+
+    def runner(self, ms: float):
+        clock = self
+
+        class Runner:
+            input_names = ["input_ids", "attention_mask"]
+
+            def run(self, feed):
+                clock.now += ms / 1000 * clock.slowdown
+
+        return Runner()
+
+
+def test_anchored_timings_hold_when_the_host_slows_down(tmp_path, monkeypatch):
+    # Two identical shapes timed minutes apart on a shared VM that got 1.5x slower in between: timed alone they
+    # differ by 1.5x; timed beside a fixed anchor (a ratio, scaled by the anchor's reference ms) they agree.
+    from slimbert.export import runtime, shape_timer
+    from slimbert.models import SlimBertConfig
+
+    clock = _Clock()
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: clock.now)
+    monkeypatch.setattr(shape_timer, "artefact", lambda model, rt, prec, folder, seq, slim=True: folder / "m.onnx")
+    costs = {"anchor.onnx": 40.0}   # the anchor, e.g. BERT_BASE, 40 ms on the quiet host
+    monkeypatch.setattr(runtime, "load_for_timing",
+                        lambda rt, path, prec, threads=None: clock.runner(costs.get(Path(path).name, 10.0)))
+    spec = LatencySpec("ort", "fp32", 1, 32, 1)
+
+    def cfg(layers):
+        return SlimBertConfig(vocab_size=1000, embedding_size=32, hidden_size=64, intra_bottleneck_size=32,
+                              num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64)
+
+    alone = shape_timer.ExportTimer(cache_dir=tmp_path / "alone", runs=7)
+    anchor = shape_timer.Anchor("bert_base ort fp32", tmp_path / "anchor.onnx", "ort", "fp32", ms=40.0)
+    anchored = shape_timer.ExportTimer(cache_dir=tmp_path / "anchored", runs=7, anchor=anchor)
+    first = (alone(cfg(2), spec), anchored(cfg(2), spec))
+    clock.slowdown = 1.5
+    second = (alone(cfg(3), spec), anchored(cfg(3), spec))   # a new shape (not cached) costing the same
+    assert first[0] == pytest.approx(10.0) and second[0] == pytest.approx(15.0)
+    assert first[1] == pytest.approx(10.0) and second[1] == pytest.approx(10.0)
+    # the cache keeps the ratio, keyed by the anchor: a faster host later reads the same answer
+    saved = json.loads(anchored.file.read_text())["timings"]
+    assert sorted(round(v, 6) for v in saved.values()) == [0.25, 0.25] and all("bert_base" in k for k in saved)
+    clock.slowdown = 0.5
+    assert shape_timer.ExportTimer(cache_dir=tmp_path / "anchored", anchor=anchor)(cfg(3), spec) == pytest.approx(10.0)
+
+
+def test_alternating_timing_interleaves_in_blocks():
+    from slimbert.export import runtime
+
+    order = []
+
+    class Runner:
+        input_names = ["input_ids"]
+
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, feed):
+            assert feed["input_ids"].shape == (2, 8)
+            order.append(self.name)
+
+    a, b = runtime.alternating_median_ms([Runner("a"), Runner("b")], 2, 8, runs=10, warmup=1, block=5)
+    # warm-up, then blocks: one untimed call and 5 timed ones, a then b, twice
+    assert order == ["a", "b"] + (["a"] * 6 + ["b"] * 6) * 2 and a >= 0 and b >= 0
 
 
 @pytest.mark.e2e

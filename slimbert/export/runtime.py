@@ -163,18 +163,36 @@ def task_model(folder: Path, runtime: str, precision: str, threads: int | None =
     rt = get(runtime)
     return TaskModel(rt.load(rt.file(folder, precision), precision, threads))
 
-def median_ms(runner: Runner, batch: int, seq: int, runs: int = 20, warmup: int = 3, seed: int = 0) -> float:
-    """Median wall time of one call of any runtime's runner at batch x seq (random token ids below 1000, so any
-    vocabulary takes them; no padding)."""
+def _timing_feed(runner: Runner, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    # random token ids below 1000, so any vocabulary takes them; no padding
     rng = np.random.default_rng(seed)
     feed = {"input_ids": rng.integers(100, 1000, (batch, seq)).astype(np.int64),
             "attention_mask": np.ones((batch, seq), np.int64), "token_type_ids": np.zeros((batch, seq), np.int64)}
-    feed = {k: v for k, v in feed.items() if k in runner.input_names}
-    for _ in range(warmup):
-        runner.run(feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        runner.run(feed)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    return {k: v for k, v in feed.items() if k in runner.input_names}
+
+
+def median_ms(runner: Runner, batch: int, seq: int, runs: int = 20, warmup: int = 3, seed: int = 0) -> float:
+    """Median wall time of one call of any runtime's runner at batch x seq."""
+    return alternating_median_ms([runner], batch, seq, runs, warmup, seed)[0]
+
+
+def alternating_median_ms(runners: list[Runner], batch: int, seq: int, runs: int = 20, warmup: int = 3,
+                          seed: int = 0, block: int = 5) -> list[float]:
+    """Median ms of each runner at batch x seq, timed in alternating blocks of `block` calls (each block after one
+    untimed call), so a change in the host's speed during the measurement moves them all alike and their ratios
+    hold (the latency report's scheme, for the shape search's anchored timings)."""
+    feeds = [_timing_feed(r, batch, seq, seed) for r in runners]
+    for r, feed in zip(runners, feeds):
+        for _ in range(warmup):
+            r.run(feed)
+    times: list[list[float]] = [[] for _ in runners]
+    while min(len(t) for t in times) < runs:
+        for r, feed, t in zip(runners, feeds, times):
+            if len(t) >= runs:
+                continue
+            r.run(feed)   # untimed: the other model just evicted this one's caches
+            for _ in range(min(block if len(runners) > 1 else runs, runs - len(t))):
+                t0 = time.perf_counter()
+                r.run(feed)
+                t.append(time.perf_counter() - t0)
+    return [float(np.median(t) * 1000) for t in times]

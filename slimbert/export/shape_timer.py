@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -65,13 +66,31 @@ def artefact(model: nn.Module, runtime_name: str, precision: str, folder: Path, 
     return target
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A fixed model every candidate is timed beside, in alternating blocks: a candidate's timing is its median
+    relative to the anchor's in the same measurement, times `ms`, the anchor's latency where the budget was set
+    (e.g. BERT_BASE's p50 in the latency report's run). Timed alone, one shape after another over many minutes,
+    candidates drift with the host's speed (a shared VM moved 20 % between two runs here); a ratio measured
+    side by side does not, so "3.5x faster than BERT_BASE" is decided the way the report checks it. `name` keys
+    the cache: it must identify the model, runtime and precision (and the anchor runs at the spec's batch x seq)."""
+    name: str
+    path: Path
+    runtime: str
+    precision: str
+    ms: float
+
+
 class ExportTimer:
-    """A `Timer` for the shape search: (SlimBertConfig, LatencySpec) -> median ms, cached per machine."""
+    """A `Timer` for the shape search: (SlimBertConfig, LatencySpec) -> median ms, cached per machine; with an
+    `anchor`, each candidate is timed beside it and scaled by it (see Anchor)."""
 
     def __init__(self, cache_dir: Path | None = None, runs: int = 20, log: Callable[[str], None] | None = None,
-                 cpu: CpuInfo | None = None):
+                 cpu: CpuInfo | None = None, anchor: Anchor | None = None):
         # Nothing is read until the first timing: recipes without a latency budget pay nothing for a timer.
         self.cache_dir, self.runs, self.log, self._cpu = cache_dir, runs, log or (lambda m: None), cpu
+        self.anchor = anchor
+        self._anchor_runners: dict = {}
         self._timings: dict[str, float] | None = None
 
     @property
@@ -113,9 +132,11 @@ class ExportTimer:
         """Median ms of the model `build` makes, under `key` in the cache (`label` names it in the log)."""
         # OpenVINO is timed compiled for the shape (runtime.load_for_timing): not comparable with older entries
         mode = {"static_shapes": True} if spec.runtime == "openvino" else {}
-        full = json.dumps({"model": key, "spec": spec.__dict__, **mode}, sort_keys=True)
+        # anchored entries hold the ratio to the anchor, never a time: they survive the host's speed changing
+        anchored = {"anchor": self.anchor.name} if self.anchor is not None else {}
+        full = json.dumps({"model": key, "spec": spec.__dict__, **mode, **anchored}, sort_keys=True)
         if full in self.timings:
-            return self.timings[full]
+            return self.timings[full] * (self.anchor.ms if self.anchor is not None else 1.0)
         reason = self.unavailable(spec)
         if reason:
             raise ValueError(f"cannot time on {spec.runtime} {spec.precision}: {reason}")
@@ -124,12 +145,29 @@ class ExportTimer:
         with tempfile.TemporaryDirectory(prefix="slimbert-timer-") as tmp:
             path = artefact(model, spec.runtime, spec.precision, Path(tmp), spec.seq, slim=slim)
             runner = runtime.load_for_timing(spec.runtime, path, spec.precision, spec.threads)
-            ms = runtime.median_ms(runner, spec.batch, spec.seq, self.runs)
+            if self.anchor is None:
+                value = ms = runtime.median_ms(runner, spec.batch, spec.seq, self.runs)
+                note = ""
+            else:
+                mine, theirs = runtime.alternating_median_ms([runner, self._anchor_runner(spec)], spec.batch,
+                                                             spec.seq, self.runs)
+                value = mine / theirs
+                ms = value * self.anchor.ms
+                note = (f" ({mine:.2f} ms beside {self.anchor.name} at {theirs:.2f} ms: {value:.3f} of it, scaled to "
+                        f"its {self.anchor.ms:.2f} ms)")
             del runner
-        self.timings[full] = ms
+        self.timings[full] = value
         self._save()
-        self.log(f"timed {label} on {spec.runtime} {spec.precision}, batch {spec.batch} x seq {spec.seq}: {ms:.2f} ms")
+        self.log(f"timed {label} on {spec.runtime} {spec.precision}, batch {spec.batch} x seq {spec.seq}: "
+                 f"{ms:.2f} ms{note}")
         return ms
+
+    def _anchor_runner(self, spec):
+        a = self.anchor
+        key = (spec.threads,)
+        if key not in self._anchor_runners:
+            self._anchor_runners[key] = runtime.load_for_timing(a.runtime, Path(a.path), a.precision, spec.threads)
+        return self._anchor_runners[key]
 
     def __call__(self, config, spec) -> float:
         shape = {k: v for k, v in config.to_diff_dict().items() if k not in ("architectures", "transformers_version")}
