@@ -82,15 +82,87 @@ def test_finetune_evaluates_and_saves(tmp_path, tiny_source, shared_data):
 
 
 @pytest.mark.e2e
-def test_finetune_with_task_distillation_on_pairs(tmp_path, tiny_source, shared_data):
+@pytest.mark.parametrize("distill_hidden", [0.0, 1.0])
+def test_finetune_with_task_distillation_on_pairs(tmp_path, tiny_source, shared_data, distill_hidden):
     recipe = finetune_recipe(tmp_path, tiny_source, shared_data, task="mrpc",
                              train=str(shared_data / "MRPC" / "train.tsv"), dev=str(shared_data / "MRPC" / "dev.tsv"),
                              text_fields=["#1 String", "#2 String"], label_field="Quality", distill=True,
-                             max_examples=128)
+                             max_examples=128, distill_hidden=distill_hidden)
     done = run(recipe, tmp_path / "out")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
     assert result["distill"] and set(result["teacher_dev"]) == {"accuracy", "f1", "matthews"}
+
+
+def _mrpc_task(tokenizer, shared_data, **spec):
+    from slimbert.engine.finetune import ClassificationTask
+    from slimbert.recipe.schema import Finetune
+
+    spec = Finetune(**{"task": "mrpc", "train": str(shared_data / "MRPC" / "train.tsv"),
+                       "dev": str(shared_data / "MRPC" / "dev.tsv"), "text_fields": ["#1 String", "#2 String"],
+                       "label_field": "Quality", "max_examples": 40, "seq_len": 64, **spec})
+    return ClassificationTask(spec, shared_data, tokenizer)
+
+
+def test_hidden_distill_pairs_layers_and_projects_widths():
+    import torch
+
+    from slimbert.engine.finetune import HiddenDistill
+
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 5, 8) for _ in range(5)]        # embeddings + 4 layers, width 8
+    mask = torch.ones(2, 5)
+    same = HiddenDistill(8, 8, [2, 4])                        # 2 student layers <- teacher layers 2 and 4
+    assert same.pairs == [(0, 0), (1, 2), (2, 4)] and not list(same.parameters())
+    assert same([teacher[0], teacher[2], teacher[4]], teacher, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert same([teacher[0], teacher[1], teacher[4]], teacher, mask).item() > 0.1   # layer 1 is not layer 2
+    wide = HiddenDistill(6, 8, [2, 4])                        # a 6-wide student: a learned 6 -> 8 projection
+    student = [torch.randn(2, 5, 6, requires_grad=True) for _ in range(3)]
+    wide(student, teacher, mask).backward()
+    assert wide.proj.weight.grad is not None and student[1].grad is not None
+    with pytest.raises(ValueError, match="the student has 3 and the task teacher 4"):
+        same([teacher[0]] * 4, teacher, mask)
+    from slimbert.recipe.schema import Finetune
+
+    with pytest.raises(ValueError, match="set distill: true"):
+        Finetune(task="t", train="a.tsv", dev="b.tsv", distill_hidden=1.0)
+
+
+def test_training_with_hidden_distillation_moves_the_student_towards_the_teacher(tokenizer, tiny_source,
+                                                                                 shared_data):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from slimbert.engine.finetune import HiddenDistill, TeacherOutputs, _inputs, train
+    from slimbert.models import SlimBertConfig, SlimBertForSequenceClassification
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(str(tiny_source), num_labels=2).eval()
+    cfg = SlimBertConfig(vocab_size=teacher.config.vocab_size, embedding_size=32, hidden_size=64,
+                         intra_bottleneck_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                         num_labels=2, max_position_embeddings=128)
+
+    def gap(student, task):
+        x = _inputs(task.train, torch.arange(task.n_train))
+        with torch.no_grad():
+            s = student(**x, output_hidden_states=True).hidden_states
+            t = teacher(**x, output_hidden_states=True).hidden_states
+        return HiddenDistill(64, 64, [2, 4])(s, t, x["attention_mask"]).item()
+
+    results = {}
+    for weight in (0.0, 10.0):
+        task = _mrpc_task(tokenizer, shared_data, distill=True, distill_hidden=weight, distill_alpha=1.0, lr=2e-3,
+                          epochs=4, batch_size=8)
+        torch.manual_seed(0)
+        student = SlimBertForSequenceClassification(cfg)
+        before = gap(student, task)
+        train(student, task, 0, teacher, layer_map=[2, 4])
+        results[weight] = (before, gap(student, task))
+    assert results[0.0][0] == pytest.approx(results[10.0][0])          # the same start
+    assert results[10.0][1] < 0.7 * results[10.0][0]                   # distilled: much closer to the teacher
+    assert results[10.0][1] < 0.7 * results[0.0][1]                    # and closer than labels alone took it
+    task = _mrpc_task(tokenizer, shared_data, distill=True, distill_hidden=1.0)
+    with pytest.raises(ValueError, match="needs the fine-tuned teacher model"):
+        train(SlimBertForSequenceClassification(cfg), task, 0, TeacherOutputs(teacher, task))
 
 
 @pytest.mark.e2e

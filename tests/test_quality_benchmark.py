@@ -50,6 +50,10 @@ def test_task_spec_keeps_regression_and_the_student_budget():
         assert Q.task_spec("stsb", "slimbert", True).regression
         assert Q.task_spec("stsb", "slimbert", True).max_examples == 500
         assert Q.task_spec("stsb", "source", False).epochs == 3
+        # the intermediate-layer KD lever differs from the slimbert arm in distill_hidden alone
+        lever, main = Q.task_spec("stsb", "slimbert_hidden_kd", True), Q.task_spec("stsb", "slimbert", True)
+        assert lever.distill_hidden == 1.0 and main.distill_hidden == 0.0
+        assert lever.model_dump(exclude={"distill_hidden"}) == main.model_dump(exclude={"distill_hidden"})
     finally:
         Q.configure("cpu")
 

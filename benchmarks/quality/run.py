@@ -109,11 +109,16 @@ COOKBOOK_ARMS = {  # "which recipe wins at this budget": arm -> the cookbook rec
     "minilm_style": "minilm-style", "pruned_init": "mobilebert + pruned init"}
 ARM_TRANSFER = {a: a for a in TRANSFER_ARMS}
 ARM_TRANSFER.update({"slimbert_no_kd": "slimbert", "slimbert_lr_low": "slimbert", "slimbert_lr_high": "slimbert",
+                     "slimbert_hidden_kd": "slimbert",
                      "embed_no_kd": "embed"})
 STUDENT_LR = {"slimbert_lr_low": 1e-4, "slimbert_lr_high": 1e-3}
+# slimbert_hidden_kd: intermediate-layer task KD (finetune.distill_hidden) from the converged teacher, beside the
+# logit KD every arm has. The student's 384-wide layers meet the source's 384-wide ones without a projection; the
+# normalised feature-map MSE starts near the soft loss's size, so weight 1 lets neither drown the other.
+DISTILL_HIDDEN = {"slimbert_hidden_kd": 1.0}
 MAIN_ARMS = ("source", "slimbert", "random_init", "embed")   # every task, every seed
 LEVER_ARMS = ("embed_long", "slimbert_no_kd", "pd_share", "pruned_init", "joint", "auxiliary", "slimbert_lr_low",
-              "slimbert_lr_high")
+              "slimbert_lr_high", "slimbert_hidden_kd")
 COOKBOOK_ONLY = ("distilbert_style", "tinybert_style", "minilm_style")
 
 S: dict = {}          # the chosen scale's knobs (configure())
@@ -315,7 +320,8 @@ def task_spec(task: str, arm: str, distill: bool):
                     label_field=t["label_field"], regression=t.get("regression", False),
                     max_examples=t["max_examples" if source else "student_max_examples"], seq_len=t["seq_len"],
                     lr=LR["source"] if source else STUDENT_LR.get(arm, LR["student"]), distill=distill,
-                    epochs=S["source"]["max_epochs"][task] if source else S["student_epochs"][task], **FINETUNE)
+                    epochs=S["source"]["max_epochs"][task] if source else S["student_epochs"][task],
+                    distill_hidden=DISTILL_HIDDEN.get(arm, 0.0), **FINETUNE)
 
 
 def student_for(arm: str, seed: int):
@@ -397,8 +403,11 @@ def finetune(task: str, arm: str, seed: int) -> dict:
             finetune(task, "source", teacher_seed(task, seed))
         from transformers import AutoModelForSequenceClassification
 
-        teacher = teacher_outputs(task, seed, task_, lambda: TeacherOutputs(
-            AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)), task_))
+        if spec.distill_hidden > 0:  # hidden states: the teacher runs on every batch (uniform layer map)
+            teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval()
+        else:
+            teacher = teacher_outputs(task, seed, task_, lambda: TeacherOutputs(
+                AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)), task_))
     torch.manual_seed(seed)
     curve = None
     if arm == "source":

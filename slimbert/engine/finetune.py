@@ -192,20 +192,51 @@ class TeacherOutputs:
         return SimpleNamespace(**out)
 
 
-def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
+class HiddenDistill(torch.nn.Module):
+    """Intermediate-layer task distillation (TinyBERT's task stage): the normalised feature-map MSE between the
+    student's hidden states and the fine-tuned teacher's, pair by pair: the embedding outputs, then each student
+    layer with the teacher layer `layer_map` gives it (1-based). A projection, trained with the student and
+    dropped after, maps the student's width to the teacher's when they differ."""
+
+    def __init__(self, student_width: int, teacher_width: int, layer_map: list[int]):
+        super().__init__()
+        self.pairs = [(0, 0)] + [(i + 1, t) for i, t in enumerate(layer_map)]
+        self.proj = (torch.nn.Linear(student_width, teacher_width, bias=False) if student_width != teacher_width
+                     else torch.nn.Identity())
+
+    def forward(self, student_hidden, teacher_hidden, mask: torch.Tensor) -> torch.Tensor:
+        if len(student_hidden) != len(self.pairs) or len(teacher_hidden) <= max(t for _, t in self.pairs):
+            raise ValueError(f"distill_hidden: layer_map pairs {len(self.pairs) - 1} student layers with teacher "
+                             f"layers up to {max(t for _, t in self.pairs)}, but the student has "
+                             f"{len(student_hidden) - 1} and the task teacher {len(teacher_hidden) - 1}")
+        losses = [L.feature_map_loss(teacher_hidden[t], self.proj(student_hidden[i]), mask) for i, t in self.pairs]
+        return torch.stack(losses).mean()
+
+
+def train(model, task, seed: int, teacher=None, log=None, layer_map: list[int] | None = None) -> list[dict]:
     """Fine-tune `model` on the task's training set, on the device the model is on; with `teacher` (a model,
     or its precomputed TeacherOutputs), mix in task distillation:
-    distill_alpha * hard-label loss + (1 - distill_alpha) * soft cross-entropy at the temperature.
+    distill_alpha * hard-label loss + (1 - distill_alpha) * soft cross-entropy at the temperature,
+    plus distill_hidden * the hidden-state loss (HiddenDistill over `layer_map`; default one teacher layer per
+    student layer, spread evenly), which needs the teacher model itself: it then runs on every batch.
     The example order is drawn on the CPU from `seed`, so it is the same on every device."""
     s = task.spec
     device = _device(model)
-    if teacher is not None and not isinstance(teacher, TeacherOutputs):
+    hidden = None
+    if teacher is not None and getattr(s, "distill_hidden", 0) > 0:   # (the teacher's own fine-tune has none)
+        if isinstance(teacher, TeacherOutputs):
+            raise ValueError("distill_hidden needs the fine-tuned teacher model, not its precomputed logits")
+        teacher.eval()
+        t_layers, s_layers = teacher.config.num_hidden_layers, model.config.num_hidden_layers
+        layer_map = layer_map or [round((i + 1) * t_layers / s_layers) for i in range(s_layers)]
+        hidden = HiddenDistill(model.config.hidden_size, teacher.config.hidden_size, layer_map).to(device)
+    elif teacher is not None and not isinstance(teacher, TeacherOutputs):
         teacher = TeacherOutputs(teacher, task)
     n = task.n_train
     total = max(1, math.ceil(s.epochs * math.ceil(n / s.batch_size)))
     warmup = int(s.warmup_ratio * total)
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for _, p in list(model.named_parameters()) + (list(hidden.named_parameters()) if hidden is not None else []):
         (no_decay if p.dim() < 2 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=s.lr)
@@ -221,16 +252,21 @@ def train(model, task, seed: int, teacher=None, log=None) -> list[dict]:
                 break
             idx = order[i:i + s.batch_size]
             x = _inputs(task.train, idx, device)
-            out = model(**x)
+            out = model(**x, output_hidden_states=True) if hidden is not None else model(**x)
             loss = task.hard_loss(out, idx)
-            if teacher is not None:
+            if hidden is not None:
+                with torch.no_grad():
+                    t_out = teacher(**x, output_hidden_states=True)
+                loss = (s.distill_alpha * loss + (1 - s.distill_alpha) * task.soft_loss(out, t_out)
+                        + s.distill_hidden * hidden(out.hidden_states, t_out.hidden_states, x["attention_mask"]))
+            elif teacher is not None:
                 t_out = teacher(idx, x["input_ids"].shape[1], device)
                 loss = s.distill_alpha * loss + (1 - s.distill_alpha) * task.soft_loss(out, t_out)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tuning {s.task}, step {step}: loss is {loss.item()}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
             opt.step()
             sched.step()
             step += 1
@@ -268,7 +304,7 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
             train(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
         teacher_dev = task.evaluate(teacher)
     model = task.student_model(student, r.recipe.student.dropout).to(device)
-    history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"))
+    history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"), layer_map=r.layer_map)
     dev = task.evaluate(model)
     save_model(model, tokenizer, out / "finetune" / "model")
     result = {"task": spec.task, "dev": dev, "teacher_dev": teacher_dev, "distill": spec.distill,

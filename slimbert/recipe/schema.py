@@ -409,6 +409,18 @@ class Finetune(Section):
     distill_alpha: Annotated[Float, Field(ge=0, le=1)] = Field(
         0.5, description="Weight of the hard-label loss against the teacher's soft targets.")
     temperature: PosFloat = Field(1.0, description="Task-distillation temperature.")
+    distill_hidden: NonNegFloat = Field(
+        0.0, description="Intermediate-layer task distillation (TinyBERT's task stage): weight of the normalised "
+                         "MSE between the student's hidden states (embedding output and each layer) and the task "
+                         "teacher's at the layers layer_map pairs them with, through a learned projection when the "
+                         "widths differ. Needs distill: true; the teacher then runs on every batch instead of once. "
+                         "0: off.")
+
+    @model_validator(mode="after")
+    def _hidden_needs_distill(self):
+        if self.distill_hidden > 0 and not self.distill:
+            raise ValueError("distill_hidden distils the task teacher's hidden states: set distill: true")
+        return self
 
     @model_validator(mode="after")
     def _one_source(self):
