@@ -94,6 +94,24 @@ def test_finetune_with_task_distillation_on_pairs(tmp_path, tiny_source, shared_
     assert result["distill"] and set(result["teacher_dev"]) == {"accuracy", "f1", "matthews"}
 
 
+def test_hidden_distillation_refuses_a_task_teacher_of_another_depth(tmp_path, tiny_source, shared_data):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from slimbert.recipe import RecipeError, load_recipe
+
+    shallow = tmp_path / "teacher"
+    BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=4, intermediate_size=64)).save_pretrained(shallow)
+    recipe = finetune_recipe(tmp_path, tiny_source, shared_data, distill=True, distill_hidden=1.0,
+                             teacher_model=str(shallow))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe)
+    [problem] = e.value.problems
+    assert problem.path == "finetune.distill_hidden" and "source's 4" in problem.message
+    assert "has 2 layers" in problem.message
+    load_recipe(finetune_recipe(tmp_path, tiny_source, shared_data, distill=True, teacher_model=str(shallow)))
+
+
 def _mrpc_task(tokenizer, shared_data, **spec):
     from slimbert.engine.finetune import ClassificationTask
     from slimbert.recipe.schema import Finetune

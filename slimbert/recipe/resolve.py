@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import importlib.util
+import json
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,7 +277,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
             out.add(("data", "similarity_pairs", i), f"file not found: {p if p.is_absolute() else base / p}")
     recipe = _with_source_pooling(recipe, source.pooling)
     if recipe.finetune is not None:
-        _check_task(recipe.finetune, base, out)
+        _check_task(recipe.finetune, base, out, source.num_layers)
     for key, message in logging_problems(recipe.logging, base):
         out.add(key, message)
     out.raise_if_any()
@@ -351,7 +352,7 @@ def logging_problems(spec, base: Path) -> list[tuple[str, str]]:
     return problems
 
 
-def _check_task(ft, base: Path, out: Collector) -> None:
+def _check_task(ft, base: Path, out: Collector, source_layers: int | None = None) -> None:
     """The task files or dataset splits exist and hold the named columns (and, for regression, numbers) before
     any training."""
     names = None
@@ -395,6 +396,23 @@ def _check_task(ft, base: Path, out: Collector) -> None:
             check_weights((base / ft.teacher_model).resolve())
         except SourceError as e:
             out.add("finetune.teacher_model", str(e))
+        else:
+            _check_hidden_teacher(ft, base / ft.teacher_model, source_layers, out)
+
+
+def _check_hidden_teacher(ft, folder: Path, source_layers: int | None, out: Collector) -> None:
+    """distill_hidden pairs student layers with teacher layers by layer_map, which counts the source's layers: a
+    task teacher of another depth would be paired wrongly (or fail on its first batch)."""
+    if ft.distill_hidden <= 0 or source_layers is None:
+        return
+    try:
+        layers = json.loads((folder / "config.json").read_text()).get("num_hidden_layers")
+    except (OSError, ValueError):
+        return  # check_weights has judged the folder; a config the teacher cannot load fails there by name
+    if isinstance(layers, int) and layers != source_layers:
+        out.add("finetune.distill_hidden", f"pairs the student's layers with the source's {source_layers} (layer_map), "
+                                           f"but finetune.teacher_model has {layers} layers; use a teacher fine-tuned "
+                                           "from the source, or distill_hidden: 0")
 
 
 def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str):
