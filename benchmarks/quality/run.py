@@ -117,8 +117,8 @@ STUDENT_LR = {"slimbert_lr_low": 1e-4, "slimbert_lr_high": 1e-3}
 # normalised feature-map MSE starts near the soft loss's size, so weight 1 lets neither drown the other.
 DISTILL_HIDDEN = {"slimbert_hidden_kd": 1.0}
 MAIN_ARMS = ("source", "slimbert", "random_init", "embed")   # every task, every seed
-LEVER_ARMS = ("embed_long", "slimbert_no_kd", "pd_share", "pruned_init", "joint", "auxiliary", "slimbert_lr_low",
-              "slimbert_lr_high", "slimbert_hidden_kd")
+LEVER_ARMS = ("embed_long", "slimbert_hidden_kd", "slimbert_no_kd", "pd_share", "pruned_init", "joint", "auxiliary",
+              "slimbert_lr_low", "slimbert_lr_high")
 COOKBOOK_ONLY = ("distilbert_style", "tinybert_style", "minilm_style")
 
 S: dict = {}          # the chosen scale's knobs (configure())
