@@ -69,6 +69,7 @@ def test_export_writes_irs_checked_against_pytorch(ov_export, model_dir, tokeniz
         (out / "openvino_model_int8.bin").stat().st_size < 0.5 * (out / "openvino_model.bin").stat().st_size
     meta = json.loads((out / "slimbert_export.json").read_text())
     assert {"fp32", "int8", "openvino-fp32", "openvino-int8"} <= set(meta["parity"])
+    assert meta["openvino_int8"] == {"smooth_quant": True}   # SmoothQuant kept where the parity check passes
     # the IR gives PyTorch's logits on real text
     _, model = model_dir
     enc = tokenizer(["A short sentence.", "Another, somewhat longer sentence for the model."], padding=True,
@@ -87,6 +88,39 @@ def test_export_writes_irs_checked_against_pytorch(ov_export, model_dir, tokeniz
     np.testing.assert_allclose(static.run(one)[0], ref[:1], rtol=1e-4, atol=1e-5)
     static.run(feed)
     assert len(static._by_shape) == 2
+
+
+@pytest.mark.parametrize("plain_also_drifts", [False, True])
+def test_an_int8_ir_that_smoothquant_shrinks_is_made_again_without_it(model_dir, tmp_path, monkeypatch,  # noqa: F811
+                                                                      plain_also_drifts):
+    # A fine-tuned NoNorm student's int8 IR came out with logits 10x too small (cosine 0.93) with NNCF's
+    # SmoothQuant and cosine 0.999 without it: simulate the shrink, and check the export's fallback and record.
+    path, _ = model_dir
+    calls, real_quantize, real_run = [], ovx.quantize_int8, ovx.OvRunner.run
+
+    def quantize(xml, dst, items, for_timing=False, smooth_quant=True):
+        calls.append(smooth_quant)
+        real_quantize(xml, dst, items, for_timing=for_timing, smooth_quant=smooth_quant)
+
+    def run(self, feed):
+        out = real_run(self, feed)
+        shrunk = self.xml.name == ovx.IR_INT8 and (calls[-1] or plain_also_drifts)
+        return [np.concatenate([o[..., :1] * 0.1, o[..., 1:]], -1) for o in out] if shrunk else out
+
+    monkeypatch.setattr(ovx, "quantize_int8", quantize)
+    monkeypatch.setattr(ovx.OvRunner, "run", run)
+    out, lines = tmp_path / "export", []
+    if plain_also_drifts:
+        with pytest.raises(ExportError, match="drifts too far .* \\(with NNCF's SmoothQuant and without\\)"):
+            export(path, out, quantize="int8", measure=False, openvino=True, log=lines.append)
+        assert calls == [True, False] and not out.exists()
+        return
+    result = export(path, out, quantize="int8", measure=False, openvino=True, log=lines.append)
+    assert calls == [True, False]
+    assert any("with NNCF's SmoothQuant; quantising again without it" in line for line in lines)
+    meta = json.loads((out / "slimbert_export.json").read_text())
+    assert meta["openvino_int8"]["smooth_quant"] is False and meta["openvino_int8"]["with_smooth_quant_cosine"] < 0.98
+    assert result.parity["openvino-int8"].cosine > 0.99
 
 
 def test_an_ir_that_does_not_match_fails_the_export_and_leaves_nothing(model_dir, tmp_path, monkeypatch):  # noqa: F811

@@ -114,10 +114,12 @@ def calibration_items(tokenizer=None, texts: list[str] | None = None, sequences:
     return items
 
 
-def quantize_int8(xml: Path, dst: Path, items: list[dict[str, np.ndarray]], for_timing: bool = False) -> None:
+def quantize_int8(xml: Path, dst: Path, items: list[dict[str, np.ndarray]], for_timing: bool = False,
+                  smooth_quant: bool = True) -> None:
     """NNCF post-training quantisation (transformer preset: int8 MatMuls, sensitive ops kept in float).
     `for_timing`: the same quantised graph without SmoothQuant and bias correction, which only change values
-    (several times faster to make; for latency measurements of random-weight shapes, never for a real export)."""
+    (several times faster to make; for latency measurements of random-weight shapes, never for a real export).
+    `smooth_quant=False`: without SmoothQuant only (the export's fallback when its int8 fails the parity check)."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
@@ -125,9 +127,10 @@ def quantize_int8(xml: Path, dst: Path, items: list[dict[str, np.ndarray]], for_
     model = ov.Core().read_model(str(xml))
     names = {i.get_any_name() for i in model.inputs}
     data = nncf.Dataset([{k: v for k, v in item.items() if k in names} for item in items])
-    advanced = (AdvancedQuantizationParameters(disable_bias_correction=True,
-                                               smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
-                if for_timing else None)
+    no_smoothing = AdvancedSmoothQuantParameters(matmul=-1)
+    advanced = (AdvancedQuantizationParameters(disable_bias_correction=True, smooth_quant_alphas=no_smoothing)
+                if for_timing else
+                AdvancedQuantizationParameters(smooth_quant_alphas=no_smoothing) if not smooth_quant else None)
     quantized = nncf.quantize(model, data, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items),
                               advanced_parameters=advanced)
     ov.save_model(quantized, str(dst), compress_to_fp16=False)
