@@ -42,7 +42,7 @@ from slimbert.export.onnx import ExportError, export, export_onnx  # noqa: E402
 from slimbert.export.passes import DEFAULT_PASSES  # noqa: E402
 from slimbert.export.shape_timer import Anchor, ExportTimer, frontier_chart  # noqa: E402
 from slimbert.models import SlimBertForSequenceClassification, count, preset, to_transformers  # noqa: E402
-from slimbert.recipe.shape_search import Axes, LatencySpec, solve_latency  # noqa: E402
+from slimbert.recipe.shape_search import Axes, LatencySpec, NoShapeFits, solve_latency  # noqa: E402
 
 # each runtime's precisions (bf16 on ORT is there to say n/a: its CPU provider has no bf16 kernels)
 PRECISIONS = {"ort": ["fp32", "bf16", "int8", "int8-static"], "openvino": ["fp32", "bf16", "int8", "int8-bf16"]}
@@ -174,8 +174,11 @@ def main() -> None:
             found = solve_latency(base, axes, spec, timer, budget_ms=budget, ratio=None, tolerance=0.1,
                                   max_params=None, max_flops=None, seq_len=args.seq, sample=4,
                                   max_timed=args.max_timed, min_params=count(base).total_params)
+        except NoShapeFits as e:  # nothing fits: the timed shapes are still the frontier to show
+            found, search_error = None, {"error": str(e), "frontier": e.frontier, "budget_ms": budget,
+                                         "spec": dict(spec.__dict__)}
         except ValueError as e:
-            found, search_error = None, str(e)
+            found, search_error = None, {"error": str(e)}
         else:
             search_error = None
         # 4. the chosen shape, and run 2 -------------------------------------------------------------------------
@@ -197,11 +200,12 @@ def main() -> None:
                   "ms": bb_best["p50"] * 1e3, "runtime": bb_best["runtime"], "precision": bb_best["precision"]},
                  {"name": "MobileBERT preset", "params": count(base).total_params, "ms": mb_best["p50"] * 1e3,
                   "runtime": mb_best["runtime"], "precision": mb_best["precision"]}]
-        if found is not None:
-            frontier_chart(found.as_dict(), marks, out_dir / "latency_frontier.png")
+        search = found.as_dict() if found else search_error
+        if "frontier" in search:
+            frontier_chart(search, marks, out_dir / "latency_frontier.png")
     elapsed = time.time() - t_start
     result = {"args": vars(args), "elapsed_s": round(elapsed), "run1": run1, "run2": run2,
-              "search": found.as_dict() if found else {"error": search_error}, "marks": marks,
+              "search": search, "marks": marks,
               "parity": {"mobilebert": {k: v.as_dict() for k, v in mb_export.parity.items()},
                          "bert_base": {k: v.as_dict() for k, v in bb_export.parity.items()}},
               "passes": rel_export.passes, "int8_refused": REFUSED, "progress": progress}
@@ -298,7 +302,7 @@ def write(res: dict, args) -> str:
         lines += ["## Run 2: the searched shape beside BERT_BASE", "", markdown(run2)]
     lines += ["## The latency-aware shape search", ""]
     if "frontier" in search:
-        lines += [search["reason"], "",
+        lines += [search.get("reason") or f"No shape fits: {search['error']}", "",
                   f"Every shape was timed beside BERT_BASE's fastest variant of run 1 ({bb_best['model']}), in "
                   "alternating blocks, and its ms is its ratio to BERT_BASE in that measurement times BERT_BASE's "
                   "run-1 p50: the budget is a ratio measured side by side, so the host's speed drifting between run 1 "

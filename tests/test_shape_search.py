@@ -68,10 +68,21 @@ def test_solver_with_a_non_monotone_timer_still_returns_a_measured_fit():
     assert best.layers == 12 and best.latency_ms <= 5.0
 
 
-def test_solver_says_what_was_closest_when_nothing_fits():
-    with pytest.raises(ValueError, match="no candidate answers within 0.5 ms on openvino int8.*fastest: L="):
-        solve_latency(preset("mobilebert"), AXES, SPEC, FakeTimer(), budget_ms=0.5, ratio=0.5, tolerance=0.1,
+def test_solver_says_what_was_closest_when_nothing_fits(tmp_path):
+    from slimbert.export.shape_timer import frontier_chart
+    from slimbert.recipe.shape_search import NoShapeFits
+
+    timer = FakeTimer()
+    with pytest.raises(NoShapeFits, match="no candidate answers within 0.5 ms on openvino int8.*fastest: L=") as e:
+        solve_latency(preset("mobilebert"), AXES, SPEC, timer, budget_ms=0.5, ratio=0.5, tolerance=0.1,
                       max_params=None, max_flops=None, seq_len=128, sample=4)
+    # what was timed is still there to show: every timed shape, none fitting, none chosen
+    assert len(e.value.frontier) == len(timer.calls) >= 4
+    assert not any(f["fits"] or f["chosen"] for f in e.value.frontier)
+    png = frontier_chart({"spec": SPEC.__dict__, "frontier": e.value.frontier, "budget_ms": 0.5},
+                         [{"name": "BERT_BASE", "params": 110e6, "ms": 30.0, "runtime": "ort", "precision": "fp32"}],
+                         tmp_path / "frontier.png")
+    assert png.stat().st_size > 1000
 
 
 def _latency_recipe(tmp_path, tiny_source, shared_data, **balance):

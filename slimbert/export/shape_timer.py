@@ -230,9 +230,10 @@ def frontier_chart(balance: dict, marks: list[dict], path: Path) -> Path:
     miss = [r for r in rows if not r["fits"]]
     ax.scatter([r["ms"] for r in fit], [r["params"] / 1e6 for r in fit], c="tab:green", label="fits the budget")
     ax.scatter([r["ms"] for r in miss], [r["params"] / 1e6 for r in miss], c="tab:gray", label="too slow")
-    chosen = next(r for r in rows if r["chosen"])
-    ax.scatter([chosen["ms"]], [chosen["params"] / 1e6], s=160, facecolors="none", edgecolors="tab:red", linewidths=2,
-               label=f"chosen: L={chosen['layers']} H={chosen['inter_size']} I={chosen['intra_size']}")
+    chosen = next((r for r in rows if r["chosen"]), None)   # None: nothing fits, the timed shapes are still shown
+    if chosen is not None:
+        ax.scatter([chosen["ms"]], [chosen["params"] / 1e6], s=160, facecolors="none", edgecolors="tab:red",
+                   linewidths=2, label=f"chosen: L={chosen['layers']} H={chosen['inter_size']} I={chosen['intra_size']}")
     ax.axvline(balance["budget_ms"], color="tab:red", linestyle="--", linewidth=1,
                label=f"budget {balance['budget_ms']:.2f} ms")
     for m, marker in zip(marks, ("*", "D")):

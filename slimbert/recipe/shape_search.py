@@ -200,16 +200,16 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
             best = todo[lo]
         if truncated:
             break
+    frontier = [{**rows[i][1], "ms": round(timed[i], 3), "fits": timed[i] <= budget_ms, "chosen": i == best}
+                for i in sorted(timed)]
     if best is None:
         fastest = sorted(timed, key=timed.get)[:3]
         desc = "; ".join(_describe(rows[i][1], timed[i]) for i in fastest)
-        raise ValueError(f"no candidate answers within {budget_ms:g} ms on {spec.runtime} {spec.precision} "
-                         f"(batch {spec.batch} x seq {spec.seq}, {spec.threads} threads; timed {len(timed)} of "
-                         f"{len(rows)} shapes in the band); fastest: {desc}. Raise latency_ms or allow smaller "
-                         "shapes (fewer layers, narrower inter_sizes)")
+        raise NoShapeFits(frontier, f"no candidate answers within {budget_ms:g} ms on {spec.runtime} "
+                                    f"{spec.precision} (batch {spec.batch} x seq {spec.seq}, {spec.threads} threads; "
+                                    f"timed {len(timed)} of {len(rows)} shapes in the band); fastest: {desc}. Raise "
+                                    "latency_ms or allow smaller shapes (fewer layers, narrower inter_sizes)")
     row = rows[best][1]
-    frontier = [{**rows[i][1], "ms": round(timed[i], 3), "fits": timed[i] <= budget_ms, "chosen": i == best}
-                for i in sorted(timed)]
     cap = f"; the scan stopped at max_timed={max_timed}, so a larger shape may fit" if truncated else ""
     floor = f", at least {min_params / 1e6:.2f}M params" if min_params is not None else ""
     reason = (f"largest of {len(rows)} shapes in the attention/FFN band {target} +- {tolerance}{floor} (of "
@@ -222,6 +222,15 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
                          layers=row["layers"], inter_size=row["inter_size"], heads=row["heads"],
                          qkv_from=row["qkv_from"], latency_ms=round(timed[best], 3), budget_ms=budget_ms,
                          spec=spec.__dict__.copy(), frontier=frontier)
+
+
+class NoShapeFits(ValueError):
+    """No candidate answered within the budget; `frontier` holds every shape that was timed (none fits), so a
+    caller can still show what was measured."""
+
+    def __init__(self, frontier: list[dict], message: str):
+        super().__init__(message)
+        self.frontier = frontier
 
 
 FAMILY = ("layers", "inter_size", "heads", "qkv_from", "stacked")  # with F / I: a family varies only in I
