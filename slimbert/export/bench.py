@@ -239,8 +239,7 @@ def accuracy_drop(acc: dict | None) -> float | None:
     """How far a variant's task dev metric falls below its PyTorch model's (positive: worse); None when unknown."""
     if not acc:
         return None
-    key = next(k for k in acc if not k.endswith("_delta_vs_pytorch"))
-    delta = acc.get(f"{key}_delta_vs_pytorch")
+    delta = acc.get(f"{_metric_key(acc)}_delta_vs_pytorch")
     return None if delta is None else -float(delta)
 
 
@@ -280,10 +279,15 @@ def write_report(report: dict, out: Path) -> list[Path]:
     return [out / "report.json", out / "report.md", out / "report.png"]
 
 
+def _metric_key(acc: dict) -> str:
+    """The task's headline metric in a variant's task metrics (its first; the deltas follow the metrics)."""
+    return next(k for k in acc if not k.endswith("_delta_vs_pytorch"))
+
+
 def _accuracy(acc: dict | None) -> str:
     if not acc:
         return ""
-    key = next(k for k in acc if not k.endswith("_delta_vs_pytorch"))
+    key = _metric_key(acc)
     return f"{key} {acc[key]:.4f}"
 
 
