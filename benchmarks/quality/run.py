@@ -94,6 +94,8 @@ SCALES = {
 FINETUNE = dict(batch_size=32, warmup_ratio=0.1, distill_alpha=0.5, temperature=2.0)
 LR = {"source": 5e-5, "student": 3e-4}       # narrow, mostly-new students like higher rates (paper: 1e-4..1e-3)
 STUDENT_DROPOUT = 0.1
+# Fine-tuning (train() runs where the model is) on the GPU when there is one: the gpu scale's full training sets
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BUSY_LOAD_PER_CORE = 0.5                      # 1-min load average per core above which the run refuses to start
 
 # The transfer runs. Every student arm sees the same corpus and, at equal compute, the same student tokens
@@ -404,18 +406,18 @@ def finetune(task: str, arm: str, seed: int) -> dict:
         from transformers import AutoModelForSequenceClassification
 
         if spec.distill_hidden > 0:  # hidden states: the teacher runs on every batch (uniform layer map)
-            teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval()
+            teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval().to(DEVICE)
         else:
             teacher = teacher_outputs(task, seed, task_, lambda: TeacherOutputs(
-                AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)), task_))
+                AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).to(DEVICE), task_))
     torch.manual_seed(seed)
     curve = None
     if arm == "source":
-        model = task_.source_model(source_path)
+        model = task_.source_model(source_path).to(DEVICE)
         curve = train_to_plateau(model, task_, seed, task)
         history = [{"loss": curve[-1]["loss"]}]
     else:
-        model = task_.student_model(student_for(arm, seed), STUDENT_DROPOUT)
+        model = task_.student_model(student_for(arm, seed), STUDENT_DROPOUT).to(DEVICE)
         history = train(model, task_, seed, teacher)
     with torch.no_grad():
         dev = task_.evaluate(model)
