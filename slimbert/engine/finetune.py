@@ -223,7 +223,7 @@ def train(model, task, seed: int, teacher=None, log=None, layer_map: list[int] |
     s = task.spec
     device = _device(model)
     hidden = None
-    if teacher is not None and getattr(s, "distill_hidden", 0) > 0:   # (the teacher's own fine-tune has none)
+    if teacher is not None and s.distill_hidden > 0:   # (the teacher's own fine-tune has none)
         if isinstance(teacher, TeacherOutputs):
             raise ValueError("distill_hidden needs the fine-tuned teacher model, not its precomputed logits")
         teacher.eval()
