@@ -33,13 +33,16 @@ def path_arg(value: Path | None, what: str) -> Path | None:
     return value
 
 
-def recipe_errors(fn):
-    """Run fn; a RecipeError becomes one line per problem on stderr and exit code 2, never a traceback."""
+def recipe_errors(fn, before_exit=None):
+    """Run fn; a RecipeError becomes one line per problem on stderr and exit code 2, never a traceback.
+    before_exit(error) may show what the failed call still measured."""
     from .recipe.errors import RecipeError
 
     try:
         return fn()
     except RecipeError as e:
+        if before_exit is not None:
+            before_exit(e)
         err.print(f"[bold red]{len(e.problems)} problem(s):[/]")
         for p in e.problems:
             err.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
@@ -104,7 +107,21 @@ def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
     from .recipe import build_plan, load_recipe, recipe_path
 
     timer = _timer()
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=timer))
+
+    def show_timed(e) -> None:  # no shape met the latency budget: the shapes timed still say how close it came
+        if e.frontier is None:
+            return
+        from .export.shape_timer import frontier_chart
+
+        b, spec = dict(e.frontier), e.frontier["spec"]
+        name = f"frontier-{Path(recipe).stem}-{spec['runtime']}-{spec['precision']}-none-fits.png"
+        b["frontier_png"] = str(frontier_chart(b, [], timer.file.parent / name))
+        if as_json:
+            print(json.dumps({"balance": b}, indent=2, default=str))
+        else:
+            print_frontier(b)
+
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=timer), show_timed)
     p = build_plan(r)
     if not no_measure:
         from .engine.estimate import estimate_stages

@@ -216,19 +216,43 @@ def test_alternating_timing_interleaves_in_blocks():
     assert order == ["a", "b"] + (["a"] * 6 + ["b"] * 6) * 2 and a >= 0 and b >= 0
 
 
+def _plan_json(tmp_path, tiny_source, shared_data, latency_ms: float, max_timed: int):
+    """`slimbert plan --json` of a one-family latency recipe timed for real on ORT fp32, its cache in tmp_path."""
+    path = _latency_recipe(tmp_path, tiny_source, shared_data, runtime="ort", precision="fp32", seq=32, threads=1,
+                           latency_ms=latency_ms, sample=2, max_timed=max_timed, layers=[2], inter_sizes=[64])
+    env = {**__import__("os").environ, "SLIMBERT_LATENCY_CACHE": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", "slimbert.cli", "plan", str(path), "--json", "--no-measure"],
+                          capture_output=True, text=True, env=env)
+
+
 @pytest.mark.e2e
 def test_plan_shows_the_frontier_table_and_png(tmp_path, tiny_source, shared_data):
-    path = _latency_recipe(tmp_path, tiny_source, shared_data, runtime="ort", precision="fp32", seq=32, threads=1,
-                           latency_ms=1000, sample=2, max_timed=3, layers=[2], inter_sizes=[64])
-    env = {**__import__("os").environ, "SLIMBERT_LATENCY_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "plan", str(path), "--json", "--no-measure"],
-                          capture_output=True, text=True, env=env)
+    done = _plan_json(tmp_path, tiny_source, shared_data, latency_ms=1000, max_timed=3)
     assert done.returncode == 0, done.stderr[-2000:]
     b = json.loads(done.stdout)["balance"]
     assert sum(f["chosen"] for f in b["frontier"]) == 1 and b["latency_ms"] <= 1000
-    from pathlib import Path
-
     assert Path(b["frontier_png"]).is_file() and Path(b["frontier_png"]).parent == tmp_path / "cache"
+
+
+def test_a_budget_nothing_meets_is_refused_with_what_was_timed(tmp_path, tiny_source, shared_data):
+    # the fake timer says every shape is too slow: load_recipe names the key and carries the timed shapes
+    path = _latency_recipe(tmp_path, tiny_source, shared_data, latency_ms=0.5)
+    with pytest.raises(RecipeError, match="balance.*impossible balance: no candidate answers within 0.5 ms") as e:
+        load_recipe(path, timer=lambda config, spec: 1.0 + config.num_hidden_layers)
+    f = e.value.frontier
+    assert f["budget_ms"] == 0.5 and f["spec"]["runtime"] == "openvino" and len(f["frontier"]) >= 2
+    assert not any(row["fits"] or row["chosen"] for row in f["frontier"])
+
+
+@pytest.mark.e2e
+def test_plan_shows_the_shapes_it_timed_when_none_fits(tmp_path, tiny_source, shared_data):
+    done = _plan_json(tmp_path, tiny_source, shared_data, latency_ms=0.0001, max_timed=2)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "balance: impossible balance: no candidate answers within 0.0001 ms" in " ".join(done.stderr.split())
+    b = json.loads(done.stdout)["balance"]
+    assert b["frontier"] and not any(f["chosen"] or f["fits"] for f in b["frontier"])
+    png = Path(b["frontier_png"])
+    assert png.is_file() and png.parent == tmp_path / "cache" and png.name.endswith("-none-fits.png")
 
 
 def test_latency_model_recovers_overhead_and_flop_terms():

@@ -25,7 +25,9 @@ class Problem:
 class RecipeError(ValueError):
     """Raised for bad recipes, overrides, paths and models; `problems` lists every problem found."""
 
-    def __init__(self, problems: list[Problem] | Problem | str):
+    def __init__(self, problems: list[Problem] | Problem | str, frontier: dict | None = None):
+        # frontier: a latency search that found no shape still timed some; `plan` shows them beside the error
+        self.frontier = frontier
         if isinstance(problems, str):
             problems = [Problem("", problems)]
         elif isinstance(problems, Problem):

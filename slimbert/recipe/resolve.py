@@ -66,6 +66,7 @@ class Resolved:
 class Collector:
     def __init__(self, lines: LineMap, file: str, overrides: list[str] | None = None):
         self.lines, self.file, self.problems = lines, file, []
+        self.frontier: dict | None = None  # the shapes a latency search timed when none fitted
         # A value set with --set is blamed on the override, not on the recipe line it replaced.
         self.overridden = {tuple(parse_override(o)[0]): o for o in overrides or ()}
 
@@ -85,7 +86,7 @@ class Collector:
 
     def raise_if_any(self) -> None:
         if self.problems:
-            raise RecipeError(self.problems)
+            raise RecipeError(self.problems, frontier=self.frontier)
 
 
 def _data_loc(data, loc: tuple) -> tuple:
@@ -257,6 +258,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
                 student_config = _student_config(recipe, source, balance, out)
         except ValueError as e:
             out.add("balance", f"impossible balance: {e}")
+            if isinstance(e, shape_search.NoShapeFits):
+                out.frontier = {"spec": e.spec, "budget_ms": e.budget_ms, "frontier": e.frontier}
     ib = t.type == "inverted_bottleneck" and plugin_teacher is None
     teacher_config = _teacher_config(recipe, source, out) if ib else None
 

@@ -208,7 +208,8 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
         raise NoShapeFits(frontier, f"no candidate answers within {budget_ms:g} ms on {spec.runtime} "
                                     f"{spec.precision} (batch {spec.batch} x seq {spec.seq}, {spec.threads} threads; "
                                     f"timed {len(timed)} of {len(rows)} shapes in the band); fastest: {desc}. Raise "
-                                    "latency_ms or allow smaller shapes (fewer layers, narrower inter_sizes)")
+                                    "latency_ms or allow smaller shapes (fewer layers, narrower inter_sizes)",
+                          spec=spec.__dict__.copy(), budget_ms=budget_ms)
     row = rows[best][1]
     cap = f"; the scan stopped at max_timed={max_timed}, so a larger shape may fit" if truncated else ""
     floor = f", at least {min_params / 1e6:.2f}M params" if min_params is not None else ""
@@ -228,9 +229,9 @@ class NoShapeFits(ValueError):
     """No candidate answered within the budget; `frontier` holds every shape that was timed (none fits), so a
     caller can still show what was measured."""
 
-    def __init__(self, frontier: list[dict], message: str):
+    def __init__(self, frontier: list[dict], message: str, spec: dict | None = None, budget_ms: float | None = None):
         super().__init__(message)
-        self.frontier = frontier
+        self.frontier, self.spec, self.budget_ms = frontier, spec, budget_ms
 
 
 FAMILY = ("layers", "inter_size", "heads", "qkv_from", "stacked")  # with F / I: a family varies only in I
