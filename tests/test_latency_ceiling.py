@@ -1,0 +1,52 @@
+"""benchmarks/latency_ceiling.py: the dense chain stands for exactly the model's dense layers, and the ceilings
+divide as documented."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import latency_ceiling as C  # noqa: E402
+
+from slimbert.models import SlimBertForSequenceClassification, preset  # noqa: E402
+
+
+def test_dense_chain_runs_every_linear_once_in_call_order_on_the_rows_it_sees():
+    torch.manual_seed(0)
+    model = SlimBertForSequenceClassification(preset("mobilebert", num_labels=2, num_hidden_layers=2)).eval()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    chain = C.DenseChain(model, 16)
+    assert sorted(map(id, chain.layers)) == sorted(map(id, linears))   # each once, the model's own weights
+    assert chain.rows[-1] == 1 and set(chain.rows[:-1]) == {16}       # the classifier reads one row per sequence
+    expected = sum(2.0 * r * m.in_features * m.out_features for m, r in zip(chain.layers, chain.rows))
+    assert chain.flops() == expected
+    # counted from the model's own forward: the same FLOPs its Linear layers do
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, a, o: seen.append(2.0 * a[0].numel() * m.out_features))
+             for m in linears]
+    with torch.no_grad():
+        ids = torch.full((1, 16), 1000)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
+    for h in hooks:
+        h.remove()
+    assert sum(seen) == pytest.approx(expected)
+    assert chain(torch.randn(16, chain.width)).shape == (1, 2)
+
+
+def test_ceilings_divide_bert_base_by_the_students_dense_chain():
+    def row(model, rt, prec, p50, chain):
+        return {"model": model, "runtime": rt, "precision": prec, "p50_ms": p50, "chain_p50_ms": chain}
+
+    rows = {f"{m} {rt} {p}": row(m, rt, p, p50, ch) for m, rt, p, p50, ch in (
+        ("mobilebert", "ort", "fp32", 40.0, 36.0), ("mobilebert", "ort", "int8", 20.0, 16.0),
+        ("mobilebert", "openvino", "int8", 15.0, 13.5),
+        ("bert_base", "ort", "fp32", 140.0, 130.0), ("bert_base", "ort", "int8", 60.0, 42.0),
+        ("bert_base", "openvino", "int8", 36.0, 30.0))}
+    a, fp32, int8 = C.ceilings(rows)
+    assert a["measured"] == pytest.approx(36.0 / 15.0) and a["ceiling"] == pytest.approx(36.0 / 13.5)
+    assert fp32["ceiling"] == pytest.approx(140.0 / 36.0) and int8["ceiling"] == pytest.approx(60.0 / 16.0)
+    assert (a["target"], fp32["target"], int8["target"]) == (3.5, 3.7, 7.0)
