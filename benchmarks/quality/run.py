@@ -111,16 +111,18 @@ COOKBOOK_ARMS = {  # "which recipe wins at this budget": arm -> the cookbook rec
     "minilm_style": "minilm-style", "pruned_init": "mobilebert + pruned init"}
 ARM_TRANSFER = {a: a for a in TRANSFER_ARMS}
 ARM_TRANSFER.update({"slimbert_no_kd": "slimbert", "slimbert_lr_low": "slimbert", "slimbert_lr_high": "slimbert",
+                     "slimbert_lr_higher": "slimbert",
                      "slimbert_hidden_kd": "slimbert",
                      "embed_no_kd": "embed"})
-STUDENT_LR = {"slimbert_lr_low": 1e-4, "slimbert_lr_high": 1e-3, "random_init_lr_high": 1e-3}
+STUDENT_LR = {"slimbert_lr_low": 1e-4, "slimbert_lr_high": 1e-3, "random_init_lr_high": 1e-3,
+              "slimbert_lr_higher": 2e-3}
 # slimbert_hidden_kd: intermediate-layer task KD (finetune.distill_hidden) from the converged teacher, beside the
 # logit KD every arm has. The student's 384-wide layers meet the source's 384-wide ones without a projection; the
 # normalised feature-map MSE starts near the soft loss's size, so weight 1 lets neither drown the other.
 DISTILL_HIDDEN = {"slimbert_hidden_kd": 1.0}
 MAIN_ARMS = ("source", "slimbert", "random_init", "embed")   # every task, every seed
 LEVER_ARMS = ("embed_long", "slimbert_hidden_kd", "slimbert_no_kd", "pd_share", "pruned_init", "joint", "auxiliary",
-              "slimbert_lr_low", "slimbert_lr_high", "random_init_lr_high")
+              "slimbert_lr_low", "slimbert_lr_high", "random_init_lr_high", "slimbert_lr_higher")
 # Levers whose seed 0 paid beyond one seed's noise: run on every task and seed, so the gain is resolved or refuted.
 # The fine-tuning LR 1e-3 (SST-2 81.08 against 79.82 at 3e-4, seed 0); random_init_lr_high is its control on the
 # ablation tasks (does the rate help the transferred student, or any student?).
