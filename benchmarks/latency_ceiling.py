@@ -39,11 +39,10 @@ from runtimes_latency import REFUSED, export_all, save, student  # noqa: E402
 from slimbert.export import openvino as ovx  # noqa: E402
 from slimbert.export.isa import cpu_info  # noqa: E402
 from slimbert.export.bench import cpu_line  # noqa: E402
-from slimbert.export.runtime import alternating_median_ms, load_for_timing, versions  # noqa: E402
+from slimbert.export.runtime import alternating_median_ms, get, load_for_timing, versions  # noqa: E402
 
 VARIANTS = [("ort", "fp32"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
-FILES = {("ort", "fp32"): "model.onnx", ("ort", "int8"): "model_int8.onnx",
-         ("openvino", "fp32"): ovx.IR, ("openvino", "int8"): ovx.PRECISIONS["int8"][0]}
+FILES = {(rt, prec): get(rt).files[prec] for rt, prec in VARIANTS}   # the export's own file names
 # ORT ops that run a dense layer when their weight input is a constant (after ORT's own fusions)
 ORT_DENSE = {"Gemm", "MatMul", "FusedGemm", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat",
              "DynamicQuantizeMatMul", "QGemm", "QLinearMatMul", "MatMulNBits"}
