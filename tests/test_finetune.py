@@ -82,16 +82,17 @@ def test_finetune_evaluates_and_saves(tmp_path, tiny_source, shared_data):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("distill_hidden", [0.0, 1.0])
-def test_finetune_with_task_distillation_on_pairs(tmp_path, tiny_source, shared_data, distill_hidden):
+@pytest.mark.parametrize("distill_hidden, augment", [(0.0, 0), (1.0, 2)])
+def test_finetune_with_task_distillation_on_pairs(tmp_path, tiny_source, shared_data, distill_hidden, augment):
     recipe = finetune_recipe(tmp_path, tiny_source, shared_data, task="mrpc",
                              train=str(shared_data / "MRPC" / "train.tsv"), dev=str(shared_data / "MRPC" / "dev.tsv"),
                              text_fields=["#1 String", "#2 String"], label_field="Quality", distill=True,
-                             max_examples=128, distill_hidden=distill_hidden)
+                             max_examples=128, distill_hidden=distill_hidden, augment=augment)
     done = run(recipe, tmp_path / "out")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
     assert result["distill"] and set(result["teacher_dev"]) == {"accuracy", "f1", "matthews"}
+    assert (result["train_examples"], result["augmented_examples"]) == (128, 128 * augment)
 
 
 def test_hidden_distillation_refuses_a_task_teacher_of_another_depth(tmp_path, tiny_source, shared_data):

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from ..data.augment import WordSubstitution, augment_task_data
 from ..data.qa import best_answers, features, read_squad, squad_metrics
 from ..data.tasks import TaskData, encode, metrics, read_task_split, sample_rows
 from ..models import SlimBertForMaskedLM, SlimBertForQuestionAnswering, SlimBertForSequenceClassification
@@ -74,6 +75,23 @@ class ClassificationTask:
         self.train = encode(self.train_data, tokenizer, spec.seq_len)
         self.dev = encode(self.dev_data, tokenizer, spec.seq_len)
         self.n_train, self.n_dev = len(self.train["labels"]), len(self.dev["labels"])
+        self.n_original = self.n_train   # rows past it are augmented copies, labelled by the teacher
+
+    def add_copies(self, copies: TaskData, tokenizer) -> None:
+        """Append augmented copies to the training set (re-encoded with it: one padding width)."""
+        data = TaskData(texts=self.train_data.texts + copies.texts, labels=self.train_data.labels + copies.labels,
+                        label_names=self.train_data.label_names)
+        self.train = encode(data, tokenizer, self.spec.seq_len)
+        self.n_train = len(self.train["labels"])
+
+    def label_copies(self, teacher: "TeacherOutputs") -> None:
+        """The teacher's predictions become the copies' hard labels: a swapped word may change the answer, which
+        only the teacher can say (its soft targets are read by the distillation term as for every row)."""
+        if self.n_train == self.n_original:
+            return
+        logits = teacher.outputs["logits"][self.n_original:self.n_train]
+        y = logits.squeeze(-1) if self.spec.regression else logits.argmax(-1)
+        self.train["labels"][self.n_original:] = y.to(self.train["labels"].dtype)
 
     def student_model(self, student, dropout: float):
         return _from_student(SlimBertForSequenceClassification, student, dropout, num_labels=self.num_labels)
@@ -120,6 +138,7 @@ class QATask:
         self.dev_features = features(self.dev_examples, tokenizer, spec.seq_len, spec.doc_stride)
         self.train, self.dev = self.train_features["tensors"], self.dev_features["tensors"]
         self.n_train, self.n_dev = len(self.train["input_ids"]), len(self.dev_examples)
+        self.n_original = self.n_train   # (no augmented copies for QA)
 
     def student_model(self, student, dropout: float):
         return _from_student(SlimBertForQuestionAnswering, student, dropout)
@@ -151,6 +170,22 @@ class QATask:
         answers = best_answers(self.dev_examples, self.dev_features, torch.cat(starts), torch.cat(ends),
                                self.spec.max_answer_length)
         return squad_metrics(self.dev_examples, answers)
+
+
+def augment(task, teacher, tokenizer, seed: int = 0) -> int:
+    """TinyBERT's data augmentation when finetune.augment asks: spec.augment copies of every training example,
+    words swapped for their neighbours in the teacher's input-embedding table, appended to the task's training
+    set; train() has the teacher label them. Call it after the teacher's own fine-tune (on the originals only).
+    Returns the number of copies added."""
+    s = task.spec
+    if not s.augment:
+        return 0
+    if not isinstance(task, ClassificationTask):
+        raise ValueError("finetune.augment: word swaps would move squad's answer spans; it works on format: glue")
+    substitute = WordSubstitution(tokenizer, teacher.get_input_embeddings().weight, s.augment_candidates)
+    copies = augment_task_data(task.train_data, substitute, s.augment, s.augment_prob, seed)
+    task.add_copies(copies, tokenizer)
+    return len(copies.labels)
 
 
 def make_task(spec, base: Path, tokenizer, seed: int = 0):
@@ -230,8 +265,15 @@ def train(model, task, seed: int, teacher=None, log=None, layer_map: list[int] |
         t_layers, s_layers = teacher.config.num_hidden_layers, model.config.num_hidden_layers
         layer_map = layer_map or [round((i + 1) * t_layers / s_layers) for i in range(s_layers)]
         hidden = HiddenDistill(model.config.hidden_size, teacher.config.hidden_size, layer_map).to(device)
+        if task.n_train > task.n_original:
+            task.label_copies(TeacherOutputs(teacher, task))
     elif teacher is not None and not isinstance(teacher, TeacherOutputs):
         teacher = TeacherOutputs(teacher, task)
+    if task.n_train > task.n_original:   # augmented copies: the teacher labels them
+        if teacher is None:
+            raise ValueError("finetune.augment: the augmented copies need the task teacher to label them")
+        if isinstance(teacher, TeacherOutputs):
+            task.label_copies(teacher)
     n = task.n_train
     total = max(1, math.ceil(s.epochs * math.ceil(n / s.batch_size)))
     warmup = int(s.warmup_ratio * total)
@@ -303,12 +345,15 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
             teacher = task.source_model(r.source_path).to(device)
             train(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
         teacher_dev = task.evaluate(teacher)
+        augment(task, teacher, tokenizer, seed)
     model = task.student_model(student, r.recipe.student.dropout).to(device)
     history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"), layer_map=r.layer_map)
     dev = task.evaluate(model)
     save_model(model, tokenizer, out / "finetune" / "model")
     result = {"task": spec.task, "dev": dev, "teacher_dev": teacher_dev, "distill": spec.distill,
-              "train_examples": task.n_train, "dev_examples": task.n_dev, "label_names": task.label_names,
+              "train_examples": task.n_original,
+              "augmented_examples": task.n_train - task.n_original,
+              "dev_examples": task.n_dev, "label_names": task.label_names,
               "seconds": round(time.perf_counter() - started, 1), "history": history}
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))

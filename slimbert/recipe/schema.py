@@ -415,11 +415,26 @@ class Finetune(Section):
                          "teacher's at the layers layer_map pairs them with, through a learned projection when the "
                          "widths differ. Needs distill: true; the teacher then runs on every batch instead of once. "
                          "0: off.")
+    augment: Annotated[Int, Field(ge=0, le=64)] = Field(
+        0, description="Teacher-labelled augmented copies of every training example (TinyBERT's data augmentation): "
+                       "each word the tokenizer keeps whole is swapped, with probability augment_prob, for one of "
+                       "its augment_candidates nearest words in the teacher's input-embedding table; the task "
+                       "teacher labels the copies (its prediction and soft targets). An epoch then covers "
+                       "(1 + augment) x the examples, so lower epochs to keep the compute. Needs distill: true "
+                       "and format: glue. 0: off.")
+    augment_prob: Annotated[Float, Field(gt=0, le=1)] = Field(
+        0.4, description="Chance that a replaceable word is swapped in an augmented copy (TinyBERT: 0.4).")
+    augment_candidates: Annotated[PositiveInt, Field(le=1000)] = Field(
+        15, description="Nearest words a swapped word is drawn from (TinyBERT: 15).")
 
     @model_validator(mode="after")
     def _hidden_needs_distill(self):
         if self.distill_hidden > 0 and not self.distill:
             raise ValueError("distill_hidden distils the task teacher's hidden states: set distill: true")
+        if self.augment and not self.distill:
+            raise ValueError("augment: the augmented copies are labelled by the task teacher: set distill: true")
+        if self.augment and self.format == "squad":
+            raise ValueError("augment: word swaps would move squad's answer spans; it works on format: glue")
         return self
 
     @model_validator(mode="after")
