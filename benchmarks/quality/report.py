@@ -28,6 +28,9 @@ ARM_TITLES = {
     "slimbert_lr_high": "5f. lever: fine-tuning LR 1e-3",
     "random_init_lr_high": "5i. control for 5f: random init, fine-tuning LR 1e-3",
     "slimbert_lr_higher": "5j. lever: fine-tuning LR 2e-3 (past 5f's 1e-3: where the rate stops paying)",
+    "slimbert_augment": "5k. lever: teacher-labelled augmented task data (TinyBERT's, embedding-table word swaps) "
+                        "at 5f's LR, equal steps",
+    "slimbert_augment_x3": "5l. lever: 5k with more copies and 3x the fine-tuning steps",
     "slimbert_hidden_kd": "5h. lever: intermediate-layer task KD (finetune.distill_hidden 1) beside the logit KD",
     "distilbert_style": "6a. cookbook distilbert-style: 3 x 384 pruned from the teacher, auxiliary",
     "tinybert_style": "6b. cookbook tinybert-style: 4 x 192, source teacher, hidden + attention",

@@ -111,18 +111,26 @@ COOKBOOK_ARMS = {  # "which recipe wins at this budget": arm -> the cookbook rec
     "minilm_style": "minilm-style", "pruned_init": "mobilebert + pruned init"}
 ARM_TRANSFER = {a: a for a in TRANSFER_ARMS}
 ARM_TRANSFER.update({"slimbert_no_kd": "slimbert", "slimbert_lr_low": "slimbert", "slimbert_lr_high": "slimbert",
-                     "slimbert_lr_higher": "slimbert",
+                     "slimbert_lr_higher": "slimbert", "slimbert_augment": "slimbert", "slimbert_augment_x3": "slimbert",
                      "slimbert_hidden_kd": "slimbert",
                      "embed_no_kd": "embed"})
 STUDENT_LR = {"slimbert_lr_low": 1e-4, "slimbert_lr_high": 1e-3, "random_init_lr_high": 1e-3,
-              "slimbert_lr_higher": 2e-3}
+              "slimbert_lr_higher": 2e-3, "slimbert_augment": 1e-3, "slimbert_augment_x3": 1e-3}
+# TinyBERT's data augmentation (finetune.augment): arm -> (copies of every example per task, compute multiple).
+# The epochs shrink so that the steps are `multiple` x the arm without copies: slimbert_augment (x1) spends the
+# repeated epochs on copies instead (MRPC at the cpu scale: 2 copies, 1 epoch instead of 3 epochs of the
+# originals); slimbert_augment_x3 reads 3x the examples, more copies, as TinyBERT does. Both at 5f's LR 1e-3, the
+# rate that paid, so that 5f is their baseline.
+AUGMENT = {"slimbert_augment": ({"sst2": 1, "mrpc": 2, "rte": 2}, 1),
+           "slimbert_augment_x3": ({"sst2": 2, "mrpc": 8, "rte": 8}, 3)}
 # slimbert_hidden_kd: intermediate-layer task KD (finetune.distill_hidden) from the converged teacher, beside the
 # logit KD every arm has. The student's 384-wide layers meet the source's 384-wide ones without a projection; the
 # normalised feature-map MSE starts near the soft loss's size, so weight 1 lets neither drown the other.
 DISTILL_HIDDEN = {"slimbert_hidden_kd": 1.0}
 MAIN_ARMS = ("source", "slimbert", "random_init", "embed")   # every task, every seed
 LEVER_ARMS = ("embed_long", "slimbert_hidden_kd", "slimbert_no_kd", "pd_share", "pruned_init", "joint", "auxiliary",
-              "slimbert_lr_low", "slimbert_lr_high", "random_init_lr_high", "slimbert_lr_higher")
+              "slimbert_lr_low", "slimbert_lr_high", "random_init_lr_high", "slimbert_lr_higher", "slimbert_augment",
+              "slimbert_augment_x3")
 # Levers whose seed 0 paid beyond one seed's noise: run on every task and seed, so the gain is resolved or refuted.
 # The fine-tuning LR 1e-3 (SST-2 81.08 against 79.82 at 3e-4, seed 0); random_init_lr_high is its control on the
 # ablation tasks (does the rate help the transferred student, or any student?).
@@ -325,11 +333,14 @@ def task_spec(task: str, arm: str, distill: bool):
 
     t = TASKS[task]
     source = arm == "source"
+    epochs = S["source"]["max_epochs"][task] if source else S["student_epochs"][task]
+    copies, multiple = AUGMENT.get(arm, ({}, 1))
+    copies = copies.get(task, 0)
     return Finetune(task=task, train=t["train"], dev=t["dev"], text_fields=t["text_fields"],
                     label_field=t["label_field"], regression=t.get("regression", False),
                     max_examples=t["max_examples" if source else "student_max_examples"], seq_len=t["seq_len"],
                     lr=LR["source"] if source else STUDENT_LR.get(arm, LR["student"]), distill=distill,
-                    epochs=S["source"]["max_epochs"][task] if source else S["student_epochs"][task],
+                    epochs=epochs * multiple / (1 + copies), augment=copies,
                     distill_hidden=DISTILL_HIDDEN.get(arm, 0.0), **FINETUNE)
 
 
@@ -393,7 +404,7 @@ def train_to_plateau(model, task_, seed: int, task: str) -> list[dict]:
 def finetune(task: str, arm: str, seed: int) -> dict:
     from transformers import AutoTokenizer
 
-    from slimbert.engine.finetune import TeacherOutputs, make_task, train
+    from slimbert.engine.finetune import TeacherOutputs, augment, make_task, train
 
     done = RESULTS / f"{task}-{arm}-{seed}.json"
     if done.is_file():
@@ -412,6 +423,9 @@ def finetune(task: str, arm: str, seed: int) -> dict:
             finetune(task, "source", teacher_seed(task, seed))
         from transformers import AutoModelForSequenceClassification
 
+        if spec.augment:  # copies from the teacher's embedding table, then labelled by it (train())
+            teacher_model = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval().to(DEVICE)
+            augment(task_, teacher_model, tokenizer, seed)
         if spec.distill_hidden > 0:  # hidden states: the teacher runs on every batch (uniform layer map)
             teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval().to(DEVICE)
         else:
@@ -431,7 +445,8 @@ def finetune(task: str, arm: str, seed: int) -> dict:
     seconds = time.perf_counter() - t0
     model.save_pretrained(finetuned_dir(task, arm, seed))  # runs/ is git-ignored; the teacher and export read it
     result = {"task": task, "arm": arm, "seed": seed, "dev": dev, "distill": distill, "seconds": round(seconds, 1),
-              "train_examples": task_.n_train, "dev_examples": task_.n_dev, "final_loss": history[-1]["loss"],
+              "train_examples": task_.n_original, "augmented_examples": task_.n_train - task_.n_original,
+              "dev_examples": task_.n_dev, "final_loss": history[-1]["loss"],
               **sizes(model), "spec": spec.model_dump()}
     if curve is not None:
         result["curve"] = curve
@@ -456,7 +471,9 @@ def teacher_outputs(task: str, seed: int, task_, compute):
 
     from slimbert.engine.finetune import TeacherOutputs
 
-    path = WORK / "teacher_outputs" / f"{task}-{seed}-t{teacher_seed(task, seed)}-{task_.n_train}.safetensors"
+    s = task_.spec   # augmented copies (drawn from the seed) are part of what the teacher labelled
+    copies = f"-aug{s.augment}-p{s.augment_prob}-k{s.augment_candidates}" if s.augment else ""
+    path = WORK / "teacher_outputs" / f"{task}-{seed}-t{teacher_seed(task, seed)}-{task_.n_train}{copies}.safetensors"
     if path.is_file():
         return TeacherOutputs.from_outputs(load_file(str(path)))
     cached = compute()
