@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--start", default="embed", help="the transfer arm whose student is continued")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--weights", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("MSE", "COSINE", "SIMILARITY"),
+                    help="the stage's loss weights (mse, cosine, similarity)")
     a = ap.parse_args()
     from transformers import AutoModel, AutoTokenizer
 
@@ -76,8 +78,9 @@ def main() -> None:
         mine = pool(student(**enc).last_hidden_state, enc["attention_mask"], "mean")
         for g in opt.param_groups:  # 50 warm-up steps, then linear decay, as the recipe's stage
             g["lr"] = a.lr * min(1.0, step / 50) * (1 - step / (a.steps + 1))
-        loss = (embedding_mse_loss(target, mine) + embedding_cosine_loss(target, mine)
-                + similarity_matrix_loss(target, mine))
+        w_mse, w_cos, w_sim = a.weights
+        loss = (w_mse * embedding_mse_loss(target, mine) + w_cos * embedding_cosine_loss(target, mine)
+                + w_sim * similarity_matrix_loss(target, mine))
         opt.zero_grad()
         loss.backward()
         opt.step()
