@@ -24,7 +24,8 @@ def test_candidates_are_whole_words_only(tokenizer):
     vocab = candidate_vocabulary(tokenizer)
     words = set(vocab.values())
     assert {"movie", "film", "said"} <= words
-    assert not any(w.startswith("##") or not w.isalpha() for w in words)
+    assert not any(w.startswith("##") or not w.isalpha() or len(w) < 3 for w in words)
+    assert not {"the", "and", "which", "to"} & words
     assert not set(tokenizer.all_special_ids) & set(vocab)
     assert all(tokenizer(" " + w, add_special_tokens=False)["input_ids"] == [i] for i, w in vocab.items())
 
@@ -53,9 +54,10 @@ def test_copies_swap_words_and_keep_everything_else(tokenizer):
     between = re.compile(r"[\W\d_]+")
     for first, second in out.texts:
         assert between.findall(first) == between.findall(data.texts[0][0])   # numbers, punctuation, spacing stay
-        assert " 120 " in first
+        assert " 120 " in first and first.startswith("The ") and " is " in first   # function words stay
         assert "movie" not in re.findall(r"\w+", first + " " + second)   # prob 1: every replaceable word swaps
         assert "isn't" in second                                       # several tokens: kept
+        assert first.split()[1].rstrip(",") == second.split()[1]       # "movie": swapped alike in both texts
     again = augment_task_data(data, WordSubstitution(tokenizer, table, candidates=3), copies=3, prob=1.0, seed=0)
     assert again.texts == out.texts
     assert augment_task_data(data, sub, copies=3, prob=1.0, seed=1).texts != out.texts
@@ -63,9 +65,10 @@ def test_copies_swap_words_and_keep_everything_else(tokenizer):
 
 def test_swap_probability_is_what_was_asked(tokenizer):
     sub = WordSubstitution(tokenizer, _table(tokenizer, {}), candidates=5)
-    text = " ".join(["movie", "house", "river", "green", "table"] * 40)
+    text = " ".join(["movie", "house", "river", "green", "table"] * 40)   # no function words
     sub.prepare([text])
-    swapped = [a != b for a, b in zip(text.split(), sub(text, 0.4, random.Random(0)).split())]
+    rng = random.Random(0)
+    swapped = [a != b for _ in range(40) for a, b in zip(text.split(), sub((text,), 0.4, rng)[0].split())]
     assert 0.3 < sum(swapped) / len(swapped) < 0.5
 
 
