@@ -101,6 +101,7 @@ def test_the_teacher_labels_the_copies_and_the_originals_keep_theirs(tokenizer, 
 @pytest.mark.parametrize("change, message", [
     (dict(distill=False), "set distill: true"),
     (dict(format="squad"), "format: glue"),
+    (dict(augment=0, augment_prob=0.3), "augment_prob shapes the augmented copies, but augment is 0"),
 ])
 def test_augment_needs_a_teacher_and_sentences(change, message):
     from pydantic import ValidationError

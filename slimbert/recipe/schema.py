@@ -435,6 +435,11 @@ class Finetune(Section):
             raise ValueError("augment: the augmented copies are labelled by the task teacher: set distill: true")
         if self.augment and self.format == "squad":
             raise ValueError("augment: word swaps would move squad's answer spans; it works on format: glue")
+        unused = sorted({"augment_prob", "augment_candidates"} & self.model_fields_set) if not self.augment else []
+        if unused:
+            raise ValueError(f"{' and '.join(unused)} {'shape' if len(unused) > 1 else 'shapes'} the augmented "
+                             f"copies, but augment is 0: set augment "
+                             f"(copies per example) or drop {' and '.join(unused)}")
         return self
 
     @model_validator(mode="after")
