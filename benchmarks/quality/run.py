@@ -137,6 +137,9 @@ LEVER_ARMS = ("embed_long", "slimbert_hidden_kd", "slimbert_no_kd", "pd_share", 
 CONFIRMED_ARMS = ("slimbert_lr_high",)
 RANDOM_INIT_ARMS = ("random_init", "random_init_lr_high")  # the same architecture, no transfer at all
 COOKBOOK_ONLY = ("distilbert_style", "tinybert_style", "minilm_style")
+# Levers that also run on tasks beyond the ablation tasks: augmentation is TinyBERT's lever for the smallest
+# tasks, so it runs on RTE (2,490 pairs) as well.
+LEVER_EXTRA_TASKS = {"slimbert_augment": ("rte",), "slimbert_augment_x3": ("rte",)}
 
 S: dict = {}          # the chosen scale's knobs (configure())
 WORK = ROOT / "runs" / "quality"
@@ -160,6 +163,7 @@ def arms_for(task: str) -> list[str]:
     arms = list(MAIN_ARMS) + list(CONFIRMED_ARMS)
     if task in S["ablation_tasks"]:
         arms += [a for a in LEVER_ARMS if a not in arms] + list(COOKBOOK_ONLY)
+    arms += [a for a, tasks in LEVER_EXTRA_TASKS.items() if task in tasks and a not in arms]
     return arms
 
 
@@ -687,7 +691,7 @@ def jobs() -> list[tuple]:
         for arm in arms:
             if arm in TRANSFER_ARMS and ("transfer", arm) not in out:
                 out += [("transfer", arm), ("similarity", arm)]
-            for task in S["ablation_tasks"]:
+            for task in (t for t in TASKS if arm in arms_for(t)):
                 out += [("finetune", task, arm, s) for s in seeds_for(task, arm)]
     for task in TASKS:  # the confirmed levers: every task, every seed
         out += [job for arm in CONFIRMED_ARMS for s in seeds_for(task, arm)
