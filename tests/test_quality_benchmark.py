@@ -58,6 +58,29 @@ def test_task_spec_keeps_regression_and_the_student_budget():
         Q.configure("cpu")
 
 
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_augmentation_levers_read_the_examples_they_claim(scale):
+    """slimbert_augment takes the steps of 5f (its baseline: same LR), slimbert_augment_x3 three times as many;
+    the copies' count is what changes, and the fine-tune differs from 5f in nothing else."""
+    import math
+
+    Q.configure(scale)
+    try:
+        for task in Q.TASKS:
+            base = Q.task_spec(task, "slimbert_lr_high", True)
+            n = 3200   # examples before copies, whole batches: steps = ceil(epochs x n x (1 + copies) / batch)
+            steps = lambda s: math.ceil(s.epochs * math.ceil(n * (1 + s.augment) / s.batch_size))  # noqa: E731
+            for arm, multiple in (("slimbert_augment", 1), ("slimbert_augment_x3", 3)):
+                spec = Q.task_spec(task, arm, True)
+                assert spec.augment == Q.AUGMENT[arm][0][task] > 0
+                assert abs(steps(spec) - multiple * steps(base)) <= multiple, (task, arm)
+                assert spec.model_dump(exclude={"augment", "epochs"}) == base.model_dump(exclude={"augment", "epochs"})
+                if task in Q.S["ablation_tasks"] or task == "rte":   # RTE: the smallest task, where TinyBERT's gain is
+                    assert arm in Q.arms_for(task)
+    finally:
+        Q.configure("cpu")
+
+
 def test_paths_outside_the_repo_are_recorded_whole(tmp_path):
     assert Q._shown(tmp_path / "x") == str(tmp_path / "x")
     assert Q._shown(Q.ROOT / "runs" / "x") == "runs/x"
