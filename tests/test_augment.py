@@ -110,3 +110,23 @@ def test_augment_needs_a_teacher_and_sentences(change, message):
 
     with pytest.raises(ValidationError, match=message):
         Finetune(task="t", train="a.tsv", dev="b.tsv", **{"distill": True, "augment": 2, **change})
+
+
+def test_byte_level_bpe_words_are_found_as_roberta_reads_them(shared_data, tmp_path):
+    """RoBERTa-style tokenizers mark a word start with a space ("Ġmovie"); only those entries are candidates, and a
+    word of running text is looked up as one."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train([str(shared_data / "wikitext-2-raw" / "wiki.test.raw")], vocab_size=2000, min_frequency=2,
+              special_tokens=["<s>", "<pad>", "</s>", "<unk>"], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>", unk_token="<unk>")
+    vocab = candidate_vocabulary(tok)
+    assert vocab and all(tok.convert_ids_to_tokens(i).startswith("Ġ") for i in vocab)
+    word = next(w for w in vocab.values() if len(w) > 4)
+    sub = WordSubstitution(tok, torch.randn(len(tok), 16), candidates=3)
+    sub.prepare([f"The {word} was here."])
+    copy = sub((f"The {word} was here.",), 1.0, random.Random(0))[0]
+    assert copy != f"The {word} was here." and copy.startswith("The ") and copy.endswith(" was here.")

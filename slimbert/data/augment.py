@@ -10,7 +10,9 @@ by cosine, among vocabulary entries that are whole words: the same tokens the te
 (embedding and reranking models have none) and no word-vector download. Only words that the tokenizer keeps
 as one token are replaced, and not function words (scikit-learn's English stop words) or words under three
 letters: a masked LM would swap "the" or "to" in context, but their embedding neighbours ("of", "s") break the
-sentence. Every other word, punctuation and numbers stay as they are. The labels of the copies are left to the
+sentence. Every other word, punctuation and numbers stay as they are. A subword tokenizer's word-start pieces
+("Ġdif" in byte-level BPE) pass the whole-word test too; in a trained embedding table they are rarely a real
+word's nearest neighbours. The labels of the copies are left to the
 caller (the teacher's predictions, see engine/finetune.py).
 """
 
