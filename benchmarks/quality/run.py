@@ -427,14 +427,18 @@ def finetune(task: str, arm: str, seed: int) -> dict:
             finetune(task, "source", teacher_seed(task, seed))
         from transformers import AutoModelForSequenceClassification
 
+        def load():
+            return AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval().to(DEVICE)
+
+        # the model itself when augmenting (its embedding table) or distilling hidden states (it runs on every
+        # batch, uniform layer map); else its logits, computed once and cached
+        teacher_model = load() if spec.augment or spec.distill_hidden > 0 else None
         if spec.augment:  # copies from the teacher's embedding table, then labelled by it (train())
-            teacher_model = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval().to(DEVICE)
             augment(task_, teacher_model, tokenizer, seed)
-        if spec.distill_hidden > 0:  # hidden states: the teacher runs on every batch (uniform layer map)
-            teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).eval().to(DEVICE)
+        if spec.distill_hidden > 0:
+            teacher = teacher_model
         else:
-            teacher = teacher_outputs(task, seed, task_, lambda: TeacherOutputs(
-                AutoModelForSequenceClassification.from_pretrained(str(teacher_dir)).to(DEVICE), task_))
+            teacher = teacher_outputs(task, seed, task_, lambda: TeacherOutputs(teacher_model or load(), task_))
     torch.manual_seed(seed)
     curve = None
     if arm == "source":

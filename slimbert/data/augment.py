@@ -133,7 +133,6 @@ def augment_task_data(data: TaskData, substitute: WordSubstitution, copies: int,
     texts: list[tuple[str, ...]] = []
     for row in data.texts:
         for _ in range(copies):
-            new = row
             for _try in range(4):
                 new = substitute(row, prob, rng)
                 if new != row:

@@ -87,8 +87,6 @@ class ClassificationTask:
     def label_copies(self, teacher: "TeacherOutputs") -> None:
         """The teacher's predictions become the copies' hard labels: a swapped word may change the answer, which
         only the teacher can say (its soft targets are read by the distillation term as for every row)."""
-        if self.n_train == self.n_original:
-            return
         logits = teacher.outputs["logits"][self.n_original:self.n_train]
         y = logits.squeeze(-1) if self.spec.regression else logits.argmax(-1)
         self.train["labels"][self.n_original:] = y.to(self.train["labels"].dtype)
@@ -178,10 +176,8 @@ def augment(task, teacher, tokenizer, seed: int = 0) -> int:
     set; train() has the teacher label them. Call it after the teacher's own fine-tune (on the originals only).
     Returns the number of copies added."""
     s = task.spec
-    if not s.augment:
+    if not s.augment:   # (the schema refuses augment with format: squad)
         return 0
-    if not isinstance(task, ClassificationTask):
-        raise ValueError("finetune.augment: word swaps would move squad's answer spans; it works on format: glue")
     substitute = WordSubstitution(tokenizer, teacher.get_input_embeddings().weight, s.augment_candidates)
     copies = augment_task_data(task.train_data, substitute, s.augment, s.augment_prob, seed)
     task.add_copies(copies, tokenizer)
@@ -265,15 +261,12 @@ def train(model, task, seed: int, teacher=None, log=None, layer_map: list[int] |
         t_layers, s_layers = teacher.config.num_hidden_layers, model.config.num_hidden_layers
         layer_map = layer_map or [round((i + 1) * t_layers / s_layers) for i in range(s_layers)]
         hidden = HiddenDistill(model.config.hidden_size, teacher.config.hidden_size, layer_map).to(device)
-        if task.n_train > task.n_original:
-            task.label_copies(TeacherOutputs(teacher, task))
     elif teacher is not None and not isinstance(teacher, TeacherOutputs):
         teacher = TeacherOutputs(teacher, task)
     if task.n_train > task.n_original:   # augmented copies: the teacher labels them
         if teacher is None:
             raise ValueError("finetune.augment: the augmented copies need the task teacher to label them")
-        if isinstance(teacher, TeacherOutputs):
-            task.label_copies(teacher)
+        task.label_copies(teacher if isinstance(teacher, TeacherOutputs) else TeacherOutputs(teacher, task))
     n = task.n_train
     total = max(1, math.ceil(s.epochs * math.ceil(n / s.batch_size)))
     warmup = int(s.warmup_ratio * total)
