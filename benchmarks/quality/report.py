@@ -31,6 +31,9 @@ ARM_TITLES = {
     "slimbert_augment": "5k. lever: teacher-labelled augmented task data (TinyBERT's, embedding-table word swaps) "
                         "at 5f's LR, equal steps",
     "slimbert_augment_x3": "5l. lever: 5k with more copies and 3x the fine-tuning steps",
+    "pruned_source_block": "5m. lever: pruned from a full-width teacher into the source's own block (LayerNorm, GELU, "
+                           "one FFN, 4 whole heads, 384 residual; 2.38M), at 5f's LR",
+    "random_source_block": "5n. control for 5m: the same student, random init, at 5f's LR",
     "slimbert_hidden_kd": "5h. lever: intermediate-layer task KD (finetune.distill_hidden 1) beside the logit KD",
     "distilbert_style": "6a. cookbook distilbert-style: 3 x 384 pruned from the teacher, auxiliary",
     "tinybert_style": "6b. cookbook tinybert-style: 4 x 192, source teacher, hidden + attention",
