@@ -5,8 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import Problem, RecipeError
-from .plan import build_plan
-from .resolve import Resolved, load_recipe
+
+# Resolving and planning pull in the models (torch, transformers): imported on first use, so that commands and
+# modules that only need the schema, the errors or the preset list (`slimbert recipes`, `--help`) start fast.
+_LAZY = {"build_plan": "plan", "Resolved": "resolve", "load_recipe": "resolve"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
