@@ -92,7 +92,8 @@ class ClassificationTask:
         self.train["labels"][self.n_original:] = y.to(self.train["labels"].dtype)
 
     def student_model(self, student, dropout: float):
-        return _from_student(SlimBertForSequenceClassification, student, dropout, num_labels=self.num_labels)
+        return _from_student(SlimBertForSequenceClassification, student, dropout, num_labels=self.num_labels,
+                             classifier_pooling=self.spec.pooling)
 
     def source_model(self, path):
         from transformers import AutoModelForSequenceClassification

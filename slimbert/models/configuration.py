@@ -18,6 +18,8 @@ NORM_TYPES = ("layer_norm", "no_norm")
 #   shared_bottleneck Q,K <- a separate H->I bottleneck s, V <- x. The released MobileBERT checkpoint.
 #   bottleneck        Q,K,V <- the input bottleneck u (I wide). MobileBERT_TINY.
 QKV_SOURCES = ("inter", "shared_bottleneck", "bottleneck")
+# What the pooler (the task head's input) reads: h[CLS], or the masked mean of the last hidden states.
+CLASSIFIER_POOLINGS = ("cls", "mean")
 
 
 @strict
@@ -44,6 +46,9 @@ class SlimBertConfig(PreTrainedConfig):
         residual; reference ib-teacher-probe).
     classifier_activation: pooler = tanh(dense(h[CLS])). False (the official MobileBERT setting) pools
         the raw h[CLS].
+    classifier_pooling: what the pooler reads: "cls" (h[CLS], BERT's and MobileBERT's) or "mean" (the mean of
+        the last hidden states over the attention mask, as a sentence-transformers source pools: such a
+        source's h[CLS] carries little of the sentence, so a student copying it does not either).
     """
 
     model_type = "slimbert"
@@ -71,6 +76,7 @@ class SlimBertConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-12
     pad_token_id: int | None = 0
     classifier_activation: bool = False
+    classifier_pooling: str = "cls"
     classifier_dropout: float | int | None = None
     tie_word_embeddings: bool = True
 
@@ -114,6 +120,9 @@ class SlimBertConfig(PreTrainedConfig):
             raise ValueError(f"inter_residual must be 'plain' or 'gated', got {self.inter_residual!r}")
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act must be one of {sorted(ACT2FN)}, got {self.hidden_act!r}")
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"classifier_pooling must be one of {list(CLASSIFIER_POOLINGS)}, got "
+                             f"{self.classifier_pooling!r}")
         if self.qkv_source not in QKV_SOURCES:
             raise ValueError(f"qkv_source must be one of {list(QKV_SOURCES)}, got {self.qkv_source!r}")
         if self.true_hidden_size % self.num_attention_heads:

@@ -46,6 +46,8 @@ def why_not_expressible(config: SlimBertConfig) -> str | None:
     """None when stock MobileBERT can express `config`, else the reason."""
     if config.inter_residual == "gated":
         return "inter_residual='gated' (a learned gate on the block's residual) has no stock MobileBERT equivalent"
+    if config.classifier_pooling != "cls":
+        return (f"classifier_pooling={config.classifier_pooling!r}: stock MobileBERT's pooler reads h[CLS] only")
     if config.bottleneck_norm != config.normalization_type:
         return (f"bottleneck_normalization_type={config.bottleneck_normalization_type!r} differs from "
                 f"normalization_type={config.normalization_type!r}; stock MobileBERT uses one norm type")

@@ -274,15 +274,22 @@ class SlimBertEncoder(nn.Module):
 
 
 class SlimBertPooler(nn.Module):
-    """h[CLS], through dense + tanh only when `classifier_activation` (official MobileBERT: off)."""
+    """h[CLS] or the masked mean of h (`classifier_pooling`), through dense + tanh only when
+    `classifier_activation` (official MobileBERT: off)."""
 
     def __init__(self, config: SlimBertConfig):
         super().__init__()
+        self.mean = config.classifier_pooling == "mean"
         self.dense = nn.Linear(config.hidden_size, config.hidden_size) if config.classifier_activation else None
 
-    def forward(self, hidden):
-        cls = hidden[:, 0]
-        return cls if self.dense is None else torch.tanh(self.dense(cls))
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mean:  # (B, T, H) -> (B, H): padding neither counts nor dilutes
+            keep = (torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None
+                    else attention_mask)[..., None].to(hidden.dtype)
+            pooled = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        else:
+            pooled = hidden[:, 0]
+        return pooled if self.dense is None else torch.tanh(self.dense(pooled))
 
 
 # ---- outputs ------------------------------------------------------------------------------------------------
@@ -375,7 +382,7 @@ class SlimBertModel(SlimBertPreTrainedModel):
         last = hidden[-1]
         return SlimBertModelOutput(
             last_hidden_state=last,
-            pooler_output=self.pooler(last) if self.pooler is not None else None,
+            pooler_output=self.pooler(last, attention_mask) if self.pooler is not None else None,
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attention_scores=tuple(scores) if output_attention_scores else None,
         )

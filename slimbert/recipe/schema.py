@@ -415,6 +415,11 @@ class Finetune(Section):
                          "teacher's at the layers layer_map pairs them with, through a learned projection when the "
                          "widths differ. Needs distill: true; the teacher then runs on every batch instead of once. "
                          "0: off.")
+    pooling: Literal["cls", "mean"] = Field(
+        "cls", description="What the student's task head reads: cls (h[CLS], as BERT's and MobileBERT's "
+                           "classifiers) or mean (the mean of the last hidden states over the attention mask, as a "
+                           "sentence-transformers model pools; a student saved with it opens with its own code, "
+                           "stock MobileBERT has no such pooler). format: glue only.")
     augment: Annotated[Int, Field(ge=0, le=64)] = Field(
         0, description="Teacher-labelled augmented copies of every training example (TinyBERT's data augmentation): "
                        "each word the tokenizer keeps whole is swapped, with probability augment_prob, for one of "
@@ -435,6 +440,9 @@ class Finetune(Section):
             raise ValueError("augment: the augmented copies are labelled by the task teacher: set distill: true")
         if self.augment and self.format == "squad":
             raise ValueError("augment: word swaps would move squad's answer spans; it works on format: glue")
+        if self.format == "squad" and "pooling" in self.model_fields_set:
+            raise ValueError(f"pooling: {self.pooling} shapes a classifier's input, but squad's head reads every "
+                             "token's state (no pooling): drop pooling or use format: glue")
         unused = sorted({"augment_prob", "augment_candidates"} & self.model_fields_set) if not self.augment else []
         if unused:
             raise ValueError(f"{' and '.join(unused)} {'shape' if len(unused) > 1 else 'shapes'} the augmented "
