@@ -34,6 +34,11 @@ ARM_TITLES = {
     "pruned_source_block": "5m. lever: pruned from a full-width teacher into the source's own block (LayerNorm, GELU, "
                            "one FFN, 4 whole heads, 384 residual; 2.38M), at 5f's LR",
     "random_source_block": "5n. control for 5m: the same student, random init, at 5f's LR",
+    "slimbert_mean": "5o. lever: 5f with the task head on the masked mean of the last hidden states (the source's "
+                     "pooling) instead of h[CLS]",
+    "random_init_mean": "5p. control for 5o: random init, mean-pooled head, at 5f's LR",
+    "pruned_source_block_mean": "5q. 5m with the mean-pooled head",
+    "random_source_block_mean": "5r. 5n with the mean-pooled head",
     "slimbert_hidden_kd": "5h. lever: intermediate-layer task KD (finetune.distill_hidden 1) beside the logit KD",
     "distilbert_style": "6a. cookbook distilbert-style: 3 x 384 pruned from the teacher, auxiliary",
     "tinybert_style": "6b. cookbook tinybert-style: 4 x 192, source teacher, hidden + attention",

@@ -112,11 +112,13 @@ COOKBOOK_ARMS = {  # "which recipe wins at this budget": arm -> the cookbook rec
 ARM_TRANSFER = {a: a for a in TRANSFER_ARMS}
 ARM_TRANSFER.update({"slimbert_no_kd": "slimbert", "slimbert_lr_low": "slimbert", "slimbert_lr_high": "slimbert",
                      "slimbert_lr_higher": "slimbert", "slimbert_augment": "slimbert", "slimbert_augment_x3": "slimbert",
-                     "slimbert_hidden_kd": "slimbert",
+                     "slimbert_hidden_kd": "slimbert", "slimbert_mean": "slimbert",
+                     "pruned_source_block_mean": "pruned_source_block",
                      "embed_no_kd": "embed"})
 STUDENT_LR = {"slimbert_lr_low": 1e-4, "slimbert_lr_high": 1e-3, "random_init_lr_high": 1e-3,
               "slimbert_lr_higher": 2e-3, "slimbert_augment": 1e-3, "slimbert_augment_x3": 1e-3,
-              "pruned_source_block": 1e-3, "random_source_block": 1e-3}
+              "pruned_source_block": 1e-3, "random_source_block": 1e-3, "slimbert_mean": 1e-3,
+              "random_init_mean": 1e-3, "pruned_source_block_mean": 1e-3, "random_source_block_mean": 1e-3}
 # TinyBERT's data augmentation (finetune.augment): arm -> (copies of every example per task, compute multiple).
 # The epochs shrink so that the steps are `multiple` x the arm without copies: slimbert_augment (x1) spends the
 # repeated epochs on copies instead (MRPC at the cpu scale: 2 copies, 1 epoch instead of 3 epochs of the
@@ -128,17 +130,22 @@ AUGMENT = {"slimbert_augment": ({"sst2": 1, "mrpc": 2, "rte": 2}, 1),
 # logit KD every arm has. The student's 384-wide layers meet the source's 384-wide ones without a projection; the
 # normalised feature-map MSE starts near the soft loss's size, so weight 1 lets neither drown the other.
 DISTILL_HIDDEN = {"slimbert_hidden_kd": 1.0}
+# What the students' task head reads (finetune.pooling): h[CLS] for every arm that ran before round 7, so that
+# their rows stay as they were made; the mean-pooling arms read the masked mean, the source's own pooling.
+POOLING = {"slimbert_mean": "mean", "random_init_mean": "mean", "pruned_source_block_mean": "mean",
+           "random_source_block_mean": "mean"}
 MAIN_ARMS = ("source", "slimbert", "random_init", "embed")   # every task, every seed
 LEVER_ARMS = ("embed_long", "slimbert_hidden_kd", "slimbert_no_kd", "pd_share", "pruned_init", "joint", "auxiliary",
               "slimbert_lr_low", "slimbert_lr_high", "random_init_lr_high", "slimbert_lr_higher", "slimbert_augment",
-              "slimbert_augment_x3", "pruned_source_block", "random_source_block")
+              "slimbert_augment_x3", "pruned_source_block", "random_source_block", "slimbert_mean", "random_init_mean",
+              "pruned_source_block_mean", "random_source_block_mean")
 # Levers whose seed 0 paid beyond one seed's noise: run on every task and seed, so the gain is resolved or refuted.
 # The fine-tuning LR 1e-3 (SST-2 81.08 against 79.82 at 3e-4, seed 0); random_init_lr_high is its control on the
 # ablation tasks (does the rate help the transferred student, or any student?).
 CONFIRMED_ARMS = ("slimbert_lr_high",)
 # Random-init arms -> the transfer arm whose student they are (the same architecture, no transfer at all).
-RANDOM_INIT_ARMS = {"random_init": "slimbert", "random_init_lr_high": "slimbert",
-                    "random_source_block": "pruned_source_block"}
+RANDOM_INIT_ARMS = {"random_init": "slimbert", "random_init_lr_high": "slimbert", "random_init_mean": "slimbert",
+                    "random_source_block": "pruned_source_block", "random_source_block_mean": "pruned_source_block"}
 COOKBOOK_ONLY = ("distilbert_style", "tinybert_style", "minilm_style")
 # Levers that also run on tasks beyond the ablation tasks: augmentation is TinyBERT's lever for the smallest
 # tasks, so it runs on RTE (2,490 pairs) as well.
@@ -361,7 +368,7 @@ def task_spec(task: str, arm: str, distill: bool):
                     max_examples=t["max_examples" if source else "student_max_examples"], seq_len=t["seq_len"],
                     lr=LR["source"] if source else STUDENT_LR.get(arm, LR["student"]), distill=distill,
                     epochs=epochs * multiple / (1 + copies), augment=copies,
-                    distill_hidden=DISTILL_HIDDEN.get(arm, 0.0), **FINETUNE)
+                    distill_hidden=DISTILL_HIDDEN.get(arm, 0.0), pooling=POOLING.get(arm, "cls"), **FINETUNE)
 
 
 def student_for(arm: str, seed: int):
