@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import Problem, RecipeError
+
+if TYPE_CHECKING:  # for type checkers and the API docs, which read the names statically
+    from .plan import build_plan
+    from .resolve import Resolved, load_recipe
 
 # Resolving and planning pull in the models (torch, transformers): imported on first use, so that commands and
 # modules that only need the schema, the errors or the preset list (`slimbert recipes`, `--help`) start fast.
