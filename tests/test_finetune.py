@@ -70,14 +70,16 @@ def run(recipe, out):
 
 
 @pytest.mark.e2e
-def test_finetune_evaluates_and_saves(tmp_path, tiny_source, shared_data):
-    done = run(finetune_recipe(tmp_path, tiny_source, shared_data), tmp_path / "out")
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_finetune_evaluates_and_saves(tmp_path, tiny_source, shared_data, pooling):
+    done = run(finetune_recipe(tmp_path, tiny_source, shared_data, pooling=pooling), tmp_path / "out")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "finetune" / "metrics.json").read_text())
     assert result["train_examples"] == 256 and result["dev_examples"] == 872
     assert set(result["dev"]) == {"accuracy", "f1", "matthews"} and 0 <= result["dev"]["accuracy"] <= 1
     assert result["history"][-1]["loss"] > 0
-    assert (tmp_path / "out" / "finetune" / "model" / "config.json").is_file()
+    config = json.loads((tmp_path / "out" / "finetune" / "model" / "config.json").read_text())
+    assert config.get("classifier_pooling", "cls") == pooling   # the saved head reads what the recipe asked
     assert "sst2 dev: accuracy" in " ".join(done.stderr.split())
 
 
