@@ -9,11 +9,26 @@ from .errors import Problem, RecipeError
 
 if TYPE_CHECKING:  # for type checkers and the API docs, which read the names statically
     from .plan import build_plan
-    from .resolve import Resolved, load_recipe
+    from .resolve import Resolved
+    from .shape_search import Timer
 
 # Resolving and planning pull in the models (torch, transformers): imported on first use, so that commands and
 # modules that only need the schema, the errors or the preset list (`slimbert recipes`, `--help`) start fast.
-_LAZY = {"build_plan": "plan", "Resolved": "resolve", "load_recipe": "resolve"}
+_LAZY = {"build_plan": "plan", "Resolved": "resolve"}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plugins: bool = False,
+                timer: Timer | None = None) -> Resolved:
+    """Read, validate and resolve a recipe: every problem at once as a RecipeError (key path, line, what was
+    expected). The YAML and the schema are checked first, before torch and transformers are imported, so such
+    a mistake is reported at once. `timer` times candidate shapes for a latency budget (balance.latency_ms);
+    recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer)."""
+    from .parse import parse_recipe
+
+    parsed = parse_recipe(path, overrides)
+    from .resolve import resolve_parsed
+
+    return resolve_parsed(parsed, allow_plugins, timer)
 
 
 def __getattr__(name: str):
