@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import Problem, RecipeError
+from .parse import parse_recipe
 
 if TYPE_CHECKING:  # for type checkers and the API docs, which read the names statically
     from .plan import build_plan
@@ -23,8 +24,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plug
     expected). The YAML and the schema are checked first, before torch and transformers are imported, so such
     a mistake is reported at once. `timer` times candidate shapes for a latency budget (balance.latency_ms);
     recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer)."""
-    from .parse import parse_recipe
-
     parsed = parse_recipe(path, overrides)
     from .resolve import resolve_parsed
 
