@@ -36,10 +36,10 @@ def cosines(arms: list[str]) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     from slimbert.export.onnx import load_model
+    from slimbert.models.modeling import pool
 
     tokenizer = AutoTokenizer.from_pretrained(run._source_path())
     batch = _batch(tokenizer)
-    keep = batch["attention_mask"][..., None].float()
     models = {"source": AutoModel.from_pretrained(run._source_path())}
     for arm in arms:
         models[arm] = load_model(run.WORK / f"transfer-{arm}" / "student", "fill-mask")[0].slimbert
@@ -47,7 +47,7 @@ def cosines(arms: list[str]) -> None:
         with torch.no_grad():
             hidden = model.eval()(**batch, output_hidden_states=True).hidden_states
         for i, h in enumerate(hidden):
-            mean = (h * keep).sum(1) / keep.sum(1)
+            mean = pool(h, batch["attention_mask"], "mean")
             print(f"{name} layer {i}: h[CLS] {_mean_cosine(h[:, 0]):.3f}, mean {_mean_cosine(mean):.3f}")
 
 
@@ -56,11 +56,12 @@ def mean_pooled_source(task: str) -> None:
     from transformers.modeling_outputs import SequenceClassifierOutput
     from transformers.models.bert import modeling_bert
 
+    from slimbert.models.modeling import pool
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
         h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
                       token_type_ids=token_type_ids).last_hidden_state
-        keep = attention_mask[..., None].to(h.dtype)
-        return SequenceClassifierOutput(logits=self.classifier(self.dropout((h * keep).sum(1) / keep.sum(1))))
+        return SequenceClassifierOutput(logits=self.classifier(self.dropout(pool(h, attention_mask, "mean"))))
 
     modeling_bert.BertForSequenceClassification.forward = forward
     run.WORK = run.ROOT / "runs" / "quality-pooling"

@@ -273,22 +273,30 @@ class SlimBertEncoder(nn.Module):
         self.layer = nn.ModuleList([SlimBertLayer(config) for _ in range(config.num_hidden_layers)])
 
 
+def pool(hidden: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """B x T x H -> B x H: the mean over real tokens ("mean") or the first token ("cls"), as
+    sentence-transformers' Pooling module."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode != "mean":
+        raise ValueError(f"pooling {mode!r}: expected 'mean' or 'cls'")
+    if mask is None:
+        return hidden.mean(1)
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
 class SlimBertPooler(nn.Module):
-    """h[CLS] or the masked mean of h (`classifier_pooling`), through dense + tanh only when
+    """pool(h, mask, `classifier_pooling`): h[CLS] or the masked mean, through dense + tanh only when
     `classifier_activation` (official MobileBERT: off)."""
 
     def __init__(self, config: SlimBertConfig):
         super().__init__()
-        self.mean = config.classifier_pooling == "mean"
+        self.mode = config.classifier_pooling
         self.dense = nn.Linear(config.hidden_size, config.hidden_size) if config.classifier_activation else None
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.mean:  # (B, T, H) -> (B, H): padding neither counts nor dilutes
-            keep = (torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None
-                    else attention_mask)[..., None].to(hidden.dtype)
-            pooled = (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
-        else:
-            pooled = hidden[:, 0]
+        pooled = pool(hidden, attention_mask, self.mode)  # (B, T, H) -> (B, H)
         return pooled if self.dense is None else torch.tanh(self.dense(pooled))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.modeling import pool  # noqa: F401  (the embedding terms pool as the task head does)
+
 
 def _layer_norm(x: torch.Tensor) -> torch.Tensor:
     """Parameter-free LayerNorm over features (gamma 1, beta 0), as the official feature-map loss."""
@@ -107,19 +109,6 @@ def task_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 # ---- sentence embeddings (sentence-transformers' distillation) -----------------------------------------------------
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """B x T x H -> B x H: the mean over real tokens ("mean") or the first token ("cls"), as
-    sentence-transformers' Pooling module."""
-    if mode == "cls":
-        return hidden[:, 0]
-    if mode != "mean":
-        raise ValueError(f"pooling {mode!r}: expected 'mean' or 'cls'")
-    if mask is None:
-        return hidden.mean(1)
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
-
 
 def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
     """B x H -> B x B cosine similarities."""
