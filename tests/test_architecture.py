@@ -138,3 +138,25 @@ def test_the_guard_can_fail(tmp_path, monkeypatch):
         test_imports_go_one_way()
     with pytest.raises(AssertionError, match="bad.py:4 imports slimbert.data inside a function"):
         test_own_modules_are_imported_at_module_top()
+
+
+def test_a_schema_mistake_is_reported_before_torch_is_imported(tmp_path):
+    """`slimbert validate` on a broken YAML file or a schema error answers from parse.py alone: no torch, no
+    transformers loaded (they cost seconds per call)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "yaml.yaml").write_text("name: [\n")
+    (tmp_path / "schema.yaml").write_text("name: x\nseed: -1\n")
+    probe = ("import sys\nfrom typer.testing import CliRunner\nfrom slimbert.cli import app\n"
+             "for f in sys.argv[1:]:\n"
+             "    r = CliRunner().invoke(app, ['validate', f])\n"
+             "    assert r.exit_code == 2, r.output\n"
+             "    print(f, 'problem(s)' in r.output)\n"
+             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "yaml.yaml"), str(tmp_path / "schema.yaml")],
+                          capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[:2] == [f"{tmp_path / 'yaml.yaml'} True", f"{tmp_path / 'schema.yaml'} True"]
+    assert lines[-1] == "[]"
