@@ -34,6 +34,9 @@ def test_every_transfer_arm_validates_at_equal_student_tokens(scale, tmp_path, s
     # embed_long is the "more transfer tokens" lever: its embedding stage alone is EMBED_LONG_X times longer
     tokens.pop("embed_long")
     assert embedding_steps["embed_long"] == Q.EMBED_LONG_X * embedding_steps["embed"]
+    # slimbert_x10 is the same lever for the whole transfer: every student stage TOKENS_X times longer
+    if scale != "smoke":
+        assert abs(tokens.pop("slimbert_x10") - Q.TOKENS_X * tokens["slimbert"]) <= 0.05 * Q.TOKENS_X * tokens["slimbert"]
     for arm, n in tokens.items() if scale != "smoke" else ():
         assert abs(n - tokens["slimbert"]) <= 0.05 * tokens["slimbert"], (arm, n, tokens["slimbert"])
     Q.configure("cpu")

@@ -39,6 +39,7 @@ ARM_TITLES = {
     "random_init_mean": "5p. control for 5o: random init, mean-pooled head, at 5f's LR",
     "pruned_source_block_mean": "5q. 5m with the mean-pooled head",
     "random_source_block_mean": "5r. 5n with the mean-pooled head",
+    "slimbert_x10": "5s. lever: 10x the transfer tokens (every student stage of 2 ten times longer), at 5f's LR",
     "slimbert_hidden_kd": "5h. lever: intermediate-layer task KD (finetune.distill_hidden 1) beside the logit KD",
     "distilbert_style": "6a. cookbook distilbert-style: 3 x 384 pruned from the teacher, auxiliary",
     "tinybert_style": "6b. cookbook tinybert-style: 4 x 192, source teacher, hidden + attention",
