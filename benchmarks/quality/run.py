@@ -5,7 +5,8 @@ embedding model without an MLM head) and real GLUE tasks (SST-2, MRPC, RTE from 
 writes one JSON result under <workspace>/results/ (finished results are skipped, so `all` resumes); `report`
 turns them into quality.{md,json} and two PNGs.
 
-  python benchmarks/quality/run.py all                  # the CPU benchmark: a QUIET 2-core machine, <= 2 h
+  python benchmarks/quality/run.py all                  # the CPU benchmark on a QUIET 2-core machine: about 8 h
+                                                        #   of jobs with every lever (quality.md); resumable
   python benchmarks/quality/run.py all --scale gpu --budget-s 420   # full sets, 3 seeds, ~100x transfer tokens
   python benchmarks/quality/run.py all --smoke --force  # the harness end to end in minutes (numbers mean nothing)
   python benchmarks/quality/run.py jobs                 # the experiments, in the order `all` runs them
