@@ -15,6 +15,7 @@ from slimbert.data.corpus import Batches
 from slimbert.data.pairs import read_pairs
 from slimbert.data.tasks import TaskDataError
 from slimbert.engine.sentence import pair_cosines, spearman, write_sentence_transformers
+from slimbert.models.modeling import pool
 from slimbert.recipe.checks import advice
 from slimbert.recipe.schema import Stage
 from slimbert.teacher.source import describe_source, sentence_pooling
@@ -29,11 +30,11 @@ STAGE = TypeAdapter(Stage)
 def test_pool_mean_over_real_tokens_and_cls():
     h = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[1, 1, 0]])
-    assert L.pool(h, mask, "mean").tolist() == [[2.0, 3.0]]       # padding left out
-    assert L.pool(h, None, "mean")[0].tolist() == pytest.approx([104 / 3, 106 / 3])
-    assert L.pool(h, mask, "cls").tolist() == [[1.0, 2.0]]
+    assert pool(h, mask, "mean").tolist() == [[2.0, 3.0]]       # padding left out
+    assert pool(h, None, "mean")[0].tolist() == pytest.approx([104 / 3, 106 / 3])
+    assert pool(h, mask, "cls").tolist() == [[1.0, 2.0]]
     with pytest.raises(ValueError, match="pooling 'max'"):
-        L.pool(h, mask, "max")
+        pool(h, mask, "max")
 
 
 def test_embedding_losses_golden():
@@ -224,5 +225,5 @@ def test_a_sentence_transformers_student_opens_in_sentence_transformers(tmp_path
     tok = AutoTokenizer.from_pretrained(student_dir)
     enc = tok(["a short sentence", "another, somewhat longer sentence here"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        mine = L.pool(AutoModel.from_pretrained(student_dir)(**enc).last_hidden_state, enc["attention_mask"], "mean")
+        mine = pool(AutoModel.from_pretrained(student_dir)(**enc).last_hidden_state, enc["attention_mask"], "mean")
     torch.testing.assert_close(emb, mine, rtol=1e-4, atol=1e-4)

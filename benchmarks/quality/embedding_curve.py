@@ -21,7 +21,8 @@ import run as R  # noqa: E402 - the quality benchmark's workspace and data paths
 from slimbert.data.pairs import read_pairs  # noqa: E402
 from slimbert.engine.sentence import hf_encoder, similarity_fidelity  # noqa: E402
 from slimbert.export.onnx import load_model  # noqa: E402
-from slimbert.transfer.losses import embedding_cosine_loss, embedding_mse_loss, pool, similarity_matrix_loss  # noqa: E402
+from slimbert.models.modeling import pool  # noqa: E402
+from slimbert.transfer.losses import embedding_cosine_loss, embedding_mse_loss, similarity_matrix_loss  # noqa: E402
 
 
 def main() -> None:

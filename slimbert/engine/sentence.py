@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from ..data.pairs import read_pairs
-from ..transfer.losses import pool
+from ..models.modeling import pool
 
 Encoder = Callable[[dict], torch.Tensor]  # tokenised batch -> last hidden state B x T x H
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.modeling import pool  # noqa: F401  (the embedding terms pool as the task head does)
-
 
 def _layer_norm(x: torch.Tensor) -> torch.Tensor:
     """Parameter-free LayerNorm over features (gamma 1, beta 0), as the official feature-map loss."""

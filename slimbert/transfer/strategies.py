@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.corpus import Batches, mask_tokens, unpad
+from ..models.modeling import pool
 from . import losses as L
 
 Terms = dict[str, torch.Tensor]  # loss term name -> scalar tensor, already weighted
@@ -528,8 +529,8 @@ class EmbeddingDistill:
         mode = "mean" if st.pooling == "auto" else st.pooling  # resolve.py fills in the source's; mean otherwise
         reference = x.source if x.source is not None else x.teacher
         with torch.no_grad():
-            target = L.pool(reference(batch, mask).hidden_states[-1].float(), mask, mode)
-        mine = L.pool(x.student.slimbert(batch, attention_mask=mask).last_hidden_state, mask, mode)
+            target = pool(reference(batch, mask).hidden_states[-1].float(), mask, mode)
+        mine = pool(x.student.slimbert(batch, attention_mask=mask).last_hidden_state, mask, mode)
         terms = {}
         if st.mse or st.cosine:
             projected = embedding_projection(x, mine.shape[-1], target.shape[-1])(mine).float()
