@@ -126,3 +126,18 @@ def test_jobs_put_whole_rows_first_and_every_teacher_before_its_students(scale):
         assert Q.teacher_seed("mrpc", 99) == sources[0]
     finally:
         Q.configure("cpu")
+
+
+def test_every_arm_is_timed_under_its_architectures_latency_name():
+    Q.configure("cpu")
+    names = {arm: Q.latency_name(arm) for task in Q.TASKS for arm in Q.arms_for(task)}
+    assert names["source"] == "source"
+    assert {a: names[a] for a in Q.COOKBOOK_ONLY} == {a: a for a in Q.COOKBOOK_ONLY}
+    # the source-block students are another architecture, which the latency job does not time
+    assert {a for a, n in names.items() if n is None} == {"pruned_source_block", "random_source_block",
+                                                          "pruned_source_block_mean", "random_source_block_mean"}
+    # every other student (transferred, random init, levers) has slimbert's architecture
+    assert {a for a, n in names.items() if n == "student"} == set(names) - {"source", *Q.COOKBOOK_ONLY} - {
+        a for a, n in names.items() if n is None}
+    assert [names[a] for a in ("slimbert", "random_init", "pruned_init", "slimbert_x10", "random_init_mean")] == [
+        "student"] * 5

@@ -66,7 +66,6 @@ def summary(xs: list[float]) -> dict:
 
 def collect(results: dict[str, dict]) -> dict:
     latency = (results.get("latency") or {}).get("p50_ms", {})
-    lat_name = {"source": "source", "slimbert": "student"}
     tasks: dict = {}
     for task in R.TASKS:
         for arm in R.arms_for(task):
@@ -83,11 +82,9 @@ def collect(results: dict[str, dict]) -> dict:
             row["finetune_seconds"] = statistics.fmean(r["seconds"] for r in runs)
             t = results.get(f"transfer-{R.ARM_TRANSFER.get(arm, '')}")
             row["transfer_seconds"] = t["seconds"] if t else 0.0
-            name = lat_name.get(arm, arm if arm in R.COOKBOOK_ONLY else "student")
-            # the source-block students (5m-5r) are another architecture, which the latency job does not export
-            other_shape = "pruned_source_block" in (R.ARM_TRANSFER.get(arm), R.RANDOM_INIT_ARMS.get(arm))
-            row["latency_p50_ms_fp32"] = None if other_shape else latency.get(f"{name}-fp32")
-            row["latency_p50_ms_int8"] = None if other_shape else latency.get(f"{name}-int8")
+            name = R.latency_name(arm)
+            row["latency_p50_ms_fp32"] = latency.get(f"{name}-fp32") if name else None
+            row["latency_p50_ms_int8"] = latency.get(f"{name}-int8") if name else None
             row["train_examples"], row["dev_examples"] = runs[0]["train_examples"], runs[0]["dev_examples"]
             if "curve" in runs[0]:
                 row["curves"] = {r["seed"]: r["curve"] for r in runs}

@@ -570,15 +570,24 @@ def similarity(arm: str) -> dict:
 
 # ---- latency -----------------------------------------------------------------------------------------------
 
+def latency_name(arm: str) -> str | None:
+    """The name under which `latency` times this arm's architecture: arms of one architecture share it (every
+    slimbert-shaped student is "student"). None for the source-block students (5m-5r), which it does not time."""
+    if arm == "source":
+        return "source"
+    shape = RANDOM_INIT_ARMS.get(arm) or ARM_TRANSFER.get(arm, arm)
+    if shape in COOKBOOK_ONLY:
+        return shape
+    return None if shape == "pruned_source_block" else "student"
+
+
 def latency() -> dict:
     """Every architecture's SST-2 model (the source, slimbert's student and each cookbook arm's), exported by
     slimbert's export (passes, int8, parity) and timed side by side by its bench (batch 1, seq 128, the run's
     threads, alternating blocks of runs)."""
     seed = TASKS["sst2"]["seeds"][0]
-    names = {"source": "source", "slimbert": "student"}
-    names.update({a: a for a in COOKBOOK_ONLY})
-    names = {arm: name for arm, name in names.items()  # arms the budget left out are not timed (yet)
-             if (RESULTS / f"sst2-{arm}-{seed}.json").is_file()}
+    names = {arm: latency_name(arm) for arm in ("source", "slimbert", *COOKBOOK_ONLY)  # one arm per architecture
+             if (RESULTS / f"sst2-{arm}-{seed}.json").is_file()}  # arms the budget left out are not timed (yet)
     done = RESULTS / "latency.json"
     before = _read_json(done)
     if before is not None and sorted(before.get("arms", [])) == sorted(names):
