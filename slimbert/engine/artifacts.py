@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.corpus import mask_tokens
 from ..models import SlimBertModel
+from ..models.encoders import save_as_encoder
 from ..models.remote import save_pretrained_portable, save_pretrained_standalone
 from ..teacher.build import IBTeacher, fidelity
 from . import checkpoint as ckpt
@@ -21,20 +22,22 @@ from .checkpoint import TrainingError
 from .metrics import NOT_LOSSES, read_rows
 
 
-def save_model(model, tokenizer, final: Path) -> Path:
-    """Atomically, in a form stock transformers opens: stock MobileBERT when the shape is expressible, else
-    slimbert's format with its own code (models/remote.py)."""
+def save_model(model, tokenizer, final: Path, as_source: tuple[str, bool] | None = None) -> Path:
+    """Atomically, in a form stock transformers opens: with `as_source` (the source's model_type, whether it has
+    an MLM head), a model cut from its source is saved as a stock model of that type when its shape is one; else
+    stock MobileBERT when the shape is expressible, else slimbert's format with its own code (models/remote.py)."""
     if next(model.parameters()).device.type != "cpu":
         model = copy.deepcopy(model).to("cpu")  # saved from the CPU; the caller's model stays put
     with ckpt.atomic_dir(final) as tmp:
-        save_pretrained_portable(model, tmp)
+        if as_source is None or not save_as_encoder(model, tmp, *as_source):
+            save_pretrained_portable(model, tmp)
         tokenizer.save_pretrained(tmp)
     return final
 
 
-def save_student(student, tokenizer, out: Path) -> Path:
+def save_student(student, tokenizer, out: Path, as_source: tuple[str, bool] | None = None) -> Path:
     """<out>/student, with its model card (cards.py)."""
-    path = save_model(student, tokenizer, out / "student")
+    path = save_model(student, tokenizer, out / "student", as_source)
     write_card(out, path, "student")
     return path
 

@@ -18,6 +18,7 @@ from .. import __version__
 from ..export.bench import markdown as latency_markdown
 from ..models import SlimBertConfig, count, preset
 from ..models.convert import from_transformers_config
+from ..models.encoders import ENCODER_TYPES, from_encoder_config
 from ..teacher.source import SourceError, describe_source
 from .checkpoint import write_atomic
 from .metrics import NOT_LOSSES
@@ -80,7 +81,11 @@ def family_config(model_dir: Path) -> SlimBertConfig:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(model_dir))   # slimbert's classes are registered by ..models
-    return config if isinstance(config, SlimBertConfig) else from_transformers_config(config)
+    if isinstance(config, SlimBertConfig):
+        return config
+    if config.model_type in ENCODER_TYPES:  # a student cut from its source, saved as the source's type
+        return from_encoder_config(config)
+    return from_transformers_config(config)
 
 
 def _shape(c: SlimBertConfig) -> str:

@@ -11,6 +11,7 @@ pure function of (seed, stage, step), so a resumed run reproduces an uninterrupt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -33,6 +34,7 @@ from ..teacher.adapters import HFEncoderTeacher, IBTeacherAdapter, Teacher, as_t
 from ..teacher.adapters import to_device as teacher_to
 from ..teacher.build import IBTeacher, build_ib_teacher
 from ..transfer.init import copy_embeddings, init_from_teacher
+from ..transfer.source_init import attach_pooler, init_from_source, selection
 from ..transfer.strategies import STRATEGIES, Shard, TransferInputs, corpus_layout, strategy
 from . import checkpoint as ckpt
 from . import device as dev
@@ -144,6 +146,8 @@ def build_context(r: Resolved, out: Path, console, teacher=None, quick: bool = F
     teacher_to(teacher, device)
     # Initialised on the CPU, then moved: the same initial weights on every device.
     student = SlimBertForMaskedLM(r.student_config).to(device)
+    if r.recipe.student.init == "prune_from_source":
+        attach_pooler(student, r.student_config)  # the source's pooler, cut with it: saved with the bare encoder
     projections = None
     if teacher.hidden_size != r.student_config.hidden_size:
         # TinyBERT-style: learned maps from the student's feature width to the teacher's, one per layer.
@@ -170,8 +174,40 @@ def start_student_stages(ctx: Context, adapted: bool) -> None:
             ctx.console.print(report.summary(ctx.ib.config, ctx.r.student_config, ctx.r.layer_map), highlight=False,
                               soft_wrap=True)
             (ctx.out / "student_init.json").write_text(json.dumps(report.as_dict(), indent=2))
-    if ctx.r.recipe.student.copy_embeddings:
+    if ctx.r.recipe.student.init == "prune_from_source":
+        cut_from_source(ctx)
+    elif ctx.r.recipe.student.copy_embeddings:
         copy_embeddings(ctx.teacher, ctx.student)
+
+
+def cut_from_source(ctx: Context) -> None:
+    """student.init: prune_from_source: the source cut to the student's shape (its layers chosen by importance
+    when layer_map says so); the layer map becomes the kept layers, and the feature projections (when the width
+    was cut) start as the channel selection, so every transfer term starts at the cut source's own error."""
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    r = ctx.r
+    auto = AutoModelForMaskedLM if r.source.has_mlm_head else AutoModel
+    source = auto.from_pretrained(str(r.source_path), use_safetensors=True).to(ctx.device).eval()
+    layers = None if r.recipe.layer_map == "importance" else [j - 1 for j in r.layer_map]
+    report = init_from_source(ctx.student, source, layers, ctx.train[:32], ctx.held_out[:16], r.source.pooling)
+    del source
+    ctx.r = dataclasses.replace(r, layer_map=[j + 1 for j in report.kept.layers])
+    if ctx.projections is not None:
+        with torch.no_grad():
+            for p in ctx.projections:
+                p.weight.copy_(selection(report.kept.hidden, p.out_features))
+                p.bias.zero_()
+    if ctx.world.main:
+        ctx.console.print(report.summary(r.source, r.student_config), highlight=False, soft_wrap=True)
+        ckpt.write_atomic(ctx.out / "student_init.json", json.dumps(report.as_dict(), indent=2))
+
+
+def restore_cut(ctx: Context) -> None:
+    """On resume past the student's initialisation: the layers it kept (the stages' layer map) from the run."""
+    path = ctx.out / "student_init.json"
+    if ctx.r.recipe.student.init == "prune_from_source" and path.is_file():
+        ctx.r = dataclasses.replace(ctx.r, layer_map=json.loads(path.read_text())["layers"])
 
 
 def _fidelity(ctx: Context) -> dict:
@@ -419,6 +455,8 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             trackers = ctx.trackers = Trackers(r.recipe.logging, out, r.file.parent, out.name,
                                                r.recipe.model_dump(mode="json"), warn)
         start_stage, start_step, opt_state = find_resume_point(ctx, warn) if resume else (0, 0, None)
+        if resume:
+            restore_cut(ctx)
         if world.main and ctx.ib is not None and not (out / "teacher" / "fidelity.json").is_file():
             print_fidelity(console, write_fidelity(out, "before", _fidelity(ctx), len(ctx.held_out)))
         first_student = next((k for k, st in enumerate(r.recipe.transfer) if strategy(st).trains != "teacher"),
@@ -437,7 +475,10 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             start_student_stages(ctx, adapted=first_student > 0)  # a recipe that only builds the teacher
         if not world.main:
             return out  # rank 0 saves the student and fine-tunes it
-        path = save_student(ctx.student, ctx.tokenizer, out)
+        r = ctx.r  # a student cut from its source: the layers it kept are now the layer map
+        as_source = (r.source.model_type, r.source.has_mlm_head) if r.recipe.student.init == "prune_from_source" \
+            else None
+        path = save_student(ctx.student, ctx.tokenizer, out, as_source)
         finish_sentence_student(r, ctx.student, ctx.tokenizer, path, out, lambda m: console.print(m, highlight=False))
         if r.recipe.finetune is not None:
             with Progress(*columns, console=console, transient=False) as progress:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..models import SlimBertConfig
+from ..teacher.source import SourceInfo
 from ..transfer.init import problems as prune_problems
+from ..transfer.source_init import problems as cut_problems
 from ..transfer.strategies import TeacherFacts, stage_problems
 from .schema import Recipe
 
@@ -26,6 +28,7 @@ class Facts:
     max_positions: int                      # the source's, which the student inherits
     embedding: tuple | None = None          # the teacher's (vocab, embedding size, trigram, inter width)
     embedding_what: str = ""                # whose embedding that is, for the message
+    source: SourceInfo | None = None        # the source's architecture (prune_from_source cuts it)
 
 
 def stages(recipe: Recipe, f: Facts) -> Problems:
@@ -45,7 +48,7 @@ def embedding_copy(recipe: Recipe, f: Facts) -> Problems:
                                                 "copy_embeddings: false")]
         return []
     # prune_from_teacher copies the embeddings pruned to the student's widths; copy_embeddings adds nothing.
-    if f.teacher.origin == "plugin" or s.init == "prune_from_teacher":
+    if f.teacher.origin == "plugin" or s.init in ("prune_from_teacher", "prune_from_source"):
         return []
     mine = (f.student.vocab_size, f.student.embedding_size, f.student.trigram_input, f.student.hidden_size)
     if f.embedding is not None and f.embedding != mine:  # None: the teacher's section is wrong, reported there
@@ -66,6 +69,22 @@ def student_init(recipe: Recipe, f: Facts) -> Problems:
     if f.student is None or (f.teacher.inverted_bottleneck and f.teacher_config is None and f.teacher.width is None):
         return []  # the student's or the IB teacher's own section is wrong, and reported there
     return prune_problems(f.teacher_config, f.student)
+
+
+def source_cut(recipe: Recipe, f: Facts) -> Problems:
+    """student.init: prune_from_source cuts the source and distils from it: the source's teacher, its shape."""
+    if recipe.student.init != "prune_from_source":
+        return []
+    out = []
+    if recipe.teacher.type != "source" or recipe.teacher.plugin is not None:
+        out.append(("teacher.type", "student.init: prune_from_source cuts the source itself and distils from it: set "
+                                    "teacher.type: source (an inverted-bottleneck teacher is not used)"))
+    if recipe.balance is not None:
+        out.append(("balance", "student.init: prune_from_source takes the student's widths as given; balance solves "
+                               "bottleneck students: remove it and set inter_size, num_heads and ffn.size"))
+    if f.student is not None and f.source is not None:
+        out += cut_problems(f.source, f.student)
+    return out
 
 
 def export_needs_onnx(recipe: Recipe, f: Facts) -> Problems:
@@ -125,7 +144,7 @@ def widths_or_balance(recipe: Recipe) -> Problems:
     return out
 
 
-CHECKS: list[Callable[[Recipe, Facts], Problems]] = [stages, embedding_copy, student_init, export_needs_onnx,
+CHECKS: list[Callable[[Recipe, Facts], Problems]] = [stages, embedding_copy, student_init, source_cut, export_needs_onnx,
                                                      openvino_needs_onnx, sequence_lengths]
 
 

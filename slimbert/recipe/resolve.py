@@ -124,7 +124,8 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
             out.add("balance", f"impossible balance: {e}")
             if isinstance(e, shape_search.NoShapeFits):
                 out.frontier = {"spec": e.spec, "budget_ms": e.budget_ms, "frontier": e.frontier}
-    ib = t.type == "inverted_bottleneck" and plugin_teacher is None
+    # A student cut from its source has no IB teacher (checks.source_cut says so once, not the IB's own checks).
+    ib = t.type == "inverted_bottleneck" and plugin_teacher is None and recipe.student.init != "prune_from_source"
     teacher_config = _teacher_config(recipe, source, out) if ib else None
 
     # Layer map -----------------------------------------------------------------------------------------
@@ -337,6 +338,8 @@ def _latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo, t
 
 def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Collector) -> SlimBertConfig | None:
     s = recipe.student
+    if s.init == "prune_from_source":
+        return _source_block_student(recipe, source, out)
     intra = balance_result.intra_size if balance_result else s.intra_size
     ffn_size = balance_result.ffn_size if balance_result else (s.ffn.size if s.ffn else None)
     stacked = balance_result.stacked if balance_result else (s.ffn.stacked if s.ffn else None)
@@ -360,6 +363,46 @@ def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Col
             hidden_dropout_prob=s.dropout, attention_probs_dropout_prob=0.1,
             max_position_embeddings=source.max_positions, type_vocab_size=max(1, source.type_vocab_size),
             classifier_activation=False)
+    except ValueError as e:
+        out.add("student", str(e))
+        return None
+
+
+def _source_block_student(recipe: Recipe, source: SourceInfo, out: Collector) -> SlimBertConfig | None:
+    """student.init: prune_from_source: the source's own block (LayerNorm, its activation, one FFN, Q/K/V from the
+    block input, an unfactorised word table) at the student's depth and widths. Unset widths are the source's."""
+    s = recipe.student
+    given = s.model_fields_set
+    why = ("student.init: prune_from_source keeps the source's block (its norm and activation, one FFN, Q/K/V "
+           "from the block input, a word table as wide as the blocks): remove it")
+    for key in ("qkv_from", "norm", "activation", "embedding"):
+        if key in given:
+            out.add(f"student.{key}", why)
+    inter = s.inter_size if "inter_size" in given else source.hidden_size
+    if "intra_size" in given and s.intra_size not in (None, inter):
+        out.add("student.intra_size", f"{why} (or set it to student.inter_size, {inter})")
+    ffn = source.intermediate_size
+    if "ffn" in given and s.ffn is not None:
+        ffn = s.ffn.size if "size" in s.ffn.model_fields_set else ffn
+        if "stacked" in s.ffn.model_fields_set and s.ffn.stacked != 1:
+            out.add("student.ffn.stacked", "student.init: prune_from_source keeps the source's one FFN per block: "
+                                           "use stacked: 1 (or leave it out)")
+    head = source.hidden_size // max(1, source.num_heads)
+    heads = s.num_heads if "num_heads" in given else max(1, inter // head)
+    if inter % heads:
+        out.add("student.num_heads" if "num_heads" in given else "student.inter_size",
+                f"student.inter_size ({inter}) must be divisible by student.num_heads ({heads}): a stock "
+                "encoder's heads are inter_size / num_heads wide")
+        return None
+    try:
+        return SlimBertConfig(
+            vocab_size=source.vocab_size, embedding_size=inter, trigram_input=False, hidden_size=inter,
+            use_bottleneck=False, intra_bottleneck_size=inter, num_hidden_layers=s.num_layers,
+            num_attention_heads=heads, intermediate_size=ffn, num_feedforward_networks=1,
+            normalization_type="layer_norm", hidden_act=source.hidden_act, hidden_dropout_prob=s.dropout,
+            attention_probs_dropout_prob=0.1, max_position_embeddings=source.max_positions - source.position_offset,
+            type_vocab_size=max(1, source.type_vocab_size), layer_norm_eps=source.layer_norm_eps,
+            pad_token_id=source.pad_token_id if source.pad_token_id is not None else 0, classifier_activation=True)
     except ValueError as e:
         out.add("student", str(e))
         return None
@@ -415,12 +458,19 @@ def _facts(recipe: Recipe, source: SourceInfo, teacher_config: SlimBertConfig | 
         inverted_bottleneck=t.type == "inverted_bottleneck", has_mlm_head=source.has_mlm_head,
         origin="plugin" if t.plugin is not None else "recipe",
         description=f"{source.path} is a {source.model_type} without one")
-    return checks.Facts(teacher, student_config, teacher_config, source.max_positions, embedding, what)
+    return checks.Facts(teacher, student_config, teacher_config, source.max_positions, embedding, what, source)
 
 
 def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]:
     n = recipe.student.num_layers
     lm = recipe.layer_map
+    cut = recipe.student.init == "prune_from_source"
+    if lm == "importance" and not cut:
+        out.add("layer_map", "importance chooses which source layers a student cut from its source keeps; it needs "
+                             "student.init: prune_from_source (else use uniform, last or a list)")
+    if cut and isinstance(lm, list) and any(b <= a for a, b in zip(lm, lm[1:])):
+        out.add("layer_map", f"{lm}: a student cut from its source keeps source layers in order, each once "
+                             "(strictly increasing)")
     if isinstance(lm, list):
         if len(lm) != n:
             out.add("layer_map", f"has {len(lm)} entries; expected one teacher layer per student layer ({n})")
@@ -434,7 +484,9 @@ def _layer_map(recipe: Recipe, teacher_layers: int, out: Collector) -> list[int]
         out.add(key, f"layer_map {lm!r} needs a teacher at least as deep as the student ({teacher_layers} < {n} "
                              "layers); give an explicit list")
         return []
-    if lm == "uniform":  # student layer i <- teacher layer i * Lt / Ls (TF2's transfer_teacher_layers, 1-based)
+    if lm in ("uniform", "importance"):
+        # student layer i <- teacher layer i * Lt / Ls (TF2's transfer_teacher_layers, 1-based). For importance,
+        # a stand-in until the run measures which layers to keep (transfer/source_init.py).
         return [(i * teacher_layers) // n for i in range(1, n + 1)]
     return [teacher_layers - n + i for i in range(1, n + 1)]  # last: the top teacher layers
 

@@ -81,7 +81,7 @@ Positions = Annotated[PositiveInt, Field(le=MAX_POSITIONS)]
 PosFloat = Annotated[Float, Field(gt=0)]
 NonNegFloat = Annotated[Float, Field(ge=0)]
 Beta = Annotated[Float, Field(ge=0, lt=1)]
-LayerMap = Annotated[Union[Annotated[Literal["uniform", "last"], Tag("names")], Annotated[list[PositiveInt], Tag("list")]],
+LayerMap = Annotated[Union[Annotated[Literal["uniform", "last", "importance"], Tag("names")], Annotated[list[PositiveInt], Tag("list")]],
                      Discriminator(lambda v: "list" if isinstance(v, (list, tuple)) else "names")]
 
 
@@ -151,9 +151,13 @@ class Student(Section):
     norm: Literal["no_norm", "layer_norm"] = Field(
         "no_norm", description="no_norm: 192 -> 62 ms on a Pixel 4 with relu, -0.8 GLUE (paper).")
     activation: Literal["relu", "gelu", "relu6"] = Field("relu", description="FFN and MLM-transform activation.")
-    init: Literal["random", "prune_from_teacher"] = Field(
-        "random", description="random, or prune_from_teacher: the (adapted) IB teacher's layer_map layers pruned "
-                               "to the student's widths with torch-pruning and copied in.")
+    init: Literal["random", "prune_from_teacher", "prune_from_source"] = Field(
+        "random", description="random; prune_from_teacher: the (adapted) IB teacher's layer_map layers pruned "
+                               "to the student's widths with torch-pruning and copied in; prune_from_source: the "
+                               "source itself cut to the student's depth (its layer_map layers, or chosen by "
+                               "importance) and widths (hidden channels, whole heads, FFN neurons by activation "
+                               "importance), keeping its block, so the student is a stock model of its type "
+                               "(teacher.type: source; norm, activation, embedding and qkv_from are the source's).")
     copy_embeddings: bool = Field(
         True, description="Copy embeddings (and the MLM head) from the teacher when shapes allow, as the paper.")
     dropout: NonNegFloat = Field(0.0, description="Hidden dropout outside transfer stages (off during transfer).")
@@ -550,7 +554,9 @@ class Recipe(Section):
     student: Student = Field(default_factory=Student, description="The student's architecture.")
     balance: Balance | None = Field(None, description="Solve intra width and FFNs from a ratio/budget instead.")
     layer_map: LayerMap = Field(
-        "uniform", description="Teacher layer (1-based) for each student layer: uniform, last, or a list.")
+        "uniform", description="Teacher layer (1-based) for each student layer: uniform, last, a list, or importance "
+                               "(student.init: prune_from_source: the source layers whose removal costs the pooled "
+                               "representation most, measured on the corpus).")
     data: Data = Field(..., description="Corpus and masking.")
     transfer: list[Stage] = Field(..., min_length=1, description="Ordered stages.")
     finetune: Finetune | None = Field(None, description="Optional task fine-tuning and evaluation.")

@@ -1,0 +1,218 @@
+"""student.init: prune_from_source — the source as slimbert's plain block (exact), the depth search, the width cut
+through torch-pruning, and a run whose student is a stock model of its source's type."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (AutoModel, BertConfig, BertForMaskedLM, BertModel, RobertaConfig, RobertaForMaskedLM,
+                          RobertaModel)
+
+from conftest import open_without_slimbert, write_recipe
+from slimbert.models import SlimBertForMaskedLM, SlimBertModel
+from slimbert.models.encoders import from_encoder, from_encoder_config, save_as_encoder, to_encoder, why_not_encoder
+from slimbert.models.modeling import pool
+from slimbert.transfer.source_init import (attach_pooler, choose_layers, init_from_source, removal_cost, selection)
+
+
+def _tiny(cls, config_cls, **kw):
+    torch.manual_seed(0)
+    kw = {"vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
+          "intermediate_size": 48, "max_position_embeddings": 40 if config_cls is RobertaConfig else 36,
+          "pad_token_id": 1 if config_cls is RobertaConfig else 0, **kw}
+    c = config_cls(**kw)
+    return cls(c).eval()
+
+
+def _batch():
+    ids = torch.randint(5, 300, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("cls,config_cls", [(BertModel, BertConfig), (BertForMaskedLM, BertConfig),
+                                            (RobertaModel, RobertaConfig), (RobertaForMaskedLM, RobertaConfig)])
+def test_stock_encoders_convert_both_ways_exactly(cls, config_cls):
+    hf = _tiny(cls, config_cls)
+    ids, mask = _batch()
+    mine = from_encoder(hf)
+    assert isinstance(mine, SlimBertForMaskedLM if "MaskedLM" in cls.__name__ else SlimBertModel)
+    key = "logits" if "MaskedLM" in cls.__name__ else "last_hidden_state"
+    theirs = getattr(hf(input_ids=ids, attention_mask=mask), key)
+    ours = getattr(mine(ids, mask), key)
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-5, atol=1e-5)
+    back = to_encoder(mine, hf.config.model_type)
+    assert type(back) is cls
+    torch.testing.assert_close(getattr(back(input_ids=ids, attention_mask=mask), key)[real], theirs[real],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_only_the_plain_block_is_a_stock_encoder():
+    plain = from_encoder_config(BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=48))
+    assert why_not_encoder(plain, "bert") is None
+    bottleneck = from_encoder_config(BertConfig(hidden_size=32, num_attention_heads=4), use_bottleneck=True,
+                                     intra_bottleneck_size=16)
+    assert "bottleneck" in why_not_encoder(bottleneck, "bert")
+    assert "NoNorm" in why_not_encoder(from_encoder_config(BertConfig(hidden_size=32, num_attention_heads=4),
+                                                           normalization_type="no_norm"), "bert")
+    assert "not one of" in why_not_encoder(plain, "electra")
+
+
+def test_removal_cost_is_zero_for_the_same_representation_and_grows_with_the_angle():
+    a = torch.randn(5, 8)
+    assert removal_cost(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert removal_cost(a, -a) == pytest.approx(2.0, abs=1e-6)
+
+
+def _with_idle_layer(idle: int) -> BertModel:
+    """A tiny BERT whose layer `idle` adds nothing (zero attention and FFN outputs, identity norms): removing it
+    costs nothing, removing any other layer does."""
+    hf = _tiny(BertModel, BertConfig, num_hidden_layers=4, initializer_range=0.5)  # layers that change things
+    layer = hf.encoder.layer[idle]
+    with torch.no_grad():
+        for lin in (layer.attention.output.dense, layer.output.dense):
+            lin.weight.zero_()
+            lin.bias.zero_()
+        for norm in (layer.attention.output.LayerNorm, layer.output.LayerNorm):
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+    return hf
+
+
+def test_the_depth_search_drops_the_layer_that_adds_nothing_first():
+    hf = _with_idle_layer(2)
+    ids = torch.randint(5, 300, (8, 12))
+    kept, trace = choose_layers(from_encoder(hf), 2, ids, "mean")
+    assert trace[0]["removed"] == 3 and 2 not in kept and len(kept) == 2 and kept == sorted(kept)
+    assert trace[0]["cost_of_removing"][3] < 1e-4 < min(c for j, c in trace[0]["cost_of_removing"].items() if j != 3)
+    assert len(trace) == 2 and len(trace[1]["kept"]) == 3  # re-measured after the first removal
+
+
+def _dead_parts(hf: BertModel) -> BertModel:
+    """Make FFN neurons 0-15 and head 1 of every layer contribute nothing (zero weights and biases)."""
+    d = hf.config.hidden_size // hf.config.num_attention_heads
+    with torch.no_grad():
+        for layer in hf.encoder.layer:
+            layer.intermediate.dense.weight[:16].zero_()
+            layer.intermediate.dense.bias[:16].zero_()
+            layer.output.dense.weight[:, :16].zero_()
+            for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
+                lin.weight[d:2 * d].zero_()
+                lin.bias[d:2 * d].zero_()
+            layer.attention.output.dense.weight[:, d:2 * d].zero_()
+    return hf
+
+
+def test_cutting_dead_heads_and_neurons_keeps_the_function_exactly():
+    """Activation importance ranks what contributes nothing last: cutting exactly that leaves the outputs as they
+    were, and the report says so (cosine 1 at every layer)."""
+    hf = _dead_parts(_tiny(BertModel, BertConfig))
+    config = from_encoder_config(hf.config, intermediate_size=32)  # width and heads kept: only dead neurons go
+    student = SlimBertForMaskedLM(config)
+    attach_pooler(student, config)
+    ids = torch.randint(5, 300, (6, 12))
+    report = init_from_source(student, hf, [0, 1, 2], ids, pooling="mean")
+    assert all(k == list(range(16, 48)) for k in report.kept.ffn)
+    assert report.layer_cosine == pytest.approx([1.0] * 4, abs=1e-5)
+    x, mask = _batch()
+    torch.testing.assert_close(student.slimbert(x, mask).last_hidden_state[mask.bool()],
+                               hf(input_ids=x, attention_mask=mask).last_hidden_state[mask.bool()], rtol=1e-4, atol=1e-5)
+
+
+def test_whole_dead_heads_go_first():
+    hf = _dead_parts(_tiny(BertModel, BertConfig))
+    # 3 heads of 8 (the source's width) over a 24-wide residual stream: head 1 (dead) is the one cut.
+    config = from_encoder_config(hf.config, hidden_size=24, embedding_size=24, intra_bottleneck_size=24,
+                                 num_attention_heads=3)
+    student = SlimBertForMaskedLM(config)
+    attach_pooler(student, config)
+    report = init_from_source(student, hf, None, torch.randint(5, 300, (6, 12)), pooling="mean")
+    d = 8
+    for heads in report.kept.heads:
+        assert sorted({c // d for c in heads}) == [0, 2, 3] and len(heads) == 24
+    assert len(report.kept.hidden) == 24 and len(report.kept.layers) == 3
+    sq = student.slimbert.encoder.layer[0].attention.self
+    assert sq.num_heads == 3 and sq.head_size == 8 and sq.query.weight.shape == (24, 24)
+    assert student.slimbert.pooler.dense.weight.shape == (24, 24)
+
+
+def test_the_mlm_head_is_cut_with_the_word_table():
+    hf = _tiny(BertForMaskedLM, BertConfig)
+    config = from_encoder_config(hf.config, num_hidden_layers=3)
+    student = SlimBertForMaskedLM(config)
+    init_from_source(student, hf, [0, 1, 2], torch.randint(5, 300, (4, 10)))
+    x, mask = _batch()
+    torch.testing.assert_close(student(x, mask).logits[mask.bool()], hf(input_ids=x, attention_mask=mask).logits[
+        mask.bool()], rtol=1e-4, atol=1e-4)
+
+
+def test_selection_puts_each_student_channel_at_its_source_channel():
+    w = selection([1, 4], 5)
+    assert torch.equal(w @ torch.tensor([2.0, 3.0]), torch.tensor([0.0, 2.0, 0.0, 0.0, 3.0]))
+
+
+def test_a_cut_mlm_student_without_a_trained_head_saves_as_the_bare_encoder(tmp_path):
+    hf = _tiny(BertModel, BertConfig)
+    config = from_encoder_config(hf.config, num_hidden_layers=2)
+    student = SlimBertForMaskedLM(config)
+    attach_pooler(student, config)
+    init_from_source(student, hf, [0, 2], torch.randint(5, 300, (4, 10)))
+    assert save_as_encoder(student, tmp_path, "bert", with_mlm=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["architectures"] == ["BertModel"] and saved["num_hidden_layers"] == 2
+    x, mask = _batch()
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(input_ids=x, attention_mask=mask).pooler_output,
+                               student.slimbert(x, mask).pooler_output, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.e2e
+def test_a_run_cuts_minilm_and_the_student_is_a_stock_sentence_transformer(tmp_path, minilm_path, shared_data):
+    """The embedding source, cut to half its depth and two thirds of its width by importance, distilled for a few
+    steps: the student is a stock BertModel in the sentence-transformers layout that opens without slimbert and
+    embeds exactly as slimbert pools it; the run reports the cut's fidelity before training."""
+    import slimbert
+
+    recipe = write_recipe(
+        tmp_path, Path(minilm_path), shared_data, teacher={"type": "source"}, layer_map="importance",
+        student={"init": "prune_from_source", "num_layers": 3, "inter_size": 256, "ffn": {"size": 1024}},
+        data={"corpus": {"files": [str(shared_data / "wikitext-2-raw" / "wiki.test.raw")]}, "seq_len": 32,
+              "max_sequences": 64, "eval_sequences": 8, "similarity_pairs": [str(shared_data / "MRPC" / "dev.tsv")],
+              "similarity_max_pairs": 30},
+        transfer=[{"kind": "joint", "steps": 2, "batch_size": 4, "optimizer": {"lr": 1e-5},
+                   "losses": {"feature_map": 1.0, "attention": 0.0}},
+                  {"kind": "embedding_distill", "steps": 2, "batch_size": 4, "optimizer": {"lr": 1e-5}}])
+    out = slimbert.compress(recipe, out=tmp_path / "run")
+    init = json.loads((out / "student_init.json").read_text())
+    assert len(init["layers"]) == 3 and init["depth_search"] and len(init["layer_cosine"]) == 4
+    assert len(init["kept"]["hidden"]) == 256 and all(len(h) == 256 for h in init["kept"]["heads"])
+    student = out / "student"
+    config = json.loads((student / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["architectures"] == ["BertModel"]
+    assert (config["hidden_size"], config["num_attention_heads"], config["intermediate_size"]) == (256, 8, 1024)
+    assert "auto_map" not in config and not list(student.glob("*.py"))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(student)
+    batch = dict(tok(["a short sentence", "another, somewhat longer sentence here"], padding=True,
+                     return_tensors="pt"))
+    theirs = open_without_slimbert(student, "AutoModel", batch, tmp_path)
+    assert theirs["class"].endswith("BertModel")
+    hidden = torch.tensor(theirs["out"])
+    code = ("import sys, json; from sentence_transformers import SentenceTransformer; "
+            "m = SentenceTransformer(sys.argv[1], device='cpu'); "
+            "print(json.dumps(m.encode(['a short sentence', 'another, somewhat longer sentence here']).tolist()))")
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['slimbert'] = None\n" + code, str(student)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    encoded = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    # all-MiniLM-L6-v2's layout ends in a Normalize module, which the student's keeps
+    mine = torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], "mean"), dim=-1)
+    torch.testing.assert_close(encoded, mine, rtol=1e-5, atol=1e-5)
