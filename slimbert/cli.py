@@ -121,7 +121,8 @@ def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
         else:
             print_frontier(b)
 
-    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=timer), show_timed)
+    r = recipe_errors(lambda: load_recipe(recipe_path(recipe), set_ or [], allow_plugins, timer=timer,
+                                          reads_weights=not no_measure), show_timed)
     p = build_plan(r)
     if not no_measure:
         from .engine.estimate import estimate_stages
@@ -139,6 +140,8 @@ def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
         print(json.dumps(p, indent=2, default=str))
         return
     print_plan(p)
+    for note in p["notes"]:
+        console.print(f"[yellow]note[/] {note}", highlight=False, soft_wrap=True)
 
 
 def print_frontier(b: dict) -> None:

@@ -147,6 +147,7 @@ def test_the_corpus_is_big_enough():
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
 def test_malformed_recipe_exits_2_and_writes_nothing(case, tmp_path, placeholders):
     recipe = materialize(case, tmp_path, placeholders)
+    before = tree(tmp_path)
     expected = expectations(case)
     env = case_env(case)
     code, output = invoke("validate", recipe, env=env)
@@ -157,7 +158,47 @@ def test_malformed_recipe_exits_2_and_writes_nothing(case, tmp_path, placeholder
     assert code == 2, output
     check_problems(output, str(recipe), expected)
     assert not out.exists(), f"run wrote {sorted(p.name for p in out.iterdir())}"
+    assert tree(tmp_path) == before, "left behind beside the recipe (a cache folder, a half-written file)"
     assert not Path("/tmp/slimbert-pwned").exists(), "python_tag.yaml ran its command"
+
+
+def tree(root: Path) -> dict[str, int]:
+    """Every path under root with its size (-1 for folders): what a refused command must leave as it was."""
+    return {str(p.relative_to(root)): -1 if p.is_dir() else p.stat().st_size for p in root.rglob("*")}
+
+
+# ---- YAML nested past the parser's recursion limit, generated ----------------------------------------------------
+
+DEEP = 10_000
+
+
+def deep_yaml(shape: str) -> str:
+    """A recipe whose `seed` holds DEEP levels (PyYAML's composer recurses once per level, Python stops at 1,000),
+    or, for aliases, 20 anchors of 60 levels each repeating the one before: shallow text, 1,200-level data."""
+    if shape == "flow_list":
+        value = "[" * DEEP + "]" * DEEP
+    elif shape == "flow_mapping":
+        value = "{a: " * DEEP + "1" + "}" * DEEP
+    elif shape == "block_mapping":
+        return "seed:\n" + "".join(" " * (i + 1) + "a:\n" for i in range(DEEP))
+    else:
+        anchors = "".join(f"x{i}: &a{i} " + "[" * 60 + (f"*a{i - 1}" if i else "1") + "]" * 60 + "\n"
+                          for i in range(20))
+        return anchors + "seed: *a19\n"
+    return f"seed: {value}\n"
+
+
+@pytest.mark.parametrize("shape", ["flow_list", "flow_mapping", "block_mapping", "aliases"])
+def test_yaml_nested_past_the_recursion_limit_exits_2(shape, tmp_path):
+    recipe = tmp_path / "deep.yaml"
+    recipe.write_text(deep_yaml(shape))
+    before = tree(tmp_path)
+    for command in (["validate", recipe], ["run", recipe, "--out", tmp_path / "out"], ["plan", recipe]):
+        code, output = invoke(*command)
+        assert code == 2 and "Traceback" not in output, output
+        (line,) = problem_lines(output)
+        assert line.startswith(str(recipe)) and "nested more than 100 levels deep" in line, output
+    assert tree(tmp_path) == before
 
 
 # ---- --set overrides -----------------------------------------------------------------------------------------------
@@ -188,6 +229,8 @@ GOOD = MALFORMED / "zero_layers.yaml"  # the base recipe; overrides below fix or
     (["data.corpus.files=[\"D:\\0_x\"]"], "data.corpus.files.0", "NUL character"),
     (["source.tokenizer=not a hub id"], "source.tokenizer", "not a valid hub id"),
     (["data.corpus={dataset: data/binary.tsv}"], "data.corpus.dataset", "must end in"),
+    (["seed=" + "[" * DEEP], "seed", "nested more than 100 levels deep"),
+    (["seed=" + "{a: " * DEEP], "seed", "nested more than 100 levels deep"),
 ])
 def test_bad_override_exits_2_and_writes_nothing(overrides, key, words, tmp_path, placeholders):
     recipe = materialize(GOOD, tmp_path, placeholders)

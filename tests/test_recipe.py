@@ -44,6 +44,54 @@ def test_plan_of_the_paper_preset_reports_the_papers_counts():
     assert plan["stages"][2]["steps"] == 500_000
 
 
+def test_plan_without_measuring_needs_no_tokenizer_offline(tmp_path, monkeypatch):
+    """The paper preset names a hub id (bert-large-uncased): offline with an empty cache, a plan that does not
+    measure reads no tokenizer and no weights, so it plans and notes what it left unchecked; validate and a
+    measured plan, which read them, still refuse. Nothing may reach a network."""
+    import socket
+
+    from huggingface_hub import constants
+    from typer.testing import CliRunner
+
+    from slimbert.cli import app
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("planning reached for the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    recipe = str(REPO / "recipes" / "mobilebert.yaml")
+    runner = CliRunner()
+    done = runner.invoke(app, ["plan", recipe, "--no-measure", "--json"])
+    assert done.exit_code == 0, done.output
+    plan = json.loads(done.stdout)
+    (note,) = plan["notes"]
+    assert note.startswith("source.model: 'bert-large-uncased' is a hub id") and "not checked" in note, note
+    assert plan["student"]["params"]["total"] == 25_359_104
+    done = runner.invoke(app, ["plan", recipe, "--no-measure"])
+    assert done.exit_code == 0, done.output
+    assert [l for l in done.stdout.splitlines() if l.startswith("note ")] == [f"note {note}"], done.stdout
+    for args in (["validate", recipe], ["plan", recipe]):
+        done = runner.invoke(app, args)
+        assert done.exit_code == 2 and "HF_HUB_OFFLINE" in done.output and "Traceback" not in done.output, done.output
+
+
+def test_plan_without_measuring_still_checks_a_local_source(tmp_path, tiny_source, shared_data):
+    """reads_weights=False relaxes only what cannot be checked offline: a local source without weights is refused
+    as by validate, and a sound one plans without notes."""
+    import shutil
+
+    path = write_recipe(tmp_path, tiny_source, shared_data)
+    assert load_recipe(path, reads_weights=False).notes == []
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_source, broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(RecipeError, match="has no weights"):
+        load_recipe(path, [f"source.model={broken}"], reads_weights=False)
+
+
 def test_every_problem_is_listed_with_key_path_and_line(tmp_path, tiny_source, shared_data):
     path = write_recipe(tmp_path, tiny_source, shared_data)
     text = path.read_text().replace("seq_len: 32", "seq_len: 32\n  colour: blue")

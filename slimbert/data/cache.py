@@ -44,6 +44,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "slimbert" / "corpus"
 
 
+def cache_dir_problem(root: Path) -> str | None:
+    """Why the corpus cache cannot be made in `root`, or None: it, or the nearest part of it that exists, is a file
+    (mkdir(parents=True) makes the missing rest). A read-only folder is fine: a cache built there is only read."""
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return (f"{existing} is a file; expected a folder" if existing == root else
+                f"{existing} is a file, so the folder {root} cannot be made in it; expected a folder path")
+    return None
+
+
 # ---- identities -------------------------------------------------------------------------------------------------
 
 def _stat(path: Path) -> dict:

@@ -9,6 +9,7 @@ from .tasks import TaskDataError, load_files, sample_rows
 # The pair columns of the GLUE tasks, in the order they are tried.
 PAIR_COLUMNS = (("#1 String", "#2 String"), ("sentence1", "sentence2"), ("question1", "question2"),
                 ("question", "sentence"))
+MIN_PAIRS = 2  # a rank correlation of fewer is undefined (and embedding none fails)
 
 
 def read_pairs(path: Path, max_pairs: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
@@ -23,4 +24,8 @@ def read_pairs(path: Path, max_pairs: int | None = None, seed: int = 0) -> list[
                             f"{', '.join(map(repr, rows.column_names))}")
     table = rows.select_columns(list(cols)).to_dict()  # column -> list
     pairs = [(str(a or "").strip(), str(b or "").strip()) for a, b in zip(table[cols[0]], table[cols[1]])]
-    return sample_rows([p for p in pairs if p[0] and p[1]], max_pairs, seed)
+    pairs = [p for p in pairs if p[0] and p[1]]
+    if len(pairs) < MIN_PAIRS:
+        raise TaskDataError(f"{path}: {len(pairs)} pair(s) with both {cols[0]!r} and {cols[1]!r} filled in; a "
+                            f"Spearman correlation needs at least {MIN_PAIRS}")
+    return sample_rows(pairs, max_pairs, seed)

@@ -19,15 +19,18 @@ _LAZY = {"build_plan": "plan", "Resolved": "resolve"}
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plugins: bool = False,
-                timer: Timer | None = None) -> Resolved:
+                timer: Timer | None = None, reads_weights: bool = True) -> Resolved:
     """Read, validate and resolve a recipe: every problem at once as a RecipeError (key path, line, what was
     expected). The YAML and the schema are checked first, before torch and transformers are imported, so such
     a mistake is reported at once. `timer` times candidate shapes for a latency budget (balance.latency_ms);
-    recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer)."""
+    recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer).
+    reads_weights=False: the caller reads neither the source's weights nor its tokenizer (a plan without
+    measuring), so a hub source the offline cache lacks is noted (Resolved.notes) instead of refused; what is
+    local is checked as always."""
     parsed = parse_recipe(path, overrides)
     from .resolve import resolve_parsed
 
-    return resolve_parsed(parsed, allow_plugins, timer)
+    return resolve_parsed(parsed, allow_plugins, timer, reads_weights)
 
 
 def __getattr__(name: str):

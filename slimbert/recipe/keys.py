@@ -127,3 +127,31 @@ def tuple_length(annotation) -> int | None:
         args = typing.get_args(annotation)
         return None if Ellipsis in args else len(args)
     return None
+
+
+
+def field_markers(field, kind: type) -> list:
+    """The metadata objects of type `kind` on a pydantic field, in an Optional, a list's items or a tuple's too
+    (e.g. schema.Plausible, or annotated_types.Le for the bound itself)."""
+    from pydantic.fields import FieldInfo
+
+    found, todo = [], [*field.metadata, field.annotation]
+    while todo:  # Annotated/Optional/list nest a few levels deep at most
+        a = todo.pop()
+        if isinstance(a, kind):
+            found.append(a)
+        elif isinstance(a, FieldInfo):
+            todo += a.metadata
+        elif typing.get_origin(a) is typing.Annotated:
+            todo += [*a.__metadata__, typing.get_args(a)[0]]
+        else:
+            todo += [x for x in typing.get_args(a) if not isinstance(x, (str, int, float, bool))]
+    return found
+
+
+def markers_at(root: type[BaseModel], loc: tuple, data: Any, kind: type) -> list:
+    """field_markers of the field at key path `loc` of `data` (its last key, or the list that holds it)."""
+    i = max((n for n, part in enumerate(loc) if isinstance(part, str)), default=None)
+    model = annotation_at(root, loc[:i], data) if i is not None else None
+    field = model.model_fields.get(loc[i]) if isinstance(model, type) and issubclass(model, BaseModel) else None
+    return field_markers(field, kind) if field is not None else []

@@ -82,16 +82,57 @@ def _key_value(key: yaml.ScalarNode):
     return value
 
 
+# A recipe is a few levels deep. PyYAML's composer recurses once per level (so do LineMap.add, deepcopy and the
+# schema after it): nesting is measured on the parser's event stream, which is iterative, before any of them run.
+MAX_NESTING = 100
+
+
+class TooDeep(yaml.MarkedYAMLError):
+    """YAML nested deeper than MAX_NESTING (aliases counted as the depth of what they repeat)."""
+
+
+def check_nesting(text: str) -> None:
+    """Raise TooDeep at the first collection (or alias) deeper than MAX_NESTING; stops reading there, so 10,000
+    `[` cost no more than 100. An alias adds the depth of its anchor's node: chained aliases cannot build deep
+    data out of shallow text."""
+    open_: list[list] = []          # per open collection: [anchor, levels of its deepest part so far]
+    depth_of: dict[str, int] = {}   # anchor -> levels of its node (0 for a scalar)
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_.append([event.anchor, 1])
+            deepest = len(open_)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, levels = open_.pop()
+            if anchor is not None:
+                depth_of[anchor] = levels
+            if open_:
+                open_[-1][1] = max(open_[-1][1], levels + 1)
+            continue
+        elif isinstance(event, yaml.AliasEvent):
+            levels = depth_of.get(event.anchor, 0)  # unknown: still open (a cycle, LineMap names it) or undefined
+            if open_:
+                open_[-1][1] = max(open_[-1][1], levels + 1)
+            deepest = len(open_) + levels
+        else:
+            continue
+        if deepest > MAX_NESTING:
+            raise TooDeep(problem=f"collections nested more than {MAX_NESTING} levels deep; a recipe is a few levels "
+                                  "deep (section, key, list)", problem_mark=event.start_mark)
+
+
 def parse_yaml(text: str, file: str = "recipe") -> tuple[Any, LineMap]:
+    """The data and the line of every key path; a RecipeError names what is wrong (and where)."""
     lines = LineMap()
     try:
+        check_nesting(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(Problem("", f"invalid YAML: {reason}", line, file)) from None
+        raise RecipeError(Problem("", reason if isinstance(e, TooDeep) else f"invalid YAML: {reason}", line,
+                                  file)) from None
     if node is not None:
         problems: list[Problem] = []
         lines.add(node, problems=problems)

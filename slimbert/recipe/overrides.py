@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from .errors import Problem, RecipeError
+from .loader import TooDeep, check_nesting
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]+$")
 
@@ -22,7 +23,11 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
         raise RecipeError(Problem(key.strip(), "the key path must be dot-separated names or list indexes, e.g. "
                                                "transfer.0.optimizer.lr", None, f"--set {text}"))
     try:
+        if raw.strip():
+            check_nesting(raw)  # "--set seed=[[[[..." must not reach the recursive composer
         value = yaml.safe_load(raw) if raw.strip() else None
+    except TooDeep as e:
+        raise RecipeError(Problem(key.strip(), f"the value has {e.problem}", None, f"--set {text}")) from None
     except yaml.YAMLError as e:
         raise RecipeError(Problem(key.strip(), f"the value is not valid YAML ({getattr(e, 'problem', e)})", None,
                                   f"--set {text}")) from None

@@ -12,10 +12,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .errors import Problem, RecipeError
-from .keys import annotation_at, key_kind, key_path, known_keys, render_key, suggest, tuple_length
+from .keys import annotation_at, key_kind, key_path, known_keys, markers_at, render_key, suggest, tuple_length
 from .loader import LineMap, read_recipe_file
 from .overrides import apply_overrides, parse_override
-from .schema import PLAUSIBLE, STAGE_KINDS, Recipe
+from .schema import STAGE_KINDS, Plausible, Recipe
 
 
 class Collector:
@@ -126,9 +126,9 @@ def _schema_problems(e: ValidationError, data: dict, out: Collector) -> None:
         elif err["type"] == "too_long" and (err.get("ctx") or {}).get("field_type") == "Tuple":
             n = err["ctx"]["max_length"]
             msg = f"expected {n} values, got {err['ctx'].get('actual_length')} ({_short(err['input'])})"
-        elif err["type"] == "less_than_equal" and (err.get("ctx") or {}).get("le") in PLAUSIBLE:
+        elif err["type"] == "less_than_equal" and markers_at(Recipe, loc, data, Plausible):
             msg = (f"{_short(err['input'])} is beyond the plausible bound {err['ctx']['le']:,}: "
-                   f"{PLAUSIBLE[err['ctx']['le']]}")
+                   f"{markers_at(Recipe, loc, data, Plausible)[0].reason}")
         elif err["type"] == "union_tag_invalid":
             loc = loc + ("kind",)  # the kind is what is wrong (and what a --set may have changed)
             msg = f"unknown stage kind {_short(err['input'].get('kind'))}; expected one of {', '.join(STAGE_KINDS)}"

@@ -61,7 +61,7 @@ def build_plan(r: Resolved) -> dict:
                        "hidden": r.source.hidden_size, "heads": r.source.num_heads, "mlm_head": r.source.has_mlm_head},
             "teacher": teacher, "student": _arch(r.student_config, seq, "student"),
             "balance": r.balance.as_dict() if r.balance else None,
-            "layer_map": layer_rows(r), "stages": stage_rows(r)}
+            "layer_map": layer_rows(r), "stages": stage_rows(r), "notes": list(r.notes)}
     t, s = plan["teacher"], plan["student"]
     plan["compression"] = {"params": round(t["params"]["total"] / s["params"]["total"], 2),
                            "encoder_params": round(t["params"]["encoder"] / max(1, s["params"]["encoder"]), 2),

@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..data.cache import cache_dir_problem, default_cache_dir
 from ..data.corpus import count_sequences, dataset_problem
+from ..data.pairs import read_pairs
 from ..data.qa import read_squad
 from ..data.tasks import DatasetUnavailable, TaskDataError, read_task_split
 from ..models import SlimBertConfig
 from ..plugins import TEACHERS, PluginError, load_plugins
 from ..teacher.build import ib_teacher_config
-from ..teacher.source import (SourceError, SourceInfo, check_hub_tokenizer, check_tokenizer_files, check_weights,
-                              describe_source, resolve_model_path)
+from ..teacher.source import (NotCached, SourceError, SourceInfo, check_hub_tokenizer, check_tokenizer_files,
+                              check_weights, describe_source, resolve_model_path)
 from ..transfer.strategies import TeacherFacts
 from . import balance as balance_solver
 from . import checks, shape_search
@@ -47,6 +49,7 @@ class Resolved:
     layer_map: list[int]                      # teacher layer (1-based) for each student layer
     corpus_files: list[Path] = field(default_factory=list)
     balance: balance_solver.BalanceResult | None = None
+    notes: list[str] = field(default_factory=list)  # "key: what was not checked, and why" (load_recipe's reads_weights)
 
     @property
     def teacher_layers(self) -> int:
@@ -61,10 +64,12 @@ class Resolved:
         return self.teacher_config.hidden_size if self.teacher_config else self.source.hidden_size
 
 
-def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_search.Timer | None = None) -> Resolved:
+def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_search.Timer | None = None,
+                   reads_weights: bool = True) -> Resolved:
     """The second stage of `slimbert.recipe.load_recipe`, after the schema: the source, the architectures, the
     cross-field checks and the files. `timer` times candidate shapes for a latency budget (balance.latency_ms);
-    recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer)."""
+    recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer).
+    reads_weights: as load_recipe's."""
     recipe, data, lines, file, out = parsed.recipe, parsed.data, parsed.lines, parsed.file, parsed.out
     base = file.parent
     if recipe.plugins and not allow_plugins:
@@ -95,10 +100,19 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
         except SourceError as e:
             out.add("source.tokenizer", str(e))
             tokenizer_path = None
-    tokenizer = None
+    tokenizer, notes = None, []
     if tokenizer_path is not None:
-        tokenizer = _check_tokenizer(tokenizer_path, source, out,
-                                     "source.tokenizer" if recipe.source.tokenizer else "source.model")
+        key = "source.tokenizer" if recipe.source.tokenizer else "source.model"
+        try:
+            tokenizer = _check_tokenizer(tokenizer_path, source, out, key)
+        except NotCached as e:
+            if reads_weights:
+                out.add(key, str(e))
+            else:  # a plan reads neither: say what was left unchecked, once, instead of refusing
+                what = "its tokenizer and weights are" if key == "source.model" else "the tokenizer is"
+                notes.append(f"{key}: {tokenizer_path!r} is a hub id, and the hub is offline (HF_HUB_OFFLINE) with no "
+                             f"tokenizer of it cached: {what} not checked (this plan reads neither; validate, run "
+                             "and a measured plan do)")
 
     # Architectures -----------------------------------------------------------------------------------
     t = recipe.teacher
@@ -139,10 +153,7 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
     corpus_files = _corpus_files(recipe, base, out)
     if corpus_files and tokenizer is not None and not any(p.path.startswith("data.") for p in out.problems):
         _check_corpus_tokens(recipe, corpus_files, tokenizer, out)
-    for i, pairs in enumerate(recipe.data.similarity_pairs):
-        p = Path(pairs).expanduser()
-        if not (p if p.is_absolute() else base / p).is_file():
-            out.add(("data", "similarity_pairs", i), f"file not found: {p if p.is_absolute() else base / p}")
+    _check_data_files(recipe, base, out)
     recipe = _with_source_pooling(recipe, source.pooling)
     if recipe.finetune is not None:
         _check_task(recipe.finetune, base, out, source.num_layers)
@@ -151,7 +162,7 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
     out.raise_if_any()
     return Resolved(recipe=recipe, file=file, raw=data, source=source, source_path=source_path,
                     tokenizer_path=tokenizer_path, teacher_config=teacher_config, student_config=student_config,
-                    layer_map=layer_map, corpus_files=corpus_files, balance=balance)
+                    layer_map=layer_map, corpus_files=corpus_files, balance=balance, notes=notes)
 
 
 def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_size: int,
@@ -246,8 +257,7 @@ def _check_task(ft, base: Path, out: Collector, source_layers: int | None = None
             if not (e.key and any(p.path == blame for p in out.problems)):
                 out.add(blame, str(e))
         except Exception as e:  # noqa: BLE001 - binary or odd files: whatever the parser raised, it is the file
-            out.add(f"finetune.{key}", f"{p if ft.dataset is None else name}: cannot read it as {ft.format} data "
-                                       f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})")
+            out.add(f"finetune.{key}", _unreadable(p if ft.dataset is None else name, f"{ft.format} data", e))
     if ft.columns is not None and ft.format == "squad":
         out.add("finetune.columns", "names the columns of headerless CSV/TSV task files; squad reads JSON")
     if ft.format == "squad" and 2 * ft.doc_stride >= ft.seq_len:
@@ -266,6 +276,33 @@ def _check_task(ft, base: Path, out: Collector, source_layers: int | None = None
             out.add("finetune.teacher_model", str(e))
         else:
             _check_hidden_teacher(ft, base / ft.teacher_model, source_layers, out)
+
+
+def _unreadable(where, what: str, e: Exception) -> str:
+    return f"{where}: cannot read it as {what} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
+
+
+def _check_data_files(recipe: Recipe, base: Path, out: Collector) -> None:
+    """The similarity-pairs files read as the run reads them at its end (read_pairs), and the corpus cache folder,
+    so that neither fails a run after its training."""
+    d = recipe.data
+    for i, pairs in enumerate(d.similarity_pairs):
+        p = Path(pairs).expanduser()
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            out.add(("data", "similarity_pairs", i), f"file not found: {p}")
+            continue
+        try:
+            read_pairs(p, d.similarity_max_pairs, recipe.seed)
+        except TaskDataError as e:
+            out.add(("data", "similarity_pairs", i), str(e))
+        except Exception as e:  # noqa: BLE001 - binary or odd files: whatever the parser raised, it is the file
+            out.add(("data", "similarity_pairs", i), _unreadable(p, "sentence pairs", e))
+    root = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_dir()
+    problem = cache_dir_problem(root if root.is_absolute() else base / root)
+    if problem:
+        out.add("data.cache_dir", problem if d.cache_dir else f"the default corpus cache: {problem} (from "
+                                                               "$SLIMBERT_CACHE or ~/.cache); set data.cache_dir")
 
 
 def _check_hidden_teacher(ft, folder: Path, source_layers: int | None, out: Collector) -> None:
@@ -290,6 +327,8 @@ def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str):
     if not isinstance(path, Path):
         try:  # a hub id: its form, and its presence in the cache when offline (validate never touches the network)
             check_hub_tokenizer(path)
+        except NotCached:
+            raise  # the caller decides: a problem, or a note when it reads no tokenizer
         except SourceError as e:
             out.add(key, str(e))
         return None

@@ -5,6 +5,7 @@ finetune -> export."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Annotated, Literal, Union, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator)
@@ -49,8 +50,11 @@ PathStr = Annotated[str, AfterValidator(_os_path)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
 PositiveInt = Annotated[Int, Field(gt=0)]
 
+PosFloat = Annotated[Float, Field(gt=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
+
 # Plausibility bounds on every count and size: far beyond any real recipe, so a typo (10^30 steps, a width of
-# 10^9) is refused at validate instead of running forever or failing hours later. Each value says why.
+# 10^9) is refused at validate instead of running forever or failing hours later.
 MAX_STEPS = 10 ** 8
 MAX_SEQUENCES = 10 ** 9
 MAX_BATCH = 2 ** 20
@@ -61,25 +65,43 @@ MAX_EPOCHS = 10_000
 MAX_ACCUM = 2 ** 15
 MAX_RUNS = 10 ** 6
 OPSETS = (14, 20)  # attention needs 14; 20 is the TorchScript exporter's newest
-PLAUSIBLE = {
-    MAX_STEPS: "more optimizer steps than any run can take (the paper pre-trains for 500,000)",
-    MAX_SEQUENCES: "more sequences or examples than any machine holds",
-    MAX_BATCH: "a bigger batch than any machine's memory holds",
-    MAX_WIDTH: "wider than any released encoder (BERT-large: 1,024)",
-    MAX_DEPTH: "more than any released encoder has (BERT-large: 24 layers, 16 heads)",
-    MAX_POSITIONS: "longer sequences than any BERT-like model reads (512)",
-    MAX_EPOCHS: "more epochs than any fine-tuning runs",
-    MAX_ACCUM: "more micro-batches per step than any run accumulates",
-    MAX_RUNS: "more timed runs than any latency report needs",
-}
-Steps = Annotated[PositiveInt, Field(le=MAX_STEPS)]
-Sequences = Annotated[PositiveInt, Field(le=MAX_SEQUENCES)]
-Batch = Annotated[PositiveInt, Field(le=MAX_BATCH)]
-Width = Annotated[PositiveInt, Field(le=MAX_WIDTH)]
-Depth = Annotated[PositiveInt, Field(le=MAX_DEPTH)]
-Positions = Annotated[PositiveInt, Field(le=MAX_POSITIONS)]
-PosFloat = Annotated[Float, Field(gt=0)]
-NonNegFloat = Annotated[Float, Field(ge=0)]
+
+
+@dataclass(frozen=True)
+class Plausible:
+    """Why a bound sits where it does, written for the keys of the type that carries it: parse.py quotes it when
+    a value exceeds the bound. A reason belongs to a type, not to a bound's value, so two kinds of count that share
+    a value (layers and threads, both 1,024) each give their own."""
+
+    reason: str
+
+
+def _bounded(limit: int, reason: str, base=None):
+    return Annotated[base or PositiveInt, Field(le=limit), Plausible(reason)]
+
+
+_STEPS = "more optimizer steps than any run can take (the paper pre-trains for 500,000)"
+_TOKENS = "more tokens than any BERT-like model reads in one sequence (512)"
+Steps = _bounded(MAX_STEPS, _STEPS)
+StepCount = _bounded(MAX_STEPS, _STEPS, Annotated[Int, Field(ge=0)])  # 0 allowed (warm-up)
+Sequences = _bounded(MAX_SEQUENCES, "more sequences than any machine holds")
+Examples = _bounded(MAX_SEQUENCES, "more examples than any machine holds")
+Pairs = _bounded(MAX_SEQUENCES, "more sentence pairs than any machine holds")
+Batch = _bounded(MAX_BATCH, "a bigger batch than any machine's memory holds")
+Width = _bounded(MAX_WIDTH, "wider than any layer of a released encoder (BERT-large: 1,024 hidden, 4,096 FFN)")
+Layers = _bounded(MAX_DEPTH, "more layers than any released encoder has (BERT-large: 24)")
+Heads = _bounded(MAX_DEPTH, "more attention heads than any released encoder has (BERT-large: 16)")
+Stacked = _bounded(MAX_DEPTH, "more FFNs per block than any design stacks (MobileBERT: 4)")
+Threads = _bounded(MAX_DEPTH, "more threads than any CPU has cores")
+Processes = _bounded(MAX_DEPTH, "more tokenising processes than any machine has CPU cores")
+Shapes = _bounded(MAX_DEPTH, "more shapes than a latency search can time (each is exported and timed for seconds)")
+Positions = _bounded(MAX_POSITIONS, _TOKENS)
+SeqLen = _bounded(MAX_POSITIONS, _TOKENS, Annotated[Int, Field(ge=3)])  # [CLS], [SEP] and one token
+Epochs = _bounded(MAX_EPOCHS, "more epochs than any fine-tuning runs", base=PosFloat)
+Accum = _bounded(MAX_ACCUM, "more micro-batches per step than any run accumulates")
+AugmentCopies = _bounded(64, "more augmented copies per example than any recipe makes (TinyBERT: 20)",
+                         Annotated[Int, Field(ge=0)])
+AugmentCandidates = _bounded(1000, "more nearest words than a swap draws from (TinyBERT: 15)")
 Beta = Annotated[Float, Field(ge=0, lt=1)]
 LayerMap = Annotated[Union[Annotated[Literal["uniform", "last", "importance"], Tag("names")], Annotated[list[PositiveInt], Tag("list")]],
                      Discriminator(lambda v: "list" if isinstance(v, (list, tuple)) else "names")]
@@ -109,7 +131,7 @@ class Teacher(Section):
     inter_size: Width | None = Field(
         None, description="IB teacher's inter-block width, the feature-map width shared with the student "
                           "(paper: 512). Defaults to student.inter_size.")
-    num_heads: Depth | None = Field(
+    num_heads: Heads | None = Field(
         None, description="IB teacher's heads; must divide the source width. Defaults to the student's heads, so "
                           "attention transfer lines up (paper: 4).")
     embedding_size: Width | None = Field(
@@ -124,7 +146,7 @@ class Teacher(Section):
 
 class FFNSpec(Section):
     size: Width = Field(512, description="F, inner width of each FFN (paper: 512).")
-    stacked: Depth = Field(4, description="N, FFNs stacked per block (paper: 4; TINY: 2). More FFNs shift "
+    stacked: Stacked = Field(4, description="N, FFNs stacked per block (paper: 4; TINY: 2). More FFNs shift "
                                                 "parameters from attention to FFN.")
 
 
@@ -136,12 +158,12 @@ class EmbeddingSpec(Section):
 
 
 class Student(Section):
-    num_layers: Depth = Field(24, description="Blocks in the student (paper: 24).")
+    num_layers: Layers = Field(24, description="Blocks in the student (paper: 24).")
     inter_size: Width = Field(512, description="H, block input/output width; equals the teacher's feature "
                                                      "width for feature-map transfer without a projection.")
     intra_size: Width | None = Field(
         128, description="I, width inside a block (paper: 128). null lets `balance` choose it.")
-    num_heads: Depth = Field(4, description="Attention heads; must equal the teacher's for attention transfer.")
+    num_heads: Heads = Field(4, description="Attention heads; must equal the teacher's for attention transfer.")
     qkv_from: Literal["inter", "shared_bottleneck", "bottleneck"] = Field(
         "inter", description="inter: Q/K/V from the block input (paper Table 1); shared_bottleneck: the released "
                              "checkpoint; bottleneck: TINY (cheapest).")
@@ -169,7 +191,7 @@ class Balance(Section):
     tolerance: PosFloat = Field(0.1, description="Allowed distance from mha_ffn_ratio.")
     max_params: PosFloat | None = Field(None, description="Budget on the student's total parameters.")
     max_flops: PosFloat | None = Field(None, description="Budget on FLOPs per sequence at data.seq_len.")
-    stacked: list[Depth] = Field([1, 2, 3, 4, 6, 8], min_length=1, description="FFN counts the search may "
+    stacked: list[Stacked] = Field([1, 2, 3, 4, 6, 8], min_length=1, description="FFN counts the search may "
                                                                                      "choose.")
     latency_ms: PosFloat | None = Field(
         None, description="Latency budget (median ms) on `runtime` at `precision`, batch x seq: candidate shapes "
@@ -182,18 +204,18 @@ class Balance(Section):
                             "bf16 and int8-bf16: openvino on CPUs with AMX or AVX512-BF16).")
     batch: Batch = Field(1, description="latency_ms: batch size timed.")
     seq: Positions = Field(128, description="latency_ms: sequence length timed.")
-    threads: Depth = Field(2, description="latency_ms: intra-op threads.")
-    layers: list[Depth] | None = Field(
+    threads: Threads = Field(2, description="latency_ms: intra-op threads.")
+    layers: list[Layers] | None = Field(
         None, min_length=1, description="latency_ms: layer counts the search may choose (default: student.num_layers).")
     inter_sizes: list[Width] | None = Field(
         None, min_length=1, description="latency_ms: inter widths the search may choose (default: student.inter_size).")
-    heads: list[Depth] | None = Field(
+    heads: list[Heads] | None = Field(
         None, min_length=1, description="latency_ms: head counts the search may choose (default: student.num_heads).")
     qkv_from: list[Literal["inter", "shared_bottleneck", "bottleneck"]] | None = Field(
         None, min_length=1, description="latency_ms: Q/K/V sources the search may choose (default: student.qkv_from).")
-    sample: Depth = Field(12, description="latency_ms: shapes timed first, spread over the parameter range "
+    sample: Shapes = Field(12, description="latency_ms: shapes timed first, spread over the parameter range "
                                                 "(they draw the frontier).")
-    max_timed: Depth = Field(40, description="latency_ms: at most this many shapes timed in all.")
+    max_timed: Shapes = Field(40, description="latency_ms: at most this many shapes timed in all.")
     min_params: PosFloat | None = Field(
         None, description="latency_ms: only shapes with at least this many parameters (e.g. a preset's count: "
                           "\"as big as MobileBERT, but fast on this machine\").")
@@ -237,7 +259,7 @@ class Corpus(Section):
 
 class Data(Section):
     corpus: Corpus = Field(..., description="Unlabelled text for task-agnostic transfer.")
-    seq_len: Annotated[Int, Field(ge=3, le=MAX_POSITIONS)] = Field(128, description="Packed sequence length, [CLS] and [SEP] included "
+    seq_len: SeqLen = Field(128, description="Packed sequence length, [CLS] and [SEP] included "
                                                                   "(paper: 512; shorter is much cheaper).")
     mlm_probability: Annotated[Float, Field(gt=0, lt=1)] = Field(0.15, description="Masking rate for MLM.")
     whole_word_mask: bool = Field(False, description="Mask whole words rather than word pieces.")
@@ -248,14 +270,14 @@ class Data(Section):
     cache_dir: PathStr | None = Field(None, description="Where the tokenised corpus is cached (memory-mapped, reused "
                                                     "across runs), relative to the recipe; default "
                                                     "$SLIMBERT_CACHE/corpus or ~/.cache/slimbert/corpus.")
-    num_proc: Depth | None = Field(None, description="Processes that tokenise the corpus when the cache is "
+    num_proc: Processes | None = Field(None, description="Processes that tokenise the corpus when the cache is "
                                                            "built (default: 1 under 64 MiB of text, else up to 8); "
                                                            "the sequences do not depend on it.")
     similarity_pairs: list[PathStr] = Field(
         default_factory=list, description="GLUE-format sentence-pair files (MRPC, RTE... relative to the recipe): "
                                           "the run reports the Spearman correlation between the source's and the "
                                           "student's cosine similarities on their pairs, with no fine-tuning.")
-    similarity_max_pairs: Sequences = Field(1000, description="Pairs read from each similarity_pairs file.")
+    similarity_max_pairs: Pairs = Field(1000, description="Pairs read from each similarity_pairs file.")
 
 
 # ---- transfer stages --------------------------------------------------------------------------------------------------
@@ -282,9 +304,9 @@ class Losses(Section):
 class StageBase(Section):
     name: str | None = Field(None, description="Stage name in logs and the run directory.")
     batch_size: Batch = Field(32, description="Sequences per optimizer step.")
-    grad_accum: Annotated[PositiveInt, Field(le=MAX_ACCUM)] = Field(1, description="Micro-batches accumulated per step.")
+    grad_accum: Accum = Field(1, description="Micro-batches accumulated per step.")
     optimizer: Optimizer = Field(default_factory=Optimizer, description="Optimizer settings.")
-    warmup_steps: Annotated[Int, Field(ge=0, le=MAX_STEPS)] = Field(0, description="Linear LR warm-up steps.")
+    warmup_steps: StepCount = Field(0, description="Linear LR warm-up steps.")
     schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="LR after warm-up.")
     grad_clip: NonNegFloat = Field(1.0, description="Global-norm clip (official: 1.0); 0 disables.")
     freeze: list[str] = Field(default_factory=list, description="Student module prefixes kept frozen.")
@@ -396,8 +418,8 @@ class Finetune(Section):
     text_fields: list[str] = Field(["sentence"], description="One column (single sentence) or two (pairs).")
     label_field: str = Field("label", description="Label column.")
     regression: bool = Field(False, description="A real-valued target (e.g. STS-B).")
-    epochs: Annotated[PosFloat, Field(le=MAX_EPOCHS)] = Field(3, description="Training epochs.")
-    max_examples: Sequences | None = Field(None, description="Cap on training examples (quick runs).")
+    epochs: Epochs = Field(3, description="Training epochs.")
+    max_examples: Examples | None = Field(None, description="Cap on training examples (quick runs).")
     batch_size: Batch = Field(32, description="Examples per step.")
     lr: PosFloat = Field(5e-5, description="Learning rate (MobileBERT likes higher LRs than BERT).")
     seq_len: Positions = Field(128, description="Maximum tokens per example (per window for squad).")
@@ -424,7 +446,7 @@ class Finetune(Section):
                            "classifiers) or mean (the mean of the last hidden states over the attention mask, as a "
                            "sentence-transformers model pools; a student saved with it opens with its own code, "
                            "stock MobileBERT has no such pooler). format: glue only.")
-    augment: Annotated[Int, Field(ge=0, le=64)] = Field(
+    augment: AugmentCopies = Field(
         0, description="Teacher-labelled augmented copies of every training example (TinyBERT's data augmentation): "
                        "each word the tokenizer keeps whole is swapped, with probability augment_prob, for one of "
                        "its augment_candidates nearest words in the teacher's input-embedding table; the task "
@@ -433,7 +455,7 @@ class Finetune(Section):
                        "and format: glue. 0: off.")
     augment_prob: Annotated[Float, Field(gt=0, le=1)] = Field(
         0.4, description="Chance that a replaceable word is swapped in an augmented copy (TinyBERT: 0.4).")
-    augment_candidates: Annotated[PositiveInt, Field(le=1000)] = Field(
+    augment_candidates: AugmentCandidates = Field(
         15, description="Nearest words a swapped word is drawn from (TinyBERT: 15).")
 
     @model_validator(mode="after")
@@ -474,7 +496,7 @@ class Finetune(Section):
 class Bench(Section):
     batch: list[Batch] = Field([1], description="Batch sizes to time.")
     seq: list[Positions] = Field([128], description="Sequence lengths to time.")
-    threads: Depth = Field(2, description="Intra-op threads.")
+    threads: Threads = Field(2, description="Intra-op threads.")
     compare: list[Literal["teacher", "bert_base"]] = Field(["teacher", "bert_base"], description="Baselines.")
     runtimes: list[Literal["ort", "openvino"]] | None = Field(
         None, min_length=1, description="Time the student and every baseline on each of these runtimes and each of "

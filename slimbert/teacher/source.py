@@ -250,6 +250,10 @@ def hub_offline() -> bool:
     return any(f in ("1", "ON", "YES", "TRUE") for f in flags) or bool(constants.HF_HUB_OFFLINE)
 
 
+class NotCached(SourceError):
+    """A hub id whose files the offline local cache lacks: not wrong, only not checkable (or loadable) now."""
+
+
 def check_hub_tokenizer(repo_id: str) -> None:
     """A tokenizer named by hub id: a valid id, and when the hub is offline, one in the local cache. Never
     touches the network (validate and plan stay offline)."""
@@ -264,6 +268,6 @@ def check_hub_tokenizer(repo_id: str) -> None:
             from None
     if hub_offline() and not any(isinstance(try_to_load_from_cache(repo_id, f), str)
                                  for f in ("tokenizer_config.json", *TOKENIZER_FILES)):
-        raise SourceError(f"{repo_id!r} is not a folder, so it is read as a hub id, but the hub is offline "
+        raise NotCached(f"{repo_id!r} is not a folder, so it is read as a hub id, but the hub is offline "
                           "(HF_HUB_OFFLINE) and the local cache has no tokenizer for it: give the tokenizer's folder "
                           "(relative to the recipe) or fetch it once online")
