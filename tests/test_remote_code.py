@@ -103,17 +103,20 @@ def test_other_shapes_carry_their_code(tmp_path):
 
 
 def test_with_slimbert_installed_the_folder_still_opens_with_its_classes(tmp_path):
-    """Where slimbert is imported, transformers uses the registered classes and needs no trust_remote_code."""
+    """Where slimbert is imported, transformers uses the registered classes, even with trust_remote_code=True:
+    remote_modeling's, so that sentence-transformers' keywords work there too."""
     from transformers import AutoModelForMaskedLM
 
     torch.manual_seed(0)
     model = randomize_norms(SlimBertForMaskedLM(preset("mobilebert", num_hidden_layers=2))).eval()
     save_pretrained_standalone(model, tmp_path)
-    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
-    assert type(loaded) is SlimBertForMaskedLM
+    for trust in (False, True):
+        loaded = AutoModelForMaskedLM.from_pretrained(tmp_path, trust_remote_code=trust).eval()
+        assert type(loaded) is remote_modeling.SlimBertForMaskedLM and isinstance(loaded, SlimBertForMaskedLM)
     ids = torch.randint(0, 1000, (2, 9))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
+        assert torch.equal(loaded(ids, return_dict=False)[0], model(ids).logits)
 
 
 # ---- the forward transformers' callers use (remote_modeling.py, the auto_map's classes) -------------------------
@@ -160,7 +163,7 @@ def test_lenient_forward_honours_transformers_keywords():
         plain = lenient(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
         as_tuple = lenient(input_ids=ids, attention_mask=mask, return_dict=False)
         full = lenient(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True,
-                       use_cache=False, cache_position=None, unknown_column=torch.ones(2))   # ignored
+                       use_cache=False, cache_position=None)                # "off" values of keywords it lacks
     assert torch.equal(plain.last_hidden_state, sdpa.last_hidden_state)
     assert plain.hidden_states is None and plain.attentions is None and plain.attention_scores is None
     assert isinstance(as_tuple, tuple) and len(as_tuple) == 2      # (last_hidden_state, pooler_output), as BERT's
@@ -209,6 +212,8 @@ def test_every_head_returns_a_tuple_led_by_the_loss(head, targets):
 def test_inputs_it_cannot_honour_are_refused_not_ignored(key, value):
     _, lenient = small_pair(SlimBertModel)
     ids, mask = padded_batch()
+    with pytest.raises(TypeError, match="'attention_msk'"):           # misspelt: refused, as the strict forward does
+        lenient(ids, attention_msk=mask)
     with pytest.raises(ValueError, match=f"SlimBertModel.forward got {key}: "):
         lenient(ids, mask, **{key: value})
     with pytest.raises(ValueError, match="needs input_ids"):
@@ -248,9 +253,12 @@ def test_quickstart_student_opens_without_slimbert(tmp_path, batch, hf_python, s
         assert_same(theirs, ours.softmax(-1))
 
 
-def test_quickstart_student_encodes_in_sentence_transformers(tmp_path, hf_python, tokenizer, minilm_path):
-    """The issue's failure: sentence-transformers calls forward(..., return_dict=True). The student in the layout a
-    run on MiniLM leaves (its modules.json: mean pooling, Normalize) encodes as slimbert embeds, within 1e-5."""
+TEXTS = ["The student encodes without slimbert.", "A second, longer sentence, so that the batch is padded.", "Hi"]
+
+
+def sentence_student(tmp_path, tokenizer, minilm_path):
+    """A student of the quickstart's shape in the layout a run on MiniLM leaves (modules.json: mean pooling, then
+    Normalize), and the embeddings slimbert gives it for TEXTS."""
     config = quickstart_student_config()
     torch.manual_seed(2)
     student = randomize_norms(SlimBertForMaskedLM(config)).eval()
@@ -258,13 +266,30 @@ def test_quickstart_student_encodes_in_sentence_transformers(tmp_path, hf_python
     save_pretrained_portable(student, folder)
     tokenizer.save_pretrained(folder)
     write_sentence_transformers(folder, minilm_path, config.hidden_size, "mean")
-    texts = ["The student encodes without slimbert.", "A second, longer sentence, so that the batch is padded.", "Hi"]
-    got = open_without_slimbert(folder, "SentenceTransformer", {"texts": texts}, tmp_path, hf_python)
-    assert got["class"].endswith("modeling_slimbert.SlimBertModel")
-    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         ours = pool(student.slimbert(**enc).last_hidden_state, enc["attention_mask"], "mean")
-    assert_same(got["out"], torch.nn.functional.normalize(ours, dim=-1))
+    return folder, torch.nn.functional.normalize(ours, dim=-1)
+
+
+def test_quickstart_student_encodes_in_sentence_transformers(tmp_path, hf_python, tokenizer, minilm_path):
+    """The issue's failure: sentence-transformers calls forward(..., return_dict=True). Without slimbert, the
+    student encodes as slimbert embeds, within 1e-5."""
+    folder, ours = sentence_student(tmp_path, tokenizer, minilm_path)
+    got = open_without_slimbert(folder, "SentenceTransformer", {"texts": TEXTS}, tmp_path, hf_python)
+    assert got["class"].endswith("modeling_slimbert.SlimBertModel")
+    assert_same(got["out"], ours)
+
+
+def test_in_a_process_that_imported_slimbert_sentence_transformers_encodes_too(tmp_path, tokenizer, minilm_path):
+    """There transformers opens the folder with slimbert's registered classes, whatever trust_remote_code says
+    (a notebook that ran slimbert.compress, then encodes with the student)."""
+    from sentence_transformers import SentenceTransformer
+
+    folder, ours = sentence_student(tmp_path, tokenizer, minilm_path)
+    for trust in (False, True):
+        model = SentenceTransformer(str(folder), device="cpu", trust_remote_code=trust)
+        assert_same(model.encode(TEXTS).tolist(), ours)
 
 
 def test_fine_tuned_classifier_opens_without_slimbert(tmp_path, batch, hf_python, shared_data, minilm_path):

@@ -17,8 +17,9 @@ user code) passes keyword arguments a stock BERT accepts, and these classes hand
   Ignoring any of them would silently change the result.
 - `token_type_ids`, `position_ids`, the heads' labels, and slimbert's `output_attention_scores` and
   `num_layers`: passed through to the strict forward.
-- Any other keyword (`use_cache`, `cache_position`, a tokenizer's extra columns, ...) is ignored, as
-  transformers' own encoders ignore keywords they have no use for.
+- Any other keyword is accepted as None or False, the "off" values generic callers pass (`use_cache=False`,
+  `cache_position=None`, ...), and ignored. Any other value is refused with a TypeError naming it, as the strict
+  forward refuses it: it may be a misspelt argument (`attention_masks=...`) whose value would be silently dropped.
 
 `accepts_loss_kwargs = False`: Trainer then scales the loss for gradient accumulation itself. Otherwise it would
 pass `num_items_in_batch` and expect the model to normalise by it, which these heads do not do.
@@ -65,6 +66,7 @@ def lenient(strict_forward):
     callers that read it (sentence-transformers, Trainer, pipelines) find the labels and keywords they look for."""
     strict = inspect.signature(strict_forward)
     names = [p.name for p in strict.parameters.values()][1:]              # without self
+    known = {*names, *HF_KEYWORDS, *REFUSED}
     params = [p.replace(default=None, annotation=f"{p.annotation} | None")
               if p.name in ("input_ids", "output_hidden_states") else p for p in strict.parameters.values()]
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in HF_KEYWORDS]
@@ -75,7 +77,12 @@ def lenient(strict_forward):
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         given = {**bound.arguments.pop("kwargs"), **bound.arguments}
+        del given["self"]
         name = type(self).__name__
+        unknown = sorted(k for k, v in given.items() if k not in known and v is not None and v is not False)
+        if unknown:
+            raise TypeError(f"{name}.forward() got an unexpected keyword argument {', '.join(map(repr, unknown))} "
+                            "(keywords it has no use for are accepted only as None or False)")
         for key, why in REFUSED.items():
             if given.get(key) is not None:
                 raise ValueError(f"{name}.forward got {key}: {why}")
