@@ -1,9 +1,11 @@
 """The classes a saved folder's `auto_map` opens: slimbert's models with the forward transformers' callers use.
 
 models/remote.py writes this file into a saved folder as `modeling_slimbert.py`, beside `modeling_slimbert_core.py`
-(a copy of slimbert's modeling.py). It only changes how `forward` is called. slimbert's own code calls the
-strict forward in modeling.py. Code written for any Hugging Face model (sentence-transformers, pipelines, Trainer,
-user code) passes keyword arguments a stock BERT accepts, and these classes handle them as follows:
+(a copy of slimbert's modeling.py). It only changes how `forward` is called. Where slimbert is imported, the Auto
+classes open folders with these same classes (models/__init__.py registers them). The models slimbert builds
+itself keep modeling.py's strict forward. Code written for any Hugging Face model (sentence-transformers,
+pipelines, Trainer, user code) passes keyword arguments a stock BERT accepts, and these classes handle them as
+follows:
 
 - `return_dict`: honoured. False returns a tuple of the output's fields that are set, in order, as
   transformers' models do. None uses `config.return_dict`.
