@@ -33,6 +33,14 @@ def corpus_cache(tmp_path_factory) -> Path:
     return root
 
 
+def python_of(var: str, what: str) -> str:
+    """The interpreter of an environment that .ci/run creates beside the main one and names in `var`."""
+    python = os.environ.get(var)
+    if not python:
+        _need(f"{what} ({var}, set by .ci/run)")
+    return python
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw").is_file():
@@ -139,30 +147,58 @@ else:
 import torch
 import transformers
 
-folder, auto_name, batch = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+def plain(x):
+    # A model output (a dict), a tuple of tensors or a tensor, as JSON.
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    return [plain(v) for v in x]
+
+folder, auto_name, batch, calls = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+versions = {"torch": torch.__version__, "transformers": transformers.__version__}
 if auto_name == "AutoConfig":   # an export folder: ONNX files and the config, no PyTorch weights
     config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    print(json.dumps({"class": type(config).__module__ + "." + type(config).__name__, "out": config.to_dict()}))
+    print(json.dumps({"class": type(config).__module__ + "." + type(config).__name__, "out": config.to_dict(),
+                      "versions": versions}))
+    sys.exit(0)
+if auto_name == "SentenceTransformer":   # batch: {"texts": [...]}
+    import sentence_transformers
+    model = sentence_transformers.SentenceTransformer(folder, trust_remote_code=True, device="cpu")
+    assert "slimbert" not in sys.modules
+    encoder = model[0].model if hasattr(model[0], "model") else model[0].auto_model
+    print(json.dumps({"class": type(encoder).__module__ + "." + type(encoder).__name__,
+                      "out": model.encode(batch["texts"]).tolist(),
+                      "versions": versions | {"sentence-transformers": sentence_transformers.__version__}}))
     sys.exit(0)
 model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
 assert "slimbert" not in sys.modules
+batch = {k: torch.tensor(v) for k, v in batch.items()}
 with torch.no_grad():
-    out = model(**{k: torch.tensor(v) for k, v in batch.items()})
+    out = model(**batch)
+    # The same inputs with the keywords transformers' callers pass (return_dict, output_hidden_states, ...).
+    called = [plain(model(**batch, **kwargs)) for kwargs in calls]
 key = "last_hidden_state" if auto_name == "AutoModel" else "logits"
 # Loaded from its own code, it saves again with that code, so it can be passed on.
 model.save_pretrained(folder + "-resaved")
 again = getattr(transformers, auto_name).from_pretrained(folder + "-resaved", trust_remote_code=True).eval()
 with torch.no_grad():
-    assert torch.equal(again(**{k: torch.tensor(v) for k, v in batch.items()})[key], out[key])
-print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__, "out": out[key].tolist()}))
+    assert torch.equal(again(**batch)[key], out[key])
+print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__, "out": out[key].tolist(),
+                  "calls": called, "versions": versions}))
 """
 
 
-def open_without_slimbert(folder: Path, auto_name: str, batch: dict[str, torch.Tensor], tmp_path: Path) -> dict:
+def open_without_slimbert(folder: Path, auto_name: str, batch: dict, tmp_path: Path, python: str = sys.executable,
+                          calls: list[dict] = ()) -> dict:
+    """Open `folder` with transformers' `auto_name` class (or "AutoConfig", or "SentenceTransformer" with
+    batch {"texts": [...]}) in `python`, where slimbert cannot be imported, and run `batch` through it, also with
+    each of `calls`' keyword arguments. Returns {"class", "out", "calls", "versions"}."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HF_"))}
     env |= {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "HF_HOME": str(tmp_path / "hf")}
-    done = subprocess.run([sys.executable, "-I", "-c", WITHOUT_SLIMBERT, str(folder), auto_name,
-                           json.dumps({k: v.tolist() for k, v in batch.items()})],
+    batch = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    done = subprocess.run([python, "-I", "-c", WITHOUT_SLIMBERT, str(folder), auto_name, json.dumps(batch),
+                           json.dumps(list(calls))],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

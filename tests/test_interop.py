@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import python_of
 from slimbert.export.onnx import export
 from slimbert.models import SlimBertForSequenceClassification, preset
 
@@ -30,11 +31,7 @@ print(json.dumps(model(**x).logits.tolist()))
 
 
 def test_optimum_opens_the_export_and_agrees(tmp_path, tokenizer):
-    python = os.environ.get("SLIMBERT_OPTIMUM_PYTHON")
-    if not python:
-        if os.environ.get("CI"):
-            pytest.fail("SLIMBERT_OPTIMUM_PYTHON is not set: .ci/run must create the optimum environment")
-        pytest.skip("no optimum-onnx environment (set SLIMBERT_OPTIMUM_PYTHON)")
+    python = python_of("SLIMBERT_OPTIMUM_PYTHON", "the optimum-onnx environment")
     torch.manual_seed(0)
     model = SlimBertForSequenceClassification(preset("mobilebert_released", num_hidden_layers=3, num_labels=3)).eval()
     model.save_pretrained(tmp_path / "student")

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForMaskedLM
 
-from slimbert.models import SlimBertForMaskedLM, SlimBertModel, preset
+from slimbert.models import SlimBertForMaskedLM, SlimBertModel, preset, remote_modeling
 from conftest import randomize_norms
 
 
@@ -107,12 +107,13 @@ def test_save_and_load_with_auto_classes(tmp_path):
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
-    assert type(loaded) is SlimBertForMaskedLM
+    assert type(loaded) is remote_modeling.SlimBertForMaskedLM       # the strict class, taking transformers' keywords
+    assert isinstance(loaded, SlimBertForMaskedLM)
     assert loaded.cls.predictions.decoder.weight is loaded.slimbert.embeddings.word_embeddings.weight
     ids = torch.randint(1, 100, (2, 6))
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
     base = AutoModel.from_pretrained(tmp_path)
-    assert type(base) is SlimBertModel
+    assert type(base) is remote_modeling.SlimBertModel and isinstance(base, SlimBertModel)
 
 
 def test_a_misspelt_argument_is_refused_not_ignored():

@@ -45,3 +45,12 @@ def test_main_job_command_runs(tmp_path, shared_data, minilm_path):
     with torch.no_grad():
         ours = AutoModel.from_pretrained(student)(**ids).last_hidden_state   # slimbert's own classes here
     assert (torch.tensor(got["out"]) - ours).abs().max().item() <= 1e-5
+
+
+def test_readme_names_the_pinned_versions_ci_tests():
+    """"Versions tested" stays true when constraints.txt moves; the newest releases are .ci/run's second env."""
+    readme = (REPO / "README.md").read_text()
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line)
+    for package in ("torch", "transformers", "sentence-transformers"):
+        assert f"{package} {pins[package]}" in readme, package
+    assert "SLIMBERT_NEWEST_PYTHON" in (REPO / ".ci" / "run").read_text()

@@ -212,7 +212,7 @@ def _usage(facts: CardFacts) -> str:
             "AutoModelForQuestionAnswering", "fill-mask": "AutoModelForMaskedLM"}.get(_pipeline(facts), "AutoModel")
     trust = ", trust_remote_code=True" if facts.remote_code else ""
     how = ("Its shape is not expressible as transformers' stock MobileBERT, so the folder carries its own "
-           "configuration and modelling code (`configuration_slimbert.py`, `modeling_slimbert.py`, generated from "
+           "configuration and modelling code (`configuration_slimbert.py`, `modeling_slimbert*.py`, generated from "
            "slimbert's source): `trust_remote_code=True` runs that code; transformers alone opens it, without slimbert."
            if facts.remote_code else
            "It is saved as transformers' stock MobileBERT: it opens with transformers alone.")

@@ -75,7 +75,8 @@ def to_transformers_config(config: SlimBertConfig) -> MobileBertConfig:
 
 def _pair_of(model, side: int):
     for pair in PAIRS:
-        if type(model) is pair[side]:
+        # isinstance: the Auto classes open slimbert folders as remote_modeling's subclasses of these.
+        if isinstance(model, pair[side]):
             return pair[1 - side]
     names = ", ".join(p[side].__name__ for p in PAIRS)
     raise NotExpressibleError(f"{type(model).__name__} has no counterpart; expected one of: {names}")

@@ -6,8 +6,10 @@ is saved with its own configuration and modelling code beside the weights, and a
 so `AutoModel.from_pretrained(folder, trust_remote_code=True)` and the task `AutoModelFor...` classes open it
 with transformers alone, as the hub's custom models do.
 
-The two code files are generated at save time from this package's `configuration.py` and `modeling.py`, with
-their relative imports renamed: one source of truth, and a saved folder always carries the code that made it.
+The code files are generated at save time from this package's `configuration.py`, `modeling.py` (the strict
+modules slimbert itself runs) and `remote_modeling.py` (the classes the `auto_map` names: the same models, whose
+forward takes the keywords transformers' and sentence-transformers' callers pass), with their relative imports
+renamed: one source of truth, and a saved folder always carries the code that made it.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-from . import configuration, modeling
+from . import configuration, modeling, remote_modeling
 from .configuration import SlimBertConfig
 from .convert import to_transformers, why_not_expressible
 from .modeling import SlimBertPreTrainedModel
 
-# package module -> file name in the saved folder (the hub's convention for custom code).
-CODE_FILES = {"configuration": "configuration_slimbert", "modeling": "modeling_slimbert"}
-# Auto class -> the class it opens, for every head modeling.py defines.
+# package module -> file name in the saved folder (the hub's convention for custom code: the auto_map's classes
+# in modeling_<type>.py).
+CODE_FILES = {"configuration": "configuration_slimbert", "modeling": "modeling_slimbert_core",
+              "remote_modeling": "modeling_slimbert"}
+# What a folder without weights (an ONNX export) carries: AutoConfig alone opens it.
+CONFIG_ONLY = {"configuration"}
+# Auto class -> the class it opens, for every head remote_modeling.py defines.
 AUTO_CLASSES = {
     "AutoModel": "SlimBertModel",
     "AutoModelForMaskedLM": "SlimBertForMaskedLM",
@@ -34,7 +40,7 @@ AUTO_CLASSES = {
     "AutoModelForQuestionAnswering": "SlimBertForQuestionAnswering",
 }
 # What the generated files may import: anything else would not be there where slimbert is not installed.
-ALLOWED_IMPORTS = {"__future__", "dataclasses", "torch", "transformers", "huggingface_hub"}
+ALLOWED_IMPORTS = {"__future__", "dataclasses", "inspect", "torch", "transformers", "huggingface_hub"}
 
 _RELATIVE = re.compile(r"^(\s*)from\s+\.(\w+)\s+import\b", flags=re.M)
 
@@ -49,7 +55,8 @@ def _version() -> str:
 def standalone_sources() -> dict[str, str]:
     """File name -> text of the self-contained configuration and modelling code."""
     out = {}
-    for module, name in (("configuration", configuration), ("modeling", modeling)):
+    for module, name in (("configuration", configuration), ("modeling", modeling),
+                         ("remote_modeling", remote_modeling)):
         source = Path(name.__file__).read_text(encoding="utf-8")
         text = _RELATIVE.sub(lambda m: f"{m.group(1)}from .{CODE_FILES.get(m.group(2), m.group(2))} import", source)
         _check_imports(text, f"slimbert/models/{module}.py")
@@ -67,7 +74,7 @@ def _check_imports(text: str, origin: str) -> None:
         if isinstance(node, ast.ImportFrom) and node.level:
             if node.level != 1 or node.module not in CODE_FILES.values():
                 raise RuntimeError(f"{origin} imports {'.' * node.level}{node.module or ''}: saved models carry "
-                                   f"only {', '.join(f'{k}.py' for k in CODE_FILES)}, so these two may import "
+                                   f"only {', '.join(f'{k}.py' for k in CODE_FILES)}, so these may import "
                                    "only each other")
             continue
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
@@ -82,8 +89,8 @@ def auto_map(config_only: bool = False) -> dict[str, str]:
     """config.json's `auto_map`: where each Auto class finds its class in the folder's own code."""
     mapping = {"AutoConfig": f"{CODE_FILES['configuration']}.{SlimBertConfig.__name__}"}
     if not config_only:
-        mapping |= {auto: f"{CODE_FILES['modeling']}.{cls}" for auto, cls in AUTO_CLASSES.items()
-                    if hasattr(modeling, cls)}
+        mapping |= {auto: f"{CODE_FILES['remote_modeling']}.{cls}" for auto, cls in AUTO_CLASSES.items()
+                    if hasattr(remote_modeling, cls)}
     return mapping
 
 
@@ -91,10 +98,10 @@ def write_standalone_code(save_dir: str | Path, config_only: bool = False) -> No
     """Put the code files into a saved folder and point its config.json's `auto_map` at them. `config_only`:
     a folder without weights (an ONNX export), where only AutoConfig needs to open."""
     save_dir = Path(save_dir)
+    kept = {f"{CODE_FILES[m]}.py" for m in (CONFIG_ONLY if config_only else CODE_FILES)}
     for name, text in standalone_sources().items():
-        if config_only and name.startswith(CODE_FILES["modeling"]):
-            continue
-        (save_dir / name).write_text(text, encoding="utf-8")
+        if name in kept:
+            (save_dir / name).write_text(text, encoding="utf-8")
     path = save_dir / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.get("model_type") != SlimBertConfig.model_type:
