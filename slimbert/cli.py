@@ -7,7 +7,10 @@ import re
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markdown import Markdown
+from rich.measure import Measurement
 from rich.table import Table
 
 from . import __version__
@@ -17,6 +20,49 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Compress BERT-family encoders into MobileBERT-style students.")
 console = Console()
 err = Console(stderr=True)
+
+
+def show(table: Table) -> None:
+    """Print a table within the console's width without cutting a word, so numbers and names are never
+    abbreviated: each column gets at least its longest word and the spare width goes to the columns that wrap;
+    when even the longest words do not fit side by side, each row is printed as a stack of `column  value` lines."""
+    options = console.options
+    cols = table.columns
+    cells = [[Measurement.get(console, options, c) for c in (col.header, *col.cells)] for col in cols]
+    widths = [max(m.minimum for m in ms) for ms in cells]
+
+    def room() -> int:  # rich's overhead: each cell's padding, a rule between columns and the outer edges
+        rules = 0 if table.box is None else len(cols) + 1 if table.show_edge else len(cols) - 1
+        return console.width - (table.padding[1] + table.padding[3]) * len(cols) - rules
+
+    if sum(widths) > room():  # compact: no rules, one space between columns
+        table.box, table.padding, table.show_edge = box.SIMPLE_HEAD, (0, 0, 0, 0), False
+    if sum(widths) > room():
+        stacked(table)
+        return
+    # The spare width goes first to the cells (a wrapped cell costs a line a row, a wrapped header one line), to
+    # the columns that lack least first: the fewest wrapped cells.
+    for full in ([max(m.maximum for m in ms[1:]) for ms in cells], [max(m.maximum for m in ms) for ms in cells]):
+        for i in sorted(range(len(cols)), key=lambda i: full[i] - widths[i]):
+            widths[i] += max(0, min(full[i] - widths[i], room() - sum(widths)))
+    for col, w in zip(cols, widths):
+        col.width = w
+    console.print(table)
+
+
+def stacked(table: Table) -> None:
+    """A table too wide for the console, one block per row: each column's header beside its value."""
+    if table.title:
+        console.print(table.title, style="italic", highlight=False)
+    cells = [list(col.cells) for col in table.columns]
+    for i in range(table.row_count):
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column()
+        for col, values in zip(table.columns, cells):
+            grid.add_row(col.header, values[i])
+        console.print(grid)
+        console.print()
 
 
 def fail(message: str) -> None:
@@ -155,7 +201,7 @@ def print_frontier(b: dict) -> None:
     for m in b.get("references", []):
         ft.add_row(m["name"], "", "", "", "", "", "", f"{m['params'] / 1e6:.2f}M" if m["params"] else "?", "",
                    f"{m['ms']:.2f}", f"best: {m['runtime']} {m['precision']}")
-    console.print(ft)
+    show(ft)
     if b.get("frontier_png"):
         console.print(f"frontier plot: {b['frontier_png']}", highlight=False)
 
@@ -206,7 +252,7 @@ def print_plan(p: dict) -> None:
         arch.add_row(k, f"{t['params'][k]:,}", f"{s['params'][k]:,}", f"{t['flops'].get(k, 0) / 1e9:.3f}",
                      f"{s['flops'].get(k, 0) / 1e9:.3f}", style="bold" if k == "total" else None)
     arch.add_row("attention/FFN ratio", f"{t['attention_ffn_ratio']:.3f}", f"{s['attention_ffn_ratio']:.3f}", "", "")
-    console.print(arch)
+    show(arch)
     c = p["compression"]
     console.print(f"compression: {c['params']}x params, {c['encoder_params']}x encoder params, {c['flops']}x FLOPs")
     if p.get("balance"):
@@ -221,24 +267,40 @@ def print_plan(p: dict) -> None:
         lm.add_row(str(row["student_layer"]), str(row["teacher_layer"]), "x".join(map(str, row["student_shape"])),
                    shape, "/".join(map(str, row["heads"])),
                    " ".join(f"{SHORT.get(k, k)}x{v:g}" for k, v in row["losses"].items() if v))
-    console.print(lm)
-    st = Table(title="stages" + (f" (timed on {p['estimate_device']})" if p.get("estimate_device") else ""))
-    ests = [row.get("estimate") for row in p["stages"]]
-    gpus = next((e["gpus"] for e in ests if e), None)
-    for col in ("#", "kind", "steps", "batch", "optimizer", "lr", "schedule", "trainable", "est. time here",
-                "tok/s, MFU", f"on {gpus} GPUs" if gpus else "on N GPUs"):
-        st.add_column(col)
-    for row, est in zip(p["stages"], ests):
-        cells = ["-", "-", "-"]
-        if est:
-            mfu = "n/a" if est.get("mfu") is None else f"{100 * est['mfu']:.1f}%"
-            cells = [f"{_duration(est['seconds'])} ({est['step_seconds'] * 1000:.0f} ms/step)",
-                     f"{est['tokens_per_s']:,.0f}, {mfu}",
-                     "-" if est.get("seconds_on_gpus") is None else _duration(est["seconds_on_gpus"])]
+    show(lm)
+    # Two tables and the trainable parameters under them, not one table of eleven columns: 80 columns wide.
+    st = Table(title="stages")
+    for col in ("#", "kind", "steps", "batch", "optimizer", "lr", "schedule"):
+        st.add_column(col, justify="right" if col in ("steps", "batch", "lr") else "left")
+    for row in p["stages"]:
         st.add_row(str(row["index"]), row["kind"], f"{row['steps']:,}", str(row["batch_size"]), row["optimizer"],
-                   f"{row['lr']:g}", row["schedule"] + (f" +{row['warmup_steps']} warm-up" if row["warmup_steps"] else ""),
-                   row.get("trainable", ""), *cells)
-    console.print(st)
+                   f"{row['lr']:g}", row["schedule"] + (f" +{row['warmup_steps']:,} warm-up" if row["warmup_steps"]
+                                                        else ""))
+    show(st)
+    trains = Table.grid(padding=(0, 2))  # long explanations, under the table: a wrapped line keeps its indent
+    trains.add_column(justify="right", no_wrap=True)
+    trains.add_column()
+    for row in p["stages"]:
+        if row.get("trainable"):
+            trains.add_row(str(row["index"]), row["trainable"])
+    if trains.row_count:
+        console.print("trainable parameters, by stage:")
+        console.print(trains, highlight=False)
+    ests = [row.get("estimate") for row in p["stages"]]
+    if any(ests):
+        gpus = next(e["gpus"] for e in ests if e)
+        et = Table(title="time estimates" + (f" (timed on {p['estimate_device']})" if p.get("estimate_device") else ""))
+        for col in ("#", "kind", "here", "per step", "tokens/s", "MFU", f"on {gpus} GPUs"):
+            et.add_column(col, justify="left" if col in ("#", "kind") else "right")
+        for row, est in zip(p["stages"], ests):
+            if not est:
+                et.add_row(str(row["index"]), row["kind"], "-", "-", "-", "-", "-")
+                continue
+            et.add_row(str(row["index"]), row["kind"], _duration(est["seconds"]),
+                       f"{est['step_seconds'] * 1000:,.0f} ms", f"{est['tokens_per_s']:,.0f}",
+                       "n/a" if est.get("mfu") is None else f"{100 * est['mfu']:.1f}%",
+                       "-" if est.get("seconds_on_gpus") is None else _duration(est["seconds_on_gpus"]))
+        show(et)
     basis = next((e["gpus_basis"] for e in ests if e), None)
     if basis:
         total = sum(e["seconds"] for e in ests if e)
@@ -500,8 +562,36 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
         fail(str(e))
     except OSError as e:
         fail(f"cannot write {e.filename or out}: {e.strerror or e}")
-    console.print((files[1]).read_text(), highlight=False)
+    print_bench(report, files[1].read_text())
     console.print(f"written: {', '.join(str(f) for f in files)}", highlight=False)
+
+
+def print_bench(report: dict, md: str) -> None:
+    """The latency report for a terminal of any width: report.md's prose, then its tables with the columns a
+    terminal has room for (report.md and report.json keep the mean, p95, the spread and the raw runs)."""
+    from .export.bench import accuracy_text
+
+    console.print(Markdown("\n\n".join(b for b in md.split("\n\n") if not b.lstrip().startswith("|"))))
+    first = next(iter(report["models"]), None)
+    lt = Table(title="latency")
+    for col in ("model", "batch x seq", "p50 ms", "p90 ms", "p99 ms", "samples/s", f"p50 / {first}"):
+        lt.add_column(col, justify="left" if col == "model" else "right")
+    for r in report["results"]:
+        lat, acc = r["latency"], accuracy_text(r.get("accuracy"))
+        lt.add_row(f"{r['model']} {r.get('runtime', 'ort')} {r.get('precision', 'fp32')}" + (f" ({acc})" if acc else ""),
+                   f"{r['batch_size']}x{r['sequence_length']}", *(f"{lat[k] * 1e3:,.1f}" for k in ("p50", "p90", "p99")),
+                   f"{r['throughput']['value']:,.1f}", f"{r[f'p50_vs_{first}']:.2f}")
+    show(lt)
+    for u in report.get("unavailable", []):
+        console.print(f"not timed: {u['model']} {u['runtime']} {u['precision']}: {u['reason']}", highlight=False)
+    mt = Table(title="models")
+    for col in ("model", "parameters", "GFLOPs / sequence", "file MB", "ONNX nodes"):
+        mt.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in report["models"].items():
+        mt.add_row(name, "n/a" if m["initializer_params"] is None else f"{m['initializer_params']:,}",
+                   f"{m['flops_per_sequence'] / 1e9:.2f}" if m["flops_per_sequence"] else "n/a", str(m["file_mb"]),
+                   str(m["onnx_nodes"] or ""))
+    show(mt)
 
 
 @app.command()
@@ -545,7 +635,7 @@ def count(
     for k in c.params:
         table.add_row(k, f"{c.params[k]:,}", f"{c.flops[k] / 1e9:.3f}")
     table.add_row("total", f"{c.total_params:,}", f"{c.total_flops / 1e9:.3f}", style="bold")
-    console.print(table)
+    show(table)
     console.print(f"attention/FFN parameter ratio: {c.attention_ffn_ratio:.3f} (paper's best range 0.4-0.6)")
 
 

@@ -284,7 +284,7 @@ def _metric_key(acc: dict) -> str:
     return next(k for k in acc if not k.endswith("_delta_vs_pytorch"))
 
 
-def _accuracy(acc: dict | None) -> str:
+def accuracy_text(acc: dict | None) -> str:
     if not acc:
         return ""
     key = _metric_key(acc)
@@ -319,9 +319,9 @@ def markdown(report: dict) -> str:
             st, ref = best["fastest"][h["student"]], best["fastest"][h["reference"]]
             lines += ["", f"**Student's fastest vs BERT_BASE's fastest (batch {best['batch_size']} x seq "
                           f"{best['sequence_length']}): {h['speedup']:.2f}x** ({st['model']} {st['p50'] * 1e3:.1f} ms"
-                          + (f", {_accuracy(st['accuracy'])}" if st["accuracy"] else "")
+                          + (f", {accuracy_text(st['accuracy'])}" if st["accuracy"] else "")
                           + f"; {ref['model']} {ref['p50'] * 1e3:.1f} ms"
-                          + (f", {_accuracy(ref['accuracy'])}" if ref["accuracy"] else "") + ")."]
+                          + (f", {accuracy_text(ref['accuracy'])}" if ref["accuracy"] else "") + ")."]
         if best.get("excluded"):
             limit = c.get("max_accuracy_drop")
             lines += ["", f"Not counted as any model's fastest (dev metric more than {limit * 100:g} point"
@@ -335,7 +335,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['model']} | {r.get('runtime', 'ort')} | {r.get('precision', 'fp32')} | {r['batch_size']} "
                      f"| {r['sequence_length']} | {lat['mean'] * 1e3:.1f} | {lat['p50'] * 1e3:.1f} | "
                      f"{lat['p90'] * 1e3:.1f} | {lat['p99'] * 1e3:.1f} | {lat['stdev_']:.1f} | "
-                     f"{r['throughput']['value']:.1f} | {r[f'p50_vs_{first}']:.2f} | {_accuracy(r.get('accuracy'))} |")
+                     f"{r['throughput']['value']:.1f} | {r[f'p50_vs_{first}']:.2f} | {accuracy_text(r.get('accuracy'))} |")
     for u in report.get("unavailable", []):
         lines.append(f"| {u['model']} | {u['runtime']} | {u['precision']} | | | | {u['reason']} | | | | | | |")
     lines += ["", "| model | parameters | GFLOPs / sequence | file MB | ONNX nodes |", "|---|---|---|---|---|"]
