@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -65,6 +66,51 @@ def stacked(table: Table) -> None:
         console.print()
 
 
+@contextmanager
+def libraries_quiet():
+    """The libraries' own progress bars and warnings off, through their own switches, for one command; slimbert's
+    output stays. They are transformers' ("Loading weights", "Writing model shards", load reports),
+    huggingface_hub's, ONNX Runtime's (its C++ log, and the quantiser's advice on the root logger), NNCF's (rich
+    bars on rich's global console, which slimbert never prints to) and Python warnings (slimbert raises none: it
+    says what it finds on its console)."""
+    import logging
+    import warnings
+
+    import onnxruntime
+    import rich
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    root, own = logging.getLogger(), logging.getLogger("slimbert")
+    levels, global_console = (root.level, own.level), rich.get_console()
+    was_quiet = global_console.quiet
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # and huggingface_hub's
+    onnxruntime.set_default_logger_severity(3)  # errors only
+    root.setLevel(logging.ERROR)
+    own.setLevel(logging.WARNING)  # slimbert's own warnings (models/convert.py) still show
+    global_console.quiet = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        onnxruntime.set_default_logger_severity(2)  # its default: warnings
+        root.setLevel(levels[0])
+        own.setLevel(levels[1])
+        global_console.quiet = was_quiet
+
+
+def _libraries(ctx: typer.Context, verbose: bool) -> bool:
+    """--verbose's callback: without it the libraries stay quiet until the command's context closes."""
+    if not verbose and not ctx.resilient_parsing:
+        ctx.with_resource(libraries_quiet())
+    return verbose
+
+
 def fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
@@ -118,13 +164,16 @@ class _timer:  # noqa: N801 - used like the function it stands in for
 
 RecipeArg = typer.Argument(..., help="Recipe YAML file, or a preset name (see `slimbert recipes list`).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
+VerboseOpt = typer.Option(False, "--verbose", "-v", callback=_libraries, help="Also show the libraries' own progress bars and warnings "
+                                                         "(transformers, ONNX Runtime, NNCF), hidden by default.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: the recipe's `device`, auto: "
                                                 "the GPU when there is one).")
 
 
 @app.command()
 def validate(recipe: str = RecipeArg, set_: list[str] = SetOpt,
-             allow_plugins: bool = typer.Option(False, "--allow-plugins", help="Permit the recipe's plugins.")) -> None:
+             allow_plugins: bool = typer.Option(False, "--allow-plugins", help="Permit the recipe's plugins."),
+             verbose: bool = VerboseOpt) -> None:
     """Check a recipe: exit 0, or exit 2 with every problem (key path and line)."""
     from .recipe import load_recipe, recipe_path
 
@@ -148,7 +197,8 @@ def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
          gpus: int = typer.Option(8, "--gpus", min=1, help="Also estimate wall time on this many GPUs, on paper: "
                                                            "the measured step shared linearly when timed on a GPU, "
                                                            "counted FLOPs at 35% of an H100 when timed on a CPU."),
-         device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
+         device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins"),
+         verbose: bool = VerboseOpt) -> None:
     """A dry run: architectures side by side, the layer map, the stage schedule and time estimates."""
     from .recipe import build_plan, load_recipe, recipe_path
 
@@ -215,7 +265,8 @@ def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
         log: str = typer.Option(None, "--log", help="Experiment trackers to turn on, e.g. tensorboard,mlflow "
                                                     "(also wandb, trackio); settings from the recipe's logging."),
-        device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
+        device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins"),
+        verbose: bool = VerboseOpt) -> None:
     """Run the recipe's stages and write the run directory (one process, or one per GPU under torchrun)."""
     from .engine.runner import TrainingError, run as run_recipe
     from .recipe import load_recipe, recipe_path
@@ -403,7 +454,7 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
                                                 "calibrate OpenVINO int8 on (default: built-in real sentences)."),
                device: str = typer.Option("cpu", "--device", help="Where PyTorch computes the parity reference: "
                                                                   "cpu (default), auto, cuda or cuda:N."),
-               ) -> None:
+               verbose: bool = VerboseOpt) -> None:
     """Export to ONNX in optimum's ORTModel layout (and OpenVINO IRs), checked against PyTorch (exit 4 when it
     does not match)."""
     from .engine.device import select
@@ -495,7 +546,7 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
                    "PyTorch model's (0.01 = one point) is timed but cannot be a model's fastest in best vs best; 2 "
                    "counts every variant."),
           out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
-          ) -> None:
+          verbose: bool = VerboseOpt) -> None:
     """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
     from .export.bench import (Entry, bench as run_bench, bert_base_reference, check_onnx, export_task,
                                teacher_reference, variants, write_report)

@@ -110,3 +110,27 @@ def test_plan_at_80_columns_through_the_cli(shared_data):
                           capture_output=True, text=True, env={**os.environ, "COLUMNS": str(WIDTH)}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     readable(done.stdout, "teacher_adaptation", "embedding_distill", "16,685,184")
+
+
+NOISE = ("Loading weights", "Writing model shards", "LOAD REPORT", "pre-processing before quantization", "https://",
+         "it/s]", "WARNING:")
+
+
+@pytest.mark.e2e
+def test_third_party_noise_only_with_verbose(tmp_path, tiny_source, shared_data):
+    """A run that loads a model with transformers, saves one and exports it to int8 ONNX: without --verbose its
+    output is slimbert's own; with it, the libraries' bars and warnings are back."""
+    from conftest import write_recipe
+
+    recipe = write_recipe(tmp_path, tiny_source, shared_data, export={"onnx": True, "quantize": "int8"},
+                          transfer=[{"kind": "joint", "steps": 2, "batch_size": 4, "optimizer": {"lr": 1e-3}}])
+    output = {}
+    for flags in ((), ("--verbose",)):
+        done = subprocess.run([sys.executable, "-m", "slimbert.cli", "run", str(recipe), "--out",
+                               str(tmp_path / f"out{len(flags)}"), *flags], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        output[flags] = done.stdout + done.stderr
+    quiet, verbose = output[()], output[("--verbose",)]
+    assert "parity int8" in quiet and "done: student" in quiet  # slimbert's own lines stay
+    assert not [n for n in NOISE if n in quiet], quiet
+    assert all(n in verbose for n in NOISE[:4]), verbose
