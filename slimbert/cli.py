@@ -72,36 +72,51 @@ def libraries_quiet():
     output stays. They are transformers' ("Loading weights", "Writing model shards", load reports),
     huggingface_hub's, ONNX Runtime's (its C++ log, and the quantiser's advice on the root logger), NNCF's (rich
     bars on rich's global console, which slimbert never prints to) and Python warnings (slimbert raises none: it
-    says what it finds on its console)."""
+    says what it finds on its console). transformers is not imported for it: `validate` of a broken recipe stays
+    light; one imported later starts from huggingface_hub's switch and TRANSFORMERS_VERBOSITY."""
     import logging
+    import os
+    import sys
     import warnings
 
     import onnxruntime
     import rich
-    from transformers.utils import logging as hf_logging
+    from huggingface_hub import utils as hub
 
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    root, own = logging.getLogger(), logging.getLogger("slimbert")
-    levels, global_console = (root.level, own.level), rich.get_console()
-    was_quiet = global_console.quiet
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # and huggingface_hub's
+    hf = sys.modules.get("transformers.utils.logging")
+    was = {"hub_bars": not hub.are_progress_bars_disabled(), "env": os.environ.get("TRANSFORMERS_VERBOSITY"),
+           "hf": (hf.get_verbosity(), hf.is_progress_bar_enabled()) if hf else (logging.WARNING, None),
+           "root": logging.getLogger().level, "own": logging.getLogger("slimbert").level,
+           "console": rich.get_console().quiet}
+    hub.disable_progress_bars()
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    if hf:
+        hf.set_verbosity_error()
+        hf.disable_progress_bar()
     onnxruntime.set_default_logger_severity(3)  # errors only
-    root.setLevel(logging.ERROR)
-    own.setLevel(logging.WARNING)  # slimbert's own warnings (models/convert.py) still show
-    global_console.quiet = True
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("slimbert").setLevel(logging.WARNING)  # slimbert's own warnings (models/convert.py) still show
+    rich.get_console().quiet = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+        if was["hub_bars"]:
+            hub.enable_progress_bars()
+        if was["env"] is None:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+        else:
+            os.environ["TRANSFORMERS_VERBOSITY"] = was["env"]
+        hf = sys.modules.get("transformers.utils.logging")
+        if hf:
+            hf.set_verbosity(was["hf"][0])
+            if was["hf"][1] if was["hf"][1] is not None else was["hub_bars"]:
+                hf.enable_progress_bar()
         onnxruntime.set_default_logger_severity(2)  # its default: warnings
-        root.setLevel(levels[0])
-        own.setLevel(levels[1])
-        global_console.quiet = was_quiet
+        logging.getLogger().setLevel(was["root"])
+        logging.getLogger("slimbert").setLevel(was["own"])
+        rich.get_console().quiet = was["console"]
 
 
 def _libraries(ctx: typer.Context, verbose: bool) -> bool:
