@@ -10,9 +10,9 @@ For each batch size in turn (larger until memory runs out or a step exceeds --ma
 of --steps timed steps after warm-up, tokens/s, achieved TFLOP/s and MFU, counted with
 slimbert.engine.throughput (the FLOPs of models/counting.py). One JSON line per measurement on stdout and in --out.
 
-    python benchmarks/gpu_paper_shape.py --out paper.jsonl                    # eager, bf16 autocast
-    python benchmarks/gpu_paper_shape.py --compile --out paper-compiled.jsonl # torch.compile of both models
-    python benchmarks/gpu_paper_shape.py --tiny --steps 2                     # a CPU smoke test of the script
+    python benchmarks/training/gpu_paper_shape.py --out paper.jsonl                    # eager, bf16 autocast
+    python benchmarks/training/gpu_paper_shape.py --compile --out paper-compiled.jsonl # torch.compile of both models
+    python benchmarks/training/gpu_paper_shape.py --tiny --steps 2                     # a CPU smoke test of the script
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from pydantic import TypeAdapter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from slimbert.engine.device import autocast, configure, describe, synchronize, to_device  # noqa: E402
