@@ -394,9 +394,12 @@ def recipes_list() -> None:
     """List the presets."""
     from .recipe import presets
 
+    grid = Table.grid(padding=(0, 2))  # a wrapped description keeps its indent
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
     for name, path in presets().items():
-        first = path.read_text().splitlines()[0].lstrip("# ")
-        console.print(f"[bold]{name}[/]  {first}", highlight=False)
+        grid.add_row(name, path.read_text().splitlines()[0].lstrip("# "))
+    console.print(grid, highlight=False)
 
 
 @recipes_app.command("show")
