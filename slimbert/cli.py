@@ -43,7 +43,8 @@ def show(table: Table) -> None:
         return
     # The spare width goes first to the cells (a wrapped cell costs a line a row, a wrapped header one line), to
     # the columns that lack least first: the fewest wrapped cells.
-    for full in ([max(m.maximum for m in ms[1:]) for ms in cells], [max(m.maximum for m in ms) for ms in cells]):
+    cell_widths = [max((m.maximum for m in ms[1:]), default=0) for ms in cells]
+    for full in (cell_widths, [max(m.maximum for m in ms) for ms in cells]):
         for i in sorted(range(len(cols)), key=lambda i: full[i] - widths[i]):
             widths[i] += max(0, min(full[i] - widths[i], room() - sum(widths)))
     for col, w in zip(cols, widths):
@@ -179,8 +180,9 @@ class _timer:  # noqa: N801 - used like the function it stands in for
 
 RecipeArg = typer.Argument(..., help="Recipe YAML file, or a preset name (see `slimbert recipes list`).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
-VerboseOpt = typer.Option(False, "--verbose", "-v", callback=_libraries, help="Also show the libraries' own progress bars and warnings "
-                                                         "(transformers, ONNX Runtime, NNCF), hidden by default.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", callback=_libraries,
+                          help="Also show the libraries' own progress bars and warnings (transformers, ONNX Runtime, "
+                               "NNCF), hidden by default.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: the recipe's `device`, auto: "
                                                 "the GPU when there is one).")
 
@@ -647,8 +649,9 @@ def print_bench(report: dict, md: str) -> None:
         lt.add_column(col, justify="left" if col == "model" else "right")
     for r in report["results"]:
         lat, acc = r["latency"], accuracy_text(r.get("accuracy"))
-        lt.add_row(f"{r['model']} {r.get('runtime', 'ort')} {r.get('precision', 'fp32')}" + (f" ({acc})" if acc else ""),
-                   f"{r['batch_size']}x{r['sequence_length']}", *(f"{lat[k] * 1e3:,.1f}" for k in ("p50", "p90", "p99")),
+        model = f"{r['model']} {r.get('runtime', 'ort')} {r.get('precision', 'fp32')}" + (f" ({acc})" if acc else "")
+        lt.add_row(model, f"{r['batch_size']}x{r['sequence_length']}",
+                   *(f"{lat[k] * 1e3:,.1f}" for k in ("p50", "p90", "p99")),
                    f"{r['throughput']['value']:,.1f}", f"{r[f'p50_vs_{first}']:.2f}")
     show(lt)
     for u in report.get("unavailable", []):

@@ -95,6 +95,16 @@ def test_a_table_too_wide_for_the_terminal_is_stacked_not_cut(monkeypatch, width
     assert re.search(r"^steps\s+500,000\s*$", text, re.M), text  # the stages, one `column  value` line each
 
 
+def test_a_table_without_rows_still_prints_its_header(terminal):
+    from rich.table import Table
+
+    t = Table(title="latency")
+    for col in ("model", "p50 ms"):
+        t.add_column(col)
+    cli.show(t)  # every variant unavailable: a report with no timed rows
+    readable(terminal(), "latency", "model")
+
+
 def test_other_commands_fit_80_columns(terminal, shared_data):
     runner = CliRunner()
     for args in (["count", "mobilebert"], ["count", "bert_base", "--seq", "512"], ["recipes", "list"],
