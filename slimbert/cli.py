@@ -8,10 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.markdown import Markdown
-from rich.measure import Measurement
 from rich.table import Table
 
 from . import __version__
@@ -24,47 +21,10 @@ err = Console(stderr=True)
 
 
 def show(table: Table) -> None:
-    """Print a table within the console's width without cutting a word, so numbers and names are never
-    abbreviated: each column gets at least its longest word and the spare width goes to the columns that wrap;
-    when even the longest words do not fit side by side, each row is printed as a stack of `column  value` lines."""
-    options = console.options
-    cols = table.columns
-    cells = [[Measurement.get(console, options, c) for c in (col.header, *col.cells)] for col in cols]
-    widths = [max(m.minimum for m in ms) for ms in cells]
+    """Print a table within the console's width, never with a number or name cut short (export/terminal.py)."""
+    from .export.terminal import Fitted
 
-    def room() -> int:  # rich's overhead: each cell's padding, a rule between columns and the outer edges
-        rules = 0 if table.box is None else len(cols) + 1 if table.show_edge else len(cols) - 1
-        return console.width - (table.padding[1] + table.padding[3]) * len(cols) - rules
-
-    if sum(widths) > room():  # compact: no rules, one space between columns
-        table.box, table.padding, table.show_edge = box.SIMPLE_HEAD, (0, 0, 0, 0), False
-    if sum(widths) > room():
-        stacked(table)
-        return
-    # The spare width goes first to the cells (a wrapped cell costs a line a row, a wrapped header one line), to
-    # the columns that lack least first: the fewest wrapped cells.
-    cell_widths = [max((m.maximum for m in ms[1:]), default=0) for ms in cells]
-    for full in (cell_widths, [max(m.maximum for m in ms) for ms in cells]):
-        for i in sorted(range(len(cols)), key=lambda i: full[i] - widths[i]):
-            widths[i] += max(0, min(full[i] - widths[i], room() - sum(widths)))
-    for col, w in zip(cols, widths):
-        col.width = w
-    console.print(table)
-
-
-def stacked(table: Table) -> None:
-    """A table too wide for the console, one block per row: each column's header beside its value."""
-    if table.title:
-        console.print(table.title, style="italic", highlight=False)
-    cells = [list(col.cells) for col in table.columns]
-    for i in range(table.row_count):
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold", no_wrap=True)
-        grid.add_column()
-        for col, values in zip(table.columns, cells):
-            grid.add_row(col.header, values[i])
-        console.print(grid)
-        console.print()
+    console.print(Fitted(table))
 
 
 @contextmanager
@@ -569,7 +529,7 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
           verbose: bool = VerboseOpt) -> None:
     """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
     from .export.bench import (Entry, bench as run_bench, bert_base_reference, check_onnx, export_task,
-                               teacher_reference, variants, write_report)
+                               teacher_reference, terminal_view, variants, write_report)
     from .export.isa import cpu_info
     from .export.onnx import ExportError
     from .export.runtime import RUNTIMES
@@ -633,37 +593,8 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
         fail(str(e))
     except OSError as e:
         fail(f"cannot write {e.filename or out}: {e.strerror or e}")
-    print_bench(report, files[1].read_text())
+    console.print(terminal_view(report))
     console.print(f"written: {', '.join(str(f) for f in files)}", highlight=False)
-
-
-def print_bench(report: dict, md: str) -> None:
-    """The latency report for a terminal of any width: report.md's prose, then its tables with the columns a
-    terminal has room for (report.md and report.json keep the mean, p95, the spread and the raw runs)."""
-    from .export.bench import accuracy_text
-
-    console.print(Markdown("\n\n".join(b for b in md.split("\n\n") if not b.lstrip().startswith("|"))))
-    first = next(iter(report["models"]), None)
-    lt = Table(title="latency")
-    for col in ("model", "batch x seq", "p50 ms", "p90 ms", "p99 ms", "samples/s", f"p50 / {first}"):
-        lt.add_column(col, justify="left" if col == "model" else "right")
-    for r in report["results"]:
-        lat, acc = r["latency"], accuracy_text(r.get("accuracy"))
-        model = f"{r['model']} {r.get('runtime', 'ort')} {r.get('precision', 'fp32')}" + (f" ({acc})" if acc else "")
-        lt.add_row(model, f"{r['batch_size']}x{r['sequence_length']}",
-                   *(f"{lat[k] * 1e3:,.1f}" for k in ("p50", "p90", "p99")),
-                   f"{r['throughput']['value']:,.1f}", f"{r[f'p50_vs_{first}']:.2f}")
-    show(lt)
-    for u in report.get("unavailable", []):
-        console.print(f"not timed: {u['model']} {u['runtime']} {u['precision']}: {u['reason']}", highlight=False)
-    mt = Table(title="models")
-    for col in ("model", "parameters", "GFLOPs / sequence", "file MB", "ONNX nodes"):
-        mt.add_column(col, justify="left" if col == "model" else "right")
-    for name, m in report["models"].items():
-        mt.add_row(name, "n/a" if m["initializer_params"] is None else f"{m['initializer_params']:,}",
-                   f"{m['flops_per_sequence'] / 1e9:.2f}" if m["flops_per_sequence"] else "n/a", str(m["file_mb"]),
-                   str(m["onnx_nodes"] or ""))
-    show(mt)
 
 
 @app.command()

@@ -64,7 +64,7 @@ def test_plan_fits_80_columns(terminal):
 
 
 def test_bench_fits_80_columns(terminal):
-    from slimbert.export.bench import markdown
+    from slimbert.export.bench import terminal_view
 
     acc = {"accuracy": 0.912345, "accuracy_delta_vs_pytorch": -0.0012}
     results, models = [], {}
@@ -80,7 +80,7 @@ def test_bench_fits_80_columns(terminal):
               "models": models, "results": results, "best": [],
               "unavailable": [{"model": "student", "runtime": "openvino", "precision": "int8-static",
                                "reason": "OpenVINO has no static int8 variant of this export"}]}
-    cli.print_bench(report, markdown(report))
+    cli.console.print(terminal_view(report))  # what `slimbert bench` and a run's export step print
     readable(terminal(), "student-int8-static", "openvino", "int8-bf16", "32x384", "1,234.6", "3,456.8",
              "12,345.6", "109,482,240", "22.50", "123.45", "accuracy 0.9123")
 
