@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -17,6 +18,73 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Compress BERT-family encoders into MobileBERT-style students.")
 console = Console()
 err = Console(stderr=True)
+
+
+def show(table: Table) -> None:
+    """Print a table within the console's width, never with a number or name cut short (export/terminal.py)."""
+    from .export.terminal import Fitted
+
+    console.print(Fitted(table))
+
+
+@contextmanager
+def libraries_quiet():
+    """The libraries' own progress bars and warnings off, through their own switches, for one command; slimbert's
+    output stays. They are transformers' ("Loading weights", "Writing model shards", load reports),
+    huggingface_hub's, ONNX Runtime's (its C++ log, and the quantiser's advice on the root logger), NNCF's (rich
+    bars on rich's global console, which slimbert never prints to) and Python warnings (slimbert raises none: it
+    says what it finds on its console). transformers is not imported for it: `validate` of a broken recipe stays
+    light; one imported later starts from huggingface_hub's switch and TRANSFORMERS_VERBOSITY."""
+    import logging
+    import os
+    import sys
+    import warnings
+
+    import onnxruntime
+    import rich
+    from huggingface_hub import utils as hub
+
+    hf = sys.modules.get("transformers.utils.logging")
+    was = {"hub_bars": not hub.are_progress_bars_disabled(), "env": os.environ.get("TRANSFORMERS_VERBOSITY"),
+           "hf": (hf.get_verbosity(), hf.is_progress_bar_enabled()) if hf else (logging.WARNING, None),
+           "root": logging.getLogger().level, "own": logging.getLogger("slimbert").level,
+           "console": rich.get_console().quiet}
+    hub.disable_progress_bars()
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    if hf:
+        hf.set_verbosity_error()
+        hf.disable_progress_bar()
+    onnxruntime.set_default_logger_severity(3)  # errors only
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("slimbert").setLevel(logging.WARNING)  # slimbert's own warnings (models/convert.py) still show
+    rich.get_console().quiet = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if was["hub_bars"]:
+            hub.enable_progress_bars()
+        if was["env"] is None:
+            os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+        else:
+            os.environ["TRANSFORMERS_VERBOSITY"] = was["env"]
+        hf = sys.modules.get("transformers.utils.logging")
+        if hf:
+            hf.set_verbosity(was["hf"][0])
+            if was["hf"][1] if was["hf"][1] is not None else was["hub_bars"]:
+                hf.enable_progress_bar()
+        onnxruntime.set_default_logger_severity(2)  # its default: warnings
+        logging.getLogger().setLevel(was["root"])
+        logging.getLogger("slimbert").setLevel(was["own"])
+        rich.get_console().quiet = was["console"]
+
+
+def _libraries(ctx: typer.Context, verbose: bool) -> bool:
+    """--verbose's callback: without it the libraries stay quiet until the command's context closes."""
+    if not verbose and not ctx.resilient_parsing:
+        ctx.with_resource(libraries_quiet())
+    return verbose
 
 
 def fail(message: str) -> None:
@@ -72,13 +140,17 @@ class _timer:  # noqa: N801 - used like the function it stands in for
 
 RecipeArg = typer.Argument(..., help="Recipe YAML file, or a preset name (see `slimbert recipes list`).")
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: key.path=value (repeatable).")
+VerboseOpt = typer.Option(False, "--verbose", "-v", callback=_libraries,
+                          help="Also show the libraries' own progress bars and warnings (transformers, ONNX Runtime, "
+                               "NNCF), hidden by default.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default: the recipe's `device`, auto: "
                                                 "the GPU when there is one).")
 
 
 @app.command()
 def validate(recipe: str = RecipeArg, set_: list[str] = SetOpt,
-             allow_plugins: bool = typer.Option(False, "--allow-plugins", help="Permit the recipe's plugins.")) -> None:
+             allow_plugins: bool = typer.Option(False, "--allow-plugins", help="Permit the recipe's plugins."),
+             verbose: bool = VerboseOpt) -> None:
     """Check a recipe: exit 0, or exit 2 with every problem (key path and line)."""
     from .recipe import load_recipe, recipe_path
 
@@ -102,7 +174,8 @@ def plan(recipe: str = RecipeArg, set_: list[str] = SetOpt,
          gpus: int = typer.Option(8, "--gpus", min=1, help="Also estimate wall time on this many GPUs, on paper: "
                                                            "the measured step shared linearly when timed on a GPU, "
                                                            "counted FLOPs at 35% of an H100 when timed on a CPU."),
-         device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
+         device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins"),
+         verbose: bool = VerboseOpt) -> None:
     """A dry run: architectures side by side, the layer map, the stage schedule and time estimates."""
     from .recipe import build_plan, load_recipe, recipe_path
 
@@ -158,7 +231,7 @@ def print_frontier(b: dict) -> None:
     for m in b.get("references", []):
         ft.add_row(m["name"], "", "", "", "", "", "", f"{m['params'] / 1e6:.2f}M" if m["params"] else "?", "",
                    f"{m['ms']:.2f}", f"best: {m['runtime']} {m['precision']}")
-    console.print(ft)
+    show(ft)
     if b.get("frontier_png"):
         console.print(f"frontier plot: {b['frontier_png']}", highlight=False)
 
@@ -172,7 +245,8 @@ def run(recipe: str = RecipeArg, set_: list[str] = SetOpt,
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
         log: str = typer.Option(None, "--log", help="Experiment trackers to turn on, e.g. tensorboard,mlflow "
                                                     "(also wandb, trackio); settings from the recipe's logging."),
-        device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins")) -> None:
+        device: str = DeviceOpt, allow_plugins: bool = typer.Option(False, "--allow-plugins"),
+        verbose: bool = VerboseOpt) -> None:
     """Run the recipe's stages and write the run directory (one process, or one per GPU under torchrun)."""
     from .engine.runner import TrainingError, run as run_recipe
     from .recipe import load_recipe, recipe_path
@@ -209,7 +283,7 @@ def print_plan(p: dict) -> None:
         arch.add_row(k, f"{t['params'][k]:,}", f"{s['params'][k]:,}", f"{t['flops'].get(k, 0) / 1e9:.3f}",
                      f"{s['flops'].get(k, 0) / 1e9:.3f}", style="bold" if k == "total" else None)
     arch.add_row("attention/FFN ratio", f"{t['attention_ffn_ratio']:.3f}", f"{s['attention_ffn_ratio']:.3f}", "", "")
-    console.print(arch)
+    show(arch)
     c = p["compression"]
     console.print(f"compression: {c['params']}x params, {c['encoder_params']}x encoder params, {c['flops']}x FLOPs")
     if p.get("balance"):
@@ -224,24 +298,40 @@ def print_plan(p: dict) -> None:
         lm.add_row(str(row["student_layer"]), str(row["teacher_layer"]), "x".join(map(str, row["student_shape"])),
                    shape, "/".join(map(str, row["heads"])),
                    " ".join(f"{SHORT.get(k, k)}x{v:g}" for k, v in row["losses"].items() if v))
-    console.print(lm)
-    st = Table(title="stages" + (f" (timed on {p['estimate_device']})" if p.get("estimate_device") else ""))
-    ests = [row.get("estimate") for row in p["stages"]]
-    gpus = next((e["gpus"] for e in ests if e), None)
-    for col in ("#", "kind", "steps", "batch", "optimizer", "lr", "schedule", "trainable", "est. time here",
-                "tok/s, MFU", f"on {gpus} GPUs" if gpus else "on N GPUs"):
-        st.add_column(col)
-    for row, est in zip(p["stages"], ests):
-        cells = ["-", "-", "-"]
-        if est:
-            mfu = "n/a" if est.get("mfu") is None else f"{100 * est['mfu']:.1f}%"
-            cells = [f"{_duration(est['seconds'])} ({est['step_seconds'] * 1000:.0f} ms/step)",
-                     f"{est['tokens_per_s']:,.0f}, {mfu}",
-                     "-" if est.get("seconds_on_gpus") is None else _duration(est["seconds_on_gpus"])]
+    show(lm)
+    # Two tables and the trainable parameters under them, not one table of eleven columns: 80 columns wide.
+    st = Table(title="stages")
+    for col in ("#", "kind", "steps", "batch", "optimizer", "lr", "schedule"):
+        st.add_column(col, justify="right" if col in ("steps", "batch", "lr") else "left")
+    for row in p["stages"]:
         st.add_row(str(row["index"]), row["kind"], f"{row['steps']:,}", str(row["batch_size"]), row["optimizer"],
-                   f"{row['lr']:g}", row["schedule"] + (f" +{row['warmup_steps']} warm-up" if row["warmup_steps"] else ""),
-                   row.get("trainable", ""), *cells)
-    console.print(st)
+                   f"{row['lr']:g}", row["schedule"] + (f" +{row['warmup_steps']:,} warm-up" if row["warmup_steps"]
+                                                        else ""))
+    show(st)
+    trains = Table.grid(padding=(0, 2))  # long explanations, under the table: a wrapped line keeps its indent
+    trains.add_column(justify="right", no_wrap=True)
+    trains.add_column()
+    for row in p["stages"]:
+        if row.get("trainable"):
+            trains.add_row(str(row["index"]), row["trainable"])
+    if trains.row_count:
+        console.print("trainable parameters, by stage:")
+        console.print(trains, highlight=False)
+    ests = [row.get("estimate") for row in p["stages"]]
+    if any(ests):
+        gpus = next(e["gpus"] for e in ests if e)
+        et = Table(title="time estimates" + (f" (timed on {p['estimate_device']})" if p.get("estimate_device") else ""))
+        for col in ("#", "kind", "here", "per step", "tokens/s", "MFU", f"on {gpus} GPUs"):
+            et.add_column(col, justify="left" if col in ("#", "kind") else "right")
+        for row, est in zip(p["stages"], ests):
+            if not est:
+                et.add_row(str(row["index"]), row["kind"], "-", "-", "-", "-", "-")
+                continue
+            et.add_row(str(row["index"]), row["kind"], _duration(est["seconds"]),
+                       f"{est['step_seconds'] * 1000:,.0f} ms", f"{est['tokens_per_s']:,.0f}",
+                       "n/a" if est.get("mfu") is None else f"{100 * est['mfu']:.1f}%",
+                       "-" if est.get("seconds_on_gpus") is None else _duration(est["seconds_on_gpus"]))
+        show(et)
     basis = next((e["gpus_basis"] for e in ests if e), None)
     if basis:
         total = sum(e["seconds"] for e in ests if e)
@@ -269,9 +359,12 @@ def recipes_list() -> None:
     """List the presets."""
     from .recipe import presets
 
+    grid = Table.grid(padding=(0, 2))  # a wrapped description keeps its indent
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
     for name, path in presets().items():
-        first = path.read_text().splitlines()[0].lstrip("# ")
-        console.print(f"[bold]{name}[/]  {first}", highlight=False)
+        grid.add_row(name, path.read_text().splitlines()[0].lstrip("# "))
+    console.print(grid, highlight=False)
 
 
 @recipes_app.command("show")
@@ -344,7 +437,7 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
                                                 "calibrate OpenVINO int8 on (default: built-in real sentences)."),
                device: str = typer.Option("cpu", "--device", help="Where PyTorch computes the parity reference: "
                                                                   "cpu (default), auto, cuda or cuda:N."),
-               ) -> None:
+               verbose: bool = VerboseOpt) -> None:
     """Export to ONNX in optimum's ORTModel layout (and OpenVINO IRs), checked against PyTorch (exit 4 when it
     does not match)."""
     from .engine.device import select
@@ -436,10 +529,10 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
                    "PyTorch model's (0.01 = one point) is timed but cannot be a model's fastest in best vs best; 2 "
                    "counts every variant."),
           out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
-          ) -> None:
+          verbose: bool = VerboseOpt) -> None:
     """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
     from .export.bench import (Entry, bench as run_bench, bert_base_reference, check_onnx, export_task,
-                               teacher_reference, variants, write_report)
+                               teacher_reference, terminal_view, variants, write_report)
     from .export.isa import cpu_info
     from .export.onnx import ExportError
     from .export.runtime import RUNTIMES
@@ -503,7 +596,7 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
         fail(str(e))
     except OSError as e:
         fail(f"cannot write {e.filename or out}: {e.strerror or e}")
-    console.print((files[1]).read_text(), highlight=False)
+    console.print(terminal_view(report))
     console.print(f"written: {', '.join(str(f) for f in files)}", highlight=False)
 
 
@@ -548,7 +641,7 @@ def count(
     for k in c.params:
         table.add_row(k, f"{c.params[k]:,}", f"{c.flops[k] / 1e9:.3f}")
     table.add_row("total", f"{c.total_params:,}", f"{c.total_flops / 1e9:.3f}", style="bold")
-    console.print(table)
+    show(table)
     console.print(f"attention/FFN parameter ratio: {c.attention_ffn_ratio:.3f} (paper's best range 0.4-0.6)")
 
 

@@ -13,7 +13,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # Elsewhere (e.g. a GPU machine that gets a copy of the repo alone): SLIMBERT_SHARED_DATA names the data folder
-# and SLIMBERT_TOKENIZER a folder holding the MiniLM tokenizer (benchmarks/gpu_wheels.sh prepares both).
+# and SLIMBERT_TOKENIZER a folder holding the MiniLM tokenizer (benchmarks/training/gpu_wheels.sh prepares both).
 SHARED_DATA = Path(os.environ.get("SLIMBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

@@ -103,31 +103,46 @@ def test_forward_flops_are_the_paper_counts():
     assert forward_flops(t, 128) > 10 * forward_flops(s, 128)
 
 
+def stage(**kw):
+    """A validated stage, through the recipe schema (its defaults are a recipe's)."""
+    from pydantic import TypeAdapter
+
+    from slimbert.recipe.schema import Stage
+
+    return TypeAdapter(Stage).validate_python({"steps" if kw["kind"] != "progressive" else "steps_per_layer": 1, **kw})
+
+
 def test_step_flops_count_student_three_times_and_teacher_once():
     s, t = preset("mobilebert"), preset("ib_bert_large")
-    shape = stage_shape("progressive", list(range(1, 25)), 0.15, 128, layer=24)
+    progressive = stage(kind="progressive")
+    shape = stage_shape(progressive, list(range(1, 25)), 0.15, 128, layer=24)
     assert shape == StepShape(24, 24)
     assert step_flops(shape, s, t, 128, 2) == pytest.approx(2 * (3 * forward_flops(s, 128) + forward_flops(t, 128)))
     # a progressive step at layer 1 runs one block of each
-    low = step_flops(stage_shape("progressive", list(range(1, 25)), 0.15, 128, layer=1), s, t, 128, 1)
+    low = step_flops(stage_shape(progressive, list(range(1, 25)), 0.15, 128, layer=1), s, t, 128, 1)
     assert low == pytest.approx(3 * forward_flops(s, 128, 1) + forward_flops(t, 128, 1))
     # pre-training distillation with hard labels only runs no teacher
-    hard = stage_shape("pretrain_distill", [1], 0.15, 128, alpha=1.0)
+    hard = stage_shape(stage(kind="pretrain_distill", alpha=1.0), [1], 0.15, 128)
     assert step_flops(hard, s, t, 128, 1) == pytest.approx(3 * forward_flops(s, 128, None, 0.15 * 128))
-    adapt = stage_shape("teacher_adaptation", [1], 0.15, 128)
+    # with soft targets the whole teacher and its MLM head run; without a head on the teacher it cannot
+    soft = stage(kind="pretrain_distill", alpha=0.5)
+    assert stage_shape(soft, [1], 0.15, 128) == StepShape(None, None, 0.15 * 128, 0.15 * 128)
+    assert stage_shape(soft, [1], 0.15, 128, teacher_mlm=False) == StepShape(None, 0, 0.15 * 128, 0.0)
+    adapt = stage_shape(stage(kind="teacher_adaptation", mlm=0), [1], 0.15, 128)
+    assert stage_shape(stage(kind="teacher_adaptation", mlm=1), [1], 0.15, 128).teacher_head_rows == 0.15 * 128
     src = preset("bert_large")
     assert step_flops(adapt, s, t, 128, 1, source=src) == pytest.approx(3 * forward_flops(t, 128)
                                                                        + forward_flops(src, 128))
 
 
 def test_every_stage_kind_has_a_step_shape():
-    # MFU is logged for every stage: a new kind in the schema's union needs its shape here too
+    # MFU is logged for every stage: each kind's strategy says what its step runs (transfer/strategies.py)
     from slimbert.recipe.schema import STAGE_KINDS
 
     for kind in STAGE_KINDS:
-        assert isinstance(stage_shape(kind, [1, 2], 0.15, 128, layer=1), StepShape), kind
+        assert isinstance(stage_shape(stage(kind=kind), [1, 2], 0.15, 128, layer=1), StepShape), kind
     s, t = preset("mobilebert", num_hidden_layers=2), preset("ib_bert_large", num_hidden_layers=2)
-    embed = stage_shape("embedding_distill", [1, 2], 0.15, 128)
+    embed = stage_shape(stage(kind="embedding_distill"), [1, 2], 0.15, 128)
     assert step_flops(embed, s, t, 128, 1) == pytest.approx(3 * forward_flops(s, 128) + forward_flops(t, 128))
 
 

@@ -1,7 +1,7 @@
 """CUDA checks: the same numbers on a GPU as on the CPU, and runs that move between them.
 
 Marked `gpu` and skipped (with the reason) where torch sees no CUDA device, so CPU CI stays green;
-benchmarks/gpu_check.sh runs them on a GPU machine. Tolerances: fp32 on CUDA with TF32 switched off matches
+benchmarks/training/gpu_check.sh runs them on a GPU machine. Tolerances: fp32 on CUDA with TF32 switched off matches
 the CPU to float rounding; TF32 (fp32 matmuls, 10-bit mantissa products) and bf16 autocast (8-bit) within a
 few percent of a loss.
 """

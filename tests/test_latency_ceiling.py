@@ -1,4 +1,4 @@
-"""benchmarks/latency_ceiling.py: the dense chain stands for exactly the model's dense layers, and the ceilings
+"""benchmarks/latency/latency_ceiling.py: the dense chain stands for exactly the model's dense layers, and the ceilings
 divide as documented."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "latency"))
 import latency_ceiling as C  # noqa: E402
 
 from slimbert.models import SlimBertForSequenceClassification, preset  # noqa: E402

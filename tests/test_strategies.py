@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 
 from slimbert.recipe.schema import STAGE_KINDS, Stage
 from slimbert.teacher.adapters import TeacherOutput
-from slimbert.transfer.strategies import (STRATEGIES, Shard, TeacherFacts, TransferInputs, layer_of, lr_factor,
+from slimbert.transfer.strategies import (STRATEGIES, Shard, StepShape, TeacherFacts, TransferInputs, layer_of, lr_factor,
                                           stage_problems, strategy)
 
 
@@ -37,6 +37,16 @@ def test_every_stage_kind_has_a_strategy():
     assert tuple(STRATEGIES) == STAGE_KINDS
     for kind, s in STRATEGIES.items():
         assert s.kind == kind
+
+
+def test_every_strategy_says_what_its_step_runs():
+    # engine/throughput.py counts a step's FLOPs (the MFU log, the plan's estimates) from the strategy's StepShape
+    for kind, s in STRATEGIES.items():
+        st = stage(kind=kind, **({"steps_per_layer": 2} if kind == "progressive" else {"steps": 2}))
+        for layer in (1, 2):
+            shape = s.step_shape(st, [1, 2], 0.15 * 32, layer, True)
+            assert isinstance(shape, StepShape), kind
+            assert shape.student_layers in (None, layer) and shape.teacher_layers in (None, 0, 1, 2), (kind, shape)
 
 
 # ---- lengths and schedules -------------------------------------------------------------------------------------------

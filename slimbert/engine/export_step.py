@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..export.bench import MAX_ACCURACY_DROP, Entry, bench, bert_base_reference, teacher_reference, variants, write_report
+from ..export.bench import (MAX_ACCURACY_DROP, Entry, bench, bert_base_reference, teacher_reference, terminal_view,
+                            variants, write_report)
 from ..export.isa import cpu_info
 from ..export.onnx import ExportError, export
 from ..export.runtime import exported_variants, task_model
@@ -52,7 +53,7 @@ def run_export(r: Resolved, out: Path, train: torch.Tensor, tokenizer, log,
             report = bench(entries, e.bench.batch, e.bench.seq, e.bench.threads, cpu=cpu,
                            max_accuracy_drop=e.bench.max_accuracy_drop)
             write_report(report, dest / "bench")
-            log((dest / "bench" / "report.md").read_text())
+            log(terminal_view(report))  # report.md's tables are wider than a terminal
         write_card(out, dest, "export")   # after the latency report, which it includes
     except ExportError as err:
         raise TrainingError(f"export: {err}") from None

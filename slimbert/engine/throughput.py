@@ -20,6 +20,7 @@ import torch
 
 from ..models import SlimBertConfig
 from ..models.counting import count_config
+from ..transfer.strategies import StepShape, strategy
 
 # Dense peak FLOP/s by device name (substring, first match wins: more specific names first).
 # bf16: tensor cores; tf32: fp32 matmuls with TF32 allowed (the default here on CUDA); fp32: plain CUDA cores.
@@ -101,16 +102,6 @@ def forward_flops(config: SlimBertConfig, seq_len: int, layers: int | None = Non
     return c.flops["embedding"] + blocks + c.flops["head"] * head_rows / seq_len
 
 
-@dataclass(frozen=True)
-class StepShape:
-    """What one optimizer step runs, in model terms (filled in by the stage kind)."""
-    student_layers: int | None          # student blocks run forward and backward (None: all)
-    teacher_layers: int | None          # teacher blocks run forward (None: all; 0: no teacher)
-    student_head_rows: float = 0.0      # MLM-head rows per sequence, student (masked positions)
-    teacher_head_rows: float = 0.0      # teacher's MLM-head rows per sequence
-    teacher_trains: bool = False        # teacher adaptation: the IB teacher runs forward and backward
-
-
 def step_flops(shape: StepShape, student: SlimBertConfig, teacher: SlimBertConfig, seq_len: int, batch: int,
                source: SlimBertConfig | None = None) -> float:
     """Counted FLOPs of one optimizer step on `batch` sequences: trained models 3x their forward (forward and
@@ -137,24 +128,11 @@ def fmt_mfu(mfu: float | None) -> str:
     return "MFU n/a" if mfu is None else f"MFU {100 * mfu:.1f}%"
 
 
-def stage_shape(kind: str, layer_map: list[int], mlm_probability: float, seq_len: int, alpha: float = 1.0,
-                layer: int | None = None, teacher_mlm: bool = True, adapt_mlm: bool = False) -> StepShape:
-    """What a step of a stage kind runs: `layer` is a progressive step's current student layer (1-based)."""
-    masked = mlm_probability * seq_len
-    soft = alpha < 1.0 and teacher_mlm  # the teacher's MLM distribution is a target
-    if kind == "progressive":
-        return StepShape(layer, layer_map[(layer or len(layer_map)) - 1])
-    if kind == "joint":
-        return StepShape(None, max(layer_map))
-    if kind == "auxiliary":
-        return StepShape(None, None if soft else max(layer_map), masked, masked if soft else 0.0)
-    if kind == "pretrain_distill":
-        return StepShape(None, None if soft else 0, masked, masked if soft else 0.0)
-    if kind == "teacher_adaptation":
-        return StepShape(None, None, 0.0, masked if adapt_mlm else 0.0, teacher_trains=True)
-    if kind == "embedding_distill":  # both whole encoders (the pooled embedding reads the last layer), no MLM head
-        return StepShape(None, None)
-    raise ValueError(f"unknown stage kind {kind!r}")
+def stage_shape(st, layer_map: list[int], mlm_probability: float, seq_len: int, layer: int | None = None,
+                teacher_mlm: bool = True) -> StepShape:
+    """What a step of stage `st` runs, as its kind's strategy says: `layer` is a progressive step's current student
+    layer (1-based); `teacher_mlm`: the teacher has an MLM head (its distribution can be a target)."""
+    return strategy(st).step_shape(st, layer_map, mlm_probability * seq_len, layer, teacher_mlm)
 
 
 def model_configs(r) -> tuple[SlimBertConfig, SlimBertConfig | None, SlimBertConfig]:
@@ -171,7 +149,5 @@ def recipe_step_flops(r, st, layer: int | None = None, teacher_known: bool = Tru
         return None
     student, teacher, source = model_configs(r)
     d = r.recipe.data
-    shape = stage_shape(st.kind, r.layer_map, d.mlm_probability, d.seq_len, alpha=getattr(st, "alpha", 1.0),
-                        layer=layer, teacher_mlm=r.source.has_mlm_head,
-                        adapt_mlm=bool(getattr(st, "mlm", 0)) and r.source.has_mlm_head)
+    shape = stage_shape(st, r.layer_map, d.mlm_probability, d.seq_len, layer=layer, teacher_mlm=r.source.has_mlm_head)
     return step_flops(shape, student, teacher, d.seq_len, st.batch_size, source=source)

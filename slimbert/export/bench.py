@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Group
+from rich.markdown import Markdown
+from rich.table import Table
+from rich.text import Text
 
 from .. import __version__
 from ..models import SlimBertConfig, count
@@ -28,6 +32,7 @@ from . import runtime
 MAX_ACCURACY_DROP = 0.01
 from .isa import FEATURES, CpuInfo, cpu_info
 from .onnx import ExportError, export
+from .terminal import Fitted
 
 
 @dataclass
@@ -284,7 +289,7 @@ def _metric_key(acc: dict) -> str:
     return next(k for k in acc if not k.endswith("_delta_vs_pytorch"))
 
 
-def _accuracy(acc: dict | None) -> str:
+def accuracy_text(acc: dict | None) -> str:
     if not acc:
         return ""
     key = _metric_key(acc)
@@ -319,9 +324,9 @@ def markdown(report: dict) -> str:
             st, ref = best["fastest"][h["student"]], best["fastest"][h["reference"]]
             lines += ["", f"**Student's fastest vs BERT_BASE's fastest (batch {best['batch_size']} x seq "
                           f"{best['sequence_length']}): {h['speedup']:.2f}x** ({st['model']} {st['p50'] * 1e3:.1f} ms"
-                          + (f", {_accuracy(st['accuracy'])}" if st["accuracy"] else "")
+                          + (f", {accuracy_text(st['accuracy'])}" if st["accuracy"] else "")
                           + f"; {ref['model']} {ref['p50'] * 1e3:.1f} ms"
-                          + (f", {_accuracy(ref['accuracy'])}" if ref["accuracy"] else "") + ")."]
+                          + (f", {accuracy_text(ref['accuracy'])}" if ref["accuracy"] else "") + ")."]
         if best.get("excluded"):
             limit = c.get("max_accuracy_drop")
             lines += ["", f"Not counted as any model's fastest (dev metric more than {limit * 100:g} point"
@@ -335,7 +340,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['model']} | {r.get('runtime', 'ort')} | {r.get('precision', 'fp32')} | {r['batch_size']} "
                      f"| {r['sequence_length']} | {lat['mean'] * 1e3:.1f} | {lat['p50'] * 1e3:.1f} | "
                      f"{lat['p90'] * 1e3:.1f} | {lat['p99'] * 1e3:.1f} | {lat['stdev_']:.1f} | "
-                     f"{r['throughput']['value']:.1f} | {r[f'p50_vs_{first}']:.2f} | {_accuracy(r.get('accuracy'))} |")
+                     f"{r['throughput']['value']:.1f} | {r[f'p50_vs_{first}']:.2f} | {accuracy_text(r.get('accuracy'))} |")
     for u in report.get("unavailable", []):
         lines.append(f"| {u['model']} | {u['runtime']} | {u['precision']} | | | | {u['reason']} | | | | | | |")
     lines += ["", "| model | parameters | GFLOPs / sequence | file MB | ONNX nodes |", "|---|---|---|---|---|"]
@@ -344,6 +349,32 @@ def markdown(report: dict) -> str:
         params = f"{m['initializer_params']:,}" if m["initializer_params"] is not None else "n/a"
         lines.append(f"| {name} | {params} | {fl} | {m['file_mb']} | {m['onnx_nodes'] or ''} |")
     return "\n".join(lines) + "\n"
+
+
+def terminal_view(report: dict) -> Group:
+    """The report for a terminal of any width: report.md's prose, then its tables with the columns a terminal has
+    room for (report.md and report.json keep the mean, p95, the spread and the raw runs)."""
+    first = next(iter(report["models"]), None)
+    lt = Table(title="latency")
+    for col in ("model", "batch x seq", "p50 ms", "p90 ms", "p99 ms", "samples/s", f"p50 / {first}"):
+        lt.add_column(col, justify="left" if col == "model" else "right")
+    for r in report["results"]:
+        lat, acc = r["latency"], accuracy_text(r.get("accuracy"))
+        model = f"{r['model']} {r.get('runtime', 'ort')} {r.get('precision', 'fp32')}" + (f" ({acc})" if acc else "")
+        lt.add_row(model, f"{r['batch_size']}x{r['sequence_length']}",
+                   *(f"{lat[k] * 1e3:,.1f}" for k in ("p50", "p90", "p99")),
+                   f"{r['throughput']['value']:,.1f}", f"{r[f'p50_vs_{first}']:.2f}")
+    mt = Table(title="models")
+    for col in ("model", "parameters", "GFLOPs / sequence", "file MB", "ONNX nodes"):
+        mt.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in report["models"].items():
+        mt.add_row(name, "n/a" if m["initializer_params"] is None else f"{m['initializer_params']:,}",
+                   f"{m['flops_per_sequence'] / 1e9:.2f}" if m["flops_per_sequence"] else "n/a", str(m["file_mb"]),
+                   str(m["onnx_nodes"] or ""))
+    prose = "\n\n".join(b for b in markdown(report).split("\n\n") if not b.lstrip().startswith("|"))
+    missing = [Text(f"not timed: {u['model']} {u['runtime']} {u['precision']}: {u['reason']}")
+               for u in report.get("unavailable", [])]
+    return Group(Markdown(prose), Fitted(lt), *missing, Fitted(mt))
 
 
 def chart(report: dict, path: Path) -> None:

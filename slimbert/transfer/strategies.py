@@ -6,6 +6,8 @@ A strategy knows, for its kind of stage:
 - `multiplier(st, name, step)`: each parameter's LR multiplier (0 freezes it this step),
 - `terms(st, inputs, step, batches, micro, n_micro)`: the loss terms of one (micro-)batch,
 - `plan_row(st, num_layers)`: its rows in `slimbert plan`,
+- `step_shape(st, layer_map, masked, layer, teacher_mlm)`: what one step runs, in model terms (`StepShape`: the
+  MFU log and the plan's estimates count FLOPs from it),
 - `problems(st, i, stages, facts)`: its own cross-field problems, as (key path, message) pairs.
 
 Strategies are composed from the pure functions below, not derived from a base class. They see a narrow
@@ -278,6 +280,21 @@ def _losses_row(st: StageConfig) -> dict:
     return st.losses.model_dump()
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """What one optimizer step of a stage runs, in model terms (engine/throughput.py counts its FLOPs)."""
+    student_layers: int | None          # student blocks run forward and backward (None: all)
+    teacher_layers: int | None          # teacher blocks run forward (None: all; 0: no teacher)
+    student_head_rows: float = 0.0      # MLM-head rows per sequence, student (masked positions)
+    teacher_head_rows: float = 0.0      # teacher's MLM-head rows per sequence
+    teacher_trains: bool = False        # teacher adaptation: the IB teacher runs forward and backward
+
+
+def _distill_shape(st: StageConfig, teacher_layers: int, masked: float, teacher_mlm: bool) -> StepShape:
+    """The student's MLM head on the masked rows; with soft targets (alpha < 1) the whole teacher and its head."""
+    soft = st.alpha < 1.0 and teacher_mlm
+    return StepShape(None, None if soft else teacher_layers, masked, masked if soft else 0.0)
+
 # ---- the strategies ------------------------------------------------------------------------------------------------
 
 class Progressive:
@@ -330,6 +347,10 @@ class Progressive:
                 "trainable": (f"layer l at x{st.current_lr}, layers < l {lower}, layers > l not run; "
                               f"embeddings {'trained' if st.train_embeddings else 'frozen'}; heads frozen"),
                 "losses": _losses_row(st)}
+
+    def step_shape(self, st: StageConfig, layer_map: list[int], masked: float, layer: int | None,
+                   teacher_mlm: bool) -> StepShape:
+        return StepShape(layer, layer_map[(layer or len(layer_map)) - 1])  # the student and teacher up to layer
 
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
         out = no_terms_problems(st, i) + layerwise_problems(st, i, f)
@@ -384,6 +405,10 @@ class Joint:
     def plan_row(self, st: StageConfig, num_layers: int) -> dict:
         return {"steps": st.steps, "trainable": "student: all parameters", "losses": _losses_row(st)}
 
+    def step_shape(self, st: StageConfig, layer_map: list[int], masked: float, layer: int | None,
+                   teacher_mlm: bool) -> StepShape:
+        return StepShape(None, max(layer_map))
+
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
         return no_terms_problems(st, i) + layerwise_problems(st, i, f)
 
@@ -410,6 +435,10 @@ class Auxiliary:
     def plan_row(self, st: StageConfig, num_layers: int) -> dict:
         return {"steps": st.steps, "trainable": "student: all parameters", "losses": _losses_row(st)}
 
+    def step_shape(self, st: StageConfig, layer_map: list[int], masked: float, layer: int | None,
+                   teacher_mlm: bool) -> StepShape:
+        return _distill_shape(st, max(layer_map), masked, teacher_mlm)
+
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
         return layerwise_problems(st, i, f) + distill_problems(st, i, f)
 
@@ -432,6 +461,10 @@ class PretrainDistill:
     def plan_row(self, st: StageConfig, num_layers: int) -> dict:
         return {"steps": st.steps, "trainable": "student: all parameters",
                 "losses": {"alpha": st.alpha, "temperature": st.temperature}}
+
+    def step_shape(self, st: StageConfig, layer_map: list[int], masked: float, layer: int | None,
+                   teacher_mlm: bool) -> StepShape:
+        return _distill_shape(st, 0, masked, teacher_mlm)  # hard labels only: no teacher
 
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
         return distill_problems(st, i, f)
@@ -477,6 +510,10 @@ class TeacherAdaptation:
     def plan_row(self, st: StageConfig, num_layers: int) -> dict:
         return {"steps": st.steps, "trainable": "IB teacher: all parameters (source frozen)",
                 "losses": {k: getattr(st, k) for k in ("hidden", "attention", "mlm")}}
+
+    def step_shape(self, st: StageConfig, layer_map: list[int], masked: float, layer: int | None,
+                   teacher_mlm: bool) -> StepShape:
+        return StepShape(None, None, 0.0, masked if st.mlm and teacher_mlm else 0.0, teacher_trains=True)
 
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
         if f.origin == "passed_in":
@@ -546,6 +583,10 @@ class EmbeddingDistill:
         return {"steps": st.steps, "trainable": "student: all but the MLM head",
                 "losses": {k: getattr(st, k) for k in ("mse", "cosine", "similarity")}, "pooling": st.pooling,
                 "inputs": st.inputs}
+
+    def step_shape(self, st: StageConfig, layer_map: list[int], masked: float, layer: int | None,
+                   teacher_mlm: bool) -> StepShape:
+        return StepShape(None, None)  # both whole encoders (the pooled embedding reads the last layer), no MLM head
 
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
         if not (st.mse or st.cosine or st.similarity):

@@ -1,7 +1,7 @@
 """The corpus cache, measured: how fast it is built, and the peak memory of a transfer run at 1x and 10x corpus.
 
-    python benchmarks/corpus_cache.py build [--repeat 3] [--num-proc 1 2]
-    python benchmarks/corpus_cache.py rss [--mb 1]
+    python benchmarks/training/corpus_cache.py build [--repeat 3] [--num-proc 1 2]
+    python benchmarks/training/corpus_cache.py rss [--mb 1]
 
 build: tokens/s of building the cache of the shared corpus (WikiText-2 test + two Gutenberg books, repeated
 --repeat times) with each --num-proc, in a fresh cache folder, and of today's in-RAM read_texts + pack on the
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROOT = Path(os.environ.get("SLIMBERT_BENCH_DIR", "/tmp/slimbert-corpus-bench"))
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import SHARED_DATA, write_recipe  # noqa: E402

@@ -6,7 +6,7 @@ one process so the ratio holds on a noisy machine:
   full:      both run every layer each step, as a naive implementation would.
 Both compute the same loss. Writes benchmarks/results/progressive.md.
 
-    python benchmarks/progressive_speed.py [--recipe recipes/quickstart.yaml] [--steps 6]
+    python benchmarks/training/progressive_speed.py [--recipe recipes/quickstart.yaml] [--steps 6]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from rich.console import Console  # noqa: E402
@@ -93,7 +93,7 @@ def write(rows, r, st, tokens, args) -> None:
     lines = [
         "# Progressive transfer: running only up to the layer in training",
         "",
-        f"Command: `python benchmarks/progressive_speed.py --recipe {Path(args.recipe).relative_to(REPO)} "
+        f"Command: `python benchmarks/training/progressive_speed.py --recipe {Path(args.recipe).relative_to(REPO)} "
         f"--steps {args.steps}`",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "

@@ -17,7 +17,7 @@ depend on the values; every export still passes slimbert's parity checks. Steps:
 
 Writes benchmarks/results/latency.md, latency.json and latency_frontier.png. Run it alone on the machine.
 
-    python benchmarks/runtimes_latency.py [--runs 30] [--max-timed 12]
+    python benchmarks/latency/runtimes_latency.py [--runs 30] [--max-timed 12]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from slimbert.export.bench import Entry, bench, markdown, variants  # noqa: E402
@@ -283,7 +283,7 @@ def write(res: dict, args) -> str:
     goals.append(("slimbert's export vs a plain torch.onnx export, ORT fp32 (released shape, same weights)",
                   rows_if("released slimbert ort fp32", "released plain-export ort fp32"), GOAL_EXPORT, ""))
     lines = ["# Latency on the runtimes users pick: slimbert's students vs BERT_BASE, best vs best", "",
-             f"Command: `python benchmarks/runtimes_latency.py --runs {args.runs} --max-timed {args.max_timed}` "
+             f"Command: `python benchmarks/latency/runtimes_latency.py --runs {args.runs} --max-timed {args.max_timed}` "
              f"({res['elapsed_s']} s). Batch 1 x seq {args.seq}, {args.threads} threads, p50, one process, "
              "alternating runs; random weights (latency does not depend on them), every export parity-checked.", "",
              "## Goals (ratios within one alternating run)", "",

@@ -10,9 +10,9 @@ For each batch size in turn (larger until memory runs out or a step exceeds --ma
 of --steps timed steps after warm-up, tokens/s, achieved TFLOP/s and MFU, counted with
 slimbert.engine.throughput (the FLOPs of models/counting.py). One JSON line per measurement on stdout and in --out.
 
-    python benchmarks/gpu_paper_shape.py --out paper.jsonl                    # eager, bf16 autocast
-    python benchmarks/gpu_paper_shape.py --compile --out paper-compiled.jsonl # torch.compile of both models
-    python benchmarks/gpu_paper_shape.py --tiny --steps 2                     # a CPU smoke test of the script
+    python benchmarks/training/gpu_paper_shape.py --out paper.jsonl                    # eager, bf16 autocast
+    python benchmarks/training/gpu_paper_shape.py --compile --out paper-compiled.jsonl # torch.compile of both models
+    python benchmarks/training/gpu_paper_shape.py --tiny --steps 2                     # a CPU smoke test of the script
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ import time
 from pathlib import Path
 
 import torch
+from pydantic import TypeAdapter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from slimbert.engine.device import autocast, configure, describe, synchronize, to_device  # noqa: E402
 from slimbert.engine.throughput import device_peak, rates, stage_shape, step_flops  # noqa: E402
 from slimbert.models import SlimBertForMaskedLM, preset  # noqa: E402
+from slimbert.recipe.schema import Stage  # noqa: E402
 from slimbert.teacher.adapters import IBTeacherAdapter  # noqa: E402
 from slimbert.teacher.build import IBTeacher, ib_teacher_config  # noqa: E402
 from slimbert.transfer import losses as L  # noqa: E402
@@ -116,7 +118,11 @@ def measure(args, kind: str, batch: int, student, teacher, device, precision, co
         times.append(time.perf_counter() - t0)
     per = statistics.median(times)
     layers = student.config.num_hidden_layers
-    shape = stage_shape(kind, list(range(1, layers + 1)), 0.15, args.seq, alpha=0.5, layer=layers)
+    fields = {"steps_per_layer": 1} if kind == "progressive" else {"steps": 1}
+    if kind in ("pretrain_distill", "auxiliary"):
+        fields["alpha"] = 0.5  # soft targets: the teacher's MLM head runs
+    st = TypeAdapter(Stage).validate_python({"kind": kind, **fields})
+    shape = stage_shape(st, list(range(1, layers + 1)), 0.15, args.seq, layer=layers)
     flops = step_flops(shape, student.config, teacher.config, args.seq, batch)
     peak = device_peak(device, precision)
     r = rates(flops, batch * args.seq, per, peak)

@@ -8,7 +8,7 @@ One process, same machine, batch 1, 2 threads, the models alternating in blocks 
 Random weights with perturbed NoNorms (latency does not depend on the values). Also a per-pass table.
 Writes benchmarks/results/latency.md.
 
-    python benchmarks/export_latency.py [--runs 40] [--seq 128]
+    python benchmarks/latency/export_latency.py [--runs 40] [--seq 128]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from slimbert.export.bench import Entry, bench, markdown  # noqa: E402
@@ -87,7 +87,7 @@ def write(report, result, args) -> None:
          p50["mobilebert-plain-export-fp32"] / p50["mobilebert-slimbert-fp32"], 1.3),
     ]
     lines = ["# Export latency: MobileBERT through slimbert's export vs BERT_BASE and a plain export", "",
-             f"Command: `python benchmarks/export_latency.py --runs {args.runs} --seq {args.seq}`", "",
+             f"Command: `python benchmarks/latency/export_latency.py --runs {args.runs} --seq {args.seq}`", "",
              "## Targets (batch 1, seq %d, 2 threads, one run, p50 ratios)" % args.seq, "",
              "| comparison | measured | target | reached |", "|---|---|---|---|"]
     for name, got, target in rows:

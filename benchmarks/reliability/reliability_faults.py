@@ -1,6 +1,6 @@
 """Fault-injection experiments behind benchmarks/results/reliability.md: real processes, real filesystems.
 
-    sudo python benchmarks/reliability_faults.py [kill] [corrupt] [full] [ro]     (root: it mounts tmpfs)
+    sudo python benchmarks/reliability/reliability_faults.py [kill] [corrupt] [full] [ro]     (root: it mounts tmpfs)
 
 Works in $SLIMBERT_FAULTS_DIR (default /tmp/slimbert-faults) on a tiny random BERT (with the real MiniLM
 tokenizer) and WikiText-2 from ../shared/data, with test_run.py's recipe. Prints one JSON report per experiment.
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROOT = Path(os.environ.get("SLIMBERT_FAULTS_DIR", "/tmp/slimbert-faults")); shutil.rmtree(ROOT, ignore_errors=True)
 ROOT.mkdir(parents=True)
 sys.path.insert(0, str(REPO / "tests"))

@@ -1,8 +1,8 @@
-"""Helpers of benchmarks/gpu_check.sh.
+"""Helpers of benchmarks/training/gpu_check.sh.
 
-    python benchmarks/gpu_helpers.py source DIR       # a random MiniLM-shaped BERT with the real tokenizer
-    python benchmarks/gpu_helpers.py report OUT [MD]  # gpu.md and the summary table from the logs in OUT
-    python benchmarks/gpu_helpers.py best-batch FILE KIND  # the batch of KIND's fastest row (tokens/s), or 256
+    python benchmarks/training/gpu_helpers.py source DIR       # a random MiniLM-shaped BERT with the real tokenizer
+    python benchmarks/training/gpu_helpers.py report OUT [MD]  # gpu.md and the summary table from the logs in OUT
+    python benchmarks/training/gpu_helpers.py best-batch FILE KIND  # the batch of KIND's fastest row (tokens/s), or 256
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def report(out: str, md: str | None = None) -> None:
         mine = [r for r in rows if r["kind"] == kind]
         return max(mine, key=lambda r: r["tokens_per_s"]) if mine else None
 
-    lines = ["# GPU check", "", "Command: `bash benchmarks/gpu_check.sh` (the device tool runs it; see the script's "
+    lines = ["# GPU check", "", "Command: `bash benchmarks/training/gpu_check.sh` (the device tool runs it; see the script's "
              "header for the carry list).", "", "```", env.strip() or "(no env.log)", "```", "",
              f"**Tests marked gpu:** {tests}" + (f"; failed: {', '.join(failed)}" if failed else ""), "",
              f"**Quickstart on the device:** " + (f"{qs.group(1)} s wall (exit {qs.group(2)}), start-up and IB-teacher "

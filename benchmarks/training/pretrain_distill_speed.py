@@ -8,7 +8,7 @@ ratio holds on a noisy machine:
                `model(inputs).logits` would.
 Both give the same loss (checked each step). Writes benchmarks/results/pretrain_distill.md.
 
-    python benchmarks/pretrain_distill_speed.py [--recipe recipes/quickstart.yaml] [--steps 10]
+    python benchmarks/training/pretrain_distill_speed.py [--recipe recipes/quickstart.yaml] [--steps 10]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from rich.console import Console  # noqa: E402
@@ -100,7 +100,7 @@ def write(a: float, b: float, r, st, tokens, args) -> None:
     lines = [
         "# Pre-training distillation: the MLM head on masked rows only",
         "",
-        f"Command: `python benchmarks/pretrain_distill_speed.py --recipe {Path(args.recipe).relative_to(REPO)} "
+        f"Command: `python benchmarks/training/pretrain_distill_speed.py --recipe {Path(args.recipe).relative_to(REPO)} "
         f"--steps {args.steps}`",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "

@@ -8,14 +8,14 @@
 #   (d) benchmarks/results/gpu.md (and $OUT/gpu.md), and a summary table printed last.
 # Logs go to $OUT (flat, at most 8 files); each part is bounded by `timeout`, so one hang costs only its share.
 #
-# Prepare here (network): bash benchmarks/gpu_wheels.sh    -> .whl/ and .gpu_data/ (both git-ignored)
+# Prepare here (network): bash benchmarks/training/gpu_wheels.sh    -> .whl/ and .gpu_data/ (both git-ignored)
 # Run there (the device tool): carry [".whl", ".gpu_data"], timeout_s 560, command:
-#   bash benchmarks/gpu_check.sh
+#   bash benchmarks/training/gpu_check.sh
 # Parts are bounded at 160 + 80 + 90 + 35 + 80 s (about 7.5 min with start-up); typical total 4-5 min.
 # Without a GPU (or with --cpu) every part runs on the CPU at tiny sizes: a rehearsal of the script.
-# PARTS=bc bash benchmarks/gpu_check.sh runs only parts b and c (default: abc; d, the report, always runs).
+# PARTS=bc bash benchmarks/training/gpu_check.sh runs only parts b and c (default: abc; d, the report, always runs).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 REPO=$PWD
 CPU=0; [ "${1:-}" = "--cpu" ] && CPU=1
 export OUT=${OUT:-$REPO/.gpu_out}
@@ -27,7 +27,7 @@ else
   export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 SLIMBERT_SHARED_DATA=$REPO/.gpu_data SLIMBERT_TOKENIZER=$REPO/.gpu_data/minilm-tokenizer
-[ -f "$SLIMBERT_SHARED_DATA/wikitext-2-raw/wiki.test.raw" ] || { echo "no .gpu_data: run benchmarks/gpu_wheels.sh"; exit 1; }
+[ -f "$SLIMBERT_SHARED_DATA/wikitext-2-raw/wiki.test.raw" ] || { echo "no .gpu_data: run benchmarks/training/gpu_wheels.sh"; exit 1; }
 if [ $CPU = 0 ] && python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   DEVICE=cuda
 else
@@ -56,7 +56,7 @@ fi
 if want b; then
 part "(b) quickstart on $DEVICE"
 {
-  python3 benchmarks/gpu_helpers.py source "$WORK/minilm-random"
+  python3 benchmarks/training/gpu_helpers.py source "$WORK/minilm-random"
   STEPS=(); [ $CPU = 1 ] && STEPS=(--set transfer.0.steps=4 --set transfer.1.steps_per_layer=2 --set transfer.2.steps=4
     --set transfer.0.warmup_steps=1 --set transfer.1.warmup_steps=1 --set transfer.2.warmup_steps=1 --set data.max_sequences=256)
   start=$(date +%s.%N)
@@ -75,12 +75,12 @@ part "(c) paper shape"
 if [ $CPU = 1 ]; then SIZE=(--tiny --seq 32 --batches 2,4 --steps 2 --warmup 1)
 else SIZE=(--batches 256,1024,4096,8192,16384 --steps 5 --warmup 2 --max-step-s 3); fi
 {
-  timeout -k 5 90 python3 benchmarks/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --out "$OUT/paper.jsonl"
-  BEST=$(python3 benchmarks/gpu_helpers.py best-batch "$OUT/paper.jsonl" progressive)
+  timeout -k 5 90 python3 benchmarks/training/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --out "$OUT/paper.jsonl"
+  BEST=$(python3 benchmarks/training/gpu_helpers.py best-batch "$OUT/paper.jsonl" progressive)
   echo "best progressive batch: $BEST"
-  timeout -k 5 35 python3 benchmarks/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --kinds progressive \
+  timeout -k 5 35 python3 benchmarks/training/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --kinds progressive \
     --batches "$BEST" --optimizer fused --out "$OUT/paper.jsonl"
-  timeout -k 5 80 python3 benchmarks/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --kinds progressive \
+  timeout -k 5 80 python3 benchmarks/training/gpu_paper_shape.py "${SIZE[@]}" --device $DEVICE --kinds progressive \
     --batches "$BEST" --compile --out "$OUT/paper.jsonl"
 } > "$OUT/paper.log" 2>&1
 grep -c step_s "$OUT/paper.jsonl" 2>/dev/null | sed 's/^/paper rows: /'
@@ -88,7 +88,7 @@ fi
 
 part "(d) report"
 if [ $CPU = 1 ]; then MD=""; else MD=benchmarks/results/gpu.md; fi
-python3 benchmarks/gpu_helpers.py report "$OUT" $MD > "$OUT/summary.txt" 2>&1
+python3 benchmarks/training/gpu_helpers.py report "$OUT" $MD > "$OUT/summary.txt" 2>&1
 rm -rf "$WORK"
 part "done"
 cat "$OUT/summary.txt"

@@ -1,9 +1,9 @@
 """The A/B that put merge_gemm into the default passes: the MobileBERT preset (fold_nonorm + ort_basic, with and
 without merge_gemm before ort_basic) and BERT_BASE (a plain export, with and without merge_gemm), each on ONNX
 Runtime fp32 / dynamic int8 and OpenVINO fp32 / NNCF int8, timed in one alternating run (batch 1 x seq 128,
-2 threads, 40 runs each). Random weights, exported as benchmarks/runtimes_latency.py exports them. Run it alone.
+2 threads, 40 runs each). Random weights, exported as benchmarks/latency/runtimes_latency.py exports them. Run it alone.
 
-    python benchmarks/merge_gemm_ab.py        # prints the p50s and the on/off ratios (about 6 minutes)
+    python benchmarks/latency/merge_gemm_ab.py        # prints the p50s and the on/off ratios (about 6 minutes)
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtimes_latency.py, beside it
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ SST-2 training sentences, never dev) and evaluates SST-2 dev on every variant th
 Writes benchmarks/results/runtime_accuracy.{md,json}. Accuracy does not depend on the machine's load, but the
 export's parity checks time nothing; it can run beside other work.
 
-    python benchmarks/runtime_accuracy.py [--model NAME=DIR ...]
+    python benchmarks/latency/runtime_accuracy.py [--model NAME=DIR ...]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from slimbert.engine.finetune import make_task  # noqa: E402
@@ -102,7 +102,7 @@ def main() -> None:
     (out / "runtime_accuracy.json").write_text(json.dumps(res, indent=2))
     variants = sorted({k for r in rows.values() for k in r if k not in ("dir", "refused", "pytorch-fp32")})
     lines = ["# What each runtime and precision costs in accuracy (SST-2 dev, fine-tuned models)", "",
-             "Command: `python benchmarks/runtime_accuracy.py` "
+             "Command: `python benchmarks/latency/runtime_accuracy.py` "
              f"({res['seconds']} s). Each model is exported as the latency benchmark exports it (slimbert's passes; "
              f"int8 calibrated on {CALIBRATION} SST-2 training sentences) and SST-2 dev (872 sentences) is evaluated "
              "on every variant this CPU runs. Points are accuracy minus the model's own PyTorch fp32 accuracy; the "

@@ -3,9 +3,9 @@
 Runs the recipe (with overrides) into a temporary run directory, then reports per stage the median of the
 logged tokens/s, TFLOP/s and MFU over its logged windows (the first window, with warm-up, left out when there
 are others), and `slimbert plan`'s estimate for the same stages. Writes benchmarks/results/throughput.md (the
-GPU figures of the paper's shape come from benchmarks/gpu_check.sh, in benchmarks/results/gpu.md).
+GPU figures of the paper's shape come from benchmarks/training/gpu_check.sh, in benchmarks/results/gpu.md).
 
-    python benchmarks/throughput.py --recipe recipes/quickstart.yaml --device cpu \
+    python benchmarks/training/throughput.py --recipe recipes/quickstart.yaml --device cpu \
         --set transfer.0.steps=20 --set transfer.1.steps_per_layer=10 --set transfer.2.steps=40
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
         stages = json.loads(plan.stdout)["stages"] if plan.returncode == 0 else []
     import transformers
 
-    command = " ".join(["python benchmarks/throughput.py --recipe", args.recipe, "--device", args.device,
+    command = " ".join(["python benchmarks/training/throughput.py --recipe", args.recipe, "--device", args.device,
                         *[f"--set {s}" for s in args.sets]])
     lines = ["# Throughput: tokens/s and MFU per stage", "", f"Command: `{command}`", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -72,7 +72,7 @@ def main() -> None:
               "matmul rate, so MFU says how much of what this CPU's matmuls reach the step gets; the machine "
               "here is shared by several jobs, so figures move by tens of percent between runs.", "",
               "GPU figures (the paper's shape on one GPU, and the quickstart there): `benchmarks/results/gpu.md`, "
-              "written by `bash benchmarks/gpu_check.sh` on a GPU machine.", ""]
+              "written by `bash benchmarks/training/gpu_check.sh` on a GPU machine.", ""]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
 

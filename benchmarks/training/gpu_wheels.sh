@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Prepare what benchmarks/gpu_check.sh needs on a GPU machine that has no network (run HERE, with network):
+# Prepare what benchmarks/training/gpu_check.sh needs on a GPU machine that has no network (run HERE, with network):
 #   .whl/       wheels of the packages that machine lacks (pydantic and its needs, torch-pruning, pytorch-optimizer),
 #               for CPython 3.12 on x86-64 Linux, pinned as constraints.txt pins them;
 #   .gpu_data/  WikiText-2 (its *.raw files) and the MiniLM tokenizer files (not its weights: the check builds its
 #               models from configs with random weights).
 # Both folders are git-ignored; carry them: run(carry=[".whl", ".gpu_data"]). Together they are a few MiB.
-#   bash benchmarks/gpu_wheels.sh [SHARED_DATA_DIR]
+#   bash benchmarks/training/gpu_wheels.sh [SHARED_DATA_DIR]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 DATA=${1:-../shared/data}
 
 pin() { grep -i -E "^$1==" constraints.txt | head -1; }

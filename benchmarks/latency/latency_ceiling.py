@@ -15,7 +15,7 @@ the dense layers'. This script measures that floor for both models, on ONNX Runt
 
 Writes benchmarks/results/latency_ceiling.md and .json. Run it alone on the machine.
 
-    python benchmarks/latency_ceiling.py [--runs 30]
+    python benchmarks/latency/latency_ceiling.py [--runs 30]
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtimes_latency.py, beside it
 
 from runtimes_latency import REFUSED, export_all, save, student  # noqa: E402
 from slimbert.export import openvino as ovx  # noqa: E402
@@ -268,7 +268,7 @@ def ceilings(rows: dict) -> list[dict]:
 
 def markdown(res: dict) -> str:
     lines = ["# How fast could the MobileBERT preset get? A measured ceiling for the latency goals", "",
-             "Command: `python benchmarks/latency_ceiling.py` "
+             "Command: `python benchmarks/latency/latency_ceiling.py` "
              f"({res['seconds']} s, alone on the machine). Batch 1 x seq {SEQ}, 2 threads, random weights; p50 from "
              "one alternating run of every variant; per-op times from ORT's profiler and OpenVINO's PERF_COUNT "
              f"(mean of {PROFILED_RUNS} runs). Versions: "
