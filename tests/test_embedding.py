@@ -227,3 +227,30 @@ def test_a_sentence_transformers_student_opens_in_sentence_transformers(tmp_path
     with torch.no_grad():
         mine = pool(AutoModel.from_pretrained(student_dir)(**enc).last_hidden_state, enc["attention_mask"], "mean")
     torch.testing.assert_close(emb, mine, rtol=1e-4, atol=1e-4)
+
+
+def test_the_tokens_term_is_the_last_hidden_states_mse_over_real_tokens(tiny_source, tokenizer):
+    """embedding_distill's `tokens` term: the MSE of every real token's last hidden state (through the projection
+    when the widths differ): zero for a student that is its source (on padded texts), and it sees a moved output."""
+    from transformers import AutoModel
+
+    from slimbert.data.corpus import Batches as B
+    from slimbert.models import SlimBertForMaskedLM
+    from slimbert.models.encoders import from_encoder
+    from slimbert.teacher.adapters import HFEncoderTeacher
+
+    source = AutoModel.from_pretrained(tiny_source).eval()
+    student = SlimBertForMaskedLM(from_encoder(source).config)
+    student.slimbert.load_state_dict(from_encoder(source).state_dict(), strict=False)
+    student.eval()  # no dropout: the same function as the source
+    enc = tokenizer(["a short one", "a rather longer sentence than the first"], padding="max_length", max_length=16,
+                    return_tensors="pt")["input_ids"]
+    x = TransferInputs(student, HFEncoderTeacher(tiny_source), None, [4], tokenizer, 0.15, False, Shard())
+    st = STAGE.validate_python({"kind": "embedding_distill", "steps": 1, "tokens": 1.0, "mse": 0, "cosine": 0,
+                                "similarity": 0, "pooling": "mean"})
+    terms = strategy(st).terms(st, x, 0, B(enc, 2, seed=0, stage=0))
+    assert set(terms) == {"tokens"} and terms["tokens"].item() < 1e-10
+    with torch.no_grad():
+        student.slimbert.encoder.layer[-1].output.LayerNorm.bias.add_(0.5)
+    moved = strategy(st).terms(st, x, 0, B(enc, 2, seed=0, stage=0))["tokens"].item()
+    assert moved > 1e-4

@@ -41,8 +41,9 @@ def layer_rows(r: Resolved) -> list[dict]:
     layerwise = [st for st in r.recipe.transfer if hasattr(st, "losses")]
     weights = layerwise[0].losses.model_dump() if layerwise else {}
     rows = []
+    chosen_later = r.recipe.layer_map == "importance"  # the run measures which source layers to keep
     for i, j in enumerate(r.layer_map, start=1):
-        rows.append({"student_layer": i, "teacher_layer": j,
+        rows.append({"student_layer": i, "teacher_layer": "by importance" if chosen_later else j,
                      "student_shape": [seq, r.student_config.hidden_size],
                      "teacher_shape": [seq, r.teacher_feature_width],
                      "projection": r.teacher_config is None and r.teacher_feature_width != r.student_config.hidden_size,

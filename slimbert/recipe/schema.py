@@ -380,6 +380,10 @@ class EmbeddingDistillStage(StageBase):
     similarity: NonNegFloat = Field(1.0, description="MSE between the in-batch cosine-similarity matrices of the "
                                                      "source and the student (width-free: what similarity search "
                                                      "reads).")
+    tokens: NonNegFloat = Field(0.0, description="MSE between the source's last hidden state and the student's at "
+                                                 "every real token (projected likewise): far more signal per text "
+                                                 "than the pooled terms; what pays for a student cut from its "
+                                                 "source (docs/cut.md).")
     inputs: Literal["texts", "packed"] = Field(
         "texts", description="texts: each corpus text (a line of the files, a dataset row) one input, truncated "
                              "to data.seq_len and padded, as sentences are embedded; packed: the packed corpus "

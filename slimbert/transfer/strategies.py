@@ -566,9 +566,14 @@ class EmbeddingDistill:
         mode = "mean" if st.pooling == "auto" else st.pooling  # resolve.py fills in the source's; mean otherwise
         reference = x.source if x.source is not None else x.teacher
         with torch.no_grad():
-            target = pool(reference(batch, mask).hidden_states[-1].float(), mask, mode)
-        mine = pool(x.student.slimbert(batch, attention_mask=mask).last_hidden_state, mask, mode)
+            last = reference(batch, mask).hidden_states[-1].float()
+            target = pool(last, mask, mode)
+        hidden = x.student.slimbert(batch, attention_mask=mask).last_hidden_state
+        mine = pool(hidden, mask, mode)
         terms = {}
+        if st.tokens:  # every token's last hidden state, not only their pool: far more signal per sentence
+            project = embedding_projection(x, hidden.shape[-1], last.shape[-1])
+            terms["tokens"] = st.tokens * L.feature_map_loss(last, project(hidden).float(), mask, normalize=False)
         if st.mse or st.cosine:
             projected = embedding_projection(x, mine.shape[-1], target.shape[-1])(mine).float()
             if st.mse:
@@ -581,7 +586,8 @@ class EmbeddingDistill:
 
     def plan_row(self, st: StageConfig, num_layers: int) -> dict:
         return {"steps": st.steps, "trainable": "student: all but the MLM head",
-                "losses": {k: getattr(st, k) for k in ("mse", "cosine", "similarity")}, "pooling": st.pooling,
+                "losses": {k: getattr(st, k) for k in ("mse", "cosine", "similarity", "tokens")},
+                "pooling": st.pooling,
                 "inputs": st.inputs}
 
     def step_shape(self, st: StageConfig, layer_map: list[int], masked: float, layer: int | None,
@@ -589,9 +595,9 @@ class EmbeddingDistill:
         return StepShape(None, None)  # both whole encoders (the pooled embedding reads the last layer), no MLM head
 
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
-        if not (st.mse or st.cosine or st.similarity):
-            return [(f"transfer.{i}.mse", "every embedding term is 0 (mse, cosine, similarity): the stage would "
-                                          "train nothing; give one a weight")]
+        if not (st.mse or st.cosine or st.similarity or st.tokens):
+            return [(f"transfer.{i}.mse", "every embedding term is 0 (mse, cosine, similarity, tokens): the stage "
+                                          "would train nothing; give one a weight")]
         if st.similarity and st.batch_size < 2:
             return [(f"transfer.{i}.batch_size", "the similarity term compares sentences within a batch: use "
                                                  "batch_size >= 2 or similarity: 0")]
