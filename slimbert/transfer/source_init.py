@@ -177,7 +177,8 @@ class SourceInitReport:
 
     def summary(self, source, student: SlimBertConfig) -> str:
         """One line: what was kept of `source` (a SourceInfo) and how close the cut student starts."""
-        how = "chosen by importance" if self.trace else "from the recipe"
+        how = ("all of them" if len(self.kept.layers) == source.num_layers else "chosen by importance" if self.trace
+               else "from the recipe")
         widths = (f"width {source.hidden_size}->{student.hidden_size}, heads {source.num_heads}x"
                   f"{source.hidden_size // source.num_heads}->{student.num_attention_heads}x"
                   f"{student.hidden_size // student.num_attention_heads}, FFN {source.intermediate_size}->"
