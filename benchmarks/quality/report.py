@@ -95,6 +95,8 @@ def collect(results: dict[str, dict]) -> dict:
         best = max(embed_arms, key=lambda a: embedding[a]["mrpc"])
         goals["embed_similarity_spearman_mrpc"] = {"measured": embedding[best]["mrpc"], "target": 0.9,
                                                    "arm": best}
+    frontier_ = frontier(results.get("latency") or {}, tasks, embedding)
+    goals.update(round3_goals(tasks, embedding, frontier_))
     sessions = results.get("machine") or []
     elapsed = sum(s["seconds"] for s in sessions)
     goals["total_wall_hours"] = {"measured": elapsed / 3600, "target": 2.0 if A.S["scale"] == "cpu" else 8 / 60}
@@ -107,7 +109,6 @@ def collect(results: dict[str, dict]) -> dict:
                                                "fidelity": v.get("fidelity"), "similarity": v.get("similarity"),
                                                "recipe": v["recipe"]}
                 for k, v in results.items() if k.startswith("transfer-")}
-    frontier_ = frontier(results.get("latency") or {}, tasks, embedding)
     return {"scale": A.S["scale"], "tasks": tasks, "frontier": frontier_, "cookbook": cookbook, "embedding": embedding,
             "goals": goals,
             "transfer": transfer, "elapsed_seconds": elapsed, "sessions": sessions,
@@ -184,6 +185,36 @@ def frontier(latency: dict, tasks: dict, embedding: dict) -> dict:
                        mean_sim, metric):
             missing.append(f"embedding: {arm}: not timed yet (latency)")
     return {"points": points, "missing": missing, "max_drop": MAX_DROP}
+
+
+# Issue 29's goals for the students cut from the source: similarity (the lower of MRPC and RTE), the embedding
+# model's speed-up best vs best, and the share of the source's dev metric kept after task KD.
+CUT_GOALS = {"cut_2x": {"similarity": 0.95, "speedup": 1.8, "kept": 0.99},
+             "cut_4x": {"similarity": 0.90, "speedup": 3.0, "kept": 0.97}}
+
+
+def round3_goals(tasks: dict, embedding: dict, f: dict) -> dict:
+    """The round-3 goals that the results so far can answer (the others appear once their results exist)."""
+    goals = {}
+    best = {(p["kind"], p["point"]): p for p in f["points"]}
+    source = best.get(("embedding", "source"))
+    for arm, g in CUT_GOALS.items():
+        if arm in embedding:
+            goals[f"{arm}_similarity_min_mrpc_rte"] = {"measured": min(embedding[arm].values()),
+                                                       "target": g["similarity"]}
+        mine = best.get(("embedding", arm))
+        if source and mine:
+            goals[f"{arm}_embedding_speedup_best_vs_best"] = {"measured": source["p50_ms"] / mine["p50_ms"],
+                                                              "target": g["speedup"]}
+        for task in ("sst2", "mrpc"):
+            row = tasks.get(task, {}).get(arm)
+            if row and "kept_fraction" in row:
+                goals[f"{task}_{arm}_kept_fraction"] = {"measured": row["kept_fraction"], "target": g["kept"]}
+    sst = tasks.get("sst2", {})
+    if "cut_4x" in sst and "random_cut_4x" in sst:
+        goals["sst2_cut_4x_points_over_random_init"] = {
+            "measured": 100 * (sst["cut_4x"]["accuracy"] - sst["random_cut_4x"]["accuracy"]), "target": 3.0}
+    return goals
 
 
 def frontier_markdown(f: dict) -> list[str]:
@@ -287,27 +318,29 @@ def markdown(q: dict) -> str:
         lines += ["", "## Embeddings (no fine-tuning)", "",
                   "Spearman between the source's and the student's cosine similarities of the same dev pairs "
                   "(the source's mean pooling); MRPC retention from the fine-tuned table below.", "",
-                  "| arm | MRPC pairs | RTE pairs | MRPC accuracy kept |", "|---|---|---|---|"]
+                  "| arm | family | MRPC pairs | RTE pairs | MRPC accuracy kept |", "|---|---|---|---|---|"]
         mrpc = q["tasks"].get("mrpc", {})
         for arm, sp in q["embedding"].items():
             kept = mrpc.get(arm, {}).get("kept_fraction")
-            lines.append(f"| {arm} | {sp['mrpc']:.3f} | {sp['rte']:.3f} | "
+            family = A.ARMS[arm].family if arm in A.ARMS else "-"
+            lines.append(f"| {arm} | {family} | {sp['mrpc']:.3f} | {sp['rte']:.3f} | "
                          f"{'-' if kept is None else f'{kept:.1%}'} |")
     for task, arms in q["tasks"].items():
         ms = METRICS[task]
         any_row = next(iter(arms.values()))
         lines += ["", f"## {task.upper()} (dev, {any_row['dev_examples']} examples; train {any_row['train_examples']} "
                       "examples for the source)", "",
-                  "| arm | seeds | " + " | ".join(f"{x} % (mean ± std, SE)" for x in ms)
+                  "| arm | family | seeds | " + " | ".join(f"{x} % (mean ± std, SE)" for x in ms)
                   + " | kept | vs source (points ± SE) | encoder params | GFLOPs @128 | p50 ms fp32 / int8 | "
-                    "transfer s | fine-tune s |", "|---|---|" + "---|" * (len(ms) + 7)]
+                    "transfer s | fine-tune s |", "|---|---|---|" + "---|" * (len(ms) + 7)]
         for arm, r in arms.items():
             lat = " / ".join("-" if r[f"latency_p50_ms_{k}"] is None else f"{r[f'latency_p50_ms_{k}']:.1f}"
                              for k in ("fp32", "int8"))
             kept = f"{r['kept_fraction']:.1%}" if "kept_fraction" in r else "-"
             diff = ("-" if "diff_points" not in r else f"{r['diff_points']:+.2f}" if r["diff_se_points"] == 0
                     else f"{r['diff_points']:+.2f} ± {r['diff_se_points']:.2f}")
-            lines.append(f"| {A.ARMS[arm].title if arm in A.ARMS else arm} | {len(r['seeds'])} | "
+            lines.append(f"| {A.ARMS[arm].title if arm in A.ARMS else arm} | {r.get('family', '-')} | "
+                         f"{len(r['seeds'])} | "
                          + " | ".join(_pct(r, x) for x in ms)
                          + f" | {kept} | {diff} | {r['encoder_params'] / 1e6:.2f}M | {r['gflops']:.2f} | {lat} | "
                            f"{r['transfer_seconds']:.0f} | {r['finetune_seconds']:.0f} |")

@@ -207,8 +207,8 @@ def finetune(task: str, arm: str, seed: int) -> dict:
     done = A.RESULTS / f"{task}-{arm}-{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
-    source_path = source_path()
-    tokenizer = AutoTokenizer.from_pretrained(source_path)
+    source_dir = source_path()
+    tokenizer = AutoTokenizer.from_pretrained(source_dir)
     spec = task_spec(task, arm)
     distill = spec.distill
     t0 = time.perf_counter()
@@ -236,7 +236,7 @@ def finetune(task: str, arm: str, seed: int) -> dict:
     torch.manual_seed(seed)
     curve = None
     if arm == "source":
-        model = task_.source_model(source_path).to(DEVICE)
+        model = task_.source_model(source_dir).to(DEVICE)
         curve = train_to_plateau(model, task_, seed, task)
         history = [{"loss": curve[-1]["loss"]}]
     else:
