@@ -483,7 +483,9 @@ configure("cpu")
 
 # The bare students whose embeddings are the product (no fine-tuning), timed beside the source itself.
 EMBEDDING_ARMS = tuple(a for a, spec in ARMS.items() if spec.family == CUT and spec.recipe is not None)
-RUNTIMES = (("ort", "fp32"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "int8"))
+# Every (runtime, precision) slimbert's export writes without static calibration; bf16 where the CPU has it.
+RUNTIMES = (("ort", "fp32"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"),
+            ("openvino", "int8-bf16"))
 
 
 def embedding_name(arm: str) -> str:
