@@ -287,6 +287,7 @@ def _cut(shape: str) -> Callable[[Base], None]:
 
 IB = "random-init/IB"               # round 2: MobileBERT-shaped students from random init or an IB teacher
 CUT = "cut from the source"         # round 3: student.init: prune_from_source
+CUT_CONTROL = "random init, a cut shape"  # round 3's control: the cut student's architecture from random init
 SOURCE = "source"
 
 
@@ -388,7 +389,8 @@ ARMS: dict[str, Arm] = {
                   family=CUT, round=3),
     # its control takes the random-init arms' rate (a new model; 5f: 1e-3 paid)
     "random_cut_4x": Arm("7c. control for 7b: the same shape, random init", ("round3",), student="cut_4x",
-                         random_init=True, lr=1e-3, pooling="mean", latency="cut_4x", family=CUT, round=3),
+                         random_init=True, lr=1e-3, pooling="mean", latency="cut_4x", family=CUT_CONTROL,
+                         round=3),
 }
 
 

@@ -245,7 +245,7 @@ def frontier_chart(f: dict, out: Path) -> None:
 
     kinds = [k for k in ("embedding", "task") if any(p["kind"] == k for p in f["points"])] or ["task"]
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.8), squeeze=False)
-    markers = {"source": "*", "source quantised": "X", A.IB: "o", A.CUT: "s"}
+    markers = {"source": "*", "source quantised": "X", A.IB: "o", A.CUT: "s", A.CUT_CONTROL: "v"}
     for ax, kind in zip(axes[0], kinds):
         rows = [p for p in f["points"] if p["kind"] == kind]
         scale = 1 if kind == "embedding" else 100
