@@ -1,14 +1,70 @@
-"""benchmarks/quality/run.py: every arm's derived recipe validates, at every scale, and equal compute holds."""
+"""benchmarks/quality/run.py: every arm's derived recipe validates, at every scale, and equal compute holds;
+round 2's arms derive exactly what they were measured with; round 3 and the frontier report."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "quality"))
+import arms as A  # noqa: E402
+import report as QR  # noqa: E402
 import run as Q  # noqa: E402
+
+ROUND2 = Path(__file__).with_name("quality_round2_arms.json")
+
+
+def _digest(x) -> str:
+    return hashlib.sha256(json.dumps(x, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def snapshot(work: Path) -> dict:
+    """Every arm's derived recipe (text, digested), fine-tuning spec (digested), seeds, latency name, student and
+    the job order, at every scale: what tests/quality_round2_arms.json recorded from the code round 2 ran."""
+    out = {}
+    for scale in ("cpu", "gpu", "smoke"):
+        A.configure(scale, str(work))
+        norm = lambda t: t.replace(str(A.WORK), "<WORK>").replace(str(A.DATA), "<DATA>")  # noqa: E731
+        arms = sorted({a for t in A.TASKS for a in A.arms_for(t)})
+        out[scale] = {
+            "recipes": {a: hashlib.sha256(norm(A.transfer_recipe(a).read_text()).encode()).hexdigest()[:16]
+                        for a in A.TRANSFER_ARMS},
+            "arms_for": {t: A.arms_for(t) for t in A.TASKS},
+            "seeds": {t: {a: A.seeds_for(t, a) for a in A.arms_for(t)} for t in A.TASKS},
+            "specs": {t: {a: _digest(json.loads(json.dumps(Q.task_spec(t, a).model_dump()))) for a in A.arms_for(t)}
+                      for t in A.TASKS},
+            "latency_name": {a: A.latency_name(a) for a in arms},
+            "student": {a: ["random" if A.ARMS[a].random_init else "transfer", A.transfer_arm(a)]
+                        for a in arms if a != "source"},
+            "jobs": [list(j) for j in Q.jobs()],
+        }
+    A.configure("cpu")
+    return out
+
+
+def test_round2_arms_derive_what_they_were_measured_with(tmp_path):
+    """The arm table reproduces round 2 byte for byte: every recipe, fine-tuning spec, seed list, latency name,
+    student and job (round 3 only adds arms after round 2's, and jobs after its last one)."""
+    want, got = json.loads(ROUND2.read_text()), snapshot(tmp_path)
+    for scale, g in got.items():
+        w = want[scale]
+        for key in ("recipes", "latency_name", "student"):
+            assert {a: g[key][a] for a in w[key]} == w[key], (scale, key)
+        for key in ("seeds", "specs"):
+            for task, arms in w[key].items():
+                assert {a: g[key][task][a] for a in arms} == arms, (scale, key, task)
+        for task, arms in w["arms_for"].items():
+            assert g["arms_for"][task][:len(arms)] == arms, (scale, task)
+            assert all(A.ARMS[a].round == 3 for a in g["arms_for"][task][len(arms):])
+        assert g["jobs"][:len(w["jobs"])] == w["jobs"], scale
+        new = [j for j in g["jobs"][len(w["jobs"]):] if len(j) > 1]
+        assert new and all(A.ARMS[j[-1] if j[0] != "finetune" else j[2]].round == 3 for j in new), scale
+    assert {a: lr for a, lr in QR.STUDENT_LR.items() if A.ARMS[a].round == 2} == want["student_lr"]
+    assert QR.COOKBOOK == want["cookbook"]
 
 
 @pytest.mark.parametrize("scale", ["cpu", "gpu", "smoke"])
@@ -21,7 +77,7 @@ def test_every_transfer_arm_validates_at_equal_student_tokens(scale, tmp_path, s
     Q.corpus_file().parent.mkdir(parents=True)
     Q.corpus_file().write_text((shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text())
     tokens, embedding_steps = {}, {}
-    for arm in Q.TRANSFER_ARMS:
+    for arm in (a for a in Q.TRANSFER_ARMS if A.ARMS[a].round == 2):  # round 3 starts from the source
         r = load_recipe(Q.transfer_recipe(arm))
         student = [st for st in r.recipe.transfer if st.kind != "teacher_adaptation"]
         per_layer = {"progressive": r.student_config.num_hidden_layers}
@@ -33,10 +89,10 @@ def test_every_transfer_arm_validates_at_equal_student_tokens(scale, tmp_path, s
     # scale's 2-step floor breaks it, and its numbers mean nothing)
     # embed_long is the "more transfer tokens" lever: its embedding stage alone is EMBED_LONG_X times longer
     tokens.pop("embed_long")
-    assert embedding_steps["embed_long"] == Q.EMBED_LONG_X * embedding_steps["embed"]
+    assert embedding_steps["embed_long"] == A.EMBED_LONG_X * embedding_steps["embed"]
     # slimbert_x10 is the same lever for the whole transfer: every student stage TOKENS_X times longer
     if scale != "smoke":
-        assert abs(tokens.pop("slimbert_x10") - Q.TOKENS_X * tokens["slimbert"]) <= 0.05 * Q.TOKENS_X * tokens["slimbert"]
+        assert abs(tokens.pop("slimbert_x10") - A.TOKENS_X * tokens["slimbert"]) <= 0.05 * A.TOKENS_X * tokens["slimbert"]
     for arm, n in tokens.items() if scale != "smoke" else ():
         assert abs(n - tokens["slimbert"]) <= 0.05 * tokens["slimbert"], (arm, n, tokens["slimbert"])
     Q.configure("cpu")
@@ -50,11 +106,11 @@ def test_task_spec_keeps_regression_and_the_student_budget():
     Q.S["source"]["max_epochs"]["stsb"] = 3
     Q.S["student_epochs"]["stsb"] = 2
     try:
-        assert Q.task_spec("stsb", "slimbert", True).regression
-        assert Q.task_spec("stsb", "slimbert", True).max_examples == 500
-        assert Q.task_spec("stsb", "source", False).epochs == 3
+        assert Q.task_spec("stsb", "slimbert").regression
+        assert Q.task_spec("stsb", "slimbert").max_examples == 500
+        assert Q.task_spec("stsb", "source").epochs == 3
         # the intermediate-layer KD lever differs from the slimbert arm in distill_hidden alone
-        lever, main = Q.task_spec("stsb", "slimbert_hidden_kd", True), Q.task_spec("stsb", "slimbert", True)
+        lever, main = Q.task_spec("stsb", "slimbert_hidden_kd"), Q.task_spec("stsb", "slimbert")
         assert lever.distill_hidden == 1.0 and main.distill_hidden == 0.0
         assert lever.model_dump(exclude={"distill_hidden"}) == main.model_dump(exclude={"distill_hidden"})
     finally:
@@ -70,16 +126,16 @@ def test_augmentation_levers_read_the_examples_they_claim(scale):
     Q.configure(scale)
     try:
         for task in Q.TASKS:
-            base = Q.task_spec(task, "slimbert_lr_high", True)
+            base = Q.task_spec(task, "slimbert_lr_high")
             n = 3200   # examples before copies, whole batches: steps = ceil(epochs x n x (1 + copies) / batch)
             steps = lambda s: math.ceil(s.epochs * math.ceil(n * (1 + s.augment) / s.batch_size))  # noqa: E731
             for arm, multiple in (("slimbert_augment", 1), ("slimbert_augment_x3", 3)):
-                spec = Q.task_spec(task, arm, True)
-                assert spec.augment == Q.AUGMENT[arm][0][task] > 0
+                spec = Q.task_spec(task, arm)
+                assert spec.augment == A.ARMS[arm].augment[0][task] > 0
                 assert abs(steps(spec) - multiple * steps(base)) <= multiple, (task, arm)
                 assert spec.model_dump(exclude={"augment", "epochs"}) == base.model_dump(exclude={"augment", "epochs"})
                 if task in Q.S["ablation_tasks"] or task == "rte":   # RTE: the smallest task, where TinyBERT's gain is
-                    assert arm in Q.arms_for(task)
+                    assert arm in A.arms_for(task)
     finally:
         Q.configure("cpu")
 
@@ -106,7 +162,8 @@ def test_jobs_put_whole_rows_first_and_every_teacher_before_its_students(scale):
     Q.configure(scale)
     try:
         jobs = Q.jobs()
-        assert jobs[0] == ("corpus",) and len(set(jobs)) == len(jobs) - 1  # latency runs twice, nothing else
+        # latency runs after round 2's seed 0, after round 2 and after round 3; nothing else runs twice
+        assert jobs[0] == ("corpus",) and len(set(jobs)) == len(jobs) - 2
         where = {j: i for i, j in reversed(list(enumerate(jobs)))}
         first_latency = where[("latency",)]
         for task in Q.TASKS:
@@ -130,14 +187,71 @@ def test_jobs_put_whole_rows_first_and_every_teacher_before_its_students(scale):
 
 def test_every_arm_is_timed_under_its_architectures_latency_name():
     Q.configure("cpu")
-    names = {arm: Q.latency_name(arm) for task in Q.TASKS for arm in Q.arms_for(task)}
+    names = {arm: A.latency_name(arm) for task in Q.TASKS for arm in A.arms_for(task)}
     assert names["source"] == "source"
-    assert {a: names[a] for a in Q.COOKBOOK_ONLY} == {a: a for a in Q.COOKBOOK_ONLY}
+    assert {a: names[a] for a in A.COOKBOOK_ONLY} == {a: a for a in A.COOKBOOK_ONLY}
     # the source-block students are another architecture, which the latency job does not time
     assert {a for a, n in names.items() if n is None} == {"pruned_source_block", "random_source_block",
                                                           "pruned_source_block_mean", "random_source_block_mean"}
     # every other student (transferred, random init, levers) has slimbert's architecture
-    assert {a for a, n in names.items() if n == "student"} == set(names) - {"source", *Q.COOKBOOK_ONLY} - {
-        a for a, n in names.items() if n is None}
+    assert {a for a, n in names.items() if n == "student"} == set(names) - {"source", *A.COOKBOOK_ONLY} - {
+        a for a, n in names.items() if n is None} - set(A.group("round3"))
+    # the students cut from the source are timed as their own shapes; the random-init control shares its shape
+    assert [names[a] for a in ("cut_2x", "cut_4x", "random_cut_4x")] == ["cut_2x", "cut_4x", "cut_4x"]
     assert [names[a] for a in ("slimbert", "random_init", "pruned_init", "slimbert_x10", "random_init_mean")] == [
         "student"] * 5
+
+
+@pytest.mark.parametrize("scale", ["cpu", "smoke"])
+def test_round3_arms_cut_the_source_to_their_shapes(scale, tmp_path, shared_data):
+    """The students cut from the source validate as prune_from_source recipes of the goals' sizes, take
+    CUT_STAGES, run in one `--round 3` command, and their random-init control has the 4x student's shape."""
+    from slimbert.models.modeling import SlimBertModel
+    from slimbert.recipe import load_recipe
+
+    A.configure(scale, str(tmp_path))
+    try:
+        A.corpus_file().parent.mkdir(parents=True)
+        A.corpus_file().write_text((shared_data / "wikitext-2-raw" / "wiki.test.raw").read_text())
+        encoder = {}
+        for arm in ("cut_2x", "cut_4x"):
+            r = load_recipe(A.transfer_recipe(arm))
+            assert r.recipe.student.init == "prune_from_source" and r.recipe.layer_map == "importance"
+            assert [st.kind for st in r.recipe.transfer] == [st["kind"] for st in A.CUT_STAGES]
+            model = SlimBertModel(r.student_config)
+            encoder[arm] = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder."))
+        assert 10.65e6 / encoder["cut_2x"] >= 2 and 10.65e6 / encoder["cut_4x"] >= 4, encoder
+        assert A.transfer_arm("random_cut_4x") == "cut_4x" and A.ARMS["random_cut_4x"].random_init
+        jobs = Q.jobs(3)
+        assert ("finetune", "sst2", "source", 0) in jobs and jobs[-1] == ("latency",)
+        assert {j[2] for j in jobs if j[0] == "finetune"} == {"source", *A.group("round3")}
+        assert [A.ARMS[a].family for a in A.group("round3")] == [A.CUT, A.CUT, A.CUT_CONTROL]
+    finally:
+        A.configure("cpu")
+
+
+def test_the_frontier_renders_from_whatever_results_exist(tmp_path):
+    """Each arm at its fastest variant within a point of its fp32 quality; the source's int8 variants as points
+    of their own; what is missing is listed, not invented."""
+    latency = {"arms": ["source", "cut_4x", "source-embedding"],
+               "p50_ms": {"source-fp32": 20.0, "source-int8": 9.0, "source-openvino-int8": 7.0,
+                          "cut_4x-fp32": 6.0, "cut_4x-int8": 3.0, "source-embedding-fp32": 19.0,
+                          "source-embedding-int8": 8.0},
+               "quality": {"source-fp32": 0.86, "source-int8": 0.845, "source-openvino-int8": 0.857,
+                           "cut_4x-fp32": 0.82, "cut_4x-int8": 0.819,
+                           "source-embedding-fp32": {"mrpc": 1.0, "rte": 1.0},
+                           "source-embedding-int8": {"mrpc": 0.98, "rte": 0.97}}}
+    sst2 = {"source": {"accuracy": 0.86}, "cut_4x": {"accuracy": 0.815}, "random_cut_4x": {"accuracy": 0.78},
+            "pruned_source_block": {"accuracy": 0.7}}
+    f = QR.frontier(latency, {"sst2": sst2}, {"cut_2x": {"mrpc": 0.9, "rte": 0.9}})
+    rows = {(r["kind"], r["point"]): r for r in f["points"]}
+    assert rows[("task", "cut_4x")]["runtime"] == "ort int8" and rows[("task", "cut_4x")]["p50_ms"] == 3.0
+    assert rows[("task", "random_cut_4x")]["p50_ms"] == 3.0   # its shape's timing
+    # the source at its best: OpenVINO int8 is within a point; ORT int8 (-1.5) is a point of its own
+    assert rows[("task", "source")]["runtime"] == "openvino int8"
+    assert rows[("task", "source, ort int8, no training")]["quality"] == pytest.approx(0.845)
+    assert rows[("embedding", "source, ort int8, no training")]["quality"] == pytest.approx(0.975)
+    assert any("pruned_source_block" in m for m in f["missing"]) and any("cut_2x" in m for m in f["missing"])
+    QR.frontier_chart(f, tmp_path)
+    assert (tmp_path / "quality_frontier.png").is_file()
+    assert "| cut_4x |" in "\n".join(QR.frontier_markdown(f))

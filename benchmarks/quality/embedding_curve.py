@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import run as R  # noqa: E402 - the quality benchmark's workspace and data paths
+import arms as R  # noqa: E402 - the quality benchmark's workspace and data paths
 
 from slimbert.data.pairs import read_pairs  # noqa: E402
 from slimbert.engine.sentence import hf_encoder, similarity_fidelity  # noqa: E402
@@ -39,7 +39,7 @@ def main() -> None:
     from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(0)
-    src = R._source_path()
+    src = R.source_path()
     tok = AutoTokenizer.from_pretrained(src)
     source = AutoModel.from_pretrained(src, use_safetensors=True).eval()
     student = load_model(R.WORK / f"transfer-{a.start}" / "student", "fill-mask")[0].slimbert

@@ -38,11 +38,11 @@ def cosines(arms: list[str]) -> None:
     from slimbert.export.onnx import load_model
     from slimbert.models.modeling import pool
 
-    tokenizer = AutoTokenizer.from_pretrained(run._source_path())
+    tokenizer = AutoTokenizer.from_pretrained(run.source_path())
     batch = _batch(tokenizer)
-    models = {"source": AutoModel.from_pretrained(run._source_path())}
+    models = {"source": AutoModel.from_pretrained(run.source_path())}
     for arm in arms:
-        models[arm] = load_model(run.WORK / f"transfer-{arm}" / "student", "fill-mask")[0].slimbert
+        models[arm] = load_model(run.A.WORK / f"transfer-{arm}" / "student", "fill-mask")[0].slimbert
     for name, model in models.items():
         with torch.no_grad():
             hidden = model.eval()(**batch, output_hidden_states=True).hidden_states
@@ -64,8 +64,7 @@ def mean_pooled_source(task: str) -> None:
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pool(h, attention_mask, "mean"))))
 
     modeling_bert.BertForSequenceClassification.forward = forward
-    run.WORK = run.ROOT / "runs" / "quality-pooling"
-    run.RESULTS = run.WORK / "results"
+    run.configure("cpu", str(run.ROOT / "runs" / "quality-pooling"))
     result = run.finetune(task, "source", 0)
     print("curve (epoch: dev accuracy):", ", ".join(f"{c['epoch']:.2f}: {100 * c['accuracy']:.2f}"
                                                     for c in result["curve"]))

@@ -11,46 +11,16 @@ import math
 import statistics
 from pathlib import Path
 
-import run as R  # benchmarks/quality/run.py, configured for the scale by its main()
+import arms as A  # benchmarks/quality/arms.py, configured for the scale by run.py's main()
 
-ARM_TITLES = {
-    "source": "1. source (all-MiniLM-L6-v2), fine-tuned to a dev plateau: the ceiling",
-    "slimbert": "2. slimbert: IB teacher + progressive transfer + PD (alpha 1), task KD",
-    "embed": "2e. slimbert with embedding_distill (one text per input) instead of PD (equal steps), task KD",
-    "embed_long": "5g. lever: more transfer tokens, 2e's embedding stage 10x longer",
-    "random_init": "3. same student, random init, task KD",
-    "pruned_init": "4. same student pruned from the teacher (torch-pruning), same transfer, task KD",
-    "joint": "5a. lever: joint instead of progressive (equal steps)",
-    "auxiliary": "5b. lever: auxiliary instead of progressive (equal steps)",
-    "pd_share": "5c. lever: half the layer-wise steps moved to PD (equal steps)",
-    "slimbert_no_kd": "5d. lever: slimbert student fine-tuned without task KD",
-    "slimbert_lr_low": "5e. lever: fine-tuning LR 1e-4 (default 3e-4)",
-    "slimbert_lr_high": "5f. lever: fine-tuning LR 1e-3",
-    "random_init_lr_high": "5i. control for 5f: random init, fine-tuning LR 1e-3",
-    "slimbert_lr_higher": "5j. lever: fine-tuning LR 2e-3 (past 5f's 1e-3: where the rate stops paying)",
-    "slimbert_augment": "5k. lever: teacher-labelled augmented task data (TinyBERT's, embedding-table word swaps) "
-                        "at 5f's LR, equal steps",
-    "slimbert_augment_x3": "5l. lever: 5k with more copies and 3x the fine-tuning steps",
-    "pruned_source_block": "5m. lever: pruned from a full-width teacher into the source's own block (LayerNorm, GELU, "
-                           "one FFN, 4 whole heads, 384 residual; 2.38M), at 5f's LR",
-    "random_source_block": "5n. control for 5m: the same student, random init, at 5f's LR",
-    "slimbert_mean": "5o. lever: 5f with the task head on the masked mean of the last hidden states (the source's "
-                     "pooling) instead of h[CLS]",
-    "random_init_mean": "5p. control for 5o: random init, mean-pooled head, at 5f's LR",
-    "pruned_source_block_mean": "5q. 5m with the mean-pooled head",
-    "random_source_block_mean": "5r. 5n with the mean-pooled head",
-    "slimbert_x10": "5s. lever: 10x the transfer tokens (every student stage of 2 ten times longer), at 5f's LR",
-    "slimbert_hidden_kd": "5h. lever: intermediate-layer task KD (finetune.distill_hidden 1) beside the logit KD",
-    "distilbert_style": "6a. cookbook distilbert-style: 3 x 384 pruned from the teacher, auxiliary",
-    "tinybert_style": "6b. cookbook tinybert-style: 4 x 192, source teacher, hidden + attention",
-    "minilm_style": "6c. cookbook minilm-style: 6 x 192, attention only",
-}
 METRICS = {"sst2": ["accuracy"], "mrpc": ["accuracy", "f1"], "rte": ["accuracy"]}
+COOKBOOK = {a: spec.cookbook for a, spec in A.ARMS.items() if spec.cookbook}  # arm -> the cookbook recipe it follows
+STUDENT_LR = {a: spec.lr for a, spec in A.ARMS.items() if spec.lr is not None}  # quality.json's finetune.student_lr
 
 
 def _load() -> dict[str, dict]:
     out = {}
-    for p in sorted(R.RESULTS.glob("*.json")):
+    for p in sorted(A.RESULTS.glob("*.json")):
         data = json.loads(p.read_text())
         if isinstance(data, dict):
             data["finished_at"] = p.stat().st_mtime  # a result is written when its experiment ends
@@ -67,12 +37,13 @@ def summary(xs: list[float]) -> dict:
 def collect(results: dict[str, dict]) -> dict:
     latency = (results.get("latency") or {}).get("p50_ms", {})
     tasks: dict = {}
-    for task in R.TASKS:
-        for arm in R.arms_for(task):
-            runs = [results[k] for k in (f"{task}-{arm}-{s}" for s in R.seeds_for(task, arm)) if k in results]
+    for task in A.TASKS:
+        for arm in A.arms_for(task):
+            runs = [results[k] for k in (f"{task}-{arm}-{s}" for s in A.seeds_for(task, arm)) if k in results]
             if not runs:
                 continue
-            row: dict = {"seeds": [r["seed"] for r in runs]}
+            row: dict = {"seeds": [r["seed"] for r in runs], "family": A.ARMS[arm].family,
+                         "round": A.ARMS[arm].round}
             for m in METRICS[task]:
                 s = summary([r["dev"][m] for r in runs])
                 row[m], row[f"{m}_std"], row[f"{m}_se"] = s["mean"], s["std"], s["se"]
@@ -80,9 +51,9 @@ def collect(results: dict[str, dict]) -> dict:
             for k in ("params", "encoder_params", "gflops"):
                 row[k] = runs[0][k]
             row["finetune_seconds"] = statistics.fmean(r["seconds"] for r in runs)
-            t = results.get(f"transfer-{R.ARM_TRANSFER.get(arm, '')}")
+            t = results.get(f"transfer-{A.transfer_arm(arm)}")
             row["transfer_seconds"] = t["seconds"] if t else 0.0
-            name = R.latency_name(arm)
+            name = A.latency_name(arm)
             row["latency_p50_ms_fp32"] = latency.get(f"{name}-fp32") if name else None
             row["latency_p50_ms_int8"] = latency.get(f"{name}-int8") if name else None
             row["train_examples"], row["dev_examples"] = runs[0]["train_examples"], runs[0]["dev_examples"]
@@ -100,8 +71,8 @@ def collect(results: dict[str, dict]) -> dict:
     embedding = {k.removeprefix("similarity-"): v["spearman"] for k, v in results.items()
                  if k.startswith("similarity-")}
     cookbook = {}
-    for arm, recipe in R.COOKBOOK_ARMS.items():
-        rows = {t: tasks.get(t, {}).get(arm) for t in R.TASKS}
+    for arm, recipe in COOKBOOK.items():
+        rows = {t: tasks.get(t, {}).get(arm) for t in A.TASKS}
         if not any(rows.values()):
             continue
         any_row = next(r for r in rows.values() if r)
@@ -124,9 +95,11 @@ def collect(results: dict[str, dict]) -> dict:
         best = max(embed_arms, key=lambda a: embedding[a]["mrpc"])
         goals["embed_similarity_spearman_mrpc"] = {"measured": embedding[best]["mrpc"], "target": 0.9,
                                                    "arm": best}
+    frontier_ = frontier(results.get("latency") or {}, tasks, embedding)
+    goals.update(round3_goals(tasks, embedding, frontier_))
     sessions = results.get("machine") or []
     elapsed = sum(s["seconds"] for s in sessions)
-    goals["total_wall_hours"] = {"measured": elapsed / 3600, "target": 2.0 if R.S["scale"] == "cpu" else 8 / 60}
+    goals["total_wall_hours"] = {"measured": elapsed / 3600, "target": 2.0 if A.S["scale"] == "cpu" else 8 / 60}
     # the whole benchmark's time only counts once some invocation has finished every job
     goals["total_wall_hours"]["finished"] = any(s.get("finished") for s in sessions)
     for k, g in goals.items():
@@ -136,12 +109,162 @@ def collect(results: dict[str, dict]) -> dict:
                                                "fidelity": v.get("fidelity"), "similarity": v.get("similarity"),
                                                "recipe": v["recipe"]}
                 for k, v in results.items() if k.startswith("transfer-")}
-    return {"scale": R.S["scale"], "tasks": tasks, "cookbook": cookbook, "embedding": embedding, "goals": goals,
+    return {"scale": A.S["scale"], "tasks": tasks, "frontier": frontier_, "cookbook": cookbook, "embedding": embedding,
+            "goals": goals,
             "transfer": transfer, "elapsed_seconds": elapsed, "sessions": sessions,
             "latency": results.get("latency"),
-            "finetune": {**R.FINETUNE, "lr": R.LR, "student_lr": R.STUDENT_LR, "student_dropout": R.STUDENT_DROPOUT,
-                         "tasks": R.TASKS, "source": R.S["source"], "student_epochs": R.S["student_epochs"]},
-            "machine": R.machine()}
+            "finetune": {**A.FINETUNE, "lr": A.LR, "student_lr": STUDENT_LR, "student_dropout": A.STUDENT_DROPOUT,
+                         "tasks": A.TASKS, "source": A.S["source"], "student_epochs": A.S["student_epochs"]},
+            "machine": A.machine()}
+
+
+# ---- the frontier: quality against measured p50 latency ------------------------------------------------------
+
+MAX_DROP = 0.01   # a variant more than this below its fp32 quality is not the arm's best (bench's fairness rule)
+
+
+def _best_variant(name: str, p50: dict, quality: dict, score) -> tuple[str, str] | None:
+    """(runtime label, key) of the fastest timed variant of `name` whose quality stays within MAX_DROP of its fp32
+    (a variant without a measured quality cannot show it does); None when nothing of it was timed."""
+    timed = [(f"{rt} {prec}", A.variant_key(name, rt, prec)) for rt, prec in A.RUNTIMES
+             if A.variant_key(name, rt, prec) in p50]
+    ref = quality.get(A.variant_key(name, "ort", "fp32"))
+    fair = [v for v in timed if ref is None or (v[1] in quality and score(quality[v[1]]) >= score(ref) - MAX_DROP)]
+    return min(fair or timed, key=lambda v: p50[v[1]], default=None)
+
+
+def frontier(latency: dict, tasks: dict, embedding: dict) -> dict:
+    """One point per arm at its best runtime and precision (the fastest within a point of its fp32 quality), plus
+    the source quantised with no training as points of its own: SST-2 dev accuracy for the task models, the mean
+    of MRPC and RTE similarity Spearman vs the source for the embedding models. Each arm's quality is its row's
+    mean plus the change its architecture's timed model (seed 0) showed on that runtime and precision. Points
+    that cannot be placed yet are listed with the reason."""
+    p50, quality = latency.get("p50_ms", {}), latency.get("quality", {})
+    mean_sim = lambda v: statistics.fmean(v.values()) if isinstance(v, dict) else v  # noqa: E731
+    points, missing = [], []
+
+    def place(kind: str, point: str, family: str, name: str, value: float, score, metric: str) -> bool:
+        best = _best_variant(name, p50, quality, score)
+        if best is None:
+            return False
+        label, key = best
+        ref, got = quality.get(A.variant_key(name, "ort", "fp32")), quality.get(key)
+        delta = score(got) - score(ref) if ref is not None and got is not None else 0.0
+        points.append({"kind": kind, "point": point, "family": family, "runtime": label, "p50_ms": p50[key],
+                       "quality": value + delta, "metric": metric})
+        return True
+
+    def source_quantised(kind: str, name: str, base: float, score, metric: str) -> None:
+        for rt in ("ort", "openvino"):
+            key = A.variant_key(name, rt, "int8")
+            ref = quality.get(A.variant_key(name, "ort", "fp32"))
+            if key in p50 and key in quality:
+                value = score(quality[key]) if kind == "embedding" else base + score(quality[key]) - score(ref or 0)
+                points.append({"kind": kind, "point": f"source, {rt} int8, no training", "family": "source quantised",
+                               "runtime": f"{rt} int8", "p50_ms": p50[key], "quality": value, "metric": metric})
+            else:
+                missing.append(f"{kind}: source, {rt} int8: not timed or not exported (latency)")
+
+    for arm, row in tasks.get("sst2", {}).items():
+        name = A.latency_name(arm) if arm in A.ARMS else None
+        if name is None:
+            missing.append(f"task: {arm}: its architecture is not timed")
+        elif not place("task", arm, A.ARMS[arm].family, name, row["accuracy"], float, "SST-2 dev accuracy"):
+            missing.append(f"task: {arm}: not timed yet (latency)")
+        elif arm == "source":
+            source_quantised("task", name, row["accuracy"], float, "SST-2 dev accuracy")
+    metric = "similarity Spearman vs the source (MRPC, RTE mean)"
+    if place("embedding", "source", "source", A.embedding_name("source"), 1.0, mean_sim, metric):
+        source_quantised("embedding", A.embedding_name("source"), 1.0, mean_sim, metric)
+    else:
+        missing.append("embedding: source: not timed yet (latency)")
+    for arm in A.EMBEDDING_ARMS:
+        if arm not in embedding:
+            missing.append(f"embedding: {arm}: no similarity result yet")
+        elif not place("embedding", arm, A.ARMS[arm].family, A.embedding_name(arm), mean_sim(embedding[arm]),
+                       mean_sim, metric):
+            missing.append(f"embedding: {arm}: not timed yet (latency)")
+    return {"points": points, "missing": missing, "max_drop": MAX_DROP}
+
+
+# Issue 29's goals for the students cut from the source: similarity (the lower of MRPC and RTE), the embedding
+# model's speed-up best vs best, and the share of the source's dev metric kept after task KD.
+CUT_GOALS = {"cut_2x": {"similarity": 0.95, "speedup": 1.8, "kept": 0.99},
+             "cut_4x": {"similarity": 0.90, "speedup": 3.0, "kept": 0.97}}
+
+
+def round3_goals(tasks: dict, embedding: dict, f: dict) -> dict:
+    """The round-3 goals that the results so far can answer (the others appear once their results exist)."""
+    goals = {}
+    best = {(p["kind"], p["point"]): p for p in f["points"]}
+    source = best.get(("embedding", "source"))
+    for arm, g in CUT_GOALS.items():
+        if arm in embedding:
+            goals[f"{arm}_similarity_min_mrpc_rte"] = {"measured": min(embedding[arm].values()),
+                                                       "target": g["similarity"]}
+        mine = best.get(("embedding", arm))
+        if source and mine:
+            goals[f"{arm}_embedding_speedup_best_vs_best"] = {"measured": source["p50_ms"] / mine["p50_ms"],
+                                                              "target": g["speedup"]}
+        for task in ("sst2", "mrpc"):
+            row = tasks.get(task, {}).get(arm)
+            if row and "kept_fraction" in row:
+                goals[f"{task}_{arm}_kept_fraction"] = {"measured": row["kept_fraction"], "target": g["kept"]}
+    sst = tasks.get("sst2", {})
+    if "cut_4x" in sst and "random_cut_4x" in sst:
+        goals["sst2_cut_4x_points_over_random_init"] = {
+            "measured": 100 * (sst["cut_4x"]["accuracy"] - sst["random_cut_4x"]["accuracy"]), "target": 3.0}
+    return goals
+
+
+def frontier_markdown(f: dict) -> list[str]:
+    lines = ["", "## The frontier: quality against measured p50 latency", "",
+             "Each arm at its best runtime and precision (ONNX Runtime or OpenVINO, fp32 or int8: the fastest within "
+             f"{f['max_drop']:g} of its fp32 quality; batch 1 x 128 tokens, the run's threads), and the source "
+             "quantised with no training as points of its own. Task points: SST-2 dev accuracy (the arm's mean, "
+             "plus the change its architecture's timed model showed on that variant); embedding points: the mean "
+             "similarity Spearman vs the source on MRPC and RTE dev pairs. Chart: quality_frontier.png.", ""]
+    for kind in ("embedding", "task"):
+        rows = sorted((p for p in f["points"] if p["kind"] == kind), key=lambda p: p["p50_ms"])
+        if not rows:
+            continue
+        lines += [f"| {kind} point | family | best runtime | p50 ms | {rows[0]['metric']} |", "|---|---|---|---|---|"]
+        lines += [f"| {p['point']} | {p['family']} | {p['runtime']} | {p['p50_ms']:.2f} | "
+                  + (f"{p['quality']:.3f} |" if kind == "embedding" else f"{100 * p['quality']:.2f} |") for p in rows]
+        lines.append("")
+    if f["missing"]:
+        lines += ["Not on the frontier (yet): " + "; ".join(f["missing"]) + "."]
+    return lines
+
+
+def frontier_chart(f: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in ("embedding", "task") if any(p["kind"] == k for p in f["points"])] or ["task"]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4.8), squeeze=False)
+    markers = {"source": "*", "source quantised": "X", A.IB: "o", A.CUT: "s", A.CUT_CONTROL: "v"}
+    for ax, kind in zip(axes[0], kinds):
+        rows = [p for p in f["points"] if p["kind"] == kind]
+        scale = 1 if kind == "embedding" else 100
+        for fam in dict.fromkeys(p["family"] for p in rows):
+            mine = [p for p in rows if p["family"] == fam]
+            ax.scatter([p["p50_ms"] for p in mine], [scale * p["quality"] for p in mine], label=fam,
+                       marker=markers.get(fam, "o"), s=60)
+        for p in rows:
+            ax.annotate(f"{p['point']} ({p['runtime']})", (p["p50_ms"], scale * p["quality"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("p50 latency, batch 1 x 128 tokens (ms), best runtime and precision")
+        ax.set_ylabel(rows[0]["metric"] if rows else "quality")
+        ax.set_title(f"{kind} frontier")
+        ax.grid(alpha=0.3)
+        if rows:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "quality_frontier.png", dpi=110)
+    plt.close(fig)
 
 
 def _pct(row: dict, m: str) -> str:
@@ -181,40 +304,43 @@ def markdown(q: dict) -> str:
                   "Same source, corpus, student token budget (steps x batch x length), fine-tuning and seeds; dev "
                   "accuracy (mean over seeds), encoder parameters, FLOPs per 128-token sequence, ONNX fp32 p50 "
                   "latency (batch 1, seq 128), similarity Spearman vs the source on MRPC pairs (no fine-tuning).", "",
-                  "| arm | recipe | " + " | ".join(t.upper() for t in R.TASKS)
-                  + " | encoder params | GFLOPs | p50 ms | similarity |", "|---|---|" + "---|" * (len(R.TASKS) + 4)]
+                  "| arm | recipe | " + " | ".join(t.upper() for t in A.TASKS)
+                  + " | encoder params | GFLOPs | p50 ms | similarity |", "|---|---|" + "---|" * (len(A.TASKS) + 4)]
         for arm, c in q["cookbook"].items():
             accs = " | ".join("-" if c[f"{t}_accuracy"] is None else f"{100 * c[f'{t}_accuracy']:.2f}"
-                              for t in R.TASKS)
+                              for t in A.TASKS)
             lat = "-" if c["latency_p50_ms_fp32"] is None else f"{c['latency_p50_ms_fp32']:.1f}"
             sim = "-" if not c["similarity_spearman"] else f"{c['similarity_spearman']['mrpc']:.3f}"
             lines.append(f"| {arm} | {c['recipe']} | {accs} | {c['encoder_params'] / 1e6:.2f}M | {c['gflops']:.2f} | "
                          f"{lat} | {sim} |")
+    lines += frontier_markdown(q["frontier"])
     if q["embedding"]:
         lines += ["", "## Embeddings (no fine-tuning)", "",
                   "Spearman between the source's and the student's cosine similarities of the same dev pairs "
                   "(the source's mean pooling); MRPC retention from the fine-tuned table below.", "",
-                  "| arm | MRPC pairs | RTE pairs | MRPC accuracy kept |", "|---|---|---|---|"]
+                  "| arm | family | MRPC pairs | RTE pairs | MRPC accuracy kept |", "|---|---|---|---|---|"]
         mrpc = q["tasks"].get("mrpc", {})
         for arm, sp in q["embedding"].items():
             kept = mrpc.get(arm, {}).get("kept_fraction")
-            lines.append(f"| {arm} | {sp['mrpc']:.3f} | {sp['rte']:.3f} | "
+            family = A.ARMS[arm].family if arm in A.ARMS else "-"
+            lines.append(f"| {arm} | {family} | {sp['mrpc']:.3f} | {sp['rte']:.3f} | "
                          f"{'-' if kept is None else f'{kept:.1%}'} |")
     for task, arms in q["tasks"].items():
         ms = METRICS[task]
         any_row = next(iter(arms.values()))
         lines += ["", f"## {task.upper()} (dev, {any_row['dev_examples']} examples; train {any_row['train_examples']} "
                       "examples for the source)", "",
-                  "| arm | seeds | " + " | ".join(f"{x} % (mean ± std, SE)" for x in ms)
+                  "| arm | family | seeds | " + " | ".join(f"{x} % (mean ± std, SE)" for x in ms)
                   + " | kept | vs source (points ± SE) | encoder params | GFLOPs @128 | p50 ms fp32 / int8 | "
-                    "transfer s | fine-tune s |", "|---|---|" + "---|" * (len(ms) + 7)]
+                    "transfer s | fine-tune s |", "|---|---|---|" + "---|" * (len(ms) + 7)]
         for arm, r in arms.items():
             lat = " / ".join("-" if r[f"latency_p50_ms_{k}"] is None else f"{r[f'latency_p50_ms_{k}']:.1f}"
                              for k in ("fp32", "int8"))
             kept = f"{r['kept_fraction']:.1%}" if "kept_fraction" in r else "-"
             diff = ("-" if "diff_points" not in r else f"{r['diff_points']:+.2f}" if r["diff_se_points"] == 0
                     else f"{r['diff_points']:+.2f} ± {r['diff_se_points']:.2f}")
-            lines.append(f"| {ARM_TITLES.get(arm, arm)} | {len(r['seeds'])} | "
+            lines.append(f"| {A.ARMS[arm].title if arm in A.ARMS else arm} | {r.get('family', '-')} | "
+                         f"{len(r['seeds'])} | "
                          + " | ".join(_pct(r, x) for x in ms)
                          + f" | {kept} | {diff} | {r['encoder_params'] / 1e6:.2f}M | {r['gflops']:.2f} | {lat} | "
                            f"{r['transfer_seconds']:.0f} | {r['finetune_seconds']:.0f} |")
@@ -275,6 +401,7 @@ def charts(q: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "quality_cookbook.png", dpi=110)
     plt.close(fig)
+    frontier_chart(q["frontier"], out)
 
 
 def report(out: Path) -> None:
