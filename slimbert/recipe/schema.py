@@ -225,6 +225,11 @@ class BuiltinPairs(Section):
                                                   "(gutenberg: 300 pairs from its two books).")
 
 
+# A mapping is a built-in's pairs, anything else a path: one message for a wrong entry, not one per reading of it.
+PairsEntry = Annotated[Union[Annotated[PathStr, Tag("pairs file")], Annotated[BuiltinPairs, Tag("builtin pairs")]],
+                       Discriminator(lambda v: "builtin pairs" if isinstance(v, (dict, BuiltinPairs)) else "pairs file")]
+
+
 class Corpus(Section):
     files: list[PathStr] = Field(default_factory=list, description="Text files or globs, relative to the recipe.")
     dataset: PathStr | None = Field(None, description="A `datasets` dataset name or local path, instead of files.")
@@ -259,7 +264,7 @@ class Data(Section):
     num_proc: Depth | None = Field(None, description="Processes that tokenise the corpus when the cache is "
                                                            "built (default: 1 under 64 MiB of text, else up to 8); "
                                                            "the sequences do not depend on it.")
-    similarity_pairs: list[PathStr | BuiltinPairs] = Field(
+    similarity_pairs: list[PairsEntry] = Field(
         default_factory=list, description="GLUE-format sentence-pair files (MRPC, RTE... relative to the recipe) "
                                           "or {builtin: gutenberg}: "
                                           "the run reports the Spearman correlation between the source's and the "
