@@ -80,7 +80,8 @@ def test_a_presets_paths_start_from_the_working_directory(tmp_path, monkeypatch)
     mine = tmp_path / "sub" / "mine.yaml"
     assert recipe_base(mine) == mine.parent
     assert builtin.pairs_path("x.tsv", tmp_path) == tmp_path / "x.tsv"
-    assert builtin.pairs_path(type("Entry", (), {"builtin": "gutenberg"})(), tmp_path) == builtin.pairs_file("gutenberg")
+    entry = type("Entry", (), {"builtin": "gutenberg"})()
+    assert builtin.pairs_path(entry, tmp_path) == builtin.pairs_file("gutenberg")
 
 
 def test_a_corpus_source_given_with_set_replaces_the_recipes():

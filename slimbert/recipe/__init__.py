@@ -21,10 +21,11 @@ _LAZY = {"build_plan": "plan", "Resolved": "resolve"}
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, allow_plugins: bool = False,
                 timer: Timer | None = None) -> Resolved:
-    """Read, validate and resolve a recipe (a file, or a preset's name): every problem at once as a RecipeError (key path, line, what was
-    expected). The YAML and the schema are checked first, before torch and transformers are imported, so such
-    a mistake is reported at once. `timer` times candidate shapes for a latency budget (balance.latency_ms);
-    recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer)."""
+    """Read, validate and resolve a recipe (a file, or a preset's name): every problem at once as a RecipeError
+    (key path, line, what was expected). The YAML and the schema are checked first, before torch and transformers
+    are imported, so such a mistake is reported at once. `timer` times candidate shapes for a latency budget
+    (balance.latency_ms); recipe/ cannot export, so the CLI and API pass one
+    (slimbert.export.shape_timer.ExportTimer)."""
     parsed = parse_recipe(path if isinstance(path, Path) else recipe_path(path), overrides)
     from .resolve import resolve_parsed
 

@@ -77,7 +77,8 @@ def _node_at(data, loc: tuple):
 
 
 def node_is_tagged(x: str) -> bool:
-    return "[" in x or x in ("names", "list", "pairs file", "builtin pairs")  # pydantic's union member tags (schema.py's Tag names)
+    # pydantic's union member tags (schema.py's Tag names)
+    return "[" in x or x in ("names", "list", "pairs file", "builtin pairs")
 
 
 _REPR = reprlib.Repr()  # bounded: a value in a message never floods the terminal (Python 3.11 has no kwargs)

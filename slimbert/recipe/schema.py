@@ -226,8 +226,9 @@ class BuiltinPairs(Section):
 
 
 # A mapping is a built-in's pairs, anything else a path: one message for a wrong entry, not one per reading of it.
-PairsEntry = Annotated[Union[Annotated[PathStr, Tag("pairs file")], Annotated[BuiltinPairs, Tag("builtin pairs")]],
-                       Discriminator(lambda v: "builtin pairs" if isinstance(v, (dict, BuiltinPairs)) else "pairs file")]
+PairsEntry = Annotated[
+    Union[Annotated[PathStr, Tag("pairs file")], Annotated[BuiltinPairs, Tag("builtin pairs")]],
+    Discriminator(lambda v: "builtin pairs" if isinstance(v, (dict, BuiltinPairs)) else "pairs file")]
 
 
 class Corpus(Section):
