@@ -35,8 +35,11 @@ def corpus_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The one gate for tests that read ../shared/data: in a clone without it they skip with this reason (the
+    quickstart needs none: its text ships in the package); in CI, which has it, its absence fails them."""
     if not (SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw").is_file():
-        need(f"{SHARED_DATA} (the shared data folder beside the repo)")
+        need(f"{SHARED_DATA} (WikiText-2, GLUE and Gutenberg files: the shared data folder beside the repository, "
+             "or the folder SLIMBERT_SHARED_DATA names)")
     return SHARED_DATA
 
 
