@@ -15,7 +15,7 @@ def compress(recipe: str | Path, teacher: Any = None, *, out: str | Path | None 
     stages run and the run directory is written (see the docs' Getting started for its layout).
 
     Args:
-        recipe: a recipe file, or the name of a preset in `recipes/` (e.g. "quickstart").
+        recipe: a recipe file, or the name of a preset (`slimbert recipes list`, e.g. "quickstart").
         teacher: replaces the recipe's teacher section. Anything `slimbert.as_teacher` accepts:
             a transformers encoder of the BERT, RoBERTa, ELECTRA or DistilBERT family (layers found
             automatically); `slimbert.ModuleTeacher(model, layers=..., attentions=...)` for any nn.Module, wired

@@ -396,10 +396,11 @@ def recipes_new(name: str, from_: str = typer.Option("quickstart", "--from", hel
         fail(f"{out} exists; pass --force to overwrite")
     stem = out.stem
     text = src.read_text().replace(f"name: {src.stem}", f"name: {stem}", 1)
-    text = text.replace(f"recipes/{src.name}", str(out))
+    # The header's commands name the preset; the copy's name its file.
+    text = re.sub(rf"(slimbert \w+ +){re.escape(src.stem)}(?![\w.-])", lambda m: m.group(1) + str(out), text)
     from .recipe.reference import SCHEMA_FILE
 
-    # The presets name the schema relative to recipes/; the copy names the installed file, so editors find it.
+    # The presets name the schema relative to their folder; the copy names the installed file, so editors find it.
     text = re.sub(r"(# yaml-language-server: \$schema=)\S+", lambda m: m.group(1) + SCHEMA_FILE.as_uri(), text)
     try:
         out.write_text(text)
@@ -465,7 +466,7 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
     if path is None:
         path = newest_run(RUNS)
         if path is None:
-            fail(f"no finished run under ./{RUNS} to export; run one first (slimbert run recipes/quickstart.yaml) "
+            fail(f"no finished run under ./{RUNS} to export; run one first (slimbert run quickstart) "
                  "or give a run or model directory")
         err.print(f"exporting the newest finished run: {path}", highlight=False, soft_wrap=True)
     path_arg(path, "PATH")

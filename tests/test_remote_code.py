@@ -24,8 +24,8 @@ from slimbert.recipe import load_recipe
 
 
 def quickstart_student_config():
-    """The student exactly as `slimbert run recipes/quickstart.yaml` builds it."""
-    return load_recipe(REPO / "recipes" / "quickstart.yaml").student_config
+    """The student exactly as `slimbert run quickstart` builds it."""
+    return load_recipe("quickstart").student_config
 
 
 def assert_same(theirs: list, ours: torch.Tensor) -> None:

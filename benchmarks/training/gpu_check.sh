@@ -60,7 +60,7 @@ part "(b) quickstart on $DEVICE"
   STEPS=(); [ $CPU = 1 ] && STEPS=(--set transfer.0.steps=4 --set transfer.1.steps_per_layer=2 --set transfer.2.steps=4
     --set transfer.0.warmup_steps=1 --set transfer.1.warmup_steps=1 --set transfer.2.warmup_steps=1 --set data.max_sequences=256)
   start=$(date +%s.%N)
-  timeout -k 5 "$([ $CPU = 1 ] && echo 600 || echo 80)" python3 -m slimbert.cli run recipes/quickstart.yaml \
+  timeout -k 5 "$([ $CPU = 1 ] && echo 600 || echo 80)" python3 -m slimbert.cli run quickstart \
     --set "source.model=$WORK/minilm-random" --set "data.corpus.files=[$REPO/.gpu_data/wikitext-2-raw/*.raw]" \
     "${STEPS[@]}" --device $DEVICE --out "$WORK/quickstart"
   rc=$?

@@ -8,7 +8,7 @@ ratio holds on a noisy machine:
                `model(inputs).logits` would.
 Both give the same loss (checked each step). Writes benchmarks/results/pretrain_distill.md.
 
-    python benchmarks/training/pretrain_distill_speed.py [--recipe recipes/quickstart.yaml] [--steps 10]
+    python benchmarks/training/pretrain_distill_speed.py [--recipe quickstart] [--steps 10]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class AllRows(torch.nn.Module):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--recipe", default=str(REPO / "recipes/quickstart.yaml"))
+    ap.add_argument("--recipe", default="quickstart")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per mode")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/pretrain_distill.md"))
     args = ap.parse_args()
@@ -100,7 +100,7 @@ def write(a: float, b: float, r, st, tokens, args) -> None:
     lines = [
         "# Pre-training distillation: the MLM head on masked rows only",
         "",
-        f"Command: `python benchmarks/training/pretrain_distill_speed.py --recipe {Path(args.recipe).relative_to(REPO)} "
+        f"Command: `python benchmarks/training/pretrain_distill_speed.py --recipe {args.recipe} "
         f"--steps {args.steps}`",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "

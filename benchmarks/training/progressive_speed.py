@@ -6,7 +6,7 @@ one process so the ratio holds on a noisy machine:
   full:      both run every layer each step, as a naive implementation would.
 Both compute the same loss. Writes benchmarks/results/progressive.md.
 
-    python benchmarks/training/progressive_speed.py [--recipe recipes/quickstart.yaml] [--steps 6]
+    python benchmarks/training/progressive_speed.py [--recipe quickstart] [--steps 6]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class FullDepth:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--recipe", default=str(REPO / "recipes/quickstart.yaml"))
+    ap.add_argument("--recipe", default="quickstart")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per layer and mode")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/progressive.md"))
     args = ap.parse_args()
@@ -93,7 +93,7 @@ def write(rows, r, st, tokens, args) -> None:
     lines = [
         "# Progressive transfer: running only up to the layer in training",
         "",
-        f"Command: `python benchmarks/training/progressive_speed.py --recipe {Path(args.recipe).relative_to(REPO)} "
+        f"Command: `python benchmarks/training/progressive_speed.py --recipe {args.recipe} "
         f"--steps {args.steps}`",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "

@@ -5,7 +5,7 @@ logged tokens/s, TFLOP/s and MFU over its logged windows (the first window, with
 are others), and `slimbert plan`'s estimate for the same stages. Writes benchmarks/results/throughput.md (the
 GPU figures of the paper's shape come from benchmarks/training/gpu_check.sh, in benchmarks/results/gpu.md).
 
-    python benchmarks/training/throughput.py --recipe recipes/quickstart.yaml --device cpu \
+    python benchmarks/training/throughput.py --recipe quickstart --device cpu \
         --set transfer.0.steps=20 --set transfer.1.steps_per_layer=10 --set transfer.2.steps=40
 """
 
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--recipe", default="recipes/quickstart.yaml")
+    ap.add_argument("--recipe", default="quickstart")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/throughput.md"))

@@ -55,10 +55,10 @@ def _rows(r: Resolved, tokenizer, layout: str) -> PackedRows:
     cache_dir, failed = None, []
     if d.cache_dir:
         cache_dir = Path(d.cache_dir).expanduser()
-        cache_dir = cache_dir if cache_dir.is_absolute() else r.file.parent / cache_dir
+        cache_dir = cache_dir if cache_dir.is_absolute() else r.base / cache_dir
     if c.dataset:
         local = Path(c.dataset).expanduser()
-        local = local if local.is_absolute() else r.file.parent / local  # relative to the recipe, as files
+        local = local if local.is_absolute() else r.base / local  # relative to the recipe, as files
         name = str(local) if local.exists() else c.dataset
         corpus = dataset_identity(name, c.dataset_config, c.split, c.text_field)
 

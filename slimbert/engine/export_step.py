@@ -62,7 +62,7 @@ def run_export(r: Resolved, out: Path, train: torch.Tensor, tokenizer, log,
 def task_accuracy(r: Resolved, out: Path, dest: Path, tokenizer, log) -> dict:
     """The fine-tuned task's dev metrics for PyTorch and for each exported model: what quantisation costs."""
     spec = r.recipe.finetune
-    task = make_task(spec, r.file.parent, tokenizer)
+    task = make_task(spec, r.base, tokenizer)
     report = {"task": spec.task, "pytorch": json.loads((out / "finetune" / "metrics.json").read_text())["dev"]}
     variants_here = [f"{rt}-{prec}" for rt, prec in exported_variants(dest, cpu_info())]
     for name in variants_here:  # e.g. ort-fp32, ort-int8, openvino-bf16: the keys the latency report reads

@@ -323,7 +323,7 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
     done = out / "finetune" / "metrics.json"
     if done.is_file():
         return json.loads(done.read_text())  # finished before a resume
-    base = r.file.parent
+    base = r.base
     task = make_task(spec, base, tokenizer, seed)
     started = time.perf_counter()
 

@@ -452,7 +452,7 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
         console.print(f"device: {dev.describe(where)}" + (f" x {world.size} processes" if world.active else ""),
                       highlight=False)
         if world.main:
-            trackers = ctx.trackers = Trackers(r.recipe.logging, out, r.file.parent, out.name,
+            trackers = ctx.trackers = Trackers(r.recipe.logging, out, r.base, out.name,
                                                r.recipe.model_dump(mode="json"), warn)
         start_stage, start_step, opt_state = find_resume_point(ctx, warn) if resume else (0, 0, None)
         if resume:

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from ..data.builtin import pairs_path
 from ..data.pairs import read_pairs
 from ..models.modeling import pool
 
@@ -110,7 +111,7 @@ def finish_sentence_student(r, student, tokenizer, student_dir: Path, out: Path,
     pairs = r.recipe.data.similarity_pairs
     if not pairs:
         return
-    files = [p if p.is_absolute() else r.file.parent / p for p in (Path(x).expanduser() for x in pairs)]
+    files = [pairs_path(x, r.base) for x in pairs]
     report = similarity_report(student.slimbert, r.source_path, tokenizer, files, r.source.pooling,
                                r.recipe.data.seq_len, r.recipe.data.similarity_max_pairs, r.recipe.seed)
     (out / "similarity.json").write_text(json.dumps({"pooling": r.source.pooling, "files": report}, indent=2))

@@ -12,6 +12,10 @@ from .errors import Problem, RecipeError
 from .loader import TooDeep, check_nesting
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]+$")
+# The corpus's sources are alternatives: one given with --set replaces the one the recipe gives, so that
+# --set 'data.corpus.files=[...]' points the quickstart (data.corpus.builtin) at other text, instead of failing as
+# two sources.
+CORPUS_SOURCES = ("files", "dataset", "builtin")
 
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:
@@ -67,6 +71,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 node[last] = value
             elif isinstance(node, dict) and not isinstance(last, int):
                 node[last] = value
+                if path[:-1] == ["data", "corpus"] and last in CORPUS_SOURCES and value:
+                    for other in set(CORPUS_SOURCES) - {last}:
+                        node.pop(other, None)
             else:
                 problems.append(Problem(".".join(map(str, path)), "no such key or index", None, f"--set {text}"))
     if problems:

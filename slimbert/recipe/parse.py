@@ -15,6 +15,7 @@ from .errors import Problem, RecipeError
 from .keys import annotation_at, key_kind, key_path, known_keys, markers_at, render_key, suggest, tuple_length
 from .loader import LineMap, read_recipe_file
 from .overrides import apply_overrides, parse_override
+from .presets import recipe_base
 from .schema import STAGE_KINDS, Plausible, Recipe
 
 
@@ -76,7 +77,8 @@ def _node_at(data, loc: tuple):
 
 
 def node_is_tagged(x: str) -> bool:
-    return "[" in x or x in ("names", "list")  # pydantic's union member tags (schema.py's Tag names)
+    # pydantic's union member tags (schema.py's Tag names)
+    return "[" in x or x in ("names", "list", "pairs file", "builtin pairs")
 
 
 _REPR = reprlib.Repr()  # bounded: a value in a message never floods the terminal (Python 3.11 has no kwargs)
@@ -153,6 +155,7 @@ class Parsed:
     data: dict          # the YAML as read, overrides applied
     lines: LineMap
     file: Path
+    base: Path          # where its relative paths start (presets.recipe_base)
     out: Collector      # where the later stages add their problems
 
 
@@ -166,4 +169,4 @@ def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> Parsed
     except ValidationError as e:
         _schema_problems(e, data, out)
         out.raise_if_any()
-    return Parsed(recipe=recipe, data=data, lines=lines, file=file, out=out)
+    return Parsed(recipe=recipe, data=data, lines=lines, file=file, base=recipe_base(file), out=out)

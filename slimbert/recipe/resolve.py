@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..data.builtin import corpus_files as builtin_corpus, pairs_path
 from ..data.cache import cache_dir_problem, default_cache_dir
 from ..data.corpus import count_sequences, dataset_problem
 from ..data.pairs import read_pairs
@@ -40,6 +41,7 @@ class Resolved:
 
     recipe: Recipe
     file: Path
+    base: Path                                # where the recipe's relative paths start
     raw: dict
     source: SourceInfo
     source_path: Path | str
@@ -71,7 +73,7 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
     recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer).
     reads_weights: as load_recipe's."""
     recipe, data, lines, file, out = parsed.recipe, parsed.data, parsed.lines, parsed.file, parsed.out
-    base = file.parent
+    base = parsed.base
     if recipe.plugins and not allow_plugins:
         out.add("plugins", "plugins run Python code; they are refused unless you pass --allow-plugins")
     elif recipe.plugins:
@@ -160,7 +162,7 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
     for key, message in logging_problems(recipe.logging, base):
         out.add(key, message)
     out.raise_if_any()
-    return Resolved(recipe=recipe, file=file, raw=data, source=source, source_path=source_path,
+    return Resolved(recipe=recipe, file=file, base=base, raw=data, source=source, source_path=source_path,
                     tokenizer_path=tokenizer_path, teacher_config=teacher_config, student_config=student_config,
                     layer_map=layer_map, corpus_files=corpus_files, balance=balance, notes=notes)
 
@@ -287,8 +289,7 @@ def _check_data_files(recipe: Recipe, base: Path, out: Collector) -> None:
     so that neither fails a run after its training."""
     d = recipe.data
     for i, pairs in enumerate(d.similarity_pairs):
-        p = Path(pairs).expanduser()
-        p = p if p.is_absolute() else base / p
+        p = pairs_path(pairs, base)  # a path, or a built-in corpus's pairs
         if not p.is_file():
             out.add(("data", "similarity_pairs", i), f"file not found: {p}")
             continue
@@ -549,6 +550,8 @@ def _check_corpus_tokens(recipe: Recipe, files: list[Path], tokenizer, out: Coll
 
 def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:
     c = recipe.data.corpus
+    if c.builtin:
+        return builtin_corpus(c.builtin)
     if c.dataset:
         problem = dataset_problem(c.dataset, base)
         if problem:

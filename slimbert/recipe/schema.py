@@ -242,9 +242,27 @@ LATENCY_KEYS = {"runtime", "precision", "batch", "seq", "threads", "layers", "in
 
 # ---- data ------------------------------------------------------------------------------------------------------------
 
+# Text that ships inside the package (slimbert/data/builtin.py, whose BUILTIN lists the same names).
+BuiltinName = Literal["gutenberg"]
+
+
+class BuiltinPairs(Section):
+    builtin: BuiltinName = Field(..., description="Sentence pairs drawn from the built-in corpus of that name "
+                                                  "(gutenberg: 300 pairs from its two books).")
+
+
+# A mapping is a built-in's pairs, anything else a path: one message for a wrong entry, not one per reading of it.
+PairsEntry = Annotated[
+    Union[Annotated[PathStr, Tag("pairs file")], Annotated[BuiltinPairs, Tag("builtin pairs")]],
+    Discriminator(lambda v: "builtin pairs" if isinstance(v, (dict, BuiltinPairs)) else "pairs file")]
+
+
 class Corpus(Section):
     files: list[PathStr] = Field(default_factory=list, description="Text files or globs, relative to the recipe.")
     dataset: PathStr | None = Field(None, description="A `datasets` dataset name or local path, instead of files.")
+    builtin: BuiltinName | None = Field(None, description="Text that ships with slimbert, instead of files: "
+                                                          "gutenberg, two public-domain novels (Moby Dick, Pride and "
+                                                          "Prejudice: 1.9 MB, about 450k WordPiece tokens).")
     dataset_config: str | None = Field(None, description="The dataset's configuration name.")
     split: str = Field("train", description="Dataset split.")
     text_field: str = Field("text", description="Dataset column holding the text.")
@@ -252,8 +270,8 @@ class Corpus(Section):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if bool(self.files) == bool(self.dataset):
-            raise ValueError("give exactly one of files or dataset")
+        if sum(map(bool, (self.files, self.dataset, self.builtin))) != 1:
+            raise ValueError("give exactly one of files, dataset or builtin")
         return self
 
 
@@ -273,8 +291,9 @@ class Data(Section):
     num_proc: Processes | None = Field(None, description="Processes that tokenise the corpus when the cache is "
                                                            "built (default: 1 under 64 MiB of text, else up to 8); "
                                                            "the sequences do not depend on it.")
-    similarity_pairs: list[PathStr] = Field(
-        default_factory=list, description="GLUE-format sentence-pair files (MRPC, RTE... relative to the recipe): "
+    similarity_pairs: list[PairsEntry] = Field(
+        default_factory=list, description="GLUE-format sentence-pair files (MRPC, RTE... relative to the recipe) "
+                                          "or {builtin: gutenberg}: "
                                           "the run reports the Spearman correlation between the source's and the "
                                           "student's cosine similarities on their pairs, with no fine-tuning.")
     similarity_max_pairs: Pairs = Field(1000, description="Pairs read from each similarity_pairs file.")
