@@ -108,7 +108,7 @@ def test_a_table_without_rows_still_prints_its_header(terminal):
 def test_other_commands_fit_80_columns(terminal, shared_data):
     runner = CliRunner()
     for args in (["count", "mobilebert"], ["count", "bert_base", "--seq", "512"], ["recipes", "list"],
-                 ["validate", "recipes/quickstart.yaml"]):
+                 ["validate", "quickstart"]):
         done = runner.invoke(cli.app, args)
         assert done.exit_code == 0, (args, done.output)
     readable(terminal(), "25,359,104", "attention/FFN parameter ratio", "mobilebert", "quickstart")
@@ -116,7 +116,7 @@ def test_other_commands_fit_80_columns(terminal, shared_data):
 
 @pytest.mark.e2e
 def test_plan_at_80_columns_through_the_cli(shared_data):
-    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "plan", "recipes/quickstart.yaml", "--no-measure"],
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "plan", "quickstart", "--no-measure"],
                           capture_output=True, text=True, env={**os.environ, "COLUMNS": str(WIDTH)}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     readable(done.stdout, "teacher_adaptation", "embedding_distill", "16,685,184")

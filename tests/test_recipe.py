@@ -62,7 +62,7 @@ def test_plan_without_measuring_needs_no_tokenizer_offline(tmp_path, monkeypatch
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    recipe = str(REPO / "recipes" / "mobilebert.yaml")
+    recipe = str(REPO / "slimbert" / "presets" / "mobilebert.yaml")
     runner = CliRunner()
     done = runner.invoke(app, ["plan", recipe, "--no-measure", "--json"])
     assert done.exit_code == 0, done.output
