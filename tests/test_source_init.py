@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (AutoModel, BertConfig, BertForMaskedLM, BertModel, RobertaConfig, RobertaForMaskedLM,
-                          RobertaModel)
+from transformers import (AutoModel, AutoModelForSequenceClassification, BertConfig, BertForMaskedLM,
+                          BertForSequenceClassification, BertModel, RobertaConfig, RobertaForMaskedLM, RobertaModel,
+                          RobertaForSequenceClassification)
 
 from conftest import open_without_slimbert, write_recipe
-from slimbert.models import SlimBertForMaskedLM, SlimBertModel
+from slimbert.models import SlimBertForMaskedLM, SlimBertForSequenceClassification, SlimBertModel
 from slimbert.models.encoders import from_encoder, from_encoder_config, save_as_encoder, to_encoder, why_not_encoder
 from slimbert.models.modeling import pool
 from slimbert.transfer.source_init import (attach_pooler, choose_layers, init_from_source, removal_cost, selection)
@@ -216,3 +217,44 @@ def test_a_run_cuts_minilm_and_the_student_is_a_stock_sentence_transformer(tmp_p
     # all-MiniLM-L6-v2's layout ends in a Normalize module, which the student's keeps
     mine = torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], "mean"), dim=-1)
     torch.testing.assert_close(encoded, mine, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,config_cls", [(BertForSequenceClassification, BertConfig),
+                                            (RobertaForSequenceClassification, RobertaConfig)])
+def test_a_task_source_cut_to_its_own_shape_keeps_its_logits_and_its_head(cls, config_cls, tmp_path):
+    """A source fine-tuned on a task, cut with nothing removed: the encoder is read from the classifier
+    checkpoint, the task student's pooler and classifier start as the source's, and the logits are the source's.
+    Cut in width, the head keeps exactly the kept channels; a BERT task student saves as BertForSequenceClassification."""
+    from slimbert.engine.finetune import _from_student, carry_head
+
+    hf = _tiny(cls, config_cls, num_labels=3)
+    x, mask = _batch()
+    theirs = hf(input_ids=x, attention_mask=mask).logits
+
+    def task_student(**shape):
+        config = from_encoder_config(hf.config, **shape)
+        student = SlimBertForMaskedLM(config)
+        attach_pooler(student, config)
+        report = init_from_source(student, hf, list(range(config.num_hidden_layers)), torch.randint(5, 300, (4, 10)))
+        model = _from_student(SlimBertForSequenceClassification, student, 0.0, num_labels=3).eval()
+        carry_head(model, hf, report.kept.hidden)
+        return model, report.kept.hidden
+
+    model, kept = task_student()
+    assert kept == list(range(32))
+    torch.testing.assert_close(model(x, mask).logits, theirs, rtol=1e-5, atol=1e-5)
+    if cls is BertForSequenceClassification:
+        assert save_as_encoder(model, tmp_path, "bert", with_mlm=False)
+        stock = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert type(stock) is BertForSequenceClassification
+        torch.testing.assert_close(stock(input_ids=x, attention_mask=mask).logits, theirs, rtol=1e-5, atol=1e-5)
+    else:  # RoBERTa's head is not slimbert's module for module: no stock save
+        assert not save_as_encoder(model, tmp_path, "roberta", with_mlm=False)
+
+    narrow, kept = task_student(hidden_size=16, embedding_size=16, intra_bottleneck_size=16, num_attention_heads=2,
+                                 intermediate_size=24)
+    head = torch.tensor(kept)
+    w = hf.classifier.weight if cls is BertForSequenceClassification else hf.classifier.out_proj.weight
+    assert len(kept) == 16 and torch.equal(narrow.classifier.weight, w[:, head])
+    pooler = hf.bert.pooler.dense if cls is BertForSequenceClassification else hf.classifier.dense
+    assert torch.equal(narrow.slimbert.pooler.dense.weight, pooler.weight[head][:, head])
