@@ -22,7 +22,8 @@ from conftest import REPO
 
 DOCS = REPO / "docs"
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
-COOKBOOK = ("mobilebert", "mobilebert-tiny", "quickstart", "distilbert-style", "tinybert-style", "minilm-style")
+COOKBOOK = ("mobilebert", "mobilebert-tiny", "quickstart", "distilbert-style", "tinybert-style", "minilm-style",
+            "task-cut")
 SCREENSHOTS = REPO / "build" / "docs-browser"   # ignored by git (build/)
 MODELINE = "# yaml-language-server: $schema=../slimbert/recipe/recipe.schema.json"
 
