@@ -23,7 +23,8 @@ from conftest import REPO, need
 DOCS = REPO / "docs"
 PRESETS = REPO / "slimbert" / "presets"
 RECIPES = sorted(PRESETS.glob("*.yaml"))
-COOKBOOK = ("mobilebert", "mobilebert-tiny", "quickstart", "distilbert-style", "tinybert-style", "minilm-style")
+COOKBOOK = ("mobilebert", "mobilebert-tiny", "quickstart", "distilbert-style", "tinybert-style", "minilm-style",
+            "task-cut", "embedding-cut")
 SCREENSHOTS = REPO / "build" / "docs-browser"   # ignored by git (build/)
 MODELINE = "# yaml-language-server: $schema=../recipe/recipe.schema.json"
 

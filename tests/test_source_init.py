@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (AutoModel, BertConfig, BertForMaskedLM, BertModel, RobertaConfig, RobertaForMaskedLM,
-                          RobertaModel)
+from transformers import (AutoModel, AutoModelForSequenceClassification, BertConfig, BertForMaskedLM,
+                          BertForSequenceClassification, BertModel, RobertaConfig, RobertaForMaskedLM, RobertaModel,
+                          RobertaForSequenceClassification)
 
 from conftest import open_without_slimbert, write_recipe
-from slimbert.models import SlimBertForMaskedLM, SlimBertModel
+from slimbert.models import SlimBertForMaskedLM, SlimBertForSequenceClassification, SlimBertModel
 from slimbert.models.encoders import from_encoder, from_encoder_config, save_as_encoder, to_encoder, why_not_encoder
 from slimbert.models.modeling import pool
 from slimbert.transfer.source_init import (attach_pooler, choose_layers, init_from_source, removal_cost, selection)
@@ -216,3 +217,109 @@ def test_a_run_cuts_minilm_and_the_student_is_a_stock_sentence_transformer(tmp_p
     # all-MiniLM-L6-v2's layout ends in a Normalize module, which the student's keeps
     mine = torch.nn.functional.normalize(pool(hidden, batch["attention_mask"], "mean"), dim=-1)
     torch.testing.assert_close(encoded, mine, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,config_cls", [(BertForSequenceClassification, BertConfig),
+                                            (RobertaForSequenceClassification, RobertaConfig)])
+def test_a_task_source_cut_to_its_own_shape_keeps_its_logits_and_its_head(cls, config_cls, tmp_path):
+    """A source fine-tuned on a task, cut with nothing removed: the encoder is read from the classifier
+    checkpoint, the task student's pooler and classifier start as the source's, and the logits are the source's.
+    Cut in width, the head keeps exactly the kept channels; a BERT task student saves as BertForSequenceClassification."""
+    from slimbert.engine.finetune import _from_student, carry_head
+
+    hf = _tiny(cls, config_cls, num_labels=3)
+    x, mask = _batch()
+    theirs = hf(input_ids=x, attention_mask=mask).logits
+
+    def task_student(**shape):
+        config = from_encoder_config(hf.config, **shape)
+        student = SlimBertForMaskedLM(config)
+        attach_pooler(student, config)
+        report = init_from_source(student, hf, list(range(config.num_hidden_layers)), torch.randint(5, 300, (4, 10)))
+        model = _from_student(SlimBertForSequenceClassification, student, 0.0, num_labels=3).eval()
+        carry_head(model, hf, report.kept.hidden)
+        return model, report.kept.hidden
+
+    model, kept = task_student()
+    assert kept == list(range(32))
+    torch.testing.assert_close(model(x, mask).logits, theirs, rtol=1e-5, atol=1e-5)
+    if cls is BertForSequenceClassification:
+        assert save_as_encoder(model, tmp_path, "bert", with_mlm=False)
+        stock = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert type(stock) is BertForSequenceClassification
+        torch.testing.assert_close(stock(input_ids=x, attention_mask=mask).logits, theirs, rtol=1e-5, atol=1e-5)
+    else:  # RoBERTa's head is not slimbert's module for module: no stock save
+        assert not save_as_encoder(model, tmp_path, "roberta", with_mlm=False)
+
+    narrow, kept = task_student(hidden_size=16, embedding_size=16, intra_bottleneck_size=16, num_attention_heads=2,
+                                 intermediate_size=24)
+    head = torch.tensor(kept)
+    w = hf.classifier.weight if cls is BertForSequenceClassification else hf.classifier.out_proj.weight
+    assert len(kept) == 16 and torch.equal(narrow.classifier.weight, w[:, head])
+    pooler = hf.bert.pooler.dense if cls is BertForSequenceClassification else hf.classifier.dense
+    assert torch.equal(narrow.slimbert.pooler.dense.weight, pooler.weight[head][:, head])
+
+
+@pytest.fixture(scope="module")
+def tiny_task_source(tmp_path_factory, tokenizer) -> Path:
+    """A small random BertForSequenceClassification with the real MiniLM tokenizer: stands in for a model
+    fine-tuned on SST-2 (two labels)."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128, num_labels=2)
+    path = tmp_path_factory.mktemp("tiny-bert-sst2")
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_classifier_source_with_the_tasks_labels_is_the_task_teacher(tiny_task_source, tiny_source):
+    from slimbert.engine.checkpoint import TrainingError
+    from slimbert.engine.finetune import source_classifier
+
+    assert source_classifier(tiny_task_source, 2) and not source_classifier(tiny_source, 2)
+    with pytest.raises(TrainingError, match="2 labels; finetune.task has 3"):
+        source_classifier(tiny_task_source, 3)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("fine_tuned", [True, False])
+def test_one_recipe_cuts_a_task_model_distils_it_on_the_task_and_saves_it_stock(tmp_path, request, shared_data,
+                                                                                fine_tuned):
+    """Task compression in one run: the source (a classifier fine-tuned on SST-2, or an MLM model the run
+    fine-tunes first) cut in depth and width, distilled on SST-2 (logits and hidden states), evaluated; the
+    fine-tuned student is a stock BertForSequenceClassification that opens without slimbert, and exports."""
+    import slimbert
+
+    source = request.getfixturevalue("tiny_task_source" if fine_tuned else "tiny_source")
+    recipe = write_recipe(
+        tmp_path, source, shared_data, teacher={"type": "source"}, layer_map="importance",
+        student={"init": "prune_from_source", "num_layers": 2, "inter_size": 32},
+        data={"corpus": {"files": [str(shared_data / "wikitext-2-raw" / "wiki.test.raw")]}, "seq_len": 32,
+              "max_sequences": 48, "eval_sequences": 8},
+        transfer=[{"kind": "joint", "steps": 2, "batch_size": 4, "optimizer": {"lr": 1e-5},
+                   "losses": {"feature_map": 1.0, "attention": 0.0}}],
+        finetune={"task": "sst2", "train": str(shared_data / "SST-2" / "train.tsv"),
+                  "dev": str(shared_data / "SST-2" / "dev.tsv"), "max_examples": 64, "epochs": 1, "batch_size": 16,
+                  "lr": 1e-4, "seq_len": 32, "distill": True, "distill_hidden": 1.0})
+    out = slimbert.compress(recipe, out=tmp_path / "run")
+    result = json.loads((out / "finetune" / "metrics.json").read_text())
+    assert result["distill"] and set(result["teacher_dev"]) == {"accuracy", "f1", "matthews"}
+    assert result["train_examples"] == 64 and 0 <= result["dev"]["accuracy"] <= 1
+    model = out / "finetune" / "model"
+    config = json.loads((model / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"] and "auto_map" not in config
+    assert (config["num_hidden_layers"], config["hidden_size"]) == (2, 32)
+    from transformers import AutoTokenizer
+
+    batch = dict(AutoTokenizer.from_pretrained(model)(["a gripping film", "dull and far too long"], padding=True,
+                                                      return_tensors="pt"))
+    theirs = open_without_slimbert(model, "AutoModelForSequenceClassification", batch, tmp_path)
+    assert theirs["class"].endswith("BertForSequenceClassification")
+    mine = AutoModelForSequenceClassification.from_pretrained(model).eval()(**batch).logits
+    assert mine.shape == (2, 2)
+    torch.testing.assert_close(torch.tensor(theirs["out"]), mine, rtol=1e-5, atol=1e-5)
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "export", str(out), "--onnx"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "export" / "model.onnx").is_file()

@@ -22,10 +22,13 @@ from ..data.augment import WordSubstitution, augment_task_data
 from ..data.qa import best_answers, features, read_squad, squad_metrics
 from ..data.tasks import TaskData, encode, metrics, read_task_split, sample_rows
 from ..models import SlimBertForMaskedLM, SlimBertForQuestionAnswering, SlimBertForSequenceClassification
+from ..models.encoders import classifier_head
 from ..recipe.resolve import Resolved
 from ..transfer import losses as L
+from ..transfer.source_init import cut_classifier, selection
 from .artifacts import save_model
 from .cards import write_card
+from .checkpoint import TrainingError
 
 LABELS = ("labels", "start_positions", "end_positions")
 
@@ -245,12 +248,15 @@ class HiddenDistill(torch.nn.Module):
         return torch.stack(losses).mean()
 
 
-def train(model, task, seed: int, teacher=None, log=None, layer_map: list[int] | None = None) -> list[dict]:
+def train(model, task, seed: int, teacher=None, log=None, layer_map: list[int] | None = None,
+          projection: torch.Tensor | None = None) -> list[dict]:
     """Fine-tune `model` on the task's training set, on the device the model is on; with `teacher` (a model,
     or its precomputed TeacherOutputs), mix in task distillation:
     distill_alpha * hard-label loss + (1 - distill_alpha) * soft cross-entropy at the temperature,
     plus distill_hidden * the hidden-state loss (HiddenDistill over `layer_map`; default one teacher layer per
     student layer, spread evenly), which needs the teacher model itself: it then runs on every batch.
+    `projection` (teacher width x student width): where the hidden-state projection starts (a student cut from
+    the teacher: the channel selection, so the term starts at the cut's own error), instead of at random.
     The example order is drawn on the CPU from `seed`, so it is the same on every device."""
     s = task.spec
     device = _device(model)
@@ -262,6 +268,9 @@ def train(model, task, seed: int, teacher=None, log=None, layer_map: list[int] |
         t_layers, s_layers = teacher.config.num_hidden_layers, model.config.num_hidden_layers
         layer_map = layer_map or [round((i + 1) * t_layers / s_layers) for i in range(s_layers)]
         hidden = HiddenDistill(model.config.hidden_size, teacher.config.hidden_size, layer_map).to(device)
+        if projection is not None and isinstance(hidden.proj, torch.nn.Linear):
+            with torch.no_grad():
+                hidden.proj.weight.copy_(projection)
     elif teacher is not None and not isinstance(teacher, TeacherOutputs):
         teacher = TeacherOutputs(teacher, task)
     if task.n_train > task.n_original:   # augmented copies: the teacher labels them
@@ -315,6 +324,38 @@ def train(model, task, seed: int, teacher=None, log=None, layer_map: list[int] |
     return history
 
 
+def cut_channels(r: Resolved, out: Path) -> list[int] | None:
+    """The source's hidden channels a student cut from it kept (student_init.json), or None."""
+    path = out / "student_init.json"
+    if r.recipe.student.init != "prune_from_source" or not path.is_file():
+        return None
+    return json.loads(path.read_text())["kept"]["hidden"]
+
+
+def source_classifier(path, num_labels: int) -> bool:
+    """Whether the source is a sequence classifier (a model already fine-tuned on the task) with the task's
+    number of labels; one with another number was fine-tuned on something else, which cannot teach this task."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        return False
+    if config.num_labels != num_labels:
+        raise TrainingError(f"source.model {path} is a sequence classifier with {config.num_labels} labels; "
+                            f"finetune.task has {num_labels}: use a source fine-tuned on this task, or its encoder")
+    return True
+
+
+def carry_head(model, classifier, kept: list[int]) -> None:
+    """The task student's pooler and classifier start as `classifier`'s (a stock *ForSequenceClassification of
+    the source's shape), restricted to the hidden channels the cut kept."""
+    head = classifier_head(classifier)
+    if head is None:
+        return  # a head slimbert does not map: the student's stays fresh
+    device = _device(model)
+    model.load_state_dict({k: v.to(device) for k, v in cut_classifier(head, kept).items()}, strict=False)
+
+
 def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer, progress, console,
                  device: torch.device = torch.device("cpu")) -> dict:
     """The recipe's finetune section: fine-tune the student on the task (with task distillation when asked) on
@@ -331,19 +372,36 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
         t = progress.add_task(name, total=None, info="")
         return lambda step, total, loss: progress.update(t, completed=step, total=total, info=f"loss {loss:.4g}")
 
-    teacher, teacher_dev = None, None
+    kept = cut_channels(r, out)
+    classifier = spec.format == "glue" and source_classifier(r.source_path, task.num_labels)
+    teacher, teacher_dev, projection = None, None, None
     if spec.distill:
         if spec.teacher_model:
             teacher = task.source_model(base / spec.teacher_model).to(device)  # already fine-tuned: head kept
+        elif classifier:
+            # The source is a model fine-tuned on the task: it is the task teacher as it is (named once).
+            teacher = task.source_model(r.source_path).to(device)
+            console.print(f"task teacher: the source ({r.source.path}), a classifier already fine-tuned on "
+                          f"{spec.task}", highlight=False)
         else:
             teacher = task.source_model(r.source_path).to(device)
             train(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
         teacher_dev = task.evaluate(teacher)
         augment(task, teacher, tokenizer, seed)
+        if kept is not None and not spec.teacher_model:   # a teacher of the source's width the student was cut from
+            projection = selection(kept, teacher.config.hidden_size)
     model = task.student_model(student, r.recipe.student.dropout).to(device)
-    history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"), layer_map=r.layer_map)
+    if kept is not None and classifier:
+        carry_head(model, teacher if teacher is not None and not spec.teacher_model
+                   else task.source_model(r.source_path), kept)
+    history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"), layer_map=r.layer_map,
+                    projection=projection)
     dev = task.evaluate(model)
-    save_model(model, tokenizer, out / "finetune" / "model")
+    # A student cut from its source saves as a stock model of the source's type when its head is one: BERT's
+    # (BertForSequenceClassification). RoBERTa's head has other modules (dense + out_proj, no pooler), so a
+    # RoBERTa student, like a mean-pooling one, falls back to the portable save (save_as_encoder says no).
+    as_source = (r.source.model_type, False) if r.recipe.student.init == "prune_from_source" else None
+    save_model(model, tokenizer, out / "finetune" / "model", as_source)
     result = {"task": spec.task, "dev": dev, "teacher_dev": teacher_dev, "distill": spec.distill,
               "train_examples": task.n_original,
               "augmented_examples": task.n_train - task.n_original,

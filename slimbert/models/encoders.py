@@ -37,6 +37,12 @@ _BERT_MLM = {"cls.predictions.transform.dense": "cls.predictions.transform.dense
 _ROBERTA_MLM = {"lm_head.dense": "cls.predictions.transform.dense",
                 "lm_head.layer_norm": "cls.predictions.transform.LayerNorm", "lm_head.bias": "cls.predictions.bias"}
 
+# A *ForSequenceClassification head in slimbert's names: BERT's pooler (tanh of a dense layer on h[CLS]) and
+# classifier are slimbert's; RoBERTa's head is the same computation (dense, tanh, out_proj on h[CLS]) under its
+# own names, so it maps onto slimbert's pooler and classifier too.
+_CLASSIFIER = {"bert": {"bert.pooler.dense": "slimbert.pooler.dense", "classifier": "classifier"},
+               "roberta": {"classifier.dense": "slimbert.pooler.dense", "classifier.out_proj": "classifier"}}
+
 
 def why_not_encoder(config: SlimBertConfig, model_type: str, model_cls: type | None = None) -> str | None:
     """None when `config` (and the head class) is a stock `model_type` encoder, else the reason."""
@@ -170,6 +176,18 @@ def from_encoder(hf_model, with_mlm: bool | None = None) -> SlimBertPreTrainedMo
     if with_mlm:
         model.tie_weights()
     return model.eval()
+
+
+def classifier_head(hf_model) -> dict[str, torch.Tensor] | None:
+    """A stock *ForSequenceClassification model's pooler and classifier in slimbert's names (the keys of a
+    SlimBertForSequenceClassification), or None when `hf_model` has no such head."""
+    names = _CLASSIFIER.get(hf_model.config.model_type, {})
+    head = {}
+    for k, v in hf_model.state_dict().items():
+        for stock, mine in names.items():
+            if k.startswith(stock + "."):
+                head[mine + k[len(stock):]] = v
+    return head if len(head) == 4 else None
 
 
 def save_as_encoder(model: SlimBertPreTrainedModel, save_dir, model_type: str, with_mlm: bool) -> bool:

@@ -454,7 +454,9 @@ class Finetune(Section):
     distill: bool = Field(False, description="Task distillation from a teacher fine-tuned on the same task.")
     teacher_model: PathStr | None = Field(
         None, description="A directory holding the task-fine-tuned teacher (a sequence classifier). Without it, "
-                          "the source is fine-tuned here first with the same settings (costs a source fine-tune).")
+                          "a source that is itself a sequence classifier (a model fine-tuned on the task, with "
+                          "the task's number of labels) is the teacher as it is; any other source is fine-tuned "
+                          "here first with the same settings (costs a source fine-tune).")
     distill_alpha: Annotated[Float, Field(ge=0, le=1)] = Field(
         0.5, description="Weight of the hard-label loss against the teacher's soft targets.")
     temperature: PosFloat = Field(1.0, description="Task-distillation temperature.")

@@ -272,6 +272,22 @@ def _cut_mlm_head(student, head: dict[str, torch.Tensor], h: torch.Tensor) -> No
     student.tie_weights()
 
 
+def cut_classifier(head: dict[str, torch.Tensor], kept_hidden: list[int]) -> dict[str, torch.Tensor]:
+    """A task head (models.encoders.classifier_head: pooler and classifier) restricted to the kept hidden
+    channels: the pooler reads and writes the residual stream's channels, the classifier reads them."""
+    cut = {}
+    for k, v in head.items():
+        h = torch.tensor(kept_hidden, device=v.device)
+        if k == "slimbert.pooler.dense.weight":
+            v = v[h][:, h]
+        elif k == "slimbert.pooler.dense.bias":
+            v = v[h]
+        elif k == "classifier.weight":
+            v = v[:, h]
+        cut[k] = v.clone()
+    return cut
+
+
 def attach_pooler(student, config: SlimBertConfig) -> None:
     """A plain-block MLM student carries its source's pooler, so that it saves as the source's bare model whole."""
     if config.classifier_activation and getattr(student.slimbert, "pooler", None) is None:
