@@ -256,5 +256,5 @@ def test_the_recipe_keys_cache_dir_and_num_proc(tmp_path, tiny_source, shared_da
     assert torch.equal(held_out, want[:8])
     (tmp_path / "a-file").write_text("not a folder")
     bad = write_recipe(tmp_path, tiny_source, shared_data, data={**data, "cache_dir": "a-file/cache"})
-    with pytest.raises(RecipeError, match=r"data\.cache_dir.*cannot write the corpus cache"):
+    with pytest.raises(RecipeError, match=r"data\.cache_dir.*is a file.*expected a folder path"):
         load_corpus(load_recipe(bad), tokenizer)

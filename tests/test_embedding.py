@@ -87,7 +87,7 @@ def test_embedding_distill_problems_and_advice():
     assert stage_problems([none], f)[0][0] == "transfer.0.mse"
     ok = STAGE.validate_python({"kind": "embedding_distill", "steps": 5})
     assert stage_problems([ok], f) == [] and ok.pooling == "auto"
-    assert strategy(ok).plan_row(ok, 2)["losses"] == {"mse": 1.0, "cosine": 1.0, "similarity": 1.0}
+    assert strategy(ok).plan_row(ok, 2)["losses"] == {"mse": 1.0, "cosine": 1.0, "similarity": 1.0, "tokens": 0.0}
 
 
 def test_validate_suggests_embedding_distill_for_a_sentence_model(tmp_path, minilm_path, shared_data):
