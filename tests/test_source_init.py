@@ -18,7 +18,8 @@ from conftest import open_without_slimbert, write_recipe
 from slimbert.models import SlimBertForMaskedLM, SlimBertForSequenceClassification, SlimBertModel
 from slimbert.models.encoders import from_encoder, from_encoder_config, save_as_encoder, to_encoder, why_not_encoder
 from slimbert.models.modeling import pool
-from slimbert.transfer.source_init import (attach_pooler, choose_layers, init_from_source, removal_cost, selection)
+from slimbert.transfer.source_init import (attach_pooler, choose_layers, init_from_source, refit, removal_cost, selection,
+                                           source_as_slimbert)
 
 
 def _tiny(cls, config_cls, **kw):
@@ -142,6 +143,50 @@ def test_whole_dead_heads_go_first():
     sq = student.slimbert.encoder.layer[0].attention.self
     assert sq.num_heads == 3 and sq.head_size == 8 and sq.query.weight.shape == (24, 24)
     assert student.slimbert.pooler.dense.weight.shape == (24, 24)
+
+
+def _cut(hf, refit_ids=None):
+    """`hf` cut to a quarter of its FFN neurons, with the least-squares refit on `refit_ids` or without."""
+    config = from_encoder_config(hf.config, intermediate_size=12)
+    student = SlimBertForMaskedLM(config)
+    attach_pooler(student, config)
+    torch.manual_seed(1)
+    report = init_from_source(student, hf, [0, 1, 2], torch.randint(5, 300, (8, 12)), pooling="mean",
+                              refit_ids=refit_ids)
+    return student.slimbert, report
+
+
+def test_the_refit_lowers_the_error_the_cut_left_on_held_out_text():
+    """Cutting heads and neurons leaves each layer's sum short of the source's; re-solving the output projections
+    on corpus tokens brings the student's states closer to the source's on tokens the refit never saw, and the
+    report keeps the fidelity from before the refit."""
+    hf = _tiny(BertModel, BertConfig, initializer_range=0.2)
+    fit = torch.randint(5, 300, (64, 12))
+    plain, plain_report = _cut(hf)
+    fitted, report = _cut(hf, fit)
+    assert plain_report.before_refit is None
+    assert report.before_refit["tokens"] == fit.numel()
+    assert report.before_refit["pooled_cosine"] == pytest.approx(plain_report.pooled_cosine, abs=1e-4)
+    held_out = torch.randint(5, 300, (32, 12))
+    target = hf(input_ids=held_out).last_hidden_state
+    err = {name: (m(held_out).last_hidden_state - target).pow(2).mean().item()
+           for name, m in (("plain", plain), ("fitted", fitted))}
+    assert err["fitted"] < 0.7 * err["plain"], err
+    assert report.pooled_cosine > plain_report.pooled_cosine
+
+
+def test_the_refit_leaves_a_layer_that_lost_nothing_as_it_was():
+    """A layer kept whole and fed the source's own inputs already solves its least squares: without a ridge the
+    refit returns its weights."""
+    hf = _tiny(BertModel, BertConfig, initializer_range=0.2)
+    config = from_encoder_config(hf.config)
+    student = SlimBertForMaskedLM(config)
+    report = init_from_source(student, hf, [0, 1, 2], torch.randint(5, 300, (4, 12)))
+    body = student.slimbert
+    before = {k: v.clone() for k, v in body.state_dict().items()}
+    refit(body, source_as_slimbert(hf), report.kept, torch.randint(5, 300, (64, 12)), ridge=0.0)
+    for k, v in body.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=1e-4, atol=1e-4, msg=k)
 
 
 def test_the_mlm_head_is_cut_with_the_word_table():

@@ -190,7 +190,15 @@ def cut_from_source(ctx: Context) -> None:
     auto = AutoModelForMaskedLM if r.source.has_mlm_head else AutoModel
     source = auto.from_pretrained(str(r.source_path), use_safetensors=True).to(ctx.device).eval()
     layers = None if r.recipe.layer_map == "importance" else [j - 1 for j in r.layer_map]
-    report = init_from_source(ctx.student, source, layers, ctx.train[:32], ctx.held_out[:16], r.source.pooling)
+    # The refit's rows: enough packed training rows for student.refit_tokens (all of them when the corpus is short).
+    want = -(-r.recipe.student.refit_tokens // r.recipe.data.seq_len)
+    refit_ids = ctx.train[: min(want, len(ctx.train))] if want else None
+    if want > len(ctx.train) and ctx.world.main:
+        ctx.console.print(f"student.refit_tokens: the corpus has {len(ctx.train) * r.recipe.data.seq_len:,} training "
+                          f"tokens, fewer than the {r.recipe.student.refit_tokens:,} asked for; the refit uses them all",
+                          highlight=False, soft_wrap=True)
+    report = init_from_source(ctx.student, source, layers, ctx.train[:32], ctx.held_out[:16], r.source.pooling,
+                              refit_ids)
     del source
     ctx.r = dataclasses.replace(r, layer_map=[j + 1 for j in report.kept.layers])
     if ctx.projections is not None:

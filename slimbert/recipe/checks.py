@@ -74,6 +74,10 @@ def student_init(recipe: Recipe, f: Facts) -> Problems:
 def source_cut(recipe: Recipe, f: Facts) -> Problems:
     """student.init: prune_from_source cuts the source and distils from it: the source's teacher, its shape."""
     if recipe.student.init != "prune_from_source":
+        if "refit_tokens" in recipe.student.model_fields_set:
+            return [("student.refit_tokens", "the least-squares refit re-solves a student cut from its source: it "
+                                             f"needs student.init: prune_from_source (this recipe's is "
+                                             f"{recipe.student.init}); remove refit_tokens")]
         return []
     out = []
     if recipe.teacher.type != "source" or recipe.teacher.plugin is not None:

