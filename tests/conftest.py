@@ -37,7 +37,7 @@ def python_of(var: str, what: str) -> str:
     """The interpreter of an environment that .ci/run creates beside the main one and names in `var`."""
     python = os.environ.get(var)
     if not python:
-        _need(f"{what} ({var}, set by .ci/run)")
+        need(f"{what} ({var}, set by .ci/run)")
     return python
 
 
