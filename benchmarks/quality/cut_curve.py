@@ -2,11 +2,14 @@
 all-MiniLM-L6-v2 cut to a shape (`student.init: prune_from_source`'s code: layers by importance, widths by activation
 importance), before training and every `--eval` steps of distillation. The loss is embedding_distill's with the
 tokens term: 10 x the MSE of every real token's last hidden state (on the kept channels) plus 1 - the cosine of
-the mean-pooled embeddings, AdamW at a constant LR, the embedding tables frozen. It chose round 3's cut shapes
+the mean-pooled embeddings, AdamW at a constant LR (or decaying linearly to 0 with --decay), the embedding
+tables frozen. It chose round 3's cut shapes
 and stages (arms.py CUT_SHAPES / CUT_STAGES, docs/cut.md); run it alone.
 
-    python benchmarks/quality/cut_curve.py --layers 6 --ffn 376 --steps 600                   # 2x fewer encoder params
-    python benchmarks/quality/cut_curve.py --layers 6 --width 256 --heads 8 --ffn 320 --steps 600   # 4x
+    python benchmarks/quality/cut_curve.py --layers 6 --ffn 376 --steps 3600 --eval 600 --lr 2e-4 --decay \
+        --refit 1024 --save /tmp/cut2x                                                        # 2x fewer encoder params
+    python benchmarks/quality/cut_curve.py --layers 6 --width 256 --heads 8 --ffn 320 --steps 1200 --eval 300 \
+        --lr 2e-4 --decay --refit 1024 --save /tmp/cut4x                                      # 4x
     python benchmarks/quality/cut_curve.py --layers 3 --steps 300 --data wiki                 # half the depth
 
 --data task reads the MRPC and RTE training files' sentences (no labels: text like the pairs scored), wiki the
@@ -34,6 +37,7 @@ from slimbert.engine.sentence import hf_encoder, similarity_fidelity  # noqa: E4
 from slimbert.models import SlimBertForMaskedLM  # noqa: E402
 from slimbert.models.encoders import from_encoder_config, to_encoder  # noqa: E402
 from slimbert.models.modeling import pool  # noqa: E402
+from slimbert.transfer.losses import similarity_matrix_loss  # noqa: E402
 from slimbert.transfer.source_init import attach_pooler, init_from_source  # noqa: E402
 
 
@@ -63,6 +67,13 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--data", choices=["task", "wiki"], default="task")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decay", action="store_true", help="LR decays linearly to 0 over --steps (default constant)")
+    ap.add_argument("--sim", type=float, default=0.0, help="weight of the in-batch similarity-matrix term")
+    ap.add_argument("--cos", type=float, default=1.0, help="weight of the pooled cosine term")
+    ap.add_argument("--refit", type=int, default=0, help="corpus rows of 64 tokens for the least-squares refit "
+                                                         "(student.refit_tokens / 64; 0: none)")
+    ap.add_argument("--save", type=Path, default=None, help="save the distilled student here (a stock BertModel "
+                                                            "and the tokenizer: cut_latency.py times it)")
     a = ap.parse_args()
     from transformers import AutoModel, AutoTokenizer
 
@@ -73,7 +84,7 @@ def main() -> None:
     source = AutoModel.from_pretrained(path).eval()
     pairs = {name: read_pairs(R.DATA / name / "dev.tsv") for name in ("MRPC", "RTE")}
     # Calibration rows for the cut: packed WikiText, as a run's corpus rows (the pairs are never seen).
-    ids = tok((R.DATA / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8")[:200_000],
+    ids = tok((R.DATA / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8")[:800_000],
               return_tensors="pt")["input_ids"][0]
     rows = ids[: len(ids) // 64 * 64].view(-1, 64)
     config = from_encoder_config(source.config, num_hidden_layers=a.layers, hidden_size=a.width,
@@ -82,7 +93,8 @@ def main() -> None:
     cut = SlimBertForMaskedLM(config)
     attach_pooler(cut, config)
     report = init_from_source(cut, source, None if a.layers < source.config.num_hidden_layers else
-                              list(range(a.layers)), rows[:32], rows[100:132], "mean")
+                              list(range(a.layers)), rows[:32], rows[100:132], "mean",
+                              rows[200:200 + a.refit] if a.refit else None)
     student = to_encoder(cut.slimbert, "bert")
     kept = report.kept.hidden
     print(f"cut: layers {[j + 1 for j in report.kept.layers]}, encoder params "
@@ -100,6 +112,7 @@ def main() -> None:
     random.shuffle(texts)
     student.embeddings.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / a.steps if a.decay else 1.0)
     started = time.perf_counter()
     for step in range(1, a.steps + 1):
         batch = [texts[(step * a.batch + i) % len(texts)] for i in range(a.batch)]
@@ -110,15 +123,23 @@ def main() -> None:
         mine = student(**enc).last_hidden_state
         real = mask.unsqueeze(-1).float()
         tokens = ((mine - target).pow(2) * real).sum() / real.sum() / mine.shape[-1]
-        cosine = (1 - F.cosine_similarity(pool(mine, mask, "mean"), pool(target, mask, "mean"))).mean()
-        loss = 10 * tokens + cosine
+        ps, pt = pool(mine, mask, "mean"), pool(target, mask, "mean")
+        cosine = (1 - F.cosine_similarity(ps, pt)).mean()
+        loss = 10 * tokens + a.cos * cosine
+        if a.sim:
+            loss = loss + a.sim * similarity_matrix_loss(pt, ps)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
+        sched.step()
         if step % a.eval == 0:
             print(f"  {time.perf_counter() - started:.0f} s", flush=True)
             score(step)
+    if a.save is not None:
+        student.eval().save_pretrained(a.save)
+        tok.save_pretrained(a.save)
+        print(f"saved to {a.save}", flush=True)
 
 
 if __name__ == "__main__":
