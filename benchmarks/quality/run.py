@@ -28,14 +28,15 @@ without fine-tuning: Spearman of its cosine similarities against the source's on
 The arms are one table, arms.ARMS (recipe change, student, init, fine-tuning LR, pooling, latency shape, family).
 
 Round 3 (`all` runs it after round 2; `all --round 3` alone, with the source runs that teach it): students cut
-from the source (student.init: prune_from_source, layers by importance) at 2x (cut_2x: 3 layers, full width,
-5.32M encoder parameters) and 4x (cut_4x: 3 layers, width 256, 2.37M) fewer encoder parameters, distilled by
-arms.CUT_STAGES (joint feature maps, then embedding_distill); fine-tuned on SST-2 and MRPC with task KD, 3 seeds,
+from the source (student.init: prune_from_source, widths by activation importance, then the least-squares refit)
+at 2x (cut_2x: 6 layers, FFN 376, 5.29M encoder parameters) and 4x (cut_4x: 6 layers, width 256, 8 heads, FFN 320,
+2.57M) fewer encoder parameters, distilled by arms.CUT_STAGES (embedding_distill with the tokens term); fine-tuned on SST-2 and MRPC with task KD, 3 seeds,
 beside random_cut_4x (the 4x shape from random init); then latency times every architecture and the bare
 embedding models on ONNX Runtime and OpenVINO, fp32 and int8, with each variant's quality (the frontier).
 Estimated wall time of `all --round 3` on a quiet 2-core machine (from round 2's measured rates: the source
 fine-tunes at ~1.4 s per step of 32 SST-2 sentences; a 3-layer student at about half that, the 4x shape at about
-a quarter): ~100 min with round 2's source runs in the workspace (transfers and importance search ~8 min,
+a quarter): ~135 min with round 2's source runs in the workspace (the two cut transfers with their refit ~40 min:
+3600 steps at 2x, 1200 at 4x,
 similarity ~3, SST-2 fine-tunes 3 x (7 + 4 + 4) = 45, MRPC 3 x (4 + 2 + 2) = 24, latency export, evaluation and
 timing of ~9 models x 4 variants ~20), plus ~30 min for the two source runs in a fresh workspace.
 """
