@@ -254,3 +254,24 @@ def test_the_tokens_term_is_the_last_hidden_states_mse_over_real_tokens(tiny_sou
         student.slimbert.encoder.layer[-1].output.LayerNorm.bias.add_(0.5)
     moved = strategy(st).terms(st, x, 0, B(enc, 2, seed=0, stage=0))["tokens"].item()
     assert moved > 1e-4
+
+
+def test_runner_encoder_feeds_int64_numpy_and_zero_token_types():
+    """An exported model's runner scores pairs like the PyTorch encoder: int64 numpy inputs, token_type_ids zeros
+    when the tokenizer gives none (RoBERTa-style), the first output back as a tensor."""
+    import numpy as np
+
+    from slimbert.engine.sentence import runner_encoder
+
+    seen = {}
+
+    class Runner:
+        def run(self, feed):
+            seen.update(feed)
+            return [np.full((*feed["input_ids"].shape, 3), 0.5, np.float32)]
+
+    out = runner_encoder(Runner())({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3)})
+    assert set(seen) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert all(v.dtype == np.int64 for v in seen.values())
+    assert seen["token_type_ids"].tolist() == [[0, 0, 0]]
+    assert out.shape == (1, 3, 3) and torch.all(out == 0.5)

@@ -26,24 +26,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 import arms as R  # noqa: E402 - the quality benchmark's data and source paths
 
 from slimbert.data.pairs import read_pairs  # noqa: E402
-from slimbert.engine.sentence import hf_encoder, similarity_fidelity  # noqa: E402
+from slimbert.engine.sentence import hf_encoder, runner_encoder, similarity_fidelity  # noqa: E402
 from slimbert.export import runtime  # noqa: E402
 from slimbert.export.bench import bench, cpu_line, variants  # noqa: E402
 from slimbert.export.isa import cpu_info  # noqa: E402
 from slimbert.export.onnx import export  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-
-
-def onnx_encoder(runner):
-    """An exported feature-extraction model as slimbert's sentence Encoder (tokenised batch -> last hidden state)."""
-    import numpy as np
-
-    def encode(enc: dict) -> torch.Tensor:
-        feed = {k: v.cpu().numpy().astype(np.int64) for k, v in enc.items()}
-        feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
-        return torch.from_numpy(runner.run(feed)[0])
-    return encode
 
 
 def encoder_params(path: str) -> int:
@@ -111,7 +100,7 @@ def main() -> None:
                 entries.append(e)
                 if e.unavailable is None:
                     r = runtime.get(rt).load(e.path, prec, threads)
-                    fid[e.name] = {t: round(similarity_fidelity(hf_encoder(source), onnx_encoder(r), tokenizer, p,
+                    fid[e.name] = {t: round(similarity_fidelity(hf_encoder(source), runner_encoder(r), tokenizer, p,
                                                                 "mean", 128, torch.device("cpu"))["spearman"], 4)
                                    for t, p in pairs.items()}
                     print(f"{e.name}: Spearman {fid[e.name]}", flush=True)

@@ -353,17 +353,6 @@ def _export_variants(src: Path, out: Path, task: str | None) -> str | None:
         return str(e)
 
 
-def _onnx_encoder(runner):
-    """An exported feature-extraction model as slimbert's sentence Encoder (tokenised batch -> last hidden state)."""
-    import numpy as np
-
-    def encode(enc: dict) -> torch.Tensor:
-        feed = {k: v.cpu().numpy().astype(np.int64) for k, v in enc.items()}
-        feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
-        return torch.from_numpy(runner.run(feed)[0])
-    return encode
-
-
 def latency() -> dict:
     """The frontier's speed and quality, on every runtime and precision slimbert exports (ONNX Runtime and
     OpenVINO, fp32, int8 and bf16 where the CPU has it), timed side by side by its bench (batch 1, seq 128, the run's threads, alternating
@@ -374,7 +363,7 @@ def latency() -> dict:
 
     from slimbert.data.pairs import read_pairs
     from slimbert.engine.finetune import make_task
-    from slimbert.engine.sentence import hf_encoder, similarity_fidelity
+    from slimbert.engine.sentence import hf_encoder, runner_encoder, similarity_fidelity
     from slimbert.export import runtime
     from slimbert.export.bench import Entry, bench, variants
     from slimbert.export.isa import cpu_info
@@ -425,7 +414,7 @@ def latency() -> dict:
         except ExportError as e:  # say why, time the rest
             refused[name] = f"not exported: {e}"
             continue
-        add(name, out, lambda r: {t: similarity_fidelity(hf_encoder(source), _onnx_encoder(r), tokenizer, p, "mean",
+        add(name, out, lambda r: {t: similarity_fidelity(hf_encoder(source), runner_encoder(r), tokenizer, p, "mean",
                                                          128, torch.device("cpu"))["spearman"]
                                   for t, p in pairs.items()})
     report = bench(entries, [1], [128], threads=torch.get_num_threads(), runs=8 if S["scale"] == "smoke" else 40,

@@ -58,6 +58,18 @@ def hf_encoder(model) -> Encoder:
     return lambda enc: model(**enc).last_hidden_state
 
 
+def runner_encoder(runner) -> Encoder:
+    """An exported feature-extraction model's runner (slimbert.export.runtime: run(feed) -> outputs, numpy in and
+    out) as an Encoder; token_type_ids are zeros when the tokenizer gives none."""
+    import numpy as np
+
+    def encode(enc: dict) -> torch.Tensor:
+        feed = {k: v.cpu().numpy().astype(np.int64) for k, v in enc.items()}
+        feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
+        return torch.from_numpy(runner.run(feed)[0])
+    return encode
+
+
 def similarity_report(student, source_path, tokenizer, pair_files: list[Path], pooling: str, seq_len: int,
                       max_pairs: int, seed: int) -> dict:
     """similarity_fidelity of the student against the source on each file's pairs."""
