@@ -192,7 +192,7 @@ def cut_from_source(ctx: Context) -> None:
     layers = None if r.recipe.layer_map == "importance" else [j - 1 for j in r.layer_map]
     # The refit's rows: enough packed training rows for student.refit_tokens (all of them when the corpus is short).
     want = -(-r.recipe.student.refit_tokens // r.recipe.data.seq_len)
-    refit_ids = ctx.train[: min(want, len(ctx.train))] if want else None
+    refit_ids = ctx.train[:want] if want else None
     if want > len(ctx.train) and ctx.world.main:
         ctx.console.print(f"student.refit_tokens: the corpus has {len(ctx.train) * r.recipe.data.seq_len:,} training "
                           f"tokens, fewer than the {r.recipe.student.refit_tokens:,} asked for; the refit uses them all",
