@@ -32,7 +32,7 @@ from torch import nn
 
 from ..models import SlimBertConfig, SlimBertModel
 from ..models.encoders import ENCODER_TYPES, from_encoder
-from ..models.modeling import SlimBertPooler, pool
+from ..models.modeling import SlimBertPooler, additive_mask, pool
 from .init import _heads, _top  # the same ranking as prune_from_teacher: whole heads, then dims inside them
 
 INIT = "student.init: prune_from_source"
@@ -196,6 +196,22 @@ def _solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor
     return wb[:-1].T.float(), wb[-1].float()
 
 
+def _layer_inputs(layer: nn.Module, states: list[tuple[torch.Tensor, torch.Tensor | None, int]],
+                  module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Run `layer` on each cached (hidden state, additive mask, length) chunk and return the (tokens, features)
+    inputs `module` receives inside it (its first two positional tensors), and the layer's outputs."""
+    seen: list[list[torch.Tensor]] = []
+    handle = module.register_forward_pre_hook(
+        lambda m, args: seen.append([a.reshape(-1, a.shape[-1]) for a in args if torch.is_tensor(a)][:2]))
+    outs = []
+    try:
+        for x, mask, t in states:
+            outs.append(layer(x, mask, t)[0])
+    finally:
+        handle.remove()
+    return [torch.cat(parts) for parts in zip(*seen)], outs
+
+
 @torch.no_grad()
 def refit(student: SlimBertModel, source: SlimBertModel, kept: Kept, ids: torch.Tensor, ridge: float = 1e-3
           ) -> None:
@@ -208,26 +224,37 @@ def refit(student: SlimBertModel, source: SlimBertModel, kept: Kept, ids: torch.
     target is the source's pre-LayerNorm sum minus the student's residual. A layer kept whole and fed the source's
     own inputs is left as it is (its solve returns its weights, up to the ridge).
 
-    Cost: one pass of the source, and for student layer i two passes through its first i + 1 blocks."""
+    Cost: one pass of the source, and three passes of each student block (attention inputs, FFN inputs after the
+    attention refit, the refitted block's output for the next): the hidden state entering each layer is kept, so
+    the cost grows with depth, not depth squared (a 24-layer source's cut is as cheap per layer as a 6-layer one)."""
     h = torch.tensor(kept.hidden, device=ids.device)
     # The source's pre-LayerNorm sums at every kept layer, in one pass (kept channels only).
     norms = [m for j in kept.layers for m in (source.encoder.layer[j].attention.output.LayerNorm,
                                               source.encoder.layer[j].output.LayerNorm)]
     targets = [t for (t,) in _inputs(source, ids, norms, max(kept.layers) + 1, keep=h)]
+    # the student's token-major hidden state entering layer 0 (its embeddings), per chunk, as its forward makes it
+    states = []
+    for chunk in ids.split(32):
+        e = student.embeddings(chunk, None, None)
+        states.append((e.reshape(-1, e.shape[-1]), additive_mask(None, e.dtype), chunk.shape[1]))
     for i in range(len(kept.layers)):
         s_layer = student.encoder.layer[i]
         u_t, s_t = targets[2 * i], targets[2 * i + 1]
         # attention: LayerNorm(dense(ctx) + residual)
-        [(ctx, residual)] = _inputs(student, ids, [s_layer.attention.output], i + 1)
+        (ctx, residual), _ = _layer_inputs(s_layer, states, s_layer.attention.output)
         w, b = _solve(ctx, u_t - residual, ridge)
         s_layer.attention.output.dense.weight.copy_(w)
         s_layer.attention.output.dense.bias.copy_(b)
         del ctx, residual
         # FFN: LayerNorm(dense(act(...)) + h), with the attention just refitted
-        [(f, hid, *_)] = _inputs(student, ids, [s_layer.output], i + 1)
+        (f, hid), _ = _layer_inputs(s_layer, states, s_layer.output)
         w, b = _solve(f, s_t - hid, ridge)
         s_layer.output.dense.weight.copy_(w)
         s_layer.output.dense.bias.copy_(b)
+        del f, hid
+        if i + 1 < len(kept.layers):  # the refitted layer's output enters the next
+            _, outs = _layer_inputs(s_layer, states, s_layer.output)
+            states = [(x, mask, t) for x, (_, mask, t) in zip(outs, states)]
         targets[2 * i] = targets[2 * i + 1] = None  # free as we go
 
 
