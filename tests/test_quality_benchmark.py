@@ -255,3 +255,33 @@ def test_the_frontier_renders_from_whatever_results_exist(tmp_path):
     QR.frontier_chart(f, tmp_path)
     assert (tmp_path / "quality_frontier.png").is_file()
     assert "| cut_4x |" in "\n".join(QR.frontier_markdown(f))
+
+
+def test_a_round3_report_carries_the_earlier_runs_rows_as_measured():
+    """`all --round 3` in a fresh workspace: round 2's rows, similarity, transfers and goals stay in the report as
+    their run measured them (marked), this run's rows replace theirs, and carrying twice names the first run."""
+    A.configure("cpu")
+    row = lambda acc, **kw: {"accuracy": acc, "accuracy_std": 0.0, "accuracy_se": 0.0, "seeds": [0],  # noqa: E731
+                             **kw}
+    before = {"scale": "cpu", "machine": {"cpu": "old CPU", "git": "abc"}, "elapsed_seconds": 3600.0,
+              "sessions": [{}, {}],
+              "tasks": {"sst2": {"source": row(0.86), "slimbert": row(0.80, kept_fraction=0.93),
+                                 "random_init": row(0.79)}},
+              "embedding": {"embed": {"mrpc": 0.7, "rte": 0.6}}, "transfer": {"embed": {"seconds": 9}},
+              "cookbook": {"slimbert": {"recipe": "mobilebert"}},
+              "goals": {"sst2_kept_fraction": {"measured": 0.93, "target": 0.97, "reached": False},
+                        "total_wall_hours": {"measured": 1.0, "target": 2.0}}}
+    now = {"scale": "cpu", "tasks": {"sst2": {"source": row(0.87), "cut_4x": row(0.85, kept_fraction=0.977)}},
+           "embedding": {"cut_4x": {"mrpc": 0.9, "rte": 0.85}}, "transfer": {}, "cookbook": {},
+           "goals": {"total_wall_hours": {"measured": 1.5, "target": 2.0}}}
+    q = QR.carry_over(json.loads(json.dumps(now)), before)
+    sst2 = q["tasks"]["sst2"]
+    assert list(sst2) == ["source", "slimbert", "random_init", "cut_4x"]   # the arm table's order
+    assert sst2["source"]["accuracy"] == 0.87 and "carried" not in sst2["source"]   # this run's row wins
+    assert sst2["slimbert"]["carried"] and sst2["slimbert"]["kept_fraction"] == 0.93   # as measured
+    assert set(q["embedding"]) == {"embed", "cut_4x"} and "embed" in q["transfer"] and "slimbert" in q["cookbook"]
+    assert q["goals"]["sst2_kept_fraction"]["carried"] and q["goals"]["total_wall_hours"]["measured"] == 1.5
+    assert q["carried"]["from"]["machine"]["cpu"] == "old CPU"
+    again = QR.carry_over(json.loads(json.dumps(now)), {**q, "machine": {"cpu": "new CPU"}})
+    assert again["carried"]["from"]["machine"]["cpu"] == "old CPU"   # the run that measured them
+    assert QR.carry_over(json.loads(json.dumps(now)), {**before, "scale": "gpu"}) == now   # never across scales

@@ -292,12 +292,21 @@ def markdown(q: dict) -> str:
                          f"{' / '.join(f'{x:.2f}' for x in lo['before'])} | {lo['during_1min_mean']:.2f} / "
                          f"{lo['during_1min_max']:.2f} | {s['forced']} | {s['finished']} |")
         lines.append("")
+    if c := q.get("carried"):
+        m0 = c["from"].get("machine") or {}
+        lines += [f"Carried over as measured by an earlier run ({m0.get('cpu', '?')}, slimbert at {m0.get('git', '?')}, "
+                  f"{(c['from'].get('elapsed_seconds') or 0) / 3600:.1f} h over {c['from'].get('invocations', '?')} "
+                  "invocation(s)): the rows marked *earlier run* and the goals marked *(earlier run)*. Their kept "
+                  "fraction and latency are against that run's source and timing; the frontier holds only this "
+                  f"run's timings. Arms: {', '.join(c['arms'])}.", ""]
     lines += ["## Goals", "", "| goal | measured | target | reached |", "|---|---|---|---|"]
     for k, g in q["goals"].items():
         extra = f" (best arm: {g['best_arm']}, {g['best']:.1%})" if "best_arm" in g else ""
         extra = f" ({g['arm']})" if "arm" in g else extra
         if g.get("finished") is False:
             extra = " (so far: not every job has run)"
+        if g.get("carried"):
+            extra += " (earlier run)"
         lines.append(f"| {k} | {g['measured']:.3f}{extra} | {g['target']:.3g} | {'yes' if g['reached'] else 'no'} |")
     if q["cookbook"]:
         lines += ["", "## Which recipe wins at this budget", "",
@@ -339,7 +348,8 @@ def markdown(q: dict) -> str:
             kept = f"{r['kept_fraction']:.1%}" if "kept_fraction" in r else "-"
             diff = ("-" if "diff_points" not in r else f"{r['diff_points']:+.2f}" if r["diff_se_points"] == 0
                     else f"{r['diff_points']:+.2f} ± {r['diff_se_points']:.2f}")
-            lines.append(f"| {A.ARMS[arm].title if arm in A.ARMS else arm} | {r.get('family', '-')} | "
+            family = f"{r.get('family', '-')}, *earlier run*" if r.get("carried") else r.get("family", "-")
+            lines.append(f"| {A.ARMS[arm].title if arm in A.ARMS else arm} | {family} | "
                          f"{len(r['seeds'])} | "
                          + " | ".join(_pct(r, x) for x in ms)
                          + f" | {kept} | {diff} | {r['encoder_params'] / 1e6:.2f}M | {r['gflops']:.2f} | {lat} | "
@@ -404,8 +414,44 @@ def charts(q: dict, out: Path) -> None:
     frontier_chart(q["frontier"], out)
 
 
+def carry_over(q: dict, before: dict | None) -> dict:
+    """Keep what an earlier run of this scale measured and this workspace has not (round 2's rows when
+    `all --round 3` runs in a fresh workspace): its task rows, similarity, transfer and cookbook entries and the
+    goals only it answers, as they were measured. Carried task rows keep their own kept fraction and latency (against
+    that run's source and timing) and say so; nothing carried is mixed into this run's frontier, whose latencies
+    come from one alternating run. Rows this workspace measured replace the earlier ones."""
+    if not before or before.get("scale") != q["scale"]:
+        return q
+    carried: set[str] = set()
+    for task, rows in before.get("tasks", {}).items():
+        now = q["tasks"].setdefault(task, {})
+        for arm, row in rows.items():
+            if arm not in now:
+                now[arm] = {**row, "carried": True}
+                carried.add(arm)
+        order = [*A.ARMS, *(a for a in now if a not in A.ARMS)]  # the arm table's order, as a fresh report has it
+        q["tasks"][task] = {a: now[a] for a in order if a in now}
+    for key in ("embedding", "transfer", "cookbook"):
+        for arm, value in before.get(key, {}).items():
+            if arm not in q[key]:
+                q[key][arm] = value
+                carried.add(arm)
+    for k, g in before.get("goals", {}).items():
+        if k not in q["goals"] and k != "total_wall_hours":
+            q["goals"][k] = {**g, "carried": True}
+    if carried:
+        # where the carried rows come from: the run that measured them, not a report that carried them before
+        origin = (before.get("carried") or {}).get("from") or {
+            "machine": before.get("machine"), "elapsed_seconds": before.get("elapsed_seconds"),
+            "invocations": len(before.get("sessions") or [])}
+        q["carried"] = {"arms": sorted(carried | set((before.get("carried") or {}).get("arms", []))),
+                        "from": origin}
+    return q
+
+
 def report(out: Path) -> None:
-    q = collect(_load())
+    before = out / "quality.json"
+    q = carry_over(collect(_load()), json.loads(before.read_text()) if before.is_file() else None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(q, indent=2, default=str) + "\n")
     (out / "quality.md").write_text(markdown(q))
