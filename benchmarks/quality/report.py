@@ -294,7 +294,8 @@ def markdown(q: dict) -> str:
         lines.append("")
     if c := q.get("carried"):
         m0 = c["from"].get("machine") or {}
-        lines += [f"Carried over as measured by an earlier run ({m0.get('cpu', '?')}, slimbert at {m0.get('git', '?')}, "
+        lines += [f"Carried over as measured by an earlier run ({m0.get('cpu', '?')}, slimbert at "
+                  f"{m0.get('git', '?')}, "
                   f"{(c['from'].get('elapsed_seconds') or 0) / 3600:.1f} h over {c['from'].get('invocations', '?')} "
                   "invocation(s)): the rows marked *earlier run* and the goals marked *(earlier run)*. Their kept "
                   "fraction and latency are against that run's source and timing; the frontier holds only this "
