@@ -101,6 +101,34 @@ def test_merge_gemm_makes_one_gemm_of_the_readers_of_one_input(qkv, real_batch, 
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
+def test_int8_is_the_faster_of_dynamic_and_static_that_pass_parity(model_dir, tmp_path, monkeypatch):
+    """Both ONNX Runtime int8s are made and checked; the faster on this machine becomes model_int8.onnx, and the
+    export says which and why. The timing is stubbed here (speed is the benchmark's job, not a test's)."""
+    import onnx
+
+    from slimbert.export import onnx as X
+    from slimbert.export import runtime as R
+
+    path, _ = model_dir
+    ops = lambda f: {n.op_type for n in onnx.load(str(f)).graph.node}  # noqa: E731
+    for fast, marker in (("static", "QuantizeLinear"), ("dynamic", "DynamicQuantizeLinear")):
+        ms = [5.0, 3.0] if fast == "static" else [3.0, 5.0]   # (dynamic, static)
+        monkeypatch.setattr(R, "alternating_median_ms", lambda runners, *a, ms=ms, **k: ms)
+        out = tmp_path / fast
+        result = export(path, out, quantize="int8", measure=False, log=lambda m: None)
+        meta = json.loads((out / "slimbert_export.json").read_text())["int8"]
+        assert meta["picked"] == fast and set(meta["parity"]) == {"dynamic", "static"}
+        assert meta["p50_ms"] == {"dynamic": ms[0], "static": ms[1]} and fast in meta["why"]
+        assert marker in ops(out / "model_int8.onnx") and result.parity["int8"].cosine > 0.98
+        assert not list(out.glob("*.candidate.onnx"))
+    static_ops = ops(tmp_path / "static" / "model_int8.onnx")
+    assert "DynamicQuantizeLinear" not in static_ops and "Softmax" in static_ops   # dense layers only
+    # neither passes: the export fails loudly, naming both, and leaves nothing behind
+    with pytest.raises(X.ParityError, match="no int8 model passes.*dynamic: output cosine.*static: output cosine"):
+        export(path, tmp_path / "none", quantize="int8", measure=False, int8_min_cosine=1.01, log=lambda m: None)
+    assert not (tmp_path / "none").exists()
+
+
 def test_fold_nonorm_leaves_layer_norm_models_alone(real_batch):
     model = tiny(norm="layer_norm")
     folded, stats = P.fold_nonorm(model)

@@ -27,12 +27,13 @@ def run_export(r: Resolved, out: Path, train: torch.Tensor, tokenizer, log,
     try:
         if not (dest / "model.onnx").is_file():  # done before a resume otherwise
             calibration = None
-            if e.static_int8 or (e.openvino and e.quantize):
+            if e.static_int8 or e.quantize:  # every static int8 (ORT's candidate, NNCF's) calibrates on the corpus
                 import numpy as np
 
                 ids = train[: e.calibration_sequences].numpy().astype(np.int64)  # packed: no padding
-                calibration = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-            export(out, dest, opset=e.opset, quantize=e.quantize, openvino=e.openvino, openvino_calibration=calibration,
+                calibration = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                               "token_type_ids": np.zeros_like(ids)}
+            export(out, dest, opset=e.opset, quantize=e.quantize, openvino=e.openvino, calibration=calibration,
                    static_calibration=calibration if e.static_int8 else None, log=log,
                    device=device)
             if r.recipe.finetune is not None:

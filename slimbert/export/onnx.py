@@ -4,7 +4,8 @@ Lifecycle: find the model (a run directory's fine-tuned or pre-trained student, 
 wrap it so it is called with keywords (transformers 5 breaks positional export) -> torch.onnx.export
 (TorchScript exporter: measured 2-10x faster to export than dynamo, one file, and ORT fuses more of its
 graphs) -> slimbert's graph passes -> parity on real tokenised text, fail loudly past tolerance ->
-dynamic int8 (onnxruntime.quantization) with its own parity report -> config.json and tokenizer files.
+int8 for ONNX Runtime: dynamic and static (calibrated), each with its own parity report, the faster on this
+machine kept (pick_int8) -> config.json and tokenizer files.
 Everything is written to a temporary folder that replaces --out only when the whole export succeeded.
 """
 
@@ -87,6 +88,7 @@ class ExportResult:
     parity: dict = field(default_factory=dict)      # "fp32" / "int8" -> Parity
     passes: list[dict] = field(default_factory=list)
     openvino_int8: dict | None = None               # how NNCF made the int8 IR (smooth_quant: whether it kept it)
+    int8: dict | None = None                        # which ORT int8 model_int8.onnx is (dynamic or static) and why
 
 
 # ---- find the model ---------------------------------------------------------------------------------------------
@@ -238,15 +240,16 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
            passes: list[str] | None = None, texts: list[str] | None = None, fp32_factor: float = 10.0,
            int8_min_cosine: float = 0.98, measure: bool = True, static_calibration: dict | None = None,
            openvino: bool = False, calibration_texts: list[str] | None = None,
-           openvino_calibration: dict | None = None, log=print,
+           calibration: dict | None = None, log=print,
            device: str | torch.device = "cpu") -> ExportResult:
     """Export the model at `path` (a run directory or a model directory) to `out`. `passes`: names from
     passes.MODEL_PASSES / ONNX_PASSES in order (default: DEFAULT_PASSES; [] for a plain export).
-    `static_calibration` (model inputs, e.g. corpus sequences) also writes a static int8 model_int8_static.onnx.
-    `openvino` also writes OpenVINO IRs (fp32, and NNCF int8 with `quantize`; calibrated on `openvino_calibration`
-    (model inputs, e.g. corpus sequences) when given, else `calibration_texts` or built-in real sentences), each
-    precision checked like the ONNX file. `device`: where PyTorch computes the parity reference (the graph is
-    traced on the CPU, as ONNX Runtime runs it)."""
+    `quantize="int8"` writes model_int8.onnx, the faster of ONNX Runtime's dynamic and static int8 here (pick_int8).
+    Every static int8 (ORT's, NNCF's) is calibrated on `calibration` (model inputs, e.g. corpus sequences) when
+    given, else on `calibration_texts` or built-in real sentences. `static_calibration` (model inputs) also writes
+    the static int8 as model_int8_static.onnx, calibrated on it. `openvino` also writes OpenVINO IRs (fp32, and
+    NNCF int8 with `quantize`), each precision checked like the ONNX file. `device`: where PyTorch computes the
+    parity reference (the graph is traced on the CPU, as ONNX Runtime runs it)."""
     from transformers import AutoTokenizer
 
     passes = list(DEFAULT_PASSES) if passes is None else list(passes)
@@ -303,26 +306,19 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
                               f"{p.onnx_error:.3g}, more than {fp32_factor:g}x PyTorch fp32's own {p.torch_error:.3g}"
                               f" (argmax agreement {p.argmax_agreement})")
         if quantize == "int8":
-            q_path = tmp / "model_int8.onnx"
-            quantize_dynamic_int8(onnx_path, q_path)
-            q = check_parity(model, task, q_path, inputs, exact, device)
-            result.parity["int8"] = q
-            log(f"parity int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of the "
-                "output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
-                                   else ""))
-            if q.cosine < int8_min_cosine:
-                raise ParityError(f"the int8 model drifts too far from PyTorch: output cosine {q.cosine:.4f} < "
-                                  f"{int8_min_cosine}")
+            items = ovx.calibration_items(tokenizer, calibration_texts, calibration)
+            result.int8 = pick_int8(model, task, onnx_path, tmp, items, inputs, exact, int8_min_cosine, device, log)
+            result.parity["int8"] = Parity(**result.int8["parity"][result.int8["picked"]])
         if static_calibration is not None:
             q_path = tmp / "model_int8_static.onnx"
-            quantize_static_int8(onnx_path, q_path, static_calibration)
+            quantize_static_int8(onnx_path, q_path, ovx.calibration_items(sequences=static_calibration))
             q = check_parity(model, task, q_path, inputs, exact, device)
             result.parity["int8_static"] = q
             log(f"parity static int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of "
                 "the output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
                                        else ""))
         if openvino:
-            items = (ovx.calibration_items(tokenizer, calibration_texts, openvino_calibration) if quantize == "int8"
+            items = (ovx.calibration_items(tokenizer, calibration_texts, calibration) if quantize == "int8"
                      else None)
             parities, result.openvino_int8 = write_openvino(model, task, onnx_path, tmp, inputs, exact, items,
                                                             fp32_factor, int8_min_cosine, log)
@@ -335,7 +331,8 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         (tmp / "slimbert_export.json").write_text(json.dumps({
             "task": task, "opset": opset, "source": str(model_dir), "passes": result.passes,
             "parity": {k: v.as_dict() for k, v in result.parity.items()},
-            **({"openvino_int8": result.openvino_int8} if result.openvino_int8 is not None else {})}, indent=2))
+            **({"openvino_int8": result.openvino_int8} if result.openvino_int8 is not None else {}),
+            **({"int8": result.int8} if result.int8 is not None else {})}, indent=2))
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()
@@ -401,7 +398,7 @@ def write_openvino(model: nn.Module, task: str, onnx_path: Path, folder: Path, i
     return out, made
 
 
-# ---- static int8 ------------------------------------------------------------------------------
+# ---- int8: dynamic or static, whichever this machine runs faster ----------------------------------------------
 
 def quantize_dynamic_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 (onnxruntime.quantization): int8 weights, activations quantised per call."""
@@ -411,20 +408,79 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> None:
                      extra_options={"DefaultTensorType": 1})  # FLOAT, for tensors shape inference misses
 
 
-def quantize_static_int8(src: Path, dst: Path, calibration: dict[str, np.ndarray], batch: int = 8) -> None:
-    """Static int8 (QDQ, per-channel weights, activations calibrated by MinMax on `calibration`, e.g. the recipe's
-    corpus). Slower to make and more fragile than dynamic int8 on MobileBERT's large activations: the parity
-    report says how far it drifts."""
+# The static layout ONNX Runtime fuses on x86 (benchmarks/results/ort_int8.md): QDQ around the dense layers only,
+# uint8 activations (the U8S8 kernels; int8 activations fall back to slower paths) and per-channel int8 weights;
+# attention's activation-by-activation MatMuls, softmax and norms stay fp32.
+STATIC_LAYOUT = dict(activation="QUInt8", per_channel=True, op_types=["MatMul", "Gemm"])
+
+
+def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]], layout: dict | None = None) -> None:
+    """Static int8 (QDQ, activations calibrated by MinMax on `items`: model inputs, one sequence each, e.g. the
+    recipe's corpus or real sentences). Each activation's scale is fixed by the calibration, so the per-call
+    quantisation of dynamic int8 is gone; the parity check says how far the fixed scales drift."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    lay = {**STATIC_LAYOUT, **(layout or {})}
+    names = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
+    feeds = [{k: v for k, v in item.items() if k in names} for item in items]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            n = len(calibration["input_ids"])
-            self.batches = iter([{k: v[i:i + batch] for k, v in calibration.items()} for i in range(0, n, batch)])
+            self.items = iter(feeds)
 
         def get_next(self):
-            return next(self.batches, None)
+            return next(self.items, None)
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    extra_options={"DefaultTensorType": 1})
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=lay["per_channel"],
+                    activation_type=getattr(QuantType, lay["activation"]), weight_type=QuantType.QInt8,
+                    op_types_to_quantize=lay["op_types"],
+                    extra_options={"DefaultTensorType": 1, "MatMulConstBOnly": True})
+
+
+def pick_int8(model: nn.Module, task: str, onnx_path: Path, folder: Path, items: list[dict], inputs: dict,
+              exact: list[np.ndarray], min_cosine: float, device, log, threads: int | None = None) -> dict:
+    """Make both ONNX Runtime int8s (dynamic; static, calibrated on `items`), check each against PyTorch, time
+    those that pass side by side on this machine (batch 1 x 128 tokens, alternating) and keep the faster as
+    model_int8.onnx. Which runs faster depends on the CPU (VNNI, AMX) and the model's shape, so it is measured, not
+    assumed. Raises ParityError when neither passes. Returns what was picked, why, and every candidate's figures."""
+    from .runtime import OrtRunner, alternating_median_ms
+
+    made, parity, refused = {}, {}, {}
+    for kind in ("dynamic", "static"):
+        path = folder / f"model_int8_{kind}.candidate.onnx"
+        try:
+            if kind == "dynamic":
+                quantize_dynamic_int8(onnx_path, path)
+            else:
+                quantize_static_int8(onnx_path, path, items)
+        except Exception as e:  # noqa: BLE001 - a quantiser failure on one kind leaves the other
+            refused[kind] = f"not made: {_last_line(e)}"
+            continue
+        p = check_parity(model, task, path, inputs, exact, device)
+        parity[kind] = p.as_dict()
+        log(f"parity int8 ({kind}): cosine {p.cosine:.6f}, max |int8 - torch| {p.max_abs:.3g} ({p.max_rel:.2g} of "
+            "the output scale)" + (f", argmax agreement {p.argmax_agreement:.4f}" if p.argmax_agreement is not None
+                                   else ""))
+        if p.cosine < min_cosine:
+            refused[kind] = f"output cosine {p.cosine:.4f} < {min_cosine}"
+            path.unlink()
+            continue
+        made[kind] = path
+    if not made:
+        raise ParityError("no int8 model passes the parity check: "
+                          + "; ".join(f"{k}: {why}" for k, why in refused.items()))
+    p50 = {}
+    if len(made) > 1:
+        runners = [OrtRunner(path, threads=threads) for path in made.values()]
+        p50 = {k: round(ms, 3) for k, ms in zip(made, alternating_median_ms(runners, 1, 128, runs=20, warmup=3))}
+        del runners
+    picked = min(made, key=lambda k: p50.get(k, 0.0))
+    why = (f"{picked} int8 ran faster here: " + ", ".join(f"{k} {ms:.2f} ms" for k, ms in p50.items())
+           + " at batch 1 x 128 tokens" if p50 else f"only {picked} int8 passed ({'; '.join(refused.values())})")
+    log(f"int8: picked {picked} ({why})")
+    os.replace(made[picked], folder / "model_int8.onnx")
+    for path in made.values():
+        path.unlink(missing_ok=True)
+    return {"picked": picked, "why": why, "p50_ms": p50, "refused": refused, "parity": parity,
+            "calibration_sequences": len(items)}

@@ -552,13 +552,15 @@ class Bench(Section):
 
 class Export(Section):
     onnx: bool = Field(False, description="Export the student to ONNX after training.")
-    quantize: Literal["int8"] | None = Field(None, description="Also write a dynamic-int8 model.")
+    quantize: Literal["int8"] | None = Field(None, description="Also write an int8 model: ONNX Runtime's dynamic "
+                                                              "or static int8, whichever passes parity and runs "
+                                                              "faster on the exporting machine.")
     opset: Annotated[Int, Field(ge=OPSETS[0], le=OPSETS[-1])] = Field(
         17, description="ONNX opset: 14 (attention needs it) to 20 (the TorchScript exporter's newest).")
-    static_int8: bool = Field(False, description="Also write a static int8 model calibrated on corpus sequences "
-                                                 "(QDQ; usually less accurate than dynamic on NoNorm models).")
-    calibration_sequences: Sequences = Field(32, description="Corpus sequences for static int8 calibration "
-                                                               "(and OpenVINO's NNCF int8).")
+    static_int8: bool = Field(False, description="Also write the static int8 model (calibrated on corpus sequences) "
+                                                 "as model_int8_static.onnx, whether or not quantize picked it.")
+    calibration_sequences: Sequences = Field(32, description="Corpus sequences that calibrate every static int8 "
+                                                               "(ONNX Runtime's, OpenVINO's NNCF int8).")
     openvino: bool = Field(False, description="Also write OpenVINO IRs beside the ONNX files (fp32; NNCF int8 "
                                               "calibrated on corpus sequences when quantize: int8), each precision "
                                               "checked against PyTorch (pip install 'slimbert[openvino]').")
