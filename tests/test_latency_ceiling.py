@@ -46,7 +46,11 @@ def test_ceilings_divide_bert_base_by_the_students_dense_chain():
         ("mobilebert", "openvino", "int8", 15.0, 13.5),
         ("bert_base", "ort", "fp32", 140.0, 130.0), ("bert_base", "ort", "int8", 60.0, 42.0),
         ("bert_base", "openvino", "int8", 36.0, 30.0))}
-    a, fp32, int8 = C.ceilings(rows)
+    rows["mobilebert ort int8"]["int8"] = {"picked": "static"}
+    a, mb_share, bb_share, fp32, int8 = C.ceilings(rows)
     assert a["measured"] == pytest.approx(36.0 / 15.0) and a["ceiling"] == pytest.approx(36.0 / 13.5)
     assert fp32["ceiling"] == pytest.approx(140.0 / 36.0) and int8["ceiling"] == pytest.approx(60.0 / 16.0)
-    assert (a["target"], fp32["target"], int8["target"]) == (3.5, 3.7, 7.0)
+    assert (a["target"], fp32["target"], int8["target"]) == (3.5, 3.7, 2.5)   # int8: issue 31's goal
+    # issue 31: each model's ORT int8 against its own dense chain, naming the int8 the export picked
+    assert mb_share["measured"] == pytest.approx(16.0 / 20.0) and "(static)" in mb_share["goal"]
+    assert bb_share["measured"] == pytest.approx(42.0 / 60.0) and "(dynamic)" in bb_share["goal"]
