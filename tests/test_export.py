@@ -107,13 +107,12 @@ def test_int8_is_the_faster_of_dynamic_and_static_that_pass_parity(model_dir, tm
     import onnx
 
     from slimbert.export import onnx as X
-    from slimbert.export import runtime as R
 
     path, _ = model_dir
     ops = lambda f: {n.op_type for n in onnx.load(str(f)).graph.node}  # noqa: E731
     for fast, marker in (("static", "QuantizeLinear"), ("dynamic", "DynamicQuantizeLinear")):
         ms = [5.0, 3.0] if fast == "static" else [3.0, 5.0]   # (dynamic, static)
-        monkeypatch.setattr(R, "alternating_median_ms", lambda runners, *a, ms=ms, **k: ms)
+        monkeypatch.setattr(X, "alternating_median_ms", lambda runners, *a, ms=ms, **k: ms)
         out = tmp_path / fast
         result = export(path, out, quantize="int8", measure=False, log=lambda m: None)
         meta = json.loads((out / "slimbert_export.json").read_text())["int8"]

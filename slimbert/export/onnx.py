@@ -30,7 +30,7 @@ from ..models.remote import write_standalone_code
 from . import openvino as ovx
 from .isa import cpu_info, why_not
 from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, node_count
-from .runtime import latency_ms, session
+from .runtime import OrtRunner, alternating_median_ms, latency_ms, session
 
 TASKS = ("feature-extraction", "fill-mask", "text-classification", "question-answering")
 OUTPUTS = {"feature-extraction": ["last_hidden_state"], "fill-mask": ["logits"], "text-classification": ["logits"],
@@ -444,8 +444,6 @@ def pick_int8(model: nn.Module, task: str, onnx_path: Path, folder: Path, items:
     those that pass side by side on this machine (batch 1 x 128 tokens, alternating) and keep the faster as
     model_int8.onnx. Which runs faster depends on the CPU (VNNI, AMX) and the model's shape, so it is measured, not
     assumed. Raises ParityError when neither passes. Returns what was picked, why, and every candidate's figures."""
-    from .runtime import OrtRunner, alternating_median_ms
-
     made, parity, refused = {}, {}, {}
     for kind in ("dynamic", "static"):
         path = folder / f"model_int8_{kind}.candidate.onnx"
