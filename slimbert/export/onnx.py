@@ -414,14 +414,14 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> None:
 STATIC_LAYOUT = dict(activation="QUInt8", per_channel=True, op_types=["MatMul", "Gemm"])
 
 
-def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]], layout: dict | None = None) -> None:
+def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]]) -> None:
     """Static int8 (QDQ, activations calibrated by MinMax on `items`: model inputs, one sequence each, e.g. the
     recipe's corpus or real sentences). Each activation's scale is fixed by the calibration, so the per-call
     quantisation of dynamic int8 is gone; the parity check says how far the fixed scales drift."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    lay = {**STATIC_LAYOUT, **(layout or {})}
+    lay = STATIC_LAYOUT
     names = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
     feeds = [{k: v for k, v in item.items() if k in names} for item in items]
 
