@@ -120,8 +120,19 @@ def test_int8_is_the_faster_of_dynamic_and_static_that_pass_parity(model_dir, tm
         assert meta["p50_ms"] == {"dynamic": ms[0], "static": ms[1]} and fast in meta["why"]
         assert marker in ops(out / "model_int8.onnx") and result.parity["int8"].cosine > 0.98
         assert not list(out.glob("*.candidate.onnx"))
-    static_ops = ops(tmp_path / "static" / "model_int8.onnx")
+    static = onnx.load(str(tmp_path / "static" / "model_int8.onnx")).graph
+    static_ops = {n.op_type for n in static.node}
     assert "DynamicQuantizeLinear" not in static_ops and "Softmax" in static_ops   # dense layers only
+    # quantised from the passes without residual_gemm: no dense layer is left in fp32 for taking an activation as
+    # its bias, and the dense layers' outputs stay float (no QuantizeLinear reads a Gemm or MatMul)
+    consts = {i.name for i in static.initializer} | {o for n in static.node if n.op_type in ("Constant",
+                                                                                           "DequantizeLinear")
+                                                      for o in n.output}
+    assert all(len(n.input) < 3 or n.input[2] in consts for n in static.node if n.op_type == "Gemm")
+    made_by = {o: n.op_type for n in static.node for o in n.output}
+    assert not [n for n in static.node if n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) in ("Gemm",
+                                                                                                      "MatMul")]
+    assert meta["graph"].startswith("the passes without residual_gemm")
     # neither passes: the export fails loudly, naming both, and leaves nothing behind
     with pytest.raises(X.ParityError, match="no int8 model passes.*dynamic: output cosine.*static: output cosine"):
         export(path, tmp_path / "none", quantize="int8", measure=False, int8_min_cosine=1.01, log=lambda m: None)
