@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "quality"))
 import arms as A  # noqa: E402
@@ -208,6 +209,7 @@ def test_round3_arms_cut_the_source_to_their_shapes(scale, tmp_path, shared_data
     CUT_STAGES, run in one `--round 3` command, and their random-init control has the 4x student's shape."""
     from slimbert.models.modeling import SlimBertModel
     from slimbert.recipe import load_recipe
+    from slimbert.recipe.schema import Recipe
 
     A.configure(scale, str(tmp_path))
     try:
@@ -225,7 +227,22 @@ def test_round3_arms_cut_the_source_to_their_shapes(scale, tmp_path, shared_data
         jobs = Q.jobs(3)
         assert ("finetune", "sst2", "source", 0) in jobs and jobs[-1] == ("latency",)
         assert {j[2] for j in jobs if j[0] == "finetune"} == {"source", *A.group("round3")}
-        assert [A.ARMS[a].family for a in A.group("round3")] == [A.CUT, A.CUT, A.CUT_CONTROL]
+        assert [A.ARMS[a].family for a in A.group("round3")] == [A.CUT, A.CUT, A.CUT, A.CUT, A.CUT_CONTROL]
+        # the task cuts: the task teacher cut to the same shapes on the task's sentences, task KD in the same run
+        for arm, shape in (("task_cut_2x", "cut_2x"), ("task_cut_4x", "cut_4x")):
+            teacher = tmp_path / "finetuned" / "mrpc-source-0"
+            spec = {**Q.task_spec("mrpc", arm).model_dump(exclude_defaults=True), "distill": True,
+                    "train": str(shared_data / "MRPC" / "train.tsv"), "dev": str(shared_data / "MRPC" / "dev.tsv")}
+            raw = yaml.safe_load(A.task_cut_recipe("mrpc", arm, 1, teacher, spec).read_text())
+            Recipe.model_validate(raw)   # the schema's checks (the paths are checked when it runs)
+            assert raw["seed"] == 1 and raw["source"]["model"] == str(teacher)
+            assert raw["data"]["corpus"]["files"] == [str(A.task_corpus_file("mrpc"))]
+            assert raw["finetune"]["distill_hidden"] == 1.0 and raw["finetune"].get("pooling", "cls") == "cls"
+            s = A.CUT_SHAPES[shape]
+            assert {k: raw["student"][k] for k in ("num_layers", "inter_size", "num_heads")} == {
+                k: s[k] for k in ("num_layers", "inter_size", "num_heads")} and raw["student"]["ffn"]["size"] == s["ffn"]
+            assert [st["kind"] for st in raw["transfer"]] == [st["kind"] for st in A.TASK_CUT_STAGES]
+            assert A.latency_name(arm) == shape
     finally:
         A.configure("cpu")
 

@@ -31,7 +31,9 @@ Round 3 (`all` runs it after round 2; `all --round 3` alone, with the source run
 from the source (student.init: prune_from_source, widths by activation importance, then the least-squares refit)
 at 2x (cut_2x: 6 layers, FFN 376, 5.29M encoder parameters) and 4x (cut_4x: 6 layers, width 256, 8 heads, FFN 320,
 2.57M) fewer encoder parameters, distilled by arms.CUT_STAGES (embedding_distill with the tokens term); fine-tuned on SST-2 and MRPC with task KD, 3 seeds,
-beside random_cut_4x (the 4x shape from random init); then latency times every architecture and the bare
+beside task_cut_2x / task_cut_4x (the source fine-tuned on the task, i.e. the task teacher, cut to the same shapes on
+the task's sentences, arms.TASK_CUT_STAGES, then task KD with hidden states: one slimbert.compress run each) and
+random_cut_4x (the 4x shape from random init); then latency times every architecture and the bare
 embedding models on ONNX Runtime and OpenVINO, fp32 and int8, with each variant's quality (the frontier).
 Estimated wall time of `all --round 3` on a quiet 2-core machine (from round 2's measured rates: the source
 fine-tunes at ~1.4 s per step of 32 SST-2 sentences; a 3-layer student at about half that, the 4x shape at about
@@ -208,6 +210,8 @@ def finetune(task: str, arm: str, seed: int) -> dict:
     done = A.RESULTS / f"{task}-{arm}-{seed}.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if ARMS[arm].task_cut:
+        return task_cut(task, arm, seed)
     source_dir = source_path()
     tokenizer = AutoTokenizer.from_pretrained(source_dir)
     spec = task_spec(task, arm)
@@ -256,6 +260,62 @@ def finetune(task: str, arm: str, seed: int) -> dict:
     write(done, result)
     print(f"{task} {arm} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in dev.items()) + f" ({seconds:.0f} s)",
           flush=True)
+    return result
+
+
+def make_task_corpus(task: str) -> Path:
+    """The task's unlabelled training sentences (every text field of every row), one a line, shuffled: what a
+    task cut's importance, refit and distillation read."""
+    from slimbert.data.tasks import read_task
+
+    out = A.task_corpus_file(task)
+    if out.is_file():
+        return out
+    t = TASKS[task]
+    lines = [x for row in read_task(DATA / t["train"], t["text_fields"], t["label_field"], False).texts for x in row]
+    random.Random(0).shuffle(lines)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out)
+    return out
+
+
+def task_cut(task: str, arm: str, seed: int) -> dict:
+    """A task_cut arm (arms.TASK_CUT_STAGES): the source fine-tuned on the task, cut, refitted and distilled on the
+    task's sentences, then task KD, through slimbert.compress in one run directory; the row reads its finetune
+    result and the saved stock model."""
+    import shutil
+
+    import slimbert
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = finetuned_dir(task, "source", teacher_seed(task, seed))
+    if not (teacher / "config.json").is_file():
+        finetune(task, "source", teacher_seed(task, seed))
+    make_task_corpus(task)
+    t = TASKS[task]
+    spec = {**task_spec(task, arm).model_dump(exclude_defaults=True), "train": str(DATA / t["train"]),
+            "dev": str(DATA / t["dev"]), "distill": True}
+    recipe = A.task_cut_recipe(task, arm, seed, teacher, spec)
+    out = A.WORK / "taskcut" / f"{task}-{arm}-{seed}"
+    t0 = time.perf_counter()
+    slimbert.compress(recipe, out=out, resume=(out / "recipe.resolved.yaml").is_file())
+    seconds = time.perf_counter() - t0
+    metrics = json.loads((out / "finetune" / "metrics.json").read_text())
+    saved = finetuned_dir(task, arm, seed)
+    shutil.rmtree(saved, ignore_errors=True)
+    shutil.copytree(out / "finetune" / "model", saved)  # where latency and the teacher lookups read models
+    model = AutoModelForSequenceClassification.from_pretrained(str(saved), use_safetensors=True).eval()
+    result = {"task": task, "arm": arm, "seed": seed, "dev": metrics["dev"], "teacher_dev": metrics["teacher_dev"],
+              "distill": True, "seconds": round(seconds, 1), "train_examples": metrics["train_examples"],
+              "augmented_examples": metrics["augmented_examples"], "dev_examples": metrics["dev_examples"],
+              "final_loss": metrics["history"][-1]["loss"], **sizes(model), "spec": spec,
+              "run_dir": _shown(out), "student_init": _read_json(out / "student_init.json"),
+              "stage_losses": stage_losses(out)}
+    write(A.RESULTS / f"{task}-{arm}-{seed}.json", result)
+    print(f"{task} {arm} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["dev"].items())
+          + f" ({seconds:.0f} s)", flush=True)
     return result
 
 
