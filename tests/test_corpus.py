@@ -119,3 +119,37 @@ def test_count_sequences_matches_pack_and_stops_early(tokenizer, shared_data, tm
     long_words = tmp_path / "long.txt"
     long_words.write_text("\n".join("x" * 1000 for _ in range(12)))           # 12 KB, 12 [UNK] tokens
     assert count_sequences([long_words], tokenizer, 32, 10) == 0
+
+
+def test_a_task_corpus_reads_the_finetune_sections_training_texts(tmp_path, tiny_source, shared_data, tokenizer):
+    """data.corpus.task: the finetune section's training texts (every text field, no labels, the same sample its
+    max_examples draws) are the corpus: exactly what the same texts give as a file. Without a finetune section the
+    key is named."""
+    from conftest import write_recipe
+    from slimbert.data.tasks import read_task
+    from slimbert.engine.runner import load_corpus
+    from slimbert.recipe import RecipeError, load_recipe
+
+    ft = {"task": "mrpc", "train": str(shared_data / "MRPC" / "train.tsv"), "dev": str(shared_data / "MRPC" / "dev.tsv"),
+          "text_fields": ["#1 String", "#2 String"], "label_field": "Quality", "max_examples": 200}
+    rows = read_task(shared_data / "MRPC" / "train.tsv", ft["text_fields"], "Quality", False, max_examples=200,
+                     seed=3).texts
+    (tmp_path / "texts.txt").write_text("".join(t + "\n" for row in rows for t in row))
+    data = {"seq_len": 32, "max_sequences": 60, "eval_sequences": 8}
+    files = write_recipe(tmp_path, tiny_source, shared_data, data={**data, "corpus": {"files": ["texts.txt"]}})
+    want = load_corpus(load_recipe(files), tokenizer)
+    task = write_recipe(tmp_path, tiny_source, shared_data, data={**data, "corpus": {"task": True}}, finetune=ft)
+    got = load_corpus(load_recipe(task), tokenizer)
+    assert len(want[0]) == 60 and all(torch.equal(a[:], b[:]) for a, b in zip(want, got))
+    # another sample of the task (max_examples) is another corpus, not the cached one
+    other = write_recipe(tmp_path, tiny_source, shared_data, data={**data, "corpus": {"task": True}},
+                         finetune={**ft, "max_examples": 100})
+    assert not torch.equal(load_corpus(load_recipe(other), tokenizer)[0][:], got[0][:])
+
+    alone = write_recipe(tmp_path, tiny_source, shared_data, data={**data, "corpus": {"task": True}})
+    with pytest.raises(RecipeError, match=r"data\.corpus\.task.*no finetune section"):
+        load_recipe(alone)
+    two = write_recipe(tmp_path, tiny_source, shared_data, finetune=ft,
+                       data={**data, "corpus": {"task": True, "files": ["texts.txt"]}})
+    with pytest.raises(RecipeError, match=r"data\.corpus.*exactly one of files, dataset, builtin or task"):
+        load_recipe(two)

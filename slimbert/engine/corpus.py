@@ -10,6 +10,7 @@ import torch
 
 from ..data.cache import PackedRows, dataset_identity, default_cache_dir, files_identity, frame_ids, load_or_build
 from ..data.corpus import iter_dataset, iter_texts
+from ..data.tasks import read_task_split
 from ..recipe.errors import Problem, RecipeError
 from ..recipe.resolve import Resolved
 
@@ -21,6 +22,30 @@ def _reading(texts: Iterator[str], failed: list[Exception]) -> Iterator[str]:
     except Exception as e:
         failed.append(e)
         raise
+
+
+def _task_texts(r: Resolved, failed: list[Exception]):
+    """(cache identity, texts) of data.corpus.task: every text field of the finetune section's training examples
+    (the same sample its max_examples and the recipe's seed draw), one text each, no labels."""
+    ft = r.recipe.finetune
+    split = ft.split("train")
+    if ft.dataset is None:
+        corpus = files_identity([r.base / split])
+    else:
+        local = Path(ft.dataset).expanduser()
+        local = local if local.is_absolute() else r.base / local
+        corpus = dataset_identity(str(local) if local.exists() else ft.dataset, ft.dataset_config, split, "")
+    corpus.update(task_fields=list(ft.text_fields), max_examples=ft.max_examples, seed=r.recipe.seed)
+
+    def texts() -> Iterator[str]:
+        def read() -> Iterator[str]:
+            data = read_task_split(r.base, split, ft.text_fields, ft.label_field, ft.regression, dataset=ft.dataset,
+                                   config=ft.dataset_config, columns=ft.columns, max_examples=ft.max_examples,
+                                   seed=r.recipe.seed)
+            for row in data.texts:
+                yield from row
+        return _reading(read(), failed)
+    return corpus, texts
 
 
 def load_corpus(r: Resolved, tokenizer) -> tuple[PackedRows, torch.Tensor]:
@@ -64,6 +89,8 @@ def _rows(r: Resolved, tokenizer, layout: str) -> PackedRows:
 
         def texts() -> Iterator[str]:
             return _reading(iter_dataset(name, c.dataset_config, c.split, c.text_field, c.streaming), failed)
+    elif c.task:
+        corpus, texts = _task_texts(r, failed)
     else:
         corpus = files_identity(r.corpus_files)
 
@@ -74,6 +101,9 @@ def _rows(r: Resolved, tokenizer, layout: str) -> PackedRows:
     except Exception as e:  # noqa: BLE001 - a failure to read is a data problem, an OSError otherwise the cache's
         if failed and c.dataset:
             raise RecipeError(Problem("data.corpus.dataset", f"cannot read dataset {c.dataset!r}: {e}")) from None
+        if failed and c.task:
+            raise RecipeError(Problem("data.corpus.task", f"cannot read the finetune section's training texts: {e}")
+                              ) from None
         if failed:
             raise RecipeError(Problem("data.corpus.files", f"cannot read the corpus: {e}")) from None
         if not isinstance(e, OSError):

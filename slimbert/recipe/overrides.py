@@ -15,7 +15,7 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]+$")
 # The corpus's sources are alternatives: one given with --set replaces the one the recipe gives, so that
 # --set 'data.corpus.files=[...]' points the quickstart (data.corpus.builtin) at other text, instead of failing as
 # two sources.
-CORPUS_SOURCES = ("files", "dataset", "builtin")
+CORPUS_SOURCES = ("files", "dataset", "builtin", "task")
 
 
 def parse_override(text: str) -> tuple[list[str | int], Any]:

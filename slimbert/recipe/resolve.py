@@ -552,6 +552,14 @@ def _corpus_files(recipe: Recipe, base: Path, out: Collector) -> list[Path]:
     c = recipe.data.corpus
     if c.builtin:
         return builtin_corpus(c.builtin)
+    if c.task:  # read from the finetune section's training split (checked with it)
+        if recipe.finetune is None:
+            out.add("data.corpus.task", "reads the finetune section's training texts, but the recipe has no finetune "
+                                        "section; add one or give data.corpus.files")
+        elif recipe.finetune.format != "glue":
+            out.add("data.corpus.task", f"reads sentence columns of a format: glue task, not finetune.format "
+                                        f"{recipe.finetune.format}; give data.corpus.files")
+        return []
     if c.dataset:
         problem = dataset_problem(c.dataset, base)
         if problem:

@@ -271,6 +271,9 @@ class Corpus(Section):
     builtin: BuiltinName | None = Field(None, description="Text that ships with slimbert, instead of files: "
                                                           "gutenberg, two public-domain novels (Moby Dick, Pride and "
                                                           "Prejudice: 1.9 MB, about 450k WordPiece tokens).")
+    task: bool = Field(False, description="The finetune section's training texts instead of files: every text "
+                                         "field of each example, no labels (format: glue). What a task model's cut, "
+                                         "refit and transfer should read: the sentences it will see.")
     dataset_config: str | None = Field(None, description="The dataset's configuration name.")
     split: str = Field("train", description="Dataset split.")
     text_field: str = Field("text", description="Dataset column holding the text.")
@@ -278,8 +281,8 @@ class Corpus(Section):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if sum(map(bool, (self.files, self.dataset, self.builtin))) != 1:
-            raise ValueError("give exactly one of files, dataset or builtin")
+        if sum(map(bool, (self.files, self.dataset, self.builtin, self.task))) != 1:
+            raise ValueError("give exactly one of files, dataset, builtin or task: true")
         return self
 
 
