@@ -44,41 +44,21 @@ from runtimes_latency import SMOKE, save, student  # noqa: E402
 from slimbert.export import openvino as ovx  # noqa: E402
 from slimbert.export.bench import cpu_line  # noqa: E402
 from slimbert.export.isa import cpu_info  # noqa: E402
-from slimbert.export.onnx import export, quantize_dynamic_int8  # noqa: E402
+from slimbert.export.onnx import export, quantize_dynamic_int8, quantize_static_int8  # noqa: E402
 from slimbert.export.passes import DEFAULT_PASSES  # noqa: E402
 from slimbert.export.runtime import OrtRunner, alternating_median_ms, session, versions  # noqa: E402
 
 MM = ["MatMul", "Gemm"]
-# name -> quantize_static keywords (quant_format, activation type, per_channel, op types, extra options)
+# name -> the export's static layout (slimbert.export.onnx.STATIC_LAYOUT, static_u8_mm_fo) with these keys changed
 STATIC = {
-    "static_s8": dict(fmt="QDQ", act="QInt8", per_channel=True, ops=None, extra={}),
-    "static_u8": dict(fmt="QDQ", act="QUInt8", per_channel=True, ops=None, extra={}),
-    "static_u8_mm": dict(fmt="QDQ", act="QUInt8", per_channel=True, ops=MM, extra={"MatMulConstBOnly": True}),
-    "static_u8_mm_pt": dict(fmt="QDQ", act="QUInt8", per_channel=False, ops=MM, extra={"MatMulConstBOnly": True}),
-    "static_u8_mm_fo": dict(fmt="QDQ", act="QUInt8", per_channel=True, ops=MM,
-                            extra={"MatMulConstBOnly": True, "OpTypesToExcludeOutputQuantization": MM}),
-    "qop_u8_mm": dict(fmt="QOperator", act="QUInt8", per_channel=True, ops=MM, extra={"MatMulConstBOnly": True}),
+    "static_s8": dict(activation="QInt8", op_types=None, const_b_only=False, float_outputs=False),
+    "static_u8": dict(op_types=None, const_b_only=False, float_outputs=False),
+    "static_u8_mm": dict(float_outputs=False),
+    "static_u8_mm_pt": dict(per_channel=False, float_outputs=False),
+    "static_u8_mm_fo": dict(),
+    "qop_u8_mm": dict(format="QOperator", float_outputs=False),
 }
 TEXTS = ovx.CALIBRATION_TEXTS
-
-
-def quantize_static_variant(src: Path, dst: Path, calibration: list[dict], fmt: str, act: str, per_channel: bool,
-                            ops: list[str] | None, extra: dict) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    names = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{k: v for k, v in item.items() if k in names} for item in calibration])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=per_channel,
-                    activation_type=getattr(QuantType, act), weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                    extra_options={"DefaultTensorType": 1, **extra})
 
 
 def optimized_ops(path: Path, threads: int, work: Path) -> dict:
@@ -162,7 +142,7 @@ def main() -> None:
                 for v, kw in STATIC.items():
                     say(f"  {v}/{graph}")
                     files[f"{v}/{graph}"] = d / f"{v}.onnx"
-                    quantize_static_variant(d / "model.onnx", files[f"{v}/{graph}"], calibration, **kw)
+                    quantize_static_int8(d / "model.onnx", files[f"{v}/{graph}"], calibration, kw)
             first = next(iter(graphs))
             ref_s = session(files[f"fp32/{first}"], threads=2)
             names_in = {i.name for i in ref_s.get_inputs()}

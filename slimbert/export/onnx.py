@@ -445,17 +445,24 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> None:
 # uint8 activations (the U8S8 kernels; int8 activations fall back to slower paths) and per-channel int8 weights;
 # their outputs stay float (no Q/DQ pair after every dense layer: the fastest layout there, 38.9 against 45.1 ms
 # with quantised outputs on the preset); attention's activation-by-activation MatMuls, softmax and norms stay fp32.
-STATIC_LAYOUT = dict(activation="QUInt8", per_channel=True, op_types=["MatMul", "Gemm"], float_outputs=True)
+# (format: QDQ or QOperator; op_types None: every op ONNX Runtime can quantise; const_b_only: MatMuls with a constant
+# weight only, not attention's activation-by-activation products.)
+STATIC_LAYOUT = dict(format="QDQ", activation="QUInt8", per_channel=True, op_types=["MatMul", "Gemm"],
+                     const_b_only=True, float_outputs=True)
 
 
-def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]]) -> None:
-    """Static int8 (QDQ, activations calibrated by MinMax on `items`: model inputs, one sequence each, e.g. the
-    recipe's corpus or real sentences). Each activation's scale is fixed by the calibration, so the per-call
-    quantisation of dynamic int8 is gone; the parity check says how far the fixed scales drift."""
+def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]], layout: dict | None = None) -> None:
+    """Static int8 (activations calibrated by MinMax on `items`: model inputs, one sequence each, e.g. the
+    recipe's corpus or real sentences) in STATIC_LAYOUT, with `layout`'s keys changed (benchmarks/latency/ort_int8.py
+    times the others). Each activation's scale is fixed by the calibration, so the per-call quantisation of dynamic
+    int8 is gone; the parity check says how far the fixed scales drift."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    lay = STATIC_LAYOUT
+    unknown = set(layout or {}) - set(STATIC_LAYOUT)
+    if unknown:
+        raise ValueError(f"static int8 layout: unknown keys {sorted(unknown)}; known: {', '.join(STATIC_LAYOUT)}")
+    lay = {**STATIC_LAYOUT, **(layout or {})}
     names = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
     feeds = [{k: v for k, v in item.items() if k in names} for item in items]
 
@@ -466,12 +473,14 @@ def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]
         def get_next(self):
             return next(self.items, None)
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=lay["per_channel"],
-                    activation_type=getattr(QuantType, lay["activation"]), weight_type=QuantType.QInt8,
-                    op_types_to_quantize=lay["op_types"],
-                    extra_options={"DefaultTensorType": 1, "MatMulConstBOnly": True,
-                                   **({"OpTypesToExcludeOutputQuantization": lay["op_types"]}
-                                      if lay["float_outputs"] else {})})
+    extra = {"DefaultTensorType": 1}   # FLOAT, for tensors shape inference misses
+    if lay["const_b_only"]:
+        extra["MatMulConstBOnly"] = True
+    if lay["float_outputs"]:
+        extra["OpTypesToExcludeOutputQuantization"] = lay["op_types"]
+    quantize_static(str(src), str(dst), Reader(), quant_format=getattr(QuantFormat, lay["format"]),
+                    per_channel=lay["per_channel"], activation_type=getattr(QuantType, lay["activation"]),
+                    weight_type=QuantType.QInt8, op_types_to_quantize=lay["op_types"], extra_options=extra)
 
 
 def pick_int8(model: nn.Module, task: str, onnx_path: Path, folder: Path, items: list[dict], inputs: dict,
