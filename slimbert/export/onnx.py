@@ -236,22 +236,32 @@ def check_parity(model: nn.Module, task: str, onnx_path: Path | None, inputs: di
 
 # ---- the whole export -------------------------------------------------------------------------------------------
 
-def _int8_graph(model: nn.Module, task: str, passes: list[str], tmp: Path, opset: int) -> Path:
-    """The fp32 graph int8 is quantised from: `model` exported with `passes` (no timing, no report)."""
-    stage = tmp / "int8-stage-0.onnx"
+def _stages(model: nn.Module, task: str, passes: list[str], tmp: Path, prefix: str, opset: int):
+    """Export `model`, then apply each of `passes` in turn: yields (pass name, graph file, the pass's info) for the
+    plain export ("torch.onnx.export") and after every pass. Each file is tmp/<prefix>-<i>.onnx."""
+    stage = tmp / f"{prefix}-0.onnx"
     export_onnx(model, task, stage, opset)
+    yield "torch.onnx.export", stage, {}
     current = model
     for i, name in enumerate(passes, 1):
-        nxt = tmp / f"int8-stage-{i}.onnx"
+        nxt = tmp / f"{prefix}-{i}.onnx"
         if name in MODEL_PASSES:
-            current, _ = MODEL_PASSES[name](current)
+            current, info = MODEL_PASSES[name](current)
             export_onnx(current, task, nxt, opset)
         else:
-            ONNX_PASSES[name](stage, nxt)
-        stage.unlink()
+            info = ONNX_PASSES[name](stage, nxt) or {}
         stage = nxt
+        yield name, stage, info
+
+
+def _int8_graph(model: nn.Module, task: str, passes: list[str], tmp: Path, opset: int) -> Path:
+    """The fp32 graph int8 is quantised from: `model` exported with `passes` (no timing, no report)."""
+    for _, stage, _ in _stages(model, task, passes, tmp, "int8-stage", opset):
+        pass
     out = tmp / "int8-source.onnx"
     os.replace(stage, out)
+    for leftover in tmp.glob("int8-stage-*.onnx"):
+        leftover.unlink()
     return out
 
 
@@ -290,36 +300,26 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
     tmp.mkdir(parents=True)
     try:
         # Export, then each pass in turn; every stage's node count (and latency) goes into the report.
-        stage = tmp / "stage-0.onnx"
-        export_onnx(model, task, stage, opset)
         result = ExportResult(out, task, [])
         timed = (lambda f: round(latency_ms(f), 2)) if measure else (lambda f: None)  # noqa: E731
-        result.passes.append({"pass": "torch.onnx.export", "nodes": node_count(stage), "latency_ms": timed(stage)})
-        current = model
-        for i, name in enumerate(passes, 1):
-            nxt = tmp / f"stage-{i}.onnx"
-            info = {}
-            if name in MODEL_PASSES:
-                current, info = MODEL_PASSES[name](current)
-                export_onnx(current, task, nxt, opset)
-            else:
-                info = ONNX_PASSES[name](stage, nxt) or {}
-            stage = nxt
+        for name, stage, info in _stages(model, task, passes, tmp, "stage", opset):
             result.passes.append({"pass": name, "nodes": node_count(stage), "latency_ms": timed(stage), **info})
-            before, after = result.passes[-2], result.passes[-1]
-            log(f"pass {name}: {before['nodes']} -> {after['nodes']} nodes"
-                + (f", {before['latency_ms']} -> {after['latency_ms']} ms at batch 1 x 128 tokens" if measure else ""))
+            if len(result.passes) > 1:
+                before, after = result.passes[-2], result.passes[-1]
+                log(f"pass {name}: {before['nodes']} -> {after['nodes']} nodes"
+                    + (f", {before['latency_ms']} -> {after['latency_ms']} ms at batch 1 x 128 tokens" if measure
+                       else ""))
         onnx_path = tmp / "model.onnx"
         os.replace(stage, onnx_path)
         for leftover in tmp.glob("stage-*.onnx"):
             leftover.unlink()
-        int8_src = onnx_path
+        int8_src, int8_passes = onnx_path, [p for p in passes if p != "residual_gemm"]
         if (quantize == "int8" or static_calibration is not None) and "residual_gemm" in passes:
             # residual_gemm's Gemms take the residual (an activation) as their C input, which ONNX Runtime's
             # quantisers leave in fp32 ("Bias of Gemm node is not constant"): static int8 then ran slower than fp32
             # and dynamic 3 % slower than without the pass (benchmarks/results/ort_int8.md). int8 starts from the
             # same passes without it.
-            int8_src = _int8_graph(model, task, [p for p in passes if p != "residual_gemm"], tmp, opset)
+            int8_src = _int8_graph(model, task, int8_passes, tmp, opset)
             log("int8: quantised from the passes without residual_gemm (its activation-bias Gemms stay fp32 under "
                 "ONNX Runtime's quantisers)")
         inputs = parity_inputs(tokenizer, texts)
@@ -336,8 +336,7 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         if quantize == "int8":
             items = ovx.calibration_items(tokenizer, calibration_texts, calibration)
             result.int8 = pick_int8(model, task, int8_src, tmp, items, inputs, exact, int8_min_cosine, device, log)
-            result.int8["graph"] = ("the passes without residual_gemm: " + ", ".join(p for p in passes
-                                                                                   if p != "residual_gemm")
+            result.int8["graph"] = ("the passes without residual_gemm: " + ", ".join(int8_passes)
                                     if int8_src != onnx_path else "the fp32 model's")
             result.parity["int8"] = Parity(**result.int8["parity"][result.int8["picked"]])
         if static_calibration is not None:
