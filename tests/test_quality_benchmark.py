@@ -23,6 +23,15 @@ def _digest(x) -> str:
     return hashlib.sha256(json.dumps(x, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Finetune keys added after round 2, at the default that does what round 2 did: left out of the spec digest.
+LATER_DEFAULTS = {"cut_from": "source"}
+
+
+def _spec(task: str, arm: str) -> dict:
+    spec = json.loads(json.dumps(Q.task_spec(task, arm).model_dump()))
+    return {k: v for k, v in spec.items() if LATER_DEFAULTS.get(k, object()) != v}
+
+
 def snapshot(work: Path) -> dict:
     """Every arm's derived recipe (text, digested), fine-tuning spec (digested), seeds, latency name, student and
     the job order, at every scale: what tests/quality_round2_arms.json recorded from the code round 2 ran."""
@@ -36,7 +45,7 @@ def snapshot(work: Path) -> dict:
                         for a in A.TRANSFER_ARMS},
             "arms_for": {t: A.arms_for(t) for t in A.TASKS},
             "seeds": {t: {a: A.seeds_for(t, a) for a in A.arms_for(t)} for t in A.TASKS},
-            "specs": {t: {a: _digest(json.loads(json.dumps(Q.task_spec(t, a).model_dump()))) for a in A.arms_for(t)}
+            "specs": {t: {a: _digest(_spec(t, a)) for a in A.arms_for(t)}
                       for t in A.TASKS},
             "latency_name": {a: A.latency_name(a) for a in arms},
             "student": {a: ["random" if A.ARMS[a].random_init else "transfer", A.transfer_arm(a)]

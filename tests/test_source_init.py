@@ -368,3 +368,56 @@ def test_one_recipe_cuts_a_task_model_distils_it_on_the_task_and_saves_it_stock(
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "export" / "model.onnx").is_file()
+
+
+def _task_cut_recipe(tmp_path, source, shared_data, stage=None, **finetune):
+    return write_recipe(
+        tmp_path, source, shared_data, teacher={"type": "source"}, layer_map="importance",
+        student={"init": "prune_from_source", "num_layers": 2, "inter_size": 32},
+        data={"corpus": {"task": True}, "seq_len": 32, "max_sequences": 48, "eval_sequences": 8},
+        transfer=[stage or {"kind": "joint", "steps": 1, "batch_size": 4, "freeze": ["slimbert.embeddings"],
+                            "optimizer": {"lr": 1e-9, "weight_decay": 0.0},
+                            "losses": {"feature_map": 1.0, "attention": 0.0}}],
+        finetune={"task": "sst2", "train": str(shared_data / "SST-2" / "train.tsv"),
+                  "dev": str(shared_data / "SST-2" / "dev.tsv"), "max_examples": 64, "epochs": 1, "batch_size": 16,
+                  "lr": 1e-3, "seq_len": 32, "distill": True, "cut_from": "task_teacher", **finetune})
+
+
+def test_cut_from_the_task_teacher_names_what_it_needs(tmp_path, tiny_source, shared_data):
+    from slimbert.recipe import RecipeError, load_recipe
+
+    def problems(**kw):
+        with pytest.raises(RecipeError) as e:
+            load_recipe(_task_cut_recipe(tmp_path, tiny_source, shared_data, **kw))
+        return {p.path: p.message for p in e.value.problems}
+
+    assert "distill: true" in problems(distill=False)["finetune.cut_from"]
+    assert "give your fine-tuned model as source.model" in problems(teacher_model=str(tiny_source))[
+        "finetune.teacher_model"]
+    # The task teacher is a classifier: a stage distilling MLM logits has nothing to read.
+    mlm = {"kind": "pretrain_distill", "steps": 1, "batch_size": 4, "alpha": 0.5}
+    assert any("cut_from: task_teacher" in m for m in problems(stage=mlm).values())
+    load_recipe(_task_cut_recipe(tmp_path, tiny_source, shared_data))   # the tiny source has an MLM head: fine
+
+
+@pytest.mark.e2e
+def test_cut_from_the_task_teacher_fine_tunes_the_source_first_and_cuts_that(tmp_path, tiny_source, shared_data):
+    """Issue 29's order, in one run: the source (an MLM model) fine-tuned on the task, saved, then cut; the cut reads
+    the task teacher's weights (not the source's), and the task distillation starts from that same teacher."""
+    import slimbert
+    from safetensors.torch import load_file
+
+    out = slimbert.compress(_task_cut_recipe(tmp_path, tiny_source, shared_data), out=tmp_path / "run")
+    teacher = out / "task_teacher"
+    made = json.loads((teacher / "metrics.json").read_text())
+    assert made["train_examples"] == 64 and set(made["dev"]) == {"accuracy", "f1", "matthews"}
+    assert json.loads((teacher / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+    kept = json.loads((out / "student_init.json").read_text())["kept"]["hidden"]
+    # The word table is frozen in the transfer: the student's is the task teacher's, cut to the kept channels.
+    words = load_file(out / "student" / "model.safetensors")
+    student = next(v for k, v in words.items() if k.endswith("word_embeddings.weight"))
+    tuned = load_file(teacher / "model.safetensors")["bert.embeddings.word_embeddings.weight"][:, kept]
+    source = AutoModel.from_pretrained(tiny_source).embeddings.word_embeddings.weight.detach()[:, kept]
+    assert torch.equal(student, tuned) and not torch.equal(student, source)
+    result = json.loads((out / "finetune" / "metrics.json").read_text())
+    assert result["teacher_dev"] == made["dev"] and result["distill"]

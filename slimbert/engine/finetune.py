@@ -26,6 +26,7 @@ from ..models.encoders import classifier_head
 from ..recipe.resolve import Resolved
 from ..transfer import losses as L
 from ..transfer.source_init import cut_classifier, selection
+from . import checkpoint as ckpt
 from .artifacts import save_model
 from .cards import write_card
 from .checkpoint import TrainingError
@@ -356,6 +357,47 @@ def carry_head(model, classifier, kept: list[int]) -> None:
     model.load_state_dict({k: v.to(device) for k, v in cut_classifier(head, kept).items()}, strict=False)
 
 
+def prepare_task_teacher(r: Resolved, out: Path, tokenizer, progress, console,
+                         device: torch.device = torch.device("cpu")) -> Path | str:
+    """finetune.cut_from: task_teacher, before the student is cut: the source when it is already a classifier of
+    the task, else the source fine-tuned on the task here, saved in <out>/task_teacher (stock transformers, read
+    back by a resumed run). Returns the model's path; rank 0 only (the others read the path, task_teacher_path)."""
+    spec = r.recipe.finetune
+    final = task_teacher_path(r, out)
+    task = make_task(spec, r.base, tokenizer, r.recipe.seed)
+    if final == r.source_path and source_classifier(r.source_path, task.num_labels):  # (checks its labels)
+        console.print(f"task teacher: the source ({r.source.path}), a classifier already fine-tuned on {spec.task}; "
+                      "the student is cut from it", highlight=False)
+        return final
+    if (final / "metrics.json").is_file():
+        return final  # fine-tuned before a resume
+    teacher = task.source_model(r.source_path).to(device)
+    t = progress.add_task(f"fine-tune teacher on {spec.task}", total=None, info="")
+    started = time.perf_counter()
+    train(teacher, task, r.recipe.seed,
+          log=lambda step, total, loss: progress.update(t, completed=step, total=total, info=f"loss {loss:.4g}"))
+    dev = task.evaluate(teacher)
+    with ckpt.atomic_dir(final) as tmp:
+        teacher.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps({"task": spec.task, "dev": dev, "train_examples": task.n_train,
+                                                      "seconds": round(time.perf_counter() - started, 1)}, indent=2))
+    console.print(f"task teacher: the source fine-tuned on {spec.task} ({', '.join(f'{k} {v:.4f}' for k, v in dev.items())}"
+                  f" on dev), saved in {final}; the student is cut from it", highlight=False)
+    return final
+
+
+def task_teacher_path(r: Resolved, out: Path) -> Path | str:
+    """Where finetune.cut_from: task_teacher's teacher is: the source itself when it is a classifier of the task
+    (format glue), else <out>/task_teacher."""
+    from transformers import AutoConfig
+
+    architectures = AutoConfig.from_pretrained(str(r.source_path)).architectures or []
+    if r.recipe.finetune.format == "glue" and any(a.endswith("ForSequenceClassification") for a in architectures):
+        return r.source_path
+    return out / "task_teacher"
+
+
 def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer, progress, console,
                  device: torch.device = torch.device("cpu")) -> dict:
     """The recipe's finetune section: fine-tune the student on the task (with task distillation when asked) on
@@ -373,11 +415,14 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
         return lambda step, total, loss: progress.update(t, completed=step, total=total, info=f"loss {loss:.4g}")
 
     kept = cut_channels(r, out)
-    classifier = spec.format == "glue" and source_classifier(r.source_path, task.num_labels)
+    classifier = spec.format == "glue" and (r.task_teacher is not None
+                                            or source_classifier(r.source_path, task.num_labels))
     teacher, teacher_dev, projection = None, None, None
     if spec.distill:
         if spec.teacher_model:
             teacher = task.source_model(base / spec.teacher_model).to(device)  # already fine-tuned: head kept
+        elif r.task_teacher is not None:   # finetune.cut_from: task_teacher: the model the student was cut from
+            teacher = task.source_model(r.task_teacher).to(device)
         elif classifier:
             # The source is a model fine-tuned on the task: it is the task teacher as it is (named once).
             teacher = task.source_model(r.source_path).to(device)

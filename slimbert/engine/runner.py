@@ -28,7 +28,7 @@ from ..models import SlimBertForMaskedLM
 from ..plugins import TEACHERS
 from ..recipe.errors import Problem, RecipeError
 from ..recipe.plan import build_plan
-from ..recipe.resolve import Resolved, with_teacher
+from ..recipe.resolve import Resolved, with_task_teacher, with_teacher
 from ..recipe.schema import Stage
 from ..teacher.adapters import HFEncoderTeacher, IBTeacherAdapter, Teacher, as_teacher, teacher_has_attention
 from ..teacher.adapters import to_device as teacher_to
@@ -45,7 +45,7 @@ from .checkpoint import TrainingError
 from .corpus import load_corpus, load_texts
 from .distributed import World, world_from_env
 from .export_step import run_export
-from .finetune import run_finetune
+from .finetune import prepare_task_teacher, run_finetune, task_teacher_path
 from .metrics import MetricLogger
 from .rundir import RunDir, discard, preflight, prepare_run_dir, remove_partial_writes
 from .sentence import finish_sentence_student
@@ -142,7 +142,7 @@ def build_context(r: Resolved, out: Path, console, teacher=None, quick: bool = F
         teacher = IBTeacherAdapter(ib)
     else:
         needs_mlm = any(getattr(st, "alpha", 1.0) < 1.0 for st in r.recipe.transfer) and r.source.has_mlm_head
-        teacher = HFEncoderTeacher(r.source_path, with_mlm=needs_mlm)
+        teacher = HFEncoderTeacher(r.cut_source, with_mlm=needs_mlm)  # the source, or the task teacher cut from
     teacher_to(teacher, device)
     # Initialised on the CPU, then moved: the same initial weights on every device.
     student = SlimBertForMaskedLM(r.student_config).to(device)
@@ -188,7 +188,7 @@ def cut_from_source(ctx: Context) -> None:
 
     r = ctx.r
     auto = AutoModelForMaskedLM if r.source.has_mlm_head else AutoModel
-    source = auto.from_pretrained(str(r.source_path), use_safetensors=True).to(ctx.device).eval()
+    source = auto.from_pretrained(str(r.cut_source), use_safetensors=True).to(ctx.device).eval()
     layers = None if r.recipe.layer_map == "importance" else [j - 1 for j in r.layer_map]
     # The refit's rows: enough packed training rows for student.refit_tokens (all of them when the corpus is short).
     want = -(-r.recipe.student.refit_tokens // r.recipe.data.seq_len)
@@ -209,6 +209,27 @@ def cut_from_source(ctx: Context) -> None:
     if ctx.world.main:
         ctx.console.print(report.summary(r.source, r.student_config), highlight=False, soft_wrap=True)
         ckpt.write_atomic(ctx.out / "student_init.json", json.dumps(report.as_dict(), indent=2))
+
+
+def progress_columns() -> tuple:
+    """The progress bars' columns: what runs, its bar, steps done of all, its loss, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn())
+
+
+def first_task_teacher(r: Resolved, out: Path, console, world: World, where: torch.device) -> Path | str:
+    """finetune.cut_from: task_teacher: the task teacher, fine-tuned by rank 0 before anything is cut from it."""
+    from rich.progress import Progress
+    from transformers import AutoTokenizer
+
+    if world.main:
+        with Progress(*progress_columns(), console=console, transient=False) as progress:
+            prepare_task_teacher(r, out, AutoTokenizer.from_pretrained(str(r.tokenizer_path)), progress, console,
+                                 device=where)
+    world.barrier()
+    return task_teacher_path(r, out)
 
 
 def restore_cut(ctx: Context) -> None:
@@ -403,7 +424,7 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
     stages, then the student, fine-tuning and export; returns the run directory. `device` (auto, cpu, cuda,
     cuda:N) overrides the recipe's `device`; under torchrun each process takes cuda:LOCAL_RANK."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress
 
     console = console or Console(stderr=True)
     warn = lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False, soft_wrap=True)  # noqa: E731
@@ -455,6 +476,8 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             ckpt.write_atomic(out / "recipe.resolved.yaml",
                               yaml.safe_dump(r.recipe.model_dump(mode="json"), sort_keys=False))
             ckpt.write_atomic(out / "plan.json", json.dumps(build_plan(r), indent=2, default=str))
+        if r.recipe.finetune is not None and r.recipe.finetune.cut_from == "task_teacher":
+            r = with_task_teacher(r, first_task_teacher(r, out, console, world, where))
         ctx = build_context(r, out, console, teacher, device=where)
         ctx.world = world
         console.print(f"device: {dev.describe(where)}" + (f" x {world.size} processes" if world.active else ""),
@@ -469,8 +492,7 @@ def run(r: Resolved, out: Path | None = None, resume: bool = False, console=None
             print_fidelity(console, write_fidelity(out, "before", _fidelity(ctx), len(ctx.held_out)))
         first_student = next((k for k, st in enumerate(r.recipe.transfer) if strategy(st).trains != "teacher"),
                              len(r.recipe.transfer))
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                   TimeRemainingColumn())
+        columns = progress_columns()
         with Progress(*columns, console=console, transient=False, disable=not world.main) as progress:
             for k, st in enumerate(r.recipe.transfer):
                 if k < start_stage:

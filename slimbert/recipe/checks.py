@@ -91,6 +91,27 @@ def source_cut(recipe: Recipe, f: Facts) -> Problems:
     return out
 
 
+def task_teacher_cut(recipe: Recipe, f: Facts) -> Problems:
+    """finetune.cut_from: task_teacher fine-tunes the source first and cuts the student from it: a cut student,
+    distilled from that same teacher, which the run makes (or the source is)."""
+    ft = recipe.finetune
+    if ft is None or ft.cut_from != "task_teacher":
+        return []
+    out = []
+    if recipe.student.init != "prune_from_source":
+        out.append(("finetune.cut_from", "task_teacher cuts the student from the task teacher: it needs student.init: "
+                                         f"prune_from_source (this recipe's is {recipe.student.init})"))
+    if not ft.distill:
+        out.append(("finetune.cut_from", "task_teacher: the task teacher the student is cut from also teaches it: "
+                                         "set finetune.distill: true"))
+    if ft.teacher_model is not None:
+        out.append(("finetune.teacher_model", "finetune.cut_from: task_teacher cuts the teacher this run fine-tunes "
+                                              "from the source; a separate teacher_model is not cut: give your "
+                                              "fine-tuned model as source.model instead (a classifier of the task is "
+                                              "the teacher as it is)"))
+    return out
+
+
 def export_needs_onnx(recipe: Recipe, f: Facts) -> Problems:
     """The latency report and both int8 models are made from the ONNX export: without it they would be skipped."""
     e, out = recipe.export, []
@@ -148,8 +169,8 @@ def widths_or_balance(recipe: Recipe) -> Problems:
     return out
 
 
-CHECKS: list[Callable[[Recipe, Facts], Problems]] = [stages, embedding_copy, student_init, source_cut, export_needs_onnx,
-                                                     openvino_needs_onnx, sequence_lengths]
+CHECKS: list[Callable[[Recipe, Facts], Problems]] = [stages, embedding_copy, student_init, source_cut, task_teacher_cut,
+                                                     export_needs_onnx, openvino_needs_onnx, sequence_lengths]
 
 
 def run_checks(recipe: Recipe, f: Facts) -> Problems:

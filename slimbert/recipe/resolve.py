@@ -52,6 +52,14 @@ class Resolved:
     corpus_files: list[Path] = field(default_factory=list)
     balance: balance_solver.BalanceResult | None = None
     notes: list[str] = field(default_factory=list)  # "key: what was not checked, and why" (load_recipe's reads_weights)
+    task_teacher: Path | str | None = None    # finetune.cut_from: task_teacher: the model the student is cut from
+                                              # (set by the run once it exists; with_task_teacher)
+
+    @property
+    def cut_source(self) -> Path | str:
+        """The model the transfer stages' teacher and a prune_from_source cut read: the task teacher once there
+        is one (finetune.cut_from: task_teacher), else the source."""
+        return self.task_teacher or self.source_path
 
     @property
     def teacher_layers(self) -> int:
@@ -165,6 +173,12 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
     return Resolved(recipe=recipe, file=file, base=base, raw=data, source=source, source_path=source_path,
                     tokenizer_path=tokenizer_path, teacher_config=teacher_config, student_config=student_config,
                     layer_map=layer_map, corpus_files=corpus_files, balance=balance, notes=notes)
+
+
+def with_task_teacher(r: Resolved, path: Path | str) -> Resolved:
+    """finetune.cut_from: task_teacher, once the task teacher exists at `path`: the cut and the transfer stages
+    read it, a classifier without the source's MLM head."""
+    return dataclasses.replace(r, task_teacher=path, source=dataclasses.replace(r.source, has_mlm_head=False))
 
 
 def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_size: int,
@@ -481,6 +495,8 @@ def _facts(recipe: Recipe, source: SourceInfo, teacher_config: SlimBertConfig | 
     # embedding are unknown, and the checks that need them stay quiet instead of adding follow-on errors about
     # the source's numbers.
     broken = t.type == "inverted_bottleneck" and t.plugin is None and teacher_config is None
+    # Cut from the task teacher: the transfer stages' teacher is a classifier, which has no MLM head.
+    task_cut = recipe.finetune is not None and recipe.finetune.cut_from == "task_teacher"
     if teacher_config is not None:
         embedding = (teacher_config.vocab_size, teacher_config.embedding_size, teacher_config.trigram_input,
                      teacher_config.hidden_size)
@@ -495,9 +511,10 @@ def _facts(recipe: Recipe, source: SourceInfo, teacher_config: SlimBertConfig | 
         heads=None if broken else teacher_config.num_attention_heads if teacher_config else source.num_heads,
         width=None if broken else teacher_config.hidden_size if teacher_config else source.hidden_size,
         student_width=s.inter_size, student_heads=s.num_heads,
-        inverted_bottleneck=t.type == "inverted_bottleneck", has_mlm_head=source.has_mlm_head,
+        inverted_bottleneck=t.type == "inverted_bottleneck", has_mlm_head=source.has_mlm_head and not task_cut,
         origin="plugin" if t.plugin is not None else "recipe",
-        description=f"{source.path} is a {source.model_type} without one")
+        description="the task teacher (finetune.cut_from: task_teacher) is a classifier without one" if task_cut
+        else f"{source.path} is a {source.model_type} without one")
     return checks.Facts(teacher, student_config, teacher_config, source.max_positions, embedding, what, source)
 
 
