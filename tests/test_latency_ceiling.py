@@ -20,7 +20,14 @@ def test_dense_chain_runs_every_linear_once_in_call_order_on_the_rows_it_sees():
     model = SlimBertForSequenceClassification(preset("mobilebert", num_labels=2, num_hidden_layers=2)).eval()
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     chain = C.DenseChain(model, 16)
-    assert sorted(map(id, chain.layers)) == sorted(map(id, linears))   # each once, the model's own weights
+    assert len(chain.layers) == len(linears)                            # each once, in call order below
+    # the model's own weights, each layer times one positive scalar (its output at unit RMS: no denormals)
+    by_shape = {}
+    for m in linears:
+        by_shape.setdefault(m.weight.shape, []).append(m.weight)
+    for lin in chain.layers:
+        ratios = [(lin.weight / w) for w in by_shape[lin.weight.shape] if (lin.weight * w).sum() > 0]
+        assert any(torch.allclose(r, r.flatten()[0].expand_as(r), rtol=1e-4) for r in ratios)
     assert chain.rows[-1] == 1 and set(chain.rows[:-1]) == {16}       # the classifier reads one row per sequence
     expected = sum(2.0 * r * m.in_features * m.out_features for m, r in zip(chain.layers, chain.rows))
     assert chain.flops() == expected
@@ -34,7 +41,12 @@ def test_dense_chain_runs_every_linear_once_in_call_order_on_the_rows_it_sees():
     for h in hooks:
         h.remove()
     assert sum(seen) == pytest.approx(expected)
-    assert chain(torch.randn(16, chain.width)).shape == (1, 2)
+    out = chain(torch.randn(16, chain.width))
+    assert out.shape == (1, 2) and 0.1 < out.pow(2).mean().sqrt() < 10   # unit scale at the end of the chain
+    # a deep chain keeps normal floats: no denormals, no zeros
+    deep = C.DenseChain(SlimBertForSequenceClassification(preset("mobilebert", num_labels=2)).eval(), 16)
+    assert len(deep.layers) > 200
+    assert 0.1 < deep(torch.randn(16, deep.width)).pow(2).mean().sqrt() < 10
 
 
 def test_ceilings_divide_bert_base_by_the_students_dense_chain():
