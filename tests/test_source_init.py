@@ -421,3 +421,8 @@ def test_cut_from_the_task_teacher_fine_tunes_the_source_first_and_cuts_that(tmp
     assert torch.equal(student, tuned) and not torch.equal(student, source)
     result = json.loads((out / "finetune" / "metrics.json").read_text())
     assert result["teacher_dev"] == made["dev"] and result["distill"]
+    # A resumed run reads the saved teacher back instead of fine-tuning it again (nor cutting a different one).
+    stamp = (teacher / "model.safetensors").stat().st_mtime_ns
+    slimbert.compress(_task_cut_recipe(tmp_path, tiny_source, shared_data), out=tmp_path / "run", resume=True)
+    assert (teacher / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((teacher / "metrics.json").read_text()) == made
