@@ -357,6 +357,12 @@ def carry_head(model, classifier, kept: list[int]) -> None:
     model.load_state_dict({k: v.to(device) for k, v in cut_classifier(head, kept).items()}, strict=False)
 
 
+def progress_bar(progress, name: str):
+    """A new bar on `progress` and the train() log that moves it: steps done of all, the last loss."""
+    t = progress.add_task(name, total=None, info="")
+    return lambda step, total, loss: progress.update(t, completed=step, total=total, info=f"loss {loss:.4g}")
+
+
 def prepare_task_teacher(r: Resolved, out: Path, tokenizer, progress, console,
                          device: torch.device = torch.device("cpu")) -> Path | str:
     """finetune.cut_from: task_teacher, before the student is cut: the source when it is already a classifier of
@@ -372,10 +378,8 @@ def prepare_task_teacher(r: Resolved, out: Path, tokenizer, progress, console,
     if (final / "metrics.json").is_file():
         return final  # fine-tuned before a resume
     teacher = task.source_model(r.source_path).to(device)
-    t = progress.add_task(f"fine-tune teacher on {spec.task}", total=None, info="")
     started = time.perf_counter()
-    train(teacher, task, r.recipe.seed,
-          log=lambda step, total, loss: progress.update(t, completed=step, total=total, info=f"loss {loss:.4g}"))
+    train(teacher, task, r.recipe.seed, log=progress_bar(progress, f"fine-tune teacher on {spec.task}"))
     dev = task.evaluate(teacher)
     with ckpt.atomic_dir(final) as tmp:
         teacher.to("cpu").save_pretrained(tmp, safe_serialization=True)
@@ -410,10 +414,6 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
     task = make_task(spec, base, tokenizer, seed)
     started = time.perf_counter()
 
-    def bar(name):
-        t = progress.add_task(name, total=None, info="")
-        return lambda step, total, loss: progress.update(t, completed=step, total=total, info=f"loss {loss:.4g}")
-
     kept = cut_channels(r, out)
     classifier = spec.format == "glue" and (r.task_teacher is not None
                                             or source_classifier(r.source_path, task.num_labels))
@@ -430,7 +430,7 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
                           f"{spec.task}", highlight=False)
         else:
             teacher = task.source_model(r.source_path).to(device)
-            train(teacher, task, seed, log=bar(f"fine-tune teacher on {spec.task}"))
+            train(teacher, task, seed, log=progress_bar(progress, f"fine-tune teacher on {spec.task}"))
         teacher_dev = task.evaluate(teacher)
         augment(task, teacher, tokenizer, seed)
         if kept is not None and not spec.teacher_model:   # a teacher of the source's width the student was cut from
@@ -439,8 +439,8 @@ def run_finetune(r: Resolved, out: Path, student: SlimBertForMaskedLM, tokenizer
     if kept is not None and classifier:
         carry_head(model, teacher if teacher is not None and not spec.teacher_model
                    else task.source_model(r.source_path), kept)
-    history = train(model, task, seed, teacher, log=bar(f"fine-tune student on {spec.task}"), layer_map=r.layer_map,
-                    projection=projection)
+    history = train(model, task, seed, teacher, log=progress_bar(progress, f"fine-tune student on {spec.task}"),
+                    layer_map=r.layer_map, projection=projection)
     dev = task.evaluate(model)
     # A student cut from its source saves as a stock model of the source's type when its head is one: BERT's
     # (BertForSequenceClassification). RoBERTa's head has other modules (dense + out_proj, no pooler), so a
