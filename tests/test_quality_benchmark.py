@@ -195,6 +195,29 @@ def test_jobs_put_whole_rows_first_and_every_teacher_before_its_students(scale):
         Q.configure("cpu")
 
 
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_task_cut_levers_take_3x_the_baselines_steps_and_change_one_thing(scale):
+    """7f (more epochs) and 7g (teacher-labelled copies) spend 3x 7e's fine-tuning steps, each in its own way, and
+    their recipes differ from 7e's in that alone; they run 3 seeds on the round-3 tasks, by hand."""
+    import math
+
+    Q.configure(scale)
+    try:
+        for task in (t for t in Q.TASKS if t in A.ROUND3_TASKS):
+            base = Q.task_spec(task, "task_cut_4x")
+            n = 3200
+            steps = lambda s: math.ceil(s.epochs * math.ceil(n * (1 + s.augment) / s.batch_size))  # noqa: E731
+            for arm, changed in (("task_cut_4x_long", {"epochs"}), ("task_cut_4x_augment", {"augment"})):
+                spec = Q.task_spec(task, arm)
+                assert abs(steps(spec) - 3 * steps(base)) <= 3, (task, arm)
+                assert {k for k, v in spec.model_dump().items() if base.model_dump()[k] != v} == changed
+                assert A.ARMS[arm].task_cut == A.ARMS["task_cut_4x"].task_cut
+                assert arm in A.arms_for(task) and len(A.seeds_for(task, arm)) == 3
+                assert ("finetune", task, arm, 0) not in Q.jobs(3)
+    finally:
+        Q.configure("cpu")
+
+
 def test_every_arm_is_timed_under_its_architectures_latency_name():
     Q.configure("cpu")
     names = {arm: A.latency_name(arm) for task in Q.TASKS for arm in A.arms_for(task)}
@@ -205,7 +228,7 @@ def test_every_arm_is_timed_under_its_architectures_latency_name():
                                                           "pruned_source_block_mean", "random_source_block_mean"}
     # every other student (transferred, random init, levers) has slimbert's architecture
     assert {a for a, n in names.items() if n == "student"} == set(names) - {"source", *A.COOKBOOK_ONLY} - {
-        a for a, n in names.items() if n is None} - set(A.group("round3"))
+        a for a, n in names.items() if n is None} - set(A.group("round3")) - set(A.group("round3_lever"))
     # the students cut from the source are timed as their own shapes; the random-init control shares its shape
     assert [names[a] for a in ("cut_2x", "cut_4x", "random_cut_4x")] == ["cut_2x", "cut_4x", "cut_4x"]
     assert [names[a] for a in ("slimbert", "random_init", "pruned_init", "slimbert_x10", "random_init_mean")] == [

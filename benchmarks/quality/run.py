@@ -128,7 +128,7 @@ def task_spec(task: str, arm: str):
     t = TASKS[task]
     spec = ARMS[arm]
     source = arm == "source"
-    epochs = S["source"]["max_epochs"][task] if source else S["student_epochs"][task]
+    epochs = S["source"]["max_epochs"][task] if source else S["student_epochs"][task] * spec.epochs_x
     copies, multiple = spec.augment or ({}, 1)
     copies = copies.get(task, 0)
     return Finetune(task=task, train=t["train"], dev=t["dev"], text_fields=t["text_fields"],
