@@ -108,8 +108,8 @@ def main() -> None:
     rows = report["results"]
     best = {name: best_of([r for r in rows if r["group"] == name], fid, a.max_drop) for name in models}
     src = best["source"]["latency"]["p50"]
-    lines = [f"# Students cut from all-MiniLM-L6-v2 against the source, best vs best (issue 29)", "",
-             "`python benchmarks/quality/cut_latency.py " + " ".join(f"--model {m}" for m in a.model) + "`, alone "
+    lines = ["# Students cut from all-MiniLM-L6-v2 against the source, best vs best (issue 29)", "",
+             "`python benchmarks/quality/cut_latency.py " + " ".join(sys.argv[1:]) + "`, alone "
              f"on the machine; batch 1 x seq 128, {threads} threads, {a.runs} timed runs per variant in alternating "
              f"blocks. {cpu_line(report['cpu'])}", "",
              f"Fidelity: Spearman of pair cosines against the source (PyTorch fp32) on every MRPC / RTE dev pair. "

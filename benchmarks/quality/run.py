@@ -425,7 +425,7 @@ def latency() -> dict:
     from slimbert.engine.finetune import make_task
     from slimbert.engine.sentence import hf_encoder, runner_encoder, similarity_fidelity
     from slimbert.export import runtime
-    from slimbert.export.bench import Entry, bench, variants
+    from slimbert.export.bench import bench, variants
     from slimbert.export.isa import cpu_info
     from slimbert.export.onnx import ExportError
 
