@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -127,22 +128,25 @@ def test_task_spec_keeps_regression_and_the_student_budget():
         Q.configure("cpu")
 
 
+def finetune_steps(spec, n: int) -> int:
+    """A fine-tune's optimiser steps on n examples before copies: whole batches, ceil(epochs x n x (1 + copies) /
+    batch)."""
+    return math.ceil(spec.epochs * math.ceil(n * (1 + spec.augment) / spec.batch_size))
+
+
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])
 def test_augmentation_levers_read_the_examples_they_claim(scale):
     """slimbert_augment takes the steps of 5f (its baseline: same LR), slimbert_augment_x3 three times as many;
     the copies' count is what changes, and the fine-tune differs from 5f in nothing else."""
-    import math
-
     Q.configure(scale)
     try:
         for task in Q.TASKS:
             base = Q.task_spec(task, "slimbert_lr_high")
-            n = 3200   # examples before copies, whole batches: steps = ceil(epochs x n x (1 + copies) / batch)
-            steps = lambda s: math.ceil(s.epochs * math.ceil(n * (1 + s.augment) / s.batch_size))  # noqa: E731
+            n = 3200   # examples before copies
             for arm, multiple in (("slimbert_augment", 1), ("slimbert_augment_x3", 3)):
                 spec = Q.task_spec(task, arm)
                 assert spec.augment == A.ARMS[arm].augment[0][task] > 0
-                assert abs(steps(spec) - multiple * steps(base)) <= multiple, (task, arm)
+                assert abs(finetune_steps(spec, n) - multiple * finetune_steps(base, n)) <= multiple, (task, arm)
                 assert spec.model_dump(exclude={"augment", "epochs"}) == base.model_dump(exclude={"augment", "epochs"})
                 if task in Q.S["ablation_tasks"] or task == "rte":   # RTE: the smallest task, where TinyBERT's gain is
                     assert arm in A.arms_for(task)
@@ -199,17 +203,14 @@ def test_jobs_put_whole_rows_first_and_every_teacher_before_its_students(scale):
 def test_task_cut_levers_take_3x_the_baselines_steps_and_change_one_thing(scale):
     """7f (more epochs) and 7g (teacher-labelled copies) spend 3x 7e's fine-tuning steps, each in its own way, and
     their recipes differ from 7e's in that alone; they run 3 seeds on the round-3 tasks, by hand."""
-    import math
-
     Q.configure(scale)
     try:
         for task in (t for t in Q.TASKS if t in A.ROUND3_TASKS):
             base = Q.task_spec(task, "task_cut_4x")
             n = 3200
-            steps = lambda s: math.ceil(s.epochs * math.ceil(n * (1 + s.augment) / s.batch_size))  # noqa: E731
             for arm, changed in (("task_cut_4x_long", {"epochs"}), ("task_cut_4x_augment", {"augment"})):
                 spec = Q.task_spec(task, arm)
-                assert abs(steps(spec) - 3 * steps(base)) <= 3, (task, arm)
+                assert abs(finetune_steps(spec, n) - 3 * finetune_steps(base, n)) <= 3, (task, arm)
                 assert {k for k, v in spec.model_dump().items() if base.model_dump()[k] != v} == changed
                 assert A.ARMS[arm].task_cut == A.ARMS["task_cut_4x"].task_cut
                 assert arm in A.arms_for(task) and len(A.seeds_for(task, arm)) == 3
@@ -228,7 +229,7 @@ def test_every_arm_is_timed_under_its_architectures_latency_name():
                                                           "pruned_source_block_mean", "random_source_block_mean"}
     # every other student (transferred, random init, levers) has slimbert's architecture
     assert {a for a, n in names.items() if n == "student"} == set(names) - {"source", *A.COOKBOOK_ONLY} - {
-        a for a, n in names.items() if n is None} - set(A.group("round3")) - set(A.group("round3_lever"))
+        a for a, n in names.items() if n is None} - set(A.round3_arms())
     # the students cut from the source are timed as their own shapes; the random-init control shares its shape
     assert [names[a] for a in ("cut_2x", "cut_4x", "random_cut_4x")] == ["cut_2x", "cut_4x", "cut_4x"]
     assert [names[a] for a in ("slimbert", "random_init", "pruned_init", "slimbert_x10", "random_init_mean")] == [

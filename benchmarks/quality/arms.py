@@ -456,13 +456,18 @@ def group(name: str) -> list[str]:
     return [a for a, spec in ARMS.items() if name in spec.groups]
 
 
+def round3_arms() -> list[str]:
+    """Round 3's arms and its by-hand levers: the rows (and goals) a round-3 task reports."""
+    return group("round3") + group("round3_lever")
+
+
 def arms_for(task: str) -> list[str]:
     arms = group("main") + group("confirmed")
     if task in S["ablation_tasks"]:
         arms += [a for a in group("lever") if a not in arms] + list(COOKBOOK_ONLY)
     arms += [a for a in group("lever") if task in ARMS[a].extra_tasks and a not in arms]
     if task in ROUND3_TASKS:
-        arms += group("round3") + group("round3_lever")
+        arms += round3_arms()
     return arms
 
 

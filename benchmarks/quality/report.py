@@ -207,8 +207,7 @@ def round3_goals(tasks: dict, embedding: dict, f: dict) -> dict:
             goals[f"{arm}_embedding_speedup_best_vs_best"] = {"measured": source["p50_ms"] / mine["p50_ms"],
                                                               "target": g["speedup"]}
     # the task goals, for every arm cut to a goal's shape (from the embedding source, or from the task teacher)
-    cut_arms = [a for a in A.group("round3") + A.group("round3_lever")
-                if A.ARMS[a].family == A.CUT and A.ARMS[a].latency in CUT_GOALS]
+    cut_arms = [a for a in A.round3_arms() if A.ARMS[a].family == A.CUT and A.ARMS[a].latency in CUT_GOALS]
     for arm in cut_arms:
         for task in ("sst2", "mrpc"):
             row = tasks.get(task, {}).get(arm)
