@@ -335,3 +335,28 @@ def test_a_round3_report_carries_the_earlier_runs_rows_as_measured():
     again = QR.carry_over(json.loads(json.dumps(now)), {**q, "machine": {"cpu": "new CPU"}})
     assert again["carried"]["from"]["machine"]["cpu"] == "old CPU"   # the run that measured them
     assert QR.carry_over(json.loads(json.dumps(now)), {**before, "scale": "gpu"}) == now   # never across scales
+
+
+def test_cut_latency_judges_each_cut_by_the_goal_its_parameter_cut_reaches():
+    import cut_latency as CL
+
+    def row(model, ms):
+        rt, prec = model.split()[1:]
+        return {"model": model, "runtime": rt, "precision": prec, "latency": {"p50": ms / 1e3}}
+
+    rows = [row("m openvino bf16", 2.0), row("m openvino int8", 1.5), row("m ort fp32", 4.0)]
+    fid = {"m openvino bf16": {"MRPC": 0.96, "RTE": 0.95}, "m openvino int8": {"MRPC": 0.96, "RTE": 0.94},
+           "m ort fp32": {"MRPC": 0.97, "RTE": 0.96}}
+    # 2x: the fastest variant at >= 0.95 on both tasks (int8 misses RTE), its speed-up over the source's 4 ms
+    # (p50s are in seconds, as bench() reports them)
+    assert CL.goal_row("m", 2.0, 1.9, rows, fid, rows[1], 4e-3) == (
+        "| m | 2.000x | >= 0.95 on both, >= 1.8x | openvino bf16 (0.960 / 0.950) | 2.00x | 1.90x |")
+    # 4x fewer is judged at 0.90 and 3x: int8 is the fastest that holds it
+    assert "| >= 0.9 on both, >= 3.0x | openvino int8 (0.960 / 0.940) | 2.67x |" in CL.goal_row(
+        "m", 4.01, 3.8, rows, fid, rows[1], 4e-3)
+    # a hair short of 2x is shown, with no goal, at its best variant: not dropped from the table
+    assert CL.goal_row("m", 1.999, 1.9, rows, fid, rows[0], 4e-3) == (
+        "| m | 1.999x | none: under 2x fewer | its best: openvino bf16 (0.960 / 0.950) | 2.00x | 1.90x |")
+    # no variant at the goal's fidelity: the best fidelity reached on each task is reported
+    low = {k: {"MRPC": 0.9, "RTE": v["RTE"] - 0.1} for k, v in fid.items()}
+    assert "none: best fidelity 0.900 / 0.860 | - |" in CL.goal_row("m", 2.0, 1.9, rows, low, rows[1], 4e-3)
