@@ -91,8 +91,10 @@ EMBED_LR = 2e-3
 CUT_SHAPES = {
     # Cut in width, not depth: at equal encoder parameters, all six layers with a 376-neuron FFN reached 0.933 / 0.911
     # (MRPC / RTE dev-pair Spearman) after 200 distillation steps, 3 of 6 layers at full width 0.912 / 0.868 after 300
-    # (one-off prototype runs before round 3, seed 0, batch 16; round 3's jobs are what confirm it), as Minitron
-    # found for LLMs. `steps`: the distillation's length for the shape (docs/cut.md): the 2x cut's RTE fidelity
+    # (one-off prototype runs before round 3, seed 0, batch 16), as Minitron found for LLMs; measured since at 1200
+    # steps (docs/cut.md, "Depth or width"): 0.955 / 0.938 against 0.930 / 0.894 at 2x, while at 4x three
+    # full-width layers tie on RTE, lose 0.006 on MRPC and run 1.26-1.34x faster on AMX (round 3 keeps what it
+    # measured). `steps`: the distillation's length for the shape (docs/cut.md): the 2x cut's RTE fidelity
     # passed 0.95 only at 3600 (0.963 / 0.950; 0.955 / 0.938 at 1200); the 4x cut's RTE sat at 0.843 after 1200,
     # and tripling the 2x cut's schedule added only 0.012 on RTE: 3x the steps (~15 more minutes) would not reach 0.90.
     "cut_2x": dict(num_layers=6, inter_size=384, num_heads=12, ffn=376, steps=3600),  # 5,294,544 params (2.01x)
