@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -173,6 +174,33 @@ def test_the_refit_lowers_the_error_the_cut_left_on_held_out_text():
            for name, m in (("plain", plain), ("fitted", fitted))}
     assert err["fitted"] < 0.7 * err["plain"], err
     assert report.pooled_cosine > plain_report.pooled_cosine
+    assert report.before_refit["kept"] is True
+
+
+def test_a_refit_that_lowers_the_held_out_fidelity_is_not_kept(monkeypatch):
+    """A refit on too few tokens can fit them and miss held-out text: the cut is then kept as it was before the
+    refit, and the report and its one-line summary say that the refit was not kept, with the cosine it reached."""
+    import slimbert.transfer.source_init as S
+
+    def harmful(student, source, kept, ids, ridge=1e-3):  # stands in for a refit that overfits its few tokens
+        for layer in student.encoder.layer:
+            layer.output.dense.weight.mul_(-1.0)
+
+    hf = _tiny(BertModel, BertConfig, initializer_range=0.2)
+    plain, plain_report = _cut(hf)
+    monkeypatch.setattr(S, "refit", torch.no_grad()(harmful))
+    guarded, report = _cut(hf, torch.randint(5, 300, (2, 12)))
+    assert report.before_refit["kept"] is False
+    assert report.before_refit["pooled_cosine_refitted"] < report.before_refit["pooled_cosine"]
+    assert report.pooled_cosine == pytest.approx(plain_report.pooled_cosine, abs=1e-6)
+    for (name, a), b in zip(plain.state_dict().items(), guarded.state_dict().values()):
+        assert torch.equal(a, b), name
+    c = hf.config
+    source = SimpleNamespace(num_layers=c.num_hidden_layers, hidden_size=c.hidden_size,
+                             num_heads=c.num_attention_heads, intermediate_size=c.intermediate_size)
+    line = report.summary(source, plain.config)
+    assert f"lowered the held-out pooled cosine to {report.before_refit['pooled_cosine_refitted']:.3f}: not kept" \
+        in line and "student.refit_tokens" in line
 
 
 def test_the_refit_leaves_a_layer_that_lost_nothing_as_it_was():
