@@ -87,7 +87,8 @@ def test_embedding_distill_problems_and_advice():
     assert stage_problems([none], f)[0][0] == "transfer.0.mse"
     ok = STAGE.validate_python({"kind": "embedding_distill", "steps": 5})
     assert stage_problems([ok], f) == [] and ok.pooling == "auto"
-    assert strategy(ok).plan_row(ok, 2)["losses"] == {"mse": 1.0, "cosine": 1.0, "similarity": 1.0, "tokens": 0.0}
+    assert strategy(ok).plan_row(ok, 2)["losses"] == {"mse": 1.0, "cosine": 1.0, "similarity": 1.0, "tokens": 0.0,
+                                                      "hidden": 0.0}
 
 
 def test_validate_suggests_embedding_distill_for_a_sentence_model(tmp_path, minilm_path, shared_data):
@@ -254,6 +255,43 @@ def test_the_tokens_term_is_the_last_hidden_states_mse_over_real_tokens(tiny_sou
         student.slimbert.encoder.layer[-1].output.LayerNorm.bias.add_(0.5)
     moved = strategy(st).terms(st, x, 0, B(enc, 2, seed=0, stage=0))["tokens"].item()
     assert moved > 1e-4
+
+
+def test_the_hidden_term_reads_each_layer_below_the_last_through_the_layer_map(tiny_source, tokenizer):
+    """embedding_distill's `hidden` term: the MSE of each student layer but the last against the source layer the
+    layer map names: zero for a student that is its source, above zero when a lower layer moves (the last layer
+    untouched) or when the map points at other layers; the IB teacher's layer map is refused."""
+    from transformers import AutoModel
+
+    from slimbert.data.corpus import Batches as B
+    from slimbert.models import SlimBertForMaskedLM
+    from slimbert.models.encoders import from_encoder
+    from slimbert.teacher.adapters import HFEncoderTeacher
+
+    source = AutoModel.from_pretrained(tiny_source).eval()
+    student = SlimBertForMaskedLM(from_encoder(source).config)
+    student.slimbert.load_state_dict(from_encoder(source).state_dict(), strict=False)
+    student.eval()
+    enc = tokenizer(["a short one", "a rather longer sentence than the first"], padding="max_length", max_length=16,
+                    return_tensors="pt")["input_ids"]
+    teacher = HFEncoderTeacher(tiny_source)
+    st = STAGE.validate_python({"kind": "embedding_distill", "steps": 1, "hidden": 1.0, "mse": 0, "cosine": 0,
+                                "similarity": 0, "pooling": "mean"})
+
+    def term(layer_map: list[int]) -> float:
+        x = TransferInputs(student, teacher, None, layer_map, tokenizer, 0.15, False, Shard())
+        terms = strategy(st).terms(st, x, 0, B(enc, 2, seed=0, stage=0))
+        assert set(terms) == {"hidden"}
+        return terms["hidden"].item()
+
+    assert term([1, 2, 3, 4]) < 1e-10
+    assert term([2, 3, 4, 4]) > 1e-4                  # layer 1 held to layer 2's output: the map is read
+    with torch.no_grad():
+        student.slimbert.encoder.layer[1].output.LayerNorm.bias.add_(0.5)
+    assert term([1, 2, 3, 4]) > 1e-4
+    f = TeacherFacts(layers=4, heads=4, width=64, student_width=64, student_heads=4, inverted_bottleneck=True,
+                     has_mlm_head=False)
+    assert stage_problems([st], f)[0][0] == "transfer.0.hidden"
 
 
 def test_runner_encoder_feeds_int64_numpy_and_zero_token_types():

@@ -414,6 +414,10 @@ class EmbeddingDistillStage(StageBase):
                                                  "every real token (projected likewise): far more signal per text "
                                                  "than the pooled terms; what pays for a student cut from its "
                                                  "source (docs/cut.md).")
+    hidden: NonNegFloat = Field(0.0, description="MSE between each student layer's output and its mapped source "
+                                                 "layer's (the layer map; every layer but the last, which tokens "
+                                                 "covers) at every real token, averaged over those layers: the "
+                                                 "intermediate layers of a cut student kept on course (docs/cut.md).")
     inputs: Literal["texts", "packed"] = Field(
         "texts", description="texts: each corpus text (a line of the files, a dataset row) one input, truncated "
                              "to data.seq_len and padded, as sentences are embedded; packed: the packed corpus "

@@ -566,14 +566,22 @@ class EmbeddingDistill:
         mode = "mean" if st.pooling == "auto" else st.pooling  # resolve.py fills in the source's; mean otherwise
         reference = x.source if x.source is not None else x.teacher
         with torch.no_grad():
-            last = reference(batch, mask).hidden_states[-1].float()
+            ref = reference(batch, mask).hidden_states
+            last = ref[-1].float()
             target = pool(last, mask, mode)
-        hidden = x.student.slimbert(batch, attention_mask=mask).last_hidden_state
+        out = x.student.slimbert(batch, attention_mask=mask, output_hidden_states=bool(st.hidden))
+        hidden = out.last_hidden_state
         mine = pool(hidden, mask, mode)
         terms = {}
         if st.tokens:  # every token's last hidden state, not only their pool: far more signal per sentence
             project = embedding_projection(x, hidden.shape[-1], last.shape[-1])
             terms["tokens"] = st.tokens * L.feature_map_loss(last, project(hidden).float(), mask, normalize=False)
+        if st.hidden and x.num_layers > 1:  # the layers below the last, each against the source layer it maps to
+            inner = []
+            for l in range(1, x.num_layers):  # 1-based student layers; hidden_states[0] is the embedding output
+                h = out.hidden_states[l] if x.projections is None else x.projections[l - 1](out.hidden_states[l])
+                inner.append(L.feature_map_loss(ref[x.layer_map[l - 1]].float(), h.float(), mask, normalize=False))
+            terms["hidden"] = st.hidden * torch.stack(inner).mean()
         if st.mse or st.cosine:
             projected = embedding_projection(x, mine.shape[-1], target.shape[-1])(mine).float()
             if st.mse:
@@ -586,7 +594,7 @@ class EmbeddingDistill:
 
     def plan_row(self, st: StageConfig, num_layers: int) -> dict:
         return {"steps": st.steps, "trainable": "student: all but the MLM head",
-                "losses": {k: getattr(st, k) for k in ("mse", "cosine", "similarity", "tokens")},
+                "losses": {k: getattr(st, k) for k in ("mse", "cosine", "similarity", "tokens", "hidden")},
                 "pooling": st.pooling,
                 "inputs": st.inputs}
 
@@ -595,9 +603,14 @@ class EmbeddingDistill:
         return StepShape(None, None)  # both whole encoders (the pooled embedding reads the last layer), no MLM head
 
     def problems(self, st: StageConfig, i: int, earlier: list, f: TeacherFacts) -> Problems:
-        if not (st.mse or st.cosine or st.similarity or st.tokens):
-            return [(f"transfer.{i}.mse", "every embedding term is 0 (mse, cosine, similarity, tokens): the stage "
-                                          "would train nothing; give one a weight")]
+        if not (st.mse or st.cosine or st.similarity or st.tokens or st.hidden):
+            return [(f"transfer.{i}.mse", "every embedding term is 0 (mse, cosine, similarity, tokens, hidden): the "
+                                          "stage would train nothing; give one a weight")]
+        if st.hidden and f.inverted_bottleneck:
+            return [(f"transfer.{i}.hidden", "hidden maps each student layer to a layer of the source, but the layer "
+                                             "map and the feature widths follow the IB teacher here: use "
+                                             "teacher.type: source (or a progressive/joint stage for the IB "
+                                             "teacher's layers), or hidden: 0")]
         if st.similarity and st.batch_size < 2:
             return [(f"transfer.{i}.batch_size", "the similarity term compares sentences within a batch: use "
                                                  "batch_size >= 2 or similarity: 0")]
