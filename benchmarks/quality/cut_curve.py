@@ -2,12 +2,13 @@
 all-MiniLM-L6-v2 cut to a shape (`student.init: prune_from_source`'s code: layers by importance, widths by activation
 importance), before training and every `--eval` steps of distillation. The loss is embedding_distill's with the
 tokens term: 10 x the MSE of every real token's last hidden state (on the kept channels) plus 1 - the cosine of
-the mean-pooled embeddings, AdamW at a constant LR (or decaying linearly to 0 with --decay), the embedding
-tables frozen. It chose round 3's cut shapes
-and stages (arms.py CUT_SHAPES / CUT_STAGES, docs/cut.md); run it alone.
+the mean-pooled embeddings (with --hidden, the hidden term too: each lower layer's output against its source
+layer's), AdamW at a constant LR (or decaying linearly to 0 with --decay), the embedding tables frozen. It chose
+round 3's cut shapes and stages (arms.py CUT_SHAPES / CUT_STAGES) and the embedding-cut preset's (docs/cut.md);
+run it alone.
 
-    python benchmarks/quality/cut_curve.py --layers 6 --ffn 376 --steps 3600 --eval 600 --lr 2e-4 --decay \
-        --refit 1024 --save /tmp/cut2x                                                        # 2x fewer encoder params
+    python benchmarks/quality/cut_curve.py --layers 6 --ffn 376 --steps 3600 --eval 1200 --lr 4e-4 --decay \
+        --hidden 10 --refit 1024 --save /tmp/cut2x                            # 2x fewer encoder params: the preset
     python benchmarks/quality/cut_curve.py --layers 6 --width 256 --heads 8 --ffn 320 --steps 1200 --eval 300 \
         --lr 2e-4 --decay --refit 1024 --save /tmp/cut4x                                      # 4x
     python benchmarks/quality/cut_curve.py --layers 3 --steps 300 --data wiki                 # half the depth
@@ -70,6 +71,9 @@ def main() -> None:
     ap.add_argument("--decay", action="store_true", help="LR decays linearly to 0 over --steps (default constant)")
     ap.add_argument("--sim", type=float, default=0.0, help="weight of the in-batch similarity-matrix term")
     ap.add_argument("--cos", type=float, default=1.0, help="weight of the pooled cosine term")
+    ap.add_argument("--hidden", type=float, default=0.0,
+                    help="weight of the MSE of every kept layer's output (but the last, which the tokens term "
+                         "covers) against its source layer's, on the kept channels, averaged over those layers")
     ap.add_argument("--refit", type=int, default=0, help="corpus rows of 64 tokens for the least-squares refit "
                                                          "(student.refit_tokens / 64; 0: none)")
     ap.add_argument("--save", type=Path, default=None, help="save the distilled student here (a stock BertModel "
@@ -119,15 +123,30 @@ def main() -> None:
         enc = tok(batch, truncation=True, max_length=a.seq, padding=True, return_tensors="pt")
         mask = enc["attention_mask"]
         with torch.no_grad():
-            target = source(**enc).last_hidden_state[..., kept]
-        mine = student(**enc).last_hidden_state
+            out_s = source(**enc, output_hidden_states=bool(a.hidden))
+            target = out_s.last_hidden_state[..., kept]
+        out = student(**enc, output_hidden_states=bool(a.hidden))
+        mine = out.last_hidden_state
         real = mask.unsqueeze(-1).float()
-        tokens = ((mine - target).pow(2) * real).sum() / real.sum() / mine.shape[-1]
+
+        def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return ((x - y).pow(2) * real).sum() / real.sum() / x.shape[-1]
+
+        tokens = mse(mine, target)
+        if a.hidden:
+            # Student layer i (1-based) sits where source layer kept[i-1]+1 did: its output maps to that one's.
+            inner = [mse(out.hidden_states[i], out_s.hidden_states[j + 1][..., kept])
+                     for i, j in enumerate(report.kept.layers[:-1], start=1)]
         ps, pt = pool(mine, mask, "mean"), pool(target, mask, "mean")
         cosine = (1 - F.cosine_similarity(ps, pt)).mean()
         loss = 10 * tokens + a.cos * cosine
+        if a.hidden and inner:
+            loss = loss + a.hidden * torch.stack(inner).mean()
         if a.sim:
             loss = loss + a.sim * similarity_matrix_loss(pt, ps)
+        if step == 1 or step % a.eval == 0:
+            print(f"  loss terms: tokens {tokens.item():.4f}" + (f", hidden {torch.stack(inner).mean().item():.4f}"
+                  if a.hidden and inner else ""), flush=True)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
