@@ -3,6 +3,7 @@ terms, the similarity fidelity, and a student that sentence-transformers opens."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -292,6 +293,10 @@ def test_the_hidden_term_reads_each_layer_below_the_last_through_the_layer_map(t
     f = TeacherFacts(layers=4, heads=4, width=64, student_width=64, student_heads=4, inverted_bottleneck=True,
                      has_mlm_head=False)
     assert stage_problems([st], f)[0][0] == "transfer.0.hidden"
+    one = TeacherFacts(layers=4, heads=4, width=64, student_width=64, student_heads=4, inverted_bottleneck=False,
+                       has_mlm_head=False, student_layers=1)
+    assert stage_problems([st], one)[0][0] == "transfer.0.hidden"
+    assert stage_problems([st], dataclasses.replace(one, student_layers=2)) == []
 
 
 def test_runner_encoder_feeds_int64_numpy_and_zero_token_types():

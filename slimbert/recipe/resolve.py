@@ -194,7 +194,7 @@ def with_teacher(r: Resolved, num_layers: int, num_heads: int | None, hidden_siz
     s = r.recipe.student
     teacher = TeacherFacts(layers=num_layers, heads=num_heads, width=hidden_size, student_width=s.inter_size,
                            student_heads=s.num_heads, inverted_bottleneck=False, has_mlm_head=False,
-                           attention=attention, origin="passed_in")
+                           attention=attention, origin="passed_in", student_layers=s.num_layers)
     out.extend(checks.run_checks(r.recipe, checks.Facts(teacher, r.student_config, None, r.source.max_positions)))
     out.raise_if_any()
     return dataclasses.replace(r, teacher_config=None, layer_map=layer_map)
@@ -512,7 +512,7 @@ def _facts(recipe: Recipe, source: SourceInfo, teacher_config: SlimBertConfig | 
         width=None if broken else teacher_config.hidden_size if teacher_config else source.hidden_size,
         student_width=s.inter_size, student_heads=s.num_heads,
         inverted_bottleneck=t.type == "inverted_bottleneck", has_mlm_head=source.has_mlm_head and not task_cut,
-        origin="plugin" if t.plugin is not None else "recipe",
+        origin="plugin" if t.plugin is not None else "recipe", student_layers=s.num_layers,
         description="the task teacher (finetune.cut_from: task_teacher) is a classifier without one" if task_cut
         else f"{source.path} is a {source.model_type} without one")
     return checks.Facts(teacher, student_config, teacher_config, source.max_positions, embedding, what, source)

@@ -65,6 +65,7 @@ class TeacherFacts:
     attention: bool = True         # the teacher exposes attention maps
     origin: str = "recipe"         # "recipe", "plugin" (known at run time) or "passed_in" (Python API)
     description: str = ""          # e.g. "x is a bert without one", for messages
+    student_layers: int = 0        # student.num_layers (0: not known)
 
 
 @dataclass
@@ -606,6 +607,9 @@ class EmbeddingDistill:
         if not (st.mse or st.cosine or st.similarity or st.tokens or st.hidden):
             return [(f"transfer.{i}.mse", "every embedding term is 0 (mse, cosine, similarity, tokens, hidden): the "
                                           "stage would train nothing; give one a weight")]
+        if st.hidden and f.student_layers == 1:
+            return [(f"transfer.{i}.hidden", "hidden distils the student's layers below its last, and a one-layer "
+                                             "student has none: use tokens for its only layer, or hidden: 0")]
         if st.hidden and f.inverted_bottleneck:
             return [(f"transfer.{i}.hidden", "hidden maps each student layer to a layer of the source, but the layer "
                                              "map and the feature widths follow the IB teacher here: use "
