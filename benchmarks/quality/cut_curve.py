@@ -133,20 +133,20 @@ def main() -> None:
             return ((x - y).pow(2) * real).sum() / real.sum() / x.shape[-1]
 
         tokens = mse(mine, target)
-        if a.hidden:
-            # Student layer i (1-based) sits where source layer kept[i-1]+1 did: its output maps to that one's.
-            inner = [mse(out.hidden_states[i], out_s.hidden_states[j + 1][..., kept])
-                     for i, j in enumerate(report.kept.layers[:-1], start=1)]
+        # Student layer i (1-based) sits where source layer kept[i-1]+1 did: its output maps to that one's.
+        inner = [mse(out.hidden_states[i], out_s.hidden_states[j + 1][..., kept])
+                 for i, j in enumerate(report.kept.layers[:-1], start=1)] if a.hidden else []
+        hidden = torch.stack(inner).mean() if inner else None
         ps, pt = pool(mine, mask, "mean"), pool(target, mask, "mean")
         cosine = (1 - F.cosine_similarity(ps, pt)).mean()
         loss = 10 * tokens + a.cos * cosine
-        if a.hidden and inner:
-            loss = loss + a.hidden * torch.stack(inner).mean()
+        if hidden is not None:
+            loss = loss + a.hidden * hidden
         if a.sim:
             loss = loss + a.sim * similarity_matrix_loss(pt, ps)
         if step == 1 or step % a.eval == 0:
-            print(f"  loss terms: tokens {tokens.item():.4f}" + (f", hidden {torch.stack(inner).mean().item():.4f}"
-                  if a.hidden and inner else ""), flush=True)
+            print(f"  loss terms: tokens {tokens.item():.4f}"
+                  + (f", hidden {hidden.item():.4f}" if hidden is not None else ""), flush=True)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
