@@ -221,16 +221,22 @@ def print_frontier(b: dict) -> None:
     spec = b["spec"]
     ft = Table(title=f"latency frontier: {spec['runtime']} {spec['precision']}, batch {spec['batch']} x seq "
                      f"{spec['seq']}, {spec['threads']} threads, budget {b['budget_ms']:g} ms")
-    for col in ("layers", "H", "I", "heads", "N", "F", "qkv", "params", "ratio", "ms", ""):
+    # a student cut from its source keeps its block: only depth and widths vary (no I, N, Q/K/V source or band)
+    cut = any(r.get("cut") for r in b["frontier"])
+    shape = (("layers", "layers"), ("H", "inter_size"), ("heads", "heads"), ("F", "ffn_size")) if cut else \
+        (("layers", "layers"), ("H", "inter_size"), ("I", "intra_size"), ("heads", "heads"), ("N", "stacked"),
+         ("F", "ffn_size"), ("qkv", "qkv_from"))
+    tail = ("params", "ms", "") if cut else ("params", "ratio", "ms", "")
+    for col in (*(c for c, _ in shape), *tail):
         ft.add_column(col, justify="left" if col in ("qkv", "") else "right")
     for r in sorted(b["frontier"], key=lambda r: -r["params"]):
-        ft.add_row(*(str(r[k]) for k in ("layers", "inter_size", "intra_size", "heads", "stacked", "ffn_size")),
-                   r["qkv_from"], f"{r['params'] / 1e6:.2f}M", f"{r['ratio']:.3f}", f"{r['ms']:.2f}",
+        ft.add_row(*(str(r[k]) for _, k in shape), f"{r['params'] / 1e6:.2f}M",
+                   *(() if cut else (f"{r['ratio']:.3f}",)), f"{r['ms']:.2f}",
                    "chosen" if r["chosen"] else ("fits" if r["fits"] else ""),
                    style="bold" if r["chosen"] else None)
     for m in b.get("references", []):
-        ft.add_row(m["name"], "", "", "", "", "", "", f"{m['params'] / 1e6:.2f}M" if m["params"] else "?", "",
-                   f"{m['ms']:.2f}", f"best: {m['runtime']} {m['precision']}")
+        ft.add_row(m["name"], *[""] * (len(shape) - 1), f"{m['params'] / 1e6:.2f}M" if m["params"] else "?",
+                   *(() if cut else ("",)), f"{m['ms']:.2f}", f"best: {m['runtime']} {m['precision']}")
     show(ft)
     if b.get("frontier_png"):
         console.print(f"frontier plot: {b['frontier_png']}", highlight=False)

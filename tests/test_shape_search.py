@@ -304,3 +304,155 @@ def test_min_params_is_a_latency_key_and_cannot_exceed_max_params(tmp_path, tiny
         load_recipe(path)
     messages = " ".join(p.message for p in e.value.problems)
     assert "min_params (3e+06) exceeds max_params (2.2e+06)" in messages
+
+
+# ---- students cut from their source (student.init: prune_from_source) -----------------------------------------------
+
+def _cut_base():
+    from slimbert.models import SlimBertConfig
+
+    # all-MiniLM-L6-v2's block: width 384, 12 heads of 32, FFN 1536, 6 layers
+    return SlimBertConfig(vocab_size=30522, embedding_size=384, trigram_input=False, hidden_size=384,
+                          use_bottleneck=False, intra_bottleneck_size=384, num_hidden_layers=6, num_attention_heads=12,
+                          intermediate_size=1536, num_feedforward_networks=1, normalization_type="layer_norm",
+                          hidden_act="gelu", max_position_embeddings=512, classifier_activation=True)
+
+
+def _cut_axes():
+    from slimbert.recipe.shape_search import CutAxes
+
+    return CutAxes(layers=(3, 4, 5, 6), inter_sizes=(256, 384), heads=None, ffn_sizes=tuple(range(64, 1537, 64)),
+                   head_dim=32)
+
+
+def _cut_ms(config) -> float:
+    # overhead per layer, plus a cost per encoder weight (not the word table): monotone in every cut dimension
+    h, f = config.hidden_size, config.intermediate_size
+    return config.num_hidden_layers * (0.15 + (4 * h * h + 2 * h * f) / 1e6 * 1.4)
+
+
+@pytest.mark.parametrize("budget", [2.0, 6.0, 16.0])
+def test_cut_search_picks_the_largest_cut_that_fits(budget):
+    from slimbert.recipe.shape_search import cut_candidates, solve_cut_latency
+
+    calls = []
+
+    def timer(config, spec):
+        calls.append(config)
+        return _cut_ms(config)
+
+    base, axes = _cut_base(), _cut_axes()
+    rows, n = cut_candidates(base, axes, max_params=None, max_flops=None, seq_len=128)
+    assert n == len(rows) == 4 * 2 * 24
+    for cfg, row in rows:  # each keeps the source's head width and block; counted exactly
+        assert cfg.num_attention_heads * 32 == cfg.hidden_size == cfg.embedding_size == cfg.intra_bottleneck_size
+        assert cfg.num_feedforward_networks == 1 and not cfg.use_bottleneck
+        assert count(cfg).total_params == row["params"]
+    best = solve_cut_latency(base, axes, SPEC, timer, budget_ms=budget, max_params=None, max_flops=None, seq_len=128,
+                             sample=6, max_timed=60, source_shape=(6, 384, 12, 1536))
+    fitting = [r for cfg, r in rows if _cut_ms(cfg) <= budget]  # brute force over the same grid
+    assert best.params == max(r["params"] for r in fitting) and best.latency_ms <= budget
+    assert len(calls) < len(rows) / 3   # bisection per family, not a sweep
+    assert f"L={best.layers} H={best.inter_size} heads={best.heads} F={best.ffn_size}" in best.reason
+    own = (best.layers, best.inter_size, best.ffn_size) == (6, 384, 1536)
+    assert ("the source's own shape" in best.reason) == own
+    assert own == (budget == 16.0)  # the source itself takes 15.8 ms here
+
+
+def test_cut_search_with_heads_skips_widths_they_do_not_divide_and_says_when_nothing_fits():
+    from slimbert.recipe.shape_search import CutAxes, NoShapeFits, cut_candidates, solve_cut_latency
+
+    axes = CutAxes(layers=(2,), inter_sizes=(192, 196, 256), heads=(8,), ffn_sizes=(256, 512), head_dim=32)
+    rows, n = cut_candidates(_cut_base(), axes, max_params=None, max_flops=None, seq_len=128)
+    assert n == 6 and {r["inter_size"] for _, r in rows} == {192, 256}  # 196 is not 8 heads wide
+    assert all(r["heads"] == 8 for _, r in rows)
+    with pytest.raises(NoShapeFits, match=r"0.1 ms .*cut from the source.*fastest: L=2 H=192 heads=8 F=256"):
+        solve_cut_latency(_cut_base(), axes, SPEC, lambda c, s: _cut_ms(c), budget_ms=0.1, max_params=None,
+                          max_flops=None, seq_len=128)
+
+
+def _cut_recipe(tmp_path, tiny_source, shared_data, student=None, **balance):
+    return write_recipe(tmp_path, tiny_source, shared_data, teacher={"type": "source"},
+                        student={"init": "prune_from_source", "num_layers": 2, **(student or {})},
+                        transfer=[{"kind": "joint", "steps": 2, "batch_size": 4,
+                                   "losses": {"feature_map": 1.0, "attention": 0.0}}],
+                        balance={"latency_ms": 3, "runtime": "ort", "precision": "int8", "layers": [1, 2, 3],
+                                 "inter_sizes": [32, 64], **balance})
+
+
+def test_recipe_latency_budget_cuts_the_student_from_its_source(tmp_path, tiny_source, shared_data):
+    from transformers import BertConfig
+
+    seen = []
+
+    def timer(config, spec):  # the tiny source is a BERT: each cut is timed as the stock BertModel it is saved as
+        seen.append(config)
+        assert isinstance(config, BertConfig) and spec == LatencySpec("ort", "int8", 1, 128, 2)
+        return config.num_hidden_layers * (0.3 + config.hidden_size / 64 + config.intermediate_size / 256)
+
+    r = load_recipe(_cut_recipe(tmp_path, tiny_source, shared_data), timer=timer)
+    b, cfg = r.balance, r.student_config
+    assert b.layers * (0.3 + b.inter_size / 64 + b.ffn_size / 256) <= 3
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == \
+        (b.layers, b.inter_size, b.heads, b.ffn_size)
+    assert cfg.hidden_size // cfg.num_attention_heads == 16 and not cfg.use_bottleneck  # the source's head width
+    assert b.ffn_size in range(64, 129, 64) and b.ffn_size <= 128  # the default grid: multiples of 64, the source's
+    assert r.recipe.student.num_layers == b.layers and len(r.layer_map) == b.layers
+    # the largest that fits, by brute force over the timed grid's stock configs
+    assert all(c.num_hidden_layers * (0.3 + c.hidden_size / 64 + c.intermediate_size / 256) > 3
+               for c in seen if c.num_hidden_layers * c.hidden_size > b.layers * b.inter_size
+               and c.intermediate_size >= b.ffn_size)
+    assert build_plan(r)["balance"]["frontier"]
+
+
+@pytest.mark.parametrize("student, balance, key", [
+    ({}, {"latency_ms": None, "max_params": 1e6}, "balance"),                 # a cut is searched only against time
+    ({}, {"stacked": [1, 2]}, "balance.stacked"),                              # the source's block has one FFN
+    ({}, {"mha_ffn_ratio": 0.5}, "balance.mha_ffn_ratio"),
+    ({}, {"qkv_from": ["bottleneck"]}, "balance.qkv_from"),
+    ({}, {"layers": [2, 5]}, "balance.layers"),                                # the tiny source has 4 layers
+    ({}, {"ffn_sizes": [64, 256]}, "balance.ffn_sizes"),                       # and FFN 128
+    ({"ffn": {"size": 64}}, {}, "student.ffn"),                                # the search chooses it
+])
+def test_a_cut_latency_search_refuses_what_it_cannot_do(tmp_path, tiny_source, shared_data, student, balance, key):
+    path = _cut_recipe(tmp_path, tiny_source, shared_data, student, **balance)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path, timer=lambda c, s: pytest.fail("timed a shape of a refused recipe"))
+    assert key in [p.path for p in e.value.problems], e.value.problems
+
+
+def test_ffn_sizes_is_refused_for_a_bottleneck_student(tmp_path, tiny_source, shared_data):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(_latency_recipe(tmp_path, tiny_source, shared_data, ffn_sizes=[64]),
+                    timer=lambda c, s: pytest.fail("timed a shape of a refused recipe"))
+    assert [p.path for p in e.value.problems] == ["balance.ffn_sizes"]
+
+
+def test_a_stock_encoder_is_timed_through_the_students_export_and_cached(tmp_path, monkeypatch):
+    from transformers import BertConfig
+
+    from slimbert.export import shape_timer
+
+    timer = shape_timer.ExportTimer(cache_dir=tmp_path, runs=3)
+    cfg = BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=64)
+    spec = LatencySpec("ort", "int8", 1, 32, 1)
+    ms = timer(cfg, spec)
+    assert 0 < ms < 1000
+    assert any(k.startswith('{"model": "encoder:') for k in json.loads(timer.file.read_text())["timings"])
+    monkeypatch.setattr(shape_timer, "artefact", lambda *a, **k: pytest.fail("re-exported a cached shape"))
+    assert shape_timer.ExportTimer(cache_dir=tmp_path)(cfg, spec) == ms
+
+
+@pytest.mark.e2e
+def test_plan_times_cut_students_for_real_and_shows_their_own_columns(tmp_path, tiny_source, shared_data):
+    path = _cut_recipe(tmp_path, tiny_source, shared_data, latency_ms=1000, runtime="ort", precision="fp32", seq=32,
+                       threads=1, layers=[1, 2], inter_sizes=[64], ffn_sizes=[64, 128], sample=2, max_timed=3)
+    env = {**__import__("os").environ, "SLIMBERT_LATENCY_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "slimbert.cli", "plan", str(path), "--no-measure"],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "timed bert L=2 H=64 heads=4 F=128 on ort fp32" in done.stderr   # the stock BertModel, really timed
+    head = next(line for line in done.stdout.splitlines() if "layers" in line and "params" in line)
+    assert head.split("┃")[1:5] and "qkv" not in head and " I " not in head and " F " in head
+    assert "chosen" in done.stdout and "the source's own shape" not in done.stdout

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import SlimBertModel, count
+from ..models import SlimBertConfig, SlimBertModel, count
 from . import openvino as ovx
 from . import passes as P
 from . import runtime
@@ -170,12 +170,25 @@ class ExportTimer:
         return self._anchor_runners[key]
 
     def __call__(self, config, spec) -> float:
+        if not isinstance(config, SlimBertConfig):
+            return self.encoder(config, spec)
         shape = {k: v for k, v in config.to_diff_dict().items() if k not in ("architectures", "transformers_version")}
         label = (f"L={config.num_hidden_layers} H={config.hidden_size} I={config.intra_bottleneck_size} "
                  f"heads={config.num_attention_heads} N={config.num_feedforward_networks} F={config.intermediate_size} "
                  f"qkv={config.qkv_source}")
         return self.time_model("slimbert:" + json.dumps(shape, sort_keys=True), label,
                                lambda: SlimBertModel(copy.deepcopy(config), add_pooling_layer=False), spec)
+
+    def encoder(self, hf_config, spec) -> float:
+        """A stock transformers encoder of this shape (a student cut from its source is saved as one, and exported
+        from it), through the same passes as a student."""
+        import transformers
+
+        raw = {k: v for k, v in hf_config.to_diff_dict().items() if k != "transformers_version"}
+        label = (f"{hf_config.model_type} L={hf_config.num_hidden_layers} H={hf_config.hidden_size} "
+                 f"heads={hf_config.num_attention_heads} F={hf_config.intermediate_size}")
+        return self.time_model("encoder:" + json.dumps(raw, sort_keys=True, default=str), label,
+                               lambda: transformers.AutoModel.from_config(hf_config, add_pooling_layer=False), spec)
 
     def reference(self, name: str, hf_config, spec) -> float:
         """A transformers model (e.g. BERT_BASE, or the source) with random weights, exported plainly."""
@@ -233,7 +246,8 @@ def frontier_chart(balance: dict, marks: list[dict], path: Path) -> Path:
     chosen = next((r for r in rows if r["chosen"]), None)   # None: nothing fits, the timed shapes are still shown
     if chosen is not None:
         ax.scatter([chosen["ms"]], [chosen["params"] / 1e6], s=160, facecolors="none", edgecolors="tab:red",
-                   linewidths=2, label=f"chosen: L={chosen['layers']} H={chosen['inter_size']} I={chosen['intra_size']}")
+                   linewidths=2, label=f"chosen: L={chosen['layers']} H={chosen['inter_size']} "
+                                       + (f"F={chosen['ffn_size']}" if chosen.get("cut") else f"I={chosen['intra_size']}"))
     ax.axvline(balance["budget_ms"], color="tab:red", linestyle="--", linewidth=1,
                label=f"budget {balance['budget_ms']:.2f} ms")
     for m, marker in zip(marks, ("*", "D")):

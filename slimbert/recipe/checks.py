@@ -83,9 +83,6 @@ def source_cut(recipe: Recipe, f: Facts) -> Problems:
     if recipe.teacher.type != "source" or recipe.teacher.plugin is not None:
         out.append(("teacher.type", "student.init: prune_from_source cuts the source itself and distils from it: set "
                                     "teacher.type: source (an inverted-bottleneck teacher is not used)"))
-    if recipe.balance is not None:
-        out.append(("balance", "student.init: prune_from_source takes the student's widths as given; balance solves "
-                               "bottleneck students: remove it and set inter_size, num_heads and ffn.size"))
     if f.student is not None and f.source is not None:
         out += cut_problems(f.source, f.student)
     return out
@@ -156,9 +153,25 @@ def sequence_lengths(recipe: Recipe, f: Facts) -> Problems:
 
 
 def widths_or_balance(recipe: Recipe) -> Problems:
-    """student.intra_size / ffn are given, or solved by a balance section: one, not both, not neither."""
+    """student.intra_size / ffn are given, or solved by a balance section: one, not both, not neither. A student cut
+    from its source has its depth and widths searched only against a latency budget, over the axes its block has.
+    Run before the search (which these problems stop), not among CHECKS."""
     s, out = recipe.student, []
-    if recipe.balance is not None:
+    b = recipe.balance
+    if b is not None and s.init == "prune_from_source":
+        if b.latency_ms is None:
+            out.append(("balance", "student.init: prune_from_source: a balance section chooses a cut student's depth "
+                                   "and widths against a latency budget: add balance.latency_ms, or remove balance "
+                                   "and set num_layers, inter_size, num_heads and ffn.size"))
+        for key in sorted({"mha_ffn_ratio", "tolerance", "stacked", "qkv_from"} & b.model_fields_set):
+            out.append((f"balance.{key}", "student.init: prune_from_source keeps the source's block (one FFN, Q/K/V "
+                                          "from the block input, its own attention/FFN balance): the search cuts "
+                                          "only layers, inter_sizes, heads and ffn_sizes; remove it"))
+    elif b is not None and b.ffn_sizes is not None:
+        out.append(("balance.ffn_sizes", "only a student cut from its source (student.init: prune_from_source) has "
+                                         "its FFN width searched; a bottleneck student's is a multiple of its intra "
+                                         "width, which the search chooses: remove it"))
+    if b is not None:
         for key in ("intra_size", "ffn"):
             if key in s.model_fields_set and getattr(s, key) is not None:
                 out.append((f"student.{key}", "conflicts with balance: give the widths or a balance, not both "

@@ -22,6 +22,7 @@ from ..data.pairs import read_pairs
 from ..data.qa import read_squad
 from ..data.tasks import DatasetUnavailable, TaskDataError, read_task_split
 from ..models import SlimBertConfig
+from ..models.encoders import ENCODER_TYPES, encoder_config
 from ..plugins import TEACHERS, PluginError, load_plugins
 from ..teacher.build import ib_teacher_config
 from ..teacher.source import (NotCached, SourceError, SourceInfo, check_hub_tokenizer, check_tokenizer_files,
@@ -132,7 +133,12 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
     if recipe.balance is not None and student_config is not None and not out.problems:
         b = recipe.balance
         try:
-            if b.latency_ms is not None:
+            if b.latency_ms is not None and recipe.student.init == "prune_from_source":
+                balance = _cut_latency_balance(recipe, student_config, source, timer, out)
+                if balance is not None:  # the search chose the cut's depth and widths: the rest of the recipe sees them
+                    recipe = recipe.model_copy(update={"student": recipe.student.model_copy(update={
+                        "num_layers": balance.layers, "inter_size": balance.inter_size, "num_heads": balance.heads})})
+            elif b.latency_ms is not None:
                 balance = _latency_balance(recipe, student_config, source, timer, out)
                 if balance is not None:  # the search also chose these: the rest of the recipe sees them
                     recipe = recipe.model_copy(update={"student": recipe.student.model_copy(update={
@@ -369,16 +375,23 @@ def _check_tokenizer(path, source: SourceInfo, out: Collector, key: str):
     return None
 
 
-def _latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo, timer: shape_search.Timer | None,
-                     out: Collector) -> balance_solver.BalanceResult | None:
-    b, s = recipe.balance, recipe.student
+def _can_time(seq: int, positions: int, timer: shape_search.Timer | None, out: Collector) -> bool:
+    """A latency search can run: a timer to measure with, and a timed length the student has positions for."""
     if timer is None:
         out.add("balance.latency_ms", "a latency budget needs candidate shapes timed on this machine, which this "
                                       "caller cannot do: use slimbert validate/plan/run or slimbert.api, or pass "
                                       "timer= to load_recipe")
-        return None
-    if b.seq > source.max_positions:
-        out.add("balance.seq", f"{b.seq} exceeds the student's {source.max_positions} positions")
+        return False
+    if seq > positions:
+        out.add("balance.seq", f"{seq} exceeds the student's {positions} positions")
+        return False
+    return True
+
+
+def _latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo, timer: shape_search.Timer | None,
+                     out: Collector) -> balance_solver.BalanceResult | None:
+    b, s = recipe.balance, recipe.student
+    if not _can_time(b.seq, source.max_positions, timer, out):
         return None
     axes = shape_search.Axes(layers=tuple(b.layers or [s.num_layers]),
                              inter_sizes=tuple(b.inter_sizes or [s.inter_size]), heads=tuple(b.heads or [s.num_heads]),
@@ -390,10 +403,49 @@ def _latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo, t
                                       min_params=b.min_params)
 
 
+def _cut_latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo,
+                         timer: shape_search.Timer | None, out: Collector) -> balance_solver.BalanceResult | None:
+    """balance.latency_ms for a student cut from its source: its depth, width, heads and FFN width, each at most the
+    source's, timed as the stock model of the source's type it is saved as (slimbert's own model otherwise)."""
+    b, s = recipe.balance, recipe.student
+    if not _can_time(b.seq, source.max_positions - source.position_offset, timer, out):
+        return None
+    given = s.model_fields_set
+    head_dim = source.hidden_size // max(1, source.num_heads)
+    axes = shape_search.CutAxes(
+        layers=tuple(b.layers or [s.num_layers]),
+        inter_sizes=tuple(b.inter_sizes or [s.inter_size if "inter_size" in given else source.hidden_size]),
+        heads=tuple(b.heads) if b.heads else ((s.num_heads,) if "num_heads" in given else None),
+        ffn_sizes=tuple(b.ffn_sizes or sorted({*range(64, source.intermediate_size + 1, 64),
+                                               source.intermediate_size})),
+        head_dim=head_dim)
+    # (axis, its values, the source's, what it is, the student key it defaults to)
+    limits = (("layers", axes.layers, source.num_layers, "layers", "num_layers"),
+              ("inter_sizes", axes.inter_sizes, source.hidden_size, "hidden width", "inter_size"),
+              ("heads", axes.heads or (), source.num_heads, "heads", "num_heads"),
+              ("ffn_sizes", axes.ffn_sizes, source.intermediate_size, "FFN width", None))
+    for key, values, most, what, default in limits:
+        over = sorted(v for v in values if v > most)
+        if over:
+            out.add(f"balance.{key}" if getattr(b, key) else f"student.{default}",
+                    f"{', '.join(map(str, over))} exceeds the source's {what} ({most}): a student cut from its "
+                    "source can only be smaller")
+    if out.problems:
+        return None
+    spec = shape_search.LatencySpec(b.runtime, b.precision, b.batch, b.seq, b.threads)
+    model_type = source.model_type if source.model_type in ENCODER_TYPES else None
+    timed = timer if model_type is None else (lambda cfg, sp: timer(encoder_config(cfg, model_type), sp))
+    return shape_search.solve_cut_latency(base, axes, spec, timed, budget_ms=b.latency_ms, max_params=b.max_params,
+                                          max_flops=b.max_flops, seq_len=recipe.data.seq_len, sample=b.sample,
+                                          max_timed=b.max_timed, min_params=b.min_params,
+                                          source_shape=(source.num_layers, source.hidden_size, source.num_heads,
+                                                        source.intermediate_size))
+
+
 def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Collector) -> SlimBertConfig | None:
     s = recipe.student
     if s.init == "prune_from_source":
-        return _source_block_student(recipe, source, out)
+        return _source_block_student(recipe, source, out, balance_result)
     intra = balance_result.intra_size if balance_result else s.intra_size
     ffn_size = balance_result.ffn_size if balance_result else (s.ffn.size if s.ffn else None)
     stacked = balance_result.stacked if balance_result else (s.ffn.stacked if s.ffn else None)
@@ -422,7 +474,8 @@ def _student_config(recipe: Recipe, source: SourceInfo, balance_result, out: Col
         return None
 
 
-def _source_block_student(recipe: Recipe, source: SourceInfo, out: Collector) -> SlimBertConfig | None:
+def _source_block_student(recipe: Recipe, source: SourceInfo, out: Collector,
+                          balance_result: balance_solver.BalanceResult | None = None) -> SlimBertConfig | None:
     """student.init: prune_from_source: the source's own block (LayerNorm, its activation, one FFN, Q/K/V from the
     block input, an unfactorised word table) at the student's depth and widths. Unset widths are the source's."""
     s = recipe.student
@@ -435,8 +488,8 @@ def _source_block_student(recipe: Recipe, source: SourceInfo, out: Collector) ->
     inter = s.inter_size if "inter_size" in given else source.hidden_size
     if "intra_size" in given and s.intra_size not in (None, inter):
         out.add("student.intra_size", f"{why} (or set it to student.inter_size, {inter})")
-    ffn = source.intermediate_size
-    if "ffn" in given and s.ffn is not None:
+    ffn = source.intermediate_size if balance_result is None else balance_result.ffn_size
+    if "ffn" in given and s.ffn is not None and balance_result is None:
         ffn = s.ffn.size if "size" in s.ffn.model_fields_set else ffn
         if "stacked" in s.ffn.model_fields_set and s.ffn.stacked != 1:
             out.add("student.ffn.stacked", "student.init: prune_from_source keeps the source's one FFN per block: "

@@ -221,6 +221,10 @@ class Balance(Section):
         None, min_length=1, description="latency_ms: head counts the search may choose (default: student.num_heads).")
     qkv_from: list[Literal["inter", "shared_bottleneck", "bottleneck"]] | None = Field(
         None, min_length=1, description="latency_ms: Q/K/V sources the search may choose (default: student.qkv_from).")
+    ffn_sizes: list[Width] | None = Field(
+        None, min_length=1, description="latency_ms, student.init: prune_from_source: FFN widths the search may cut "
+                                        "to (default: every multiple of 64 up to the source's). A cut student's "
+                                        "heads default to the source's head width at each inter width.")
     sample: Shapes = Field(12, description="latency_ms: shapes timed first, spread over the parameter range "
                                                 "(they draw the frontier).")
     max_timed: Shapes = Field(40, description="latency_ms: at most this many shapes timed in all.")
@@ -245,7 +249,7 @@ class Balance(Section):
 
 
 LATENCY_KEYS = {"runtime", "precision", "batch", "seq", "threads", "layers", "inter_sizes", "heads", "qkv_from",
-                "sample", "max_timed", "min_params"}
+                "ffn_sizes", "sample", "max_timed", "min_params"}
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,10 @@ when latency grows with each dimension on its own (it need not grow with the par
 be slower than 12 wide ones), and the model only decides what a capped search (`max_timed`) times first. The
 answer says when that cap stopped it. `min_params` keeps only shapes at least that large (e.g. "as big as the
 MobileBERT preset, but fast here").
+
+A student cut from its source (student.init: prune_from_source) keeps the source's block, so its grid is another:
+depth, hidden width, heads and FFN width, each at most the source's, with no attention/FFN band; a family there
+varies only in the FFN width. It is timed as the stock model of the source's type it is saved and exported as.
 """
 
 from __future__ import annotations
@@ -138,10 +142,93 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
     target = ratio if ratio is not None else 0.5   # the paper's band: 0.4-0.6 with the default tolerance
     rows, considered = candidates(base, axes, ratio=target, tolerance=tolerance, max_params=max_params,
                                   max_flops=max_flops, seq_len=seq_len, min_params=min_params)
+    floor = f", at least {min_params / 1e6:.2f}M params" if min_params is not None else ""
     if not rows:
-        floor = f", at least {min_params / 1e6:.2f}M params" if min_params is not None else ""
         raise ValueError(f"no shape on the grid ({considered} searched) has an attention/FFN ratio within "
                          f"{target} +- {tolerance} and fits the budgets{floor}; widen the axes or the tolerance")
+    return _search(rows, considered, spec, timer, BOTTLENECK, budget_ms=budget_ms, sample=sample,
+                   max_timed=max_timed, where=f"in the attention/FFN band {target} +- {tolerance}{floor}",
+                   smaller="fewer layers, narrower inter_sizes")
+
+
+@dataclass(frozen=True)
+class CutAxes:
+    """The widths a student cut from its source may take: its own block, so one FFN, Q/K/V from the block input."""
+    layers: tuple[int, ...]
+    inter_sizes: tuple[int, ...]
+    heads: tuple[int, ...] | None   # None: each width keeps the source's head width (inter_size / head_dim heads)
+    ffn_sizes: tuple[int, ...]
+    head_dim: int
+
+
+def cut_candidates(base: SlimBertConfig, axes: CutAxes, *, max_params: float | None, max_flops: float | None,
+                   seq_len: int, min_params: float | None = None) -> tuple[list[tuple[SlimBertConfig, dict]], int]:
+    """(config, row) for every cut shape (layers x width x heads x FFN width) inside the budgets, sorted by
+    parameters (descending); and how many shapes the grid had. `base` is the source-block student
+    (recipe/resolve.py's _source_block_student): only depth and widths change."""
+    rows, n = [], 0
+    for layers in sorted(set(axes.layers)):
+        for inter in sorted(set(axes.inter_sizes)):
+            for heads in sorted(set(axes.heads)) if axes.heads else [max(1, inter // axes.head_dim)]:
+                for ffn in sorted(set(axes.ffn_sizes)):
+                    n += 1
+                    if inter % heads:
+                        continue  # a stock encoder's heads are inter / heads wide
+                    cfg = SlimBertConfig(**{**base.to_diff_dict(), "num_hidden_layers": layers, "hidden_size": inter,
+                                            "embedding_size": inter, "intra_bottleneck_size": inter,
+                                            "num_attention_heads": heads, "intermediate_size": ffn})
+                    c = count_config(cfg, seq_len=seq_len)
+                    if (max_params is not None and c.total_params > max_params) or \
+                            (max_flops is not None and c.total_flops > max_flops) or \
+                            (min_params is not None and c.total_params < min_params):
+                        continue
+                    rows.append((cfg, {**shape_of(cfg), "ratio": c.attention_ffn_ratio, "params": c.total_params,
+                                       "flops": c.total_flops, "cut": True}))
+    rows.sort(key=lambda r: (-r[1]["params"], r[1]["flops"]))
+    return rows, n
+
+
+def solve_cut_latency(base: SlimBertConfig, axes: CutAxes, spec: LatencySpec, timer: Timer, *, budget_ms: float,
+                      max_params: float | None, max_flops: float | None, seq_len: int, sample: int = 12,
+                      max_timed: int = 40, min_params: float | None = None,
+                      source_shape: tuple[int, int, int, int] | None = None) -> BalanceResult:
+    """The largest student cut from its source (by parameters) whose timed latency is within `budget_ms`.
+    No attention/FFN band: the source's own block sets the balance, and only its depth and widths are cut.
+    `source_shape` (layers, width, heads, FFN width): the answer says when it is the source itself."""
+    rows, considered = cut_candidates(base, axes, max_params=max_params, max_flops=max_flops, seq_len=seq_len,
+                                      min_params=min_params)
+    floor = f", at least {min_params / 1e6:.2f}M params" if min_params is not None else ""
+    if not rows:
+        raise ValueError(f"no cut shape ({considered} searched) fits the budgets{floor}; widen the axes or the "
+                         "budgets")
+    result = _search(rows, considered, spec, timer, CUT, budget_ms=budget_ms, sample=sample, max_timed=max_timed,
+                     where=f"cut from the source{floor}", smaller="fewer layers, narrower inter_sizes or ffn_sizes")
+    if source_shape == (result.layers, result.inter_size, result.heads, result.ffn_size):
+        result.reason += "; that is the source's own shape: it answers within the budget uncut"
+    return result
+
+
+@dataclass(frozen=True)
+class Grid:
+    """How a grid's shapes group for the search: `family` keys the shapes that differ only in the one width
+    latency grows with (the bisection runs over it); a shape at least as big in every `grows` dimension as
+    another, with the same `same` dimensions, cannot be faster."""
+    family: Callable[[dict], tuple]
+    grows: tuple[str, ...]
+    same: tuple[str, ...]
+
+
+FAMILY = ("layers", "inter_size", "heads", "qkv_from", "stacked")  # with F / I: a family varies only in I
+BOTTLENECK = Grid(family=lambda r: tuple(r[k] for k in FAMILY) + (r["ffn_size"] // r["intra_size"],),
+                  grows=("layers", "inter_size", "intra_size", "stacked", "ffn_size"), same=("heads", "qkv_from"))
+CUT = Grid(family=lambda r: (r["layers"], r["inter_size"], r["heads"]), grows=("layers", "inter_size", "ffn_size"),
+           same=("heads",))
+
+
+def _search(rows: list[tuple[SlimBertConfig, dict]], considered: int, spec: LatencySpec, timer: Timer, grid: Grid, *,
+            budget_ms: float, sample: int, max_timed: int, where: str, smaller: str) -> BalanceResult:
+    """The largest of `rows` (sorted by parameters, descending) timed within `budget_ms` (see the module's
+    docstring for the order); NoShapeFits when none is."""
     timed: dict[int, float] = {}
 
     def ms(i: int) -> float:
@@ -157,9 +244,9 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
     truncated = False
     families: dict[tuple, list[int]] = {}
     for i, (_, r) in enumerate(rows):
-        families.setdefault(tuple(r[k] for k in FAMILY) + (r["ffn_size"] // r["intra_size"],), []).append(i)
+        families.setdefault(grid.family(r), []).append(i)
     # Order the families by where the model predicts their largest fit (the biggest first); families predicted
-    # not to fit at all come last, largest first. Within one, latency grows with the intra width, so a binary
+    # not to fit at all come last, largest first. Within one, latency grows with the varying width, so a binary
     # search finds its largest shape that fits. A family that cannot beat the best so far is skipped.
     predict = fit_latency_model([(rows[i][1], t) for i, t in timed.items()])
     predicted_fit = {i for i, (_, r) in enumerate(rows) if predict is not None and predict(r) <= budget_ms}
@@ -174,7 +261,7 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
         if best is not None and min(members) >= best:
             continue
         todo = [i for i in sorted(members, reverse=True)  # smallest first, only shapes larger than the best
-                if (best is None or i < best) and not any(_dominates(rows[i][1], rows[j][1]) for j in slow)]
+                if (best is None or i < best) and not any(_dominates(rows[i][1], rows[j][1], grid) for j in slow)]
         lo, hi = -1, len(todo)  # todo[:lo + 1] fit, todo[hi:] do not
         # First the predicted boundary and its neighbour (two timings when the model is right); without a
         # prediction the smallest shape, which often rules the whole family out. Then bisection.
@@ -207,15 +294,14 @@ def solve_latency(base: SlimBertConfig, axes: Axes, spec: LatencySpec, timer: Ti
         desc = "; ".join(_describe(rows[i][1], timed[i]) for i in fastest)
         raise NoShapeFits(frontier, f"no candidate answers within {budget_ms:g} ms on {spec.runtime} "
                                     f"{spec.precision} (batch {spec.batch} x seq {spec.seq}, {spec.threads} threads; "
-                                    f"timed {len(timed)} of {len(rows)} shapes in the band); fastest: {desc}. Raise "
-                                    "latency_ms or allow smaller shapes (fewer layers, narrower inter_sizes)",
+                                    f"timed {len(timed)} of {len(rows)} shapes {where}); fastest: {desc}. Raise "
+                                    f"latency_ms or allow smaller shapes ({smaller})",
                           spec=spec.__dict__.copy(), budget_ms=budget_ms)
     row = rows[best][1]
     cap = f"; the scan stopped at max_timed={max_timed}, so a larger shape may fit" if truncated else ""
-    floor = f", at least {min_params / 1e6:.2f}M params" if min_params is not None else ""
-    reason = (f"largest of {len(rows)} shapes in the attention/FFN band {target} +- {tolerance}{floor} (of "
-              f"{considered} searched; {len(timed)} timed{cap}) within {budget_ms:.4g} ms on {spec.runtime} {spec.precision}, batch "
-              f"{spec.batch} x seq {spec.seq}, {spec.threads} threads: {_describe(row, timed[best])}")
+    reason = (f"largest of {len(rows)} shapes {where} (of {considered} searched; {len(timed)} timed{cap}) within "
+              f"{budget_ms:.4g} ms on {spec.runtime} {spec.precision}, batch {spec.batch} x seq {spec.seq}, "
+              f"{spec.threads} threads: {_describe(row, timed[best])}")
     return BalanceResult(intra_size=row["intra_size"], stacked=row["stacked"], ffn_size=row["ffn_size"],
                          ratio=row["ratio"], params=row["params"], flops=row["flops"], considered=considered,
                          feasible=len(rows), reason=reason,
@@ -234,16 +320,15 @@ class NoShapeFits(ValueError):
         self.frontier, self.spec, self.budget_ms = frontier, spec, budget_ms
 
 
-FAMILY = ("layers", "inter_size", "heads", "qkv_from", "stacked")  # with F / I: a family varies only in I
-
-
-def _dominates(a: dict, b: dict) -> bool:
-    """a is at least as big as b in every dimension (same heads and Q/K/V source): it cannot be faster."""
-    return (a["heads"] == b["heads"] and a["qkv_from"] == b["qkv_from"]
-            and all(a[k] >= b[k] for k in ("layers", "inter_size", "intra_size", "stacked", "ffn_size")))
+def _dominates(a: dict, b: dict, grid: Grid = BOTTLENECK) -> bool:
+    """a is at least as big as b in every dimension that grows (the same in the others): it cannot be faster."""
+    return all(a[k] == b[k] for k in grid.same) and all(a[k] >= b[k] for k in grid.grows)
 
 
 def _describe(row: dict, ms: float) -> str:
+    if row.get("cut"):
+        return (f"L={row['layers']} H={row['inter_size']} heads={row['heads']} F={row['ffn_size']}: "
+                f"{row['params'] / 1e6:.2f}M params, {ms:.2f} ms")
     return (f"L={row['layers']} H={row['inter_size']} I={row['intra_size']} heads={row['heads']} N={row['stacked']} "
             f"F={row['ffn_size']} qkv={row['qkv_from']}: {row['params'] / 1e6:.2f}M params, ratio "
             f"{row['ratio']:.3f}, {ms:.2f} ms")
