@@ -456,3 +456,21 @@ def test_plan_times_cut_students_for_real_and_shows_their_own_columns(tmp_path, 
     head = next(line for line in done.stdout.splitlines() if "layers" in line and "params" in line)
     assert head.split("┃")[1:5] and "qkv" not in head and " I " not in head and " F " in head
     assert "chosen" in done.stdout and "the source's own shape" not in done.stdout
+
+
+@pytest.mark.e2e
+def test_a_run_cuts_the_student_the_search_chose(tmp_path, tiny_source, shared_data, monkeypatch):
+    import slimbert
+
+    monkeypatch.setenv("SLIMBERT_LATENCY_CACHE", str(tmp_path / "cache"))
+    path = _cut_recipe(tmp_path, tiny_source, shared_data, latency_ms=1000, runtime="ort", precision="fp32", seq=32,
+                       threads=1, layers=[2, 3], inter_sizes=[32, 48], ffn_sizes=[64, 96], sample=2, max_timed=4)
+    out = slimbert.compress(path, out=tmp_path / "run")
+    config = json.loads((out / "student" / "config.json").read_text())
+    init = json.loads((out / "student_init.json").read_text())
+    # everything fits 1000 ms: the largest shape on the grid, cut and saved as the stock model it was timed as
+    # (with the tiny source's MLM head; the search times the encoder, what a feature extractor deploys)
+    assert config["model_type"] == "bert" and "auto_map" not in config
+    assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],
+            config["intermediate_size"]) == (3, 48, 3, 96)
+    assert len(init["layers"]) == 3
