@@ -322,7 +322,7 @@ def _cut_axes():
     from slimbert.recipe.shape_search import CutAxes
 
     return CutAxes(layers=(3, 4, 5, 6), inter_sizes=(256, 384), heads=None, ffn_sizes=tuple(range(64, 1537, 64)),
-                   head_dim=32)
+                   head_dim=32, max_heads=12)
 
 
 def _cut_ms(config) -> float:
@@ -362,13 +362,32 @@ def test_cut_search_picks_the_largest_cut_that_fits(budget):
 def test_cut_search_with_heads_skips_widths_they_do_not_divide_and_says_when_nothing_fits():
     from slimbert.recipe.shape_search import CutAxes, NoShapeFits, cut_candidates, solve_cut_latency
 
-    axes = CutAxes(layers=(2,), inter_sizes=(192, 196, 256), heads=(8,), ffn_sizes=(256, 512), head_dim=32)
+    axes = CutAxes(layers=(2,), inter_sizes=(192, 196, 256), heads=(8,), ffn_sizes=(256, 512), head_dim=32,
+                   max_heads=12)
     rows, n = cut_candidates(_cut_base(), axes, max_params=None, max_flops=None, seq_len=128)
-    assert n == 6 and {r["inter_size"] for _, r in rows} == {192, 256}  # 196 is not 8 heads wide
+    assert n == 4 and {r["inter_size"] for _, r in rows} == {192, 256}  # 196 is not 8 heads wide
     assert all(r["heads"] == 8 for _, r in rows)
     with pytest.raises(NoShapeFits, match=r"0.1 ms .*cut from the source.*fastest: L=2 H=192 heads=8 F=256"):
         solve_cut_latency(_cut_base(), axes, SPEC, lambda c, s: _cut_ms(c), budget_ms=0.1, max_params=None,
                           max_flops=None, seq_len=128)
+
+
+def test_a_cut_keeps_whole_heads_or_narrows_them_never_widens():
+    from slimbert.recipe.shape_search import CutAxes, cut_heads
+
+    def axes(heads=None, head_dim=32, max_heads=12):
+        return CutAxes(layers=(2,), inter_sizes=(), heads=heads, ffn_sizes=(64,), head_dim=head_dim,
+                       max_heads=max_heads)
+
+    assert cut_heads(384, axes()) == [12] and cut_heads(256, axes()) == [8]  # the source's head width where it fits
+    assert cut_heads(96, axes()) == [3]                    # not 2 heads of 48: wider than the source's 32
+    assert cut_heads(150, axes(head_dim=64)) == [3]        # rounding down would give 2 heads of 75
+    assert cut_heads(64, axes(heads=(1, 2, 4))) == [2, 4]  # 1 head of 64 would widen a head of 32
+    assert cut_heads(64, axes(heads=(16,), max_heads=8)) == []   # more heads than the source has
+    assert cut_heads(383, axes()) == []                    # prime: 1 head of 383 or 383 heads of 1, neither fits
+    for inter in range(1, 385):  # whatever the width, what the grid offers the pruner can build
+        for h in cut_heads(inter, axes(heads=tuple(range(1, 20)))):
+            assert inter % h == 0 and inter // h <= 32 and h <= 12
 
 
 def _cut_recipe(tmp_path, tiny_source, shared_data, student=None, **balance):
@@ -382,6 +401,8 @@ def _cut_recipe(tmp_path, tiny_source, shared_data, student=None, **balance):
 
 def test_recipe_latency_budget_cuts_the_student_from_its_source(tmp_path, tiny_source, shared_data):
     from transformers import BertConfig
+
+    from slimbert.recipe.shape_search import CutAxes, cut_candidates
 
     seen = []
 
@@ -398,27 +419,61 @@ def test_recipe_latency_budget_cuts_the_student_from_its_source(tmp_path, tiny_s
     assert cfg.hidden_size // cfg.num_attention_heads == 16 and not cfg.use_bottleneck  # the source's head width
     assert b.ffn_size in range(64, 129, 64) and b.ffn_size <= 128  # the default grid: multiples of 64, the source's
     assert r.recipe.student.num_layers == b.layers and len(r.layer_map) == b.layers
-    # the largest that fits, by brute force over the timed grid's stock configs
-    assert all(c.num_hidden_layers * (0.3 + c.hidden_size / 64 + c.intermediate_size / 256) > 3
-               for c in seen if c.num_hidden_layers * c.hidden_size > b.layers * b.inter_size
-               and c.intermediate_size >= b.ffn_size)
+    # the largest that fits, by brute force over the whole grid (timed or not), counted as the search counts
+    axes = CutAxes(layers=(1, 2, 3), inter_sizes=(32, 64), heads=None, ffn_sizes=(64, 128), head_dim=16, max_heads=4)
+    rows, n = cut_candidates(cfg, axes, max_params=None, max_flops=None, seq_len=32)
+    fitting = [row["params"] for c, row in rows
+               if c.num_hidden_layers * (0.3 + c.hidden_size / 64 + c.intermediate_size / 256) <= 3]
+    assert n == 12 and b.params == max(fitting)
     assert build_plan(r)["balance"]["frontier"]
 
 
 @pytest.mark.parametrize("student, balance, key", [
-    ({}, {"latency_ms": None, "max_params": 1e6}, "balance"),                 # a cut is searched only against time
     ({}, {"stacked": [1, 2]}, "balance.stacked"),                              # the source's block has one FFN
     ({}, {"mha_ffn_ratio": 0.5}, "balance.mha_ffn_ratio"),
     ({}, {"qkv_from": ["bottleneck"]}, "balance.qkv_from"),
     ({}, {"layers": [2, 5]}, "balance.layers"),                                # the tiny source has 4 layers
     ({}, {"ffn_sizes": [64, 256]}, "balance.ffn_sizes"),                       # and FFN 128
     ({"ffn": {"size": 64}}, {}, "student.ffn"),                                # the search chooses it
+    ({}, {"heads": [1]}, "balance.heads"),                  # 1 head of 32 or 64 would widen the source's heads of 16
+    ({"num_heads": 1}, {}, "student.num_heads"),            # the same, through the student's heads
+    ({}, {"inter_sizes": [31, 64]}, "balance.inter_sizes"), # no head count cuts a width of 31 from heads of 16
 ])
 def test_a_cut_latency_search_refuses_what_it_cannot_do(tmp_path, tiny_source, shared_data, student, balance, key):
     path = _cut_recipe(tmp_path, tiny_source, shared_data, student, **balance)
     with pytest.raises(RecipeError) as e:
         load_recipe(path, timer=lambda c, s: pytest.fail("timed a shape of a refused recipe"))
     assert key in [p.path for p in e.value.problems], e.value.problems
+
+
+def test_a_source_that_cannot_be_cut_is_refused_before_anything_is_timed(tmp_path, tokenizer, tiny_source,
+                                                                          shared_data):
+    from transformers import ElectraConfig, ElectraForMaskedLM
+
+    # an ELECTRA is not a block the cut keeps (and its word table is narrower than its blocks)
+    source = tmp_path / "electra"
+    ElectraForMaskedLM(ElectraConfig(vocab_size=len(tokenizer), embedding_size=32, hidden_size=64,
+                                     num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                     max_position_embeddings=128)).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    path = _cut_recipe(tmp_path, tiny_source, shared_data, layers=[1, 2])
+    text = path.read_text().replace(str(tiny_source), str(source))
+    path.write_text(text)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path, timer=lambda c, s: pytest.fail("timed a shape for a source it cannot cut"))
+    assert [p.path for p in e.value.problems] == ["student.init"], e.value.problems
+    assert "is a electra: use student.init: random" in e.value.problems[0].message
+
+
+def test_a_cut_balance_without_a_latency_budget_is_refused_by_name(tmp_path, tiny_source, shared_data):
+    path = write_recipe(tmp_path, tiny_source, shared_data, teacher={"type": "source"},
+                        student={"init": "prune_from_source", "num_layers": 2},
+                        transfer=[{"kind": "joint", "steps": 2, "batch_size": 4,
+                                   "losses": {"feature_map": 1.0, "attention": 0.0}}],
+                        balance={"max_params": 1e6})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path, timer=lambda c, s: pytest.fail("timed a shape of a refused recipe"))
+    assert [(p.path, "add balance.latency_ms" in p.message) for p in e.value.problems] == [("balance", True)]
 
 
 def test_ffn_sizes_is_refused_for_a_bottleneck_student(tmp_path, tiny_source, shared_data):
@@ -454,7 +509,7 @@ def test_plan_times_cut_students_for_real_and_shows_their_own_columns(tmp_path, 
     assert done.returncode == 0, done.stderr[-2000:]
     assert "timed bert L=2 H=64 heads=4 F=128 on ort fp32" in done.stderr   # the stock BertModel, really timed
     head = next(line for line in done.stdout.splitlines() if "layers" in line and "params" in line)
-    assert head.split("┃")[1:5] and "qkv" not in head and " I " not in head and " F " in head
+    assert [c.strip() for c in head.split("┃") if c.strip()][:4] == ["layers", "H", "heads", "F"]
     assert "chosen" in done.stdout and "the source's own shape" not in done.stdout
 
 

@@ -22,7 +22,7 @@ from ..data.pairs import read_pairs
 from ..data.qa import read_squad
 from ..data.tasks import DatasetUnavailable, TaskDataError, read_task_split
 from ..models import SlimBertConfig
-from ..models.encoders import ENCODER_TYPES, encoder_config
+from ..models.encoders import encoder_config
 from ..plugins import TEACHERS, PluginError, load_plugins
 from ..teacher.build import ib_teacher_config
 from ..teacher.source import (NotCached, SourceError, SourceInfo, check_hub_tokenizer, check_tokenizer_files,
@@ -79,7 +79,9 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
                    reads_weights: bool = True) -> Resolved:
     """The second stage of `slimbert.recipe.load_recipe`, after the schema: the source, the architectures, the
     cross-field checks and the files. `timer` times candidate shapes for a latency budget (balance.latency_ms);
-    recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer).
+    recipe/ cannot export, so the CLI and API pass one (slimbert.export.shape_timer.ExportTimer). It is handed a
+    SlimBertConfig for a bottleneck student and the stock config of the source's type (BertConfig, RobertaConfig)
+    for a student cut from its source (shape_search.Timer).
     reads_weights: as load_recipe's."""
     recipe, data, lines, file, out = parsed.recipe, parsed.data, parsed.lines, parsed.file, parsed.out
     base = parsed.base
@@ -134,7 +136,9 @@ def resolve_parsed(parsed: Parsed, allow_plugins: bool = False, timer: shape_sea
         b = recipe.balance
         try:
             if b.latency_ms is not None and recipe.student.init == "prune_from_source":
-                balance = _cut_latency_balance(recipe, student_config, source, timer, out)
+                # A source that cannot be cut is refused (by the checks, below) before anything is timed.
+                uncuttable = any(k == "student.init" for k, _ in checks.cut_problems(source, student_config))
+                balance = None if uncuttable else _cut_latency_balance(recipe, student_config, source, timer, out)
                 if balance is not None:  # the search chose the cut's depth and widths: the rest of the recipe sees them
                     recipe = recipe.model_copy(update={"student": recipe.student.model_copy(update={
                         "num_layers": balance.layers, "inter_size": balance.inter_size, "num_heads": balance.heads})})
@@ -406,7 +410,7 @@ def _latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo, t
 def _cut_latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInfo,
                          timer: shape_search.Timer | None, out: Collector) -> balance_solver.BalanceResult | None:
     """balance.latency_ms for a student cut from its source: its depth, width, heads and FFN width, each at most the
-    source's, timed as the stock model of the source's type it is saved as (slimbert's own model otherwise)."""
+    source's, timed as the stock model of the source's type it is saved as."""
     b, s = recipe.balance, recipe.student
     if not _can_time(b.seq, source.max_positions - source.position_offset, timer, out):
         return None
@@ -418,7 +422,7 @@ def _cut_latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInf
         heads=tuple(b.heads) if b.heads else ((s.num_heads,) if "num_heads" in given else None),
         ffn_sizes=tuple(b.ffn_sizes or sorted({*range(64, source.intermediate_size + 1, 64),
                                                source.intermediate_size})),
-        head_dim=head_dim)
+        head_dim=head_dim, max_heads=source.num_heads)
     # (axis, its values, the source's, what it is, the student key it defaults to)
     limits = (("layers", axes.layers, source.num_layers, "layers", "num_layers"),
               ("inter_sizes", axes.inter_sizes, source.hidden_size, "hidden width", "inter_size"),
@@ -432,9 +436,18 @@ def _cut_latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInf
                     "source can only be smaller")
     if out.problems:
         return None
+    for inter in axes.inter_sizes:  # a width no head count can cut is refused before anything is timed
+        if not shape_search.cut_heads(inter, axes):
+            key, heads = (("balance.heads", f"heads {list(axes.heads)}") if b.heads else
+                          ("student.num_heads", f"{s.num_heads} heads") if axes.heads else
+                          ("balance.inter_sizes", "any head count"))
+            out.add(key, f"width {inter} cannot be cut with {heads}: a cut keeps whole heads or narrows them, so "
+                         f"heads must divide the width, be at most the source's {source.num_heads}, and be at most "
+                         f"{head_dim} wide (the source's head width)")
+    if out.problems:
+        return None
     spec = shape_search.LatencySpec(b.runtime, b.precision, b.batch, b.seq, b.threads)
-    model_type = source.model_type if source.model_type in ENCODER_TYPES else None
-    timed = timer if model_type is None else (lambda cfg, sp: timer(encoder_config(cfg, model_type), sp))
+    timed = lambda cfg, sp: timer(encoder_config(cfg, source.model_type), sp)  # noqa: E731
     return shape_search.solve_cut_latency(base, axes, spec, timed, budget_ms=b.latency_ms, max_params=b.max_params,
                                           max_flops=b.max_flops, seq_len=recipe.data.seq_len, sample=b.sample,
                                           max_timed=b.max_timed, min_params=b.min_params,

@@ -224,7 +224,8 @@ class Balance(Section):
     ffn_sizes: list[Width] | None = Field(
         None, min_length=1, description="latency_ms, student.init: prune_from_source: FFN widths the search may cut "
                                         "to (default: every multiple of 64 up to the source's). A cut student's "
-                                        "heads default to the source's head width at each inter width.")
+                                        "heads default to student.num_heads if set, else the source's head width "
+                                        "at each inter width; a cut never widens a head.")
     sample: Shapes = Field(12, description="latency_ms: shapes timed first, spread over the parameter range "
                                                 "(they draw the frontier).")
     max_timed: Shapes = Field(40, description="latency_ms: at most this many shapes timed in all.")

@@ -32,6 +32,7 @@ from math import lcm
 from typing import Callable, Protocol
 
 import numpy as np
+from transformers import PretrainedConfig
 
 from ..models import SlimBertConfig
 from ..models.counting import count_config
@@ -48,8 +49,10 @@ class LatencySpec:
 
 
 class Timer(Protocol):
-    def __call__(self, config: SlimBertConfig, spec: LatencySpec) -> float:
-        """Median milliseconds of one forward pass of a random-weight model with this config."""
+    def __call__(self, config: PretrainedConfig, spec: LatencySpec) -> float:
+        """Median milliseconds of one forward pass of a random-weight model with this config: a SlimBertConfig
+        for a bottleneck student, the stock config of the source's type (BertConfig, RobertaConfig) for a student
+        cut from its source (what each is saved and exported as)."""
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,20 @@ class CutAxes:
     """The widths a student cut from its source may take: its own block, so one FFN, Q/K/V from the block input."""
     layers: tuple[int, ...]
     inter_sizes: tuple[int, ...]
-    heads: tuple[int, ...] | None   # None: each width keeps the source's head width (inter_size / head_dim heads)
+    heads: tuple[int, ...] | None   # None: each width's fewest heads no wider than the source's (see cut_heads)
     ffn_sizes: tuple[int, ...]
-    head_dim: int
+    head_dim: int                   # the source's head width: a cut keeps whole heads or narrows them, never widens
+    max_heads: int                  # the source's heads
+
+
+def cut_heads(inter: int, axes: CutAxes) -> list[int]:
+    """The head counts a width `inter` can be cut to: heads that divide it (a stock encoder's heads are inter / heads
+    wide), at most the source's, none wider than the source's heads (the pruner keeps or narrows them). Given no
+    heads, the fewest such: the source's head width where it divides the width (384 -> 6 heads of 64)."""
+    ok = [h for h in range(1, axes.max_heads + 1) if inter % h == 0 and inter // h <= axes.head_dim]
+    if axes.heads:
+        return sorted(set(axes.heads) & set(ok))
+    return ok[:1]
 
 
 def cut_candidates(base: SlimBertConfig, axes: CutAxes, *, max_params: float | None, max_flops: float | None,
@@ -169,11 +183,9 @@ def cut_candidates(base: SlimBertConfig, axes: CutAxes, *, max_params: float | N
     rows, n = [], 0
     for layers in sorted(set(axes.layers)):
         for inter in sorted(set(axes.inter_sizes)):
-            for heads in sorted(set(axes.heads)) if axes.heads else [max(1, inter // axes.head_dim)]:
+            for heads in cut_heads(inter, axes):
                 for ffn in sorted(set(axes.ffn_sizes)):
                     n += 1
-                    if inter % heads:
-                        continue  # a stock encoder's heads are inter / heads wide
                     cfg = SlimBertConfig(**{**base.to_diff_dict(), "num_hidden_layers": layers, "hidden_size": inter,
                                             "embedding_size": inter, "intra_bottleneck_size": inter,
                                             "num_attention_heads": heads, "intermediate_size": ffn})
