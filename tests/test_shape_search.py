@@ -438,6 +438,7 @@ def test_recipe_latency_budget_cuts_the_student_from_its_source(tmp_path, tiny_s
     ({}, {"heads": [1]}, "balance.heads"),                  # 1 head of 32 or 64 would widen the source's heads of 16
     ({"num_heads": 1}, {}, "student.num_heads"),            # the same, through the student's heads
     ({}, {"inter_sizes": [31, 64]}, "balance.inter_sizes"), # no head count cuts a width of 31 from heads of 16
+    ({}, {"heads": [4, 3]}, "balance.heads"),               # 3 heads divide neither 32 nor 64: it would do nothing
 ])
 def test_a_cut_latency_search_refuses_what_it_cannot_do(tmp_path, tiny_source, shared_data, student, balance, key):
     path = _cut_recipe(tmp_path, tiny_source, shared_data, student, **balance)

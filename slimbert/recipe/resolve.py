@@ -444,6 +444,11 @@ def _cut_latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInf
             out.add(key, f"width {inter} cannot be cut with {heads}: a cut keeps whole heads or narrows them, so "
                          f"heads must divide the width, be at most the source's {source.num_heads}, and be at most "
                          f"{head_dim} wide (the source's head width)")
+    unused = [h for h in axes.heads or () if not any(h in shape_search.cut_heads(i, axes) for i in axes.inter_sizes)]
+    if unused and not out.problems:  # a head count no width takes would do nothing
+        out.add("balance.heads" if b.heads else "student.num_heads",
+                f"{', '.join(map(str, unused))} heads cut none of the widths {list(axes.inter_sizes)}: heads must "
+                f"divide a width and be at most {head_dim} wide (the source's head width); remove them")
     if out.problems:
         return None
     spec = shape_search.LatencySpec(b.runtime, b.precision, b.batch, b.seq, b.threads)
