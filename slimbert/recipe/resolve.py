@@ -436,19 +436,21 @@ def _cut_latency_balance(recipe: Recipe, base: SlimBertConfig, source: SourceInf
                     "source can only be smaller")
     if out.problems:
         return None
-    for inter in axes.inter_sizes:  # a width no head count can cut is refused before anything is timed
-        if not shape_search.cut_heads(inter, axes):
-            key, heads = (("balance.heads", f"heads {list(axes.heads)}") if b.heads else
-                          ("student.num_heads", f"{s.num_heads} heads") if axes.heads else
+    # Before anything is timed: a width no head count can cut, and a head count no width takes (it would do nothing).
+    fits = {inter: shape_search.cut_heads(inter, axes) for inter in axes.inter_sizes}
+    heads_key = "balance.heads" if b.heads else "student.num_heads"
+    for inter, heads in fits.items():
+        if not heads:
+            key, which = ((heads_key, f"{list(axes.heads)} heads") if axes.heads else
                           ("balance.inter_sizes", "any head count"))
-            out.add(key, f"width {inter} cannot be cut with {heads}: a cut keeps whole heads or narrows them, so "
+            out.add(key, f"width {inter} cannot be cut with {which}: a cut keeps whole heads or narrows them, so "
                          f"heads must divide the width, be at most the source's {source.num_heads}, and be at most "
                          f"{head_dim} wide (the source's head width)")
-    unused = [h for h in axes.heads or () if not any(h in shape_search.cut_heads(i, axes) for i in axes.inter_sizes)]
-    if unused and not out.problems:  # a head count no width takes would do nothing
-        out.add("balance.heads" if b.heads else "student.num_heads",
-                f"{', '.join(map(str, unused))} heads cut none of the widths {list(axes.inter_sizes)}: heads must "
-                f"divide a width and be at most {head_dim} wide (the source's head width); remove them")
+    unused = [h for h in axes.heads or () if not any(h in heads for heads in fits.values())]
+    if unused and not out.problems:
+        out.add(heads_key, f"{', '.join(map(str, unused))} heads cut none of the widths {list(axes.inter_sizes)}: "
+                           f"heads must divide a width and be at most {head_dim} wide (the source's head width); "
+                           "remove them")
     if out.problems:
         return None
     spec = shape_search.LatencySpec(b.runtime, b.precision, b.batch, b.seq, b.threads)
