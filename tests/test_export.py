@@ -156,7 +156,15 @@ def test_export_layout_parity_and_int8(model_dir, tmp_path, real_batch):
     assert result.parity["int8"].cosine > 0.98
     assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "residual_gemm", "merge_gemm",
                                                   "ort_basic"]
-    assert result.passes[3]["merged_groups"] == 2 * 2  # shared_bottleneck: (input, attention bottleneck), (Q, K)
+    result = export(path, tmp_path / "fused", quantize="int8", measure=False, passes=list(P.FUSED_PASSES),
+                    log=lambda m: None)
+    assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "residual_gemm",
+                                                  "eager_attention", "merge_gemm", "ort_basic", "ort_fusion"]
+    info = {s["pass"]: s for s in result.passes}
+    assert info["merge_gemm"]["merged_groups"] == 2 * 2  # shared_bottleneck: (input, attention bottleneck), (Q, K)
+    # slimbert's own blocks: nothing for ORT's BERT fusion, and the graph is left exactly as it was
+    assert "changed" not in info["eager_attention"] and "changed" not in info["ort_fusion"]
+    assert info["ort_fusion"]["nodes"] == info["ort_basic"]["nodes"] and info["ort_fusion"]["fused"] == {}
     assert result.passes[-1]["nodes"] < result.passes[0]["nodes"]
     # dynamic axes: another batch and length run, and match PyTorch
     s = session(out / "model.onnx")
@@ -334,3 +342,75 @@ def test_finetuned_run_exports_static_int8_and_reports_task_accuracy(tmp_path, t
     assert report["ort-fp32"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"], abs=1 / 872 + 1e-9)
     assert "accuracy_delta_vs_pytorch" in report["ort-int8"]
     assert "accuracy_delta_vs_pytorch" in report["ort-int8-static"]
+
+
+def _ops(path) -> dict[str, int]:
+    import onnx
+    from collections import Counter
+
+    return Counter((n.domain or "ai.onnx", n.op_type) for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("task", ["feature-extraction", "fill-mask"])
+def test_ort_fusion_fuses_a_stock_bert_and_quantises_from_the_portable_graph(tiny_source, tmp_path, real_batch,
+                                                                              task):
+    """A stock BERT (what a cut student is) leaves the export with one ORT Attention op per layer, matching PyTorch
+    within fp32 noise on a padded batch; int8 is quantised from the graph without the ORT-only passes, so it holds
+    no contrib op the fusion made (and its parity is that graph's)."""
+    out = tmp_path / "onnx"
+    result = export(tiny_source, out, task=task, quantize="int8", measure=False, passes=list(P.FUSED_PASSES),
+                    log=lambda m: None)
+    info = {s["pass"]: s for s in result.passes}
+    assert info["eager_attention"]["attention"] == "sdpa -> eager"
+    assert info["ort_fusion"]["fused"]["Attention"] == 4 and info["ort_fusion"]["nodes"] < info["ort_basic"]["nodes"]
+    ops = _ops(out / "model.onnx")
+    assert ops[("com.microsoft", "Attention")] == 4 and ops[("com.microsoft", "SkipLayerNormalization")] == 8
+    assert result.parity["fp32"].ok(10.0) and result.parity["fp32"].cosine > 0.999999
+    assert result.int8["graph"].startswith("the passes without residual_gemm, eager_attention, ort_fusion: ")
+    int8_ops = _ops(out / "model_int8.onnx")
+    assert not any(op in ("Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu", "QAttention")
+                   for _, op in int8_ops)
+    # the fused file runs other batch sizes and lengths (with padding) and matches PyTorch
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    model = (AutoModel if task == "feature-extraction" else AutoModelForMaskedLM).from_pretrained(tiny_source).eval()
+    x = {k: v.numpy() for k, v in real_batch.items()}
+    x.setdefault("token_type_ids", np.zeros_like(x["input_ids"]))
+    got = session(out / "model.onnx").run(None, x)[0]
+    with torch.no_grad():
+        ref = model(**real_batch)[0].numpy()
+    keep = real_batch["attention_mask"].numpy().astype(bool)   # padded positions are not an output anyone reads
+    assert np.abs(got[keep] - ref[keep]).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_ort_fusion_without_an_attention_it_knows_leaves_the_graph(tmp_path, tiny_source):
+    """An SDPA export (no eager_attention first) holds no attention core the fusion recognises: the pass writes the
+    graph back unchanged and says so, and OpenVINO and int8 are then made from model.onnx's own graph."""
+    out = tmp_path / "onnx"
+    result = export(tiny_source, out, task="feature-extraction", passes=["ort_basic", "ort_fusion"], quantize="int8",
+                    measure=False, log=lambda m: None)
+    info = {s["pass"]: s for s in result.passes}
+    assert info["ort_fusion"]["fused"] == {} and "left as it was" in info["ort_fusion"]["kept"]
+    assert info["ort_fusion"]["nodes"] == info["ort_basic"]["nodes"]
+    assert result.int8["graph"] == "the fp32 model's"
+    assert not any(d == "com.microsoft" for d, _ in _ops(out / "model.onnx"))
+
+
+def test_ort_fusion_steps_back_when_the_fused_graph_disagrees(tiny_source, tmp_path, monkeypatch):
+    """The fusion is pattern matching: a fused file whose outputs differ from its input's is not kept (the pass
+    writes its input back and says by how much), so a misread graph never reaches the export's parity check."""
+    from transformers import AutoModel
+
+    from slimbert.export.onnx import export_onnx
+
+    model, info = P.eager_attention(AutoModel.from_pretrained(tiny_source).eval())
+    assert info["changed"] and P.eager_attention(model)[1] == {"attention": "eager already"}
+    src = tmp_path / "a.onnx"
+    export_onnx(model, "feature-extraction", src)
+    good = P.ort_fusion(src, tmp_path / "b.onnx", model)
+    assert good["fused"]["Attention"] == 4 and good["changed"]
+    assert P._output_gap(src, tmp_path / "b.onnx") < 1e-5
+    monkeypatch.setattr(P, "_output_gap", lambda a, b: 0.5)
+    bad = P.ort_fusion(src, tmp_path / "c.onnx", model)
+    assert bad["fused"] == {} and "differ by 0.5" in bad["kept"] and "changed" not in bad
+    assert (tmp_path / "c.onnx").read_bytes() == src.read_bytes()

@@ -29,7 +29,7 @@ from ..models import SlimBertConfig, SlimBertPreTrainedModel, to_transformers, w
 from ..models.remote import write_standalone_code
 from . import openvino as ovx
 from .isa import cpu_info, why_not
-from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, node_count
+from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, ORT_ONLY_PASSES, READS_MODEL, node_count
 from .runtime import OrtRunner, alternating_median_ms, latency_ms, session
 
 TASKS = ("feature-extraction", "fill-mask", "text-classification", "question-answering")
@@ -249,18 +249,19 @@ def _stages(model: nn.Module, task: str, passes: list[str], tmp: Path, prefix: s
             current, info = MODEL_PASSES[name](current)
             export_onnx(current, task, nxt, opset)
         else:
-            info = ONNX_PASSES[name](stage, nxt) or {}
+            info = ONNX_PASSES[name](stage, nxt, *([current] if name in READS_MODEL else [])) or {}
         stage = nxt
         yield name, stage, info
 
 
-def _int8_graph(model: nn.Module, task: str, passes: list[str], tmp: Path, opset: int) -> Path:
-    """The fp32 graph int8 is quantised from: `model` exported with `passes` (no timing, no report)."""
-    for _, stage, _ in _stages(model, task, passes, tmp, "int8-stage", opset):
+def _graph(model: nn.Module, task: str, passes: list[str], tmp: Path, opset: int, name: str) -> Path:
+    """tmp/<name>.onnx: `model` exported with `passes` (no timing, no report), for the files made from another
+    graph than model.onnx's (int8, OpenVINO)."""
+    for _, stage, _ in _stages(model, task, passes, tmp, f"{name}-stage", opset):
         pass
-    out = tmp / "int8-source.onnx"
+    out = tmp / f"{name}.onnx"
     os.replace(stage, out)
-    for leftover in tmp.glob("int8-stage-*.onnx"):
+    for leftover in tmp.glob(f"{name}-stage-*.onnx"):
         leftover.unlink()
     return out
 
@@ -313,13 +314,23 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         os.replace(stage, onnx_path)
         for leftover in tmp.glob("stage-*.onnx"):
             leftover.unlink()
-        int8_src, int8_passes = onnx_path, [p for p in passes if p != "residual_gemm"]
-        if (quantize == "int8" or static_calibration is not None) and "residual_gemm" in passes:
+        need_int8 = quantize == "int8" or static_calibration is not None
+        # ort_fusion's graph holds ONNX Runtime's contrib ops: OpenVINO and the quantisers start from the graph
+        # made without the ORT-only passes, so their files are what they were before the fusion existed.
+        ort_only = [p["pass"] for p in result.passes if p["pass"] in ORT_ONLY_PASSES and p.get("changed")]
+        portable = [p for p in passes if p not in ORT_ONLY_PASSES] if ort_only else passes
+        portable_src = onnx_path
+        if ort_only and (openvino or need_int8):
+            portable_src = _graph(model, task, portable, tmp, opset, "portable")
+            log(f"int8 and OpenVINO: made from the graph without {', '.join(ORT_ONLY_PASSES)} (ONNX Runtime's "
+                "contrib ops)")
+        int8_src, int8_passes = portable_src, [p for p in portable if p != "residual_gemm"]
+        if need_int8 and "residual_gemm" in portable:
             # residual_gemm's Gemms take the residual (an activation) as their C input, which ONNX Runtime's
             # quantisers leave in fp32 ("Bias of Gemm node is not constant"): static int8 then ran slower than fp32
             # and dynamic 3 % slower than without the pass (benchmarks/results/ort_int8.md). int8 starts from the
             # same passes without it.
-            int8_src = _int8_graph(model, task, int8_passes, tmp, opset)
+            int8_src = _graph(model, task, int8_passes, tmp, opset, "int8-source")
             log("int8: quantised from the passes without residual_gemm (its activation-bias Gemms stay fp32 under "
                 "ONNX Runtime's quantisers)")
         inputs = parity_inputs(tokenizer, texts)
@@ -336,7 +347,8 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         if quantize == "int8":
             items = ovx.calibration_items(tokenizer, calibration_texts, calibration)
             result.int8 = pick_int8(model, task, int8_src, tmp, items, inputs, exact, int8_min_cosine, device, log)
-            result.int8["graph"] = ("the passes without residual_gemm: " + ", ".join(int8_passes)
+            dropped = [p for p in passes if p not in int8_passes]
+            result.int8["graph"] = (f"the passes without {', '.join(dropped)}: " + ", ".join(int8_passes)
                                     if int8_src != onnx_path else "the fp32 model's")
             result.parity["int8"] = Parity(**result.int8["parity"][result.int8["picked"]])
         if static_calibration is not None:
@@ -347,14 +359,14 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
             log(f"parity static int8: cosine {q.cosine:.6f}, max |int8 - torch| {q.max_abs:.3g} ({q.max_rel:.2g} of "
                 "the output scale)" + (f", argmax agreement {q.argmax_agreement:.4f}" if q.argmax_agreement is not None
                                        else ""))
-        if int8_src != onnx_path:
-            int8_src.unlink()
         if openvino:
             items = (ovx.calibration_items(tokenizer, calibration_texts, calibration) if quantize == "int8"
                      else None)
-            parities, result.openvino_int8 = write_openvino(model, task, onnx_path, tmp, inputs, exact, items,
+            parities, result.openvino_int8 = write_openvino(model, task, portable_src, tmp, inputs, exact, items,
                                                             fp32_factor, int8_min_cosine, log)
             result.parity.update(parities)
+        for made in {int8_src, portable_src} - {onnx_path}:
+            made.unlink()
         config = to_save(model).config
         config.save_pretrained(tmp)
         if config.model_type == SlimBertConfig.model_type:

@@ -20,6 +20,16 @@ pass, kept because measured faster (benchmarks/results/latency.md has the figure
   one wider Gemm and a Split: 4 small GEMMs a block become 1.
 - ort_basic (on the ONNX file): onnxruntime's hardware-independent "basic" level, saved offline: constant
   folding, identity and dead-node elimination. The file then needs no optimisation at load time.
+
+Two more, not in the defaults (FUSED_PASSES has them), for the stock transformers encoders slimbert cuts from a
+source (BERT, RoBERTa): ONNX Runtime's own transformer optimizer (what optimum's ORTOptimizer runs) fuses each
+attention core, residual + LayerNorm, bias + GELU and the embeddings into its contrib ops. Measured in one
+alternating run on an AMD EPYC with AVX512-VNNI (benchmarks/results/ort_fusion.md): ORT fp32 1.00-1.06x on
+all-MiniLM-L6-v2 and its 2x / 4x cuts, 0.98x on BERT_BASE, so they stay opt-in (`export(..., passes=FUSED_PASSES)`).
+- eager_attention (on the model, before export): transformers' SDPA attention exports as a graph the fusion does
+  not recognise; its eager attention (the same products, in the order ORT's pattern expects) does.
+- ort_fusion (on the ONNX file): the fusion itself. Its ops are ONNX Runtime's (com.microsoft domain), so the
+  export quantises and converts to OpenVINO from the graph made without these two passes (onnx.export).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.modeling import NoNorm, SlimBertModel
+from ..models.modeling import NoNorm, SlimBertModel, SlimBertPreTrainedModel
 
 SAFE_SCALE = (1e-4, 1e4)
 
@@ -174,8 +184,26 @@ def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
     return model, stats
 
 
-MODEL_PASSES = {"fold_nonorm": fold_nonorm, "residual_gemm": residual_gemm}
+def eager_attention(model: nn.Module) -> tuple[nn.Module, dict]:
+    """A copy of a transformers model with its eager attention (for ort_fusion); slimbert's own models and models
+    without an attention switch are left as they are."""
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if isinstance(model, SlimBertPreTrainedModel) or not hasattr(model, "set_attn_implementation"):
+        return model, {"attention": "left as it is (not a transformers attention with a switch)"}
+    if current == "eager":
+        return model, {"attention": "eager already"}
+    model = copy.deepcopy(model)
+    model.set_attn_implementation("eager")
+    return model, {"attention": f"{current} -> eager", "changed": True}
+
+
+MODEL_PASSES = {"fold_nonorm": fold_nonorm, "residual_gemm": residual_gemm, "eager_attention": eager_attention}
+# eager_attention + ort_fusion are not defaults: on an AMD EPYC with AVX512-VNNI they gave ORT fp32 1.00-1.06x on
+# stock encoders and 0.98x on BERT_BASE (benchmarks/results/ort_fusion.md), for a model.onnx only ONNX Runtime runs.
 DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "merge_gemm", "ort_basic")
+FUSED_PASSES = ("fold_nonorm", "residual_gemm", "eager_attention", "merge_gemm", "ort_basic", "ort_fusion")
+# Passes whose graph only ONNX Runtime runs (or that only serve one): int8 and OpenVINO start without them.
+ORT_ONLY_PASSES = ("eager_attention", "ort_fusion")
 
 
 # ---- ONNX passes ---------------------------------------------------------------------------------------------------
@@ -266,7 +294,69 @@ def merge_gemm(src: Path, dst: Path) -> dict:
     return {"merged_groups": merged}
 
 
-ONNX_PASSES = {"merge_gemm": merge_gemm, "ort_basic": ort_basic}
+def ort_fusion(src: Path, dst: Path, model: nn.Module | None = None) -> dict:
+    """ONNX Runtime's transformer optimizer (model type "bert"; heads and width from `model`'s config, else read
+    from the graph, which fails once ort_basic has folded the reshapes' shapes): each attention core becomes one
+    Attention op, residual + LayerNorm SkipLayerNormalization, bias + GELU BiasGelu, the embeddings
+    EmbedLayerNormalization. Kept only when it fused an attention core: a graph it does not
+    recognise (slimbert's MobileBERT blocks, SDPA exports) is written back unchanged, and the info says so."""
+    import logging
+    import shutil
+
+    try:
+        from onnxruntime.transformers import optimizer
+    except ImportError as e:   # the optimizer ships with onnxruntime but imports more than its runtime needs
+        shutil.copyfile(src, dst)
+        return {"fused": {}, "kept": f"onnxruntime.transformers does not import ({e}): graph left as it was"}
+
+    log = logging.getLogger("onnxruntime.transformers")   # it logs every fusion it tries at WARNING/INFO
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        config = getattr(model, "config", None)
+        opt = optimizer.optimize_model(str(src), model_type="bert",
+                                       num_heads=getattr(config, "num_attention_heads", 0) or 0,
+                                       hidden_size=getattr(config, "hidden_size", 0) or 0)
+    finally:
+        log.setLevel(level)
+    fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    if not fused.get("Attention"):
+        shutil.copyfile(src, dst)
+        return {"fused": {}, "kept": "no attention core it recognises: graph left as it was"}
+    opt.save_model_to_file(str(dst))
+    # Pattern matching can misread a graph it was not written for (another embedding or mask scheme): the fused
+    # file must give the same outputs as its input on a padded batch, or the pass steps back rather than fail the
+    # export's parity check.
+    gap = _output_gap(src, dst)
+    if gap > 1e-4:
+        shutil.copyfile(src, dst)
+        return {"fused": {}, "kept": f"the fused graph's outputs differ by {gap:.2g} of their scale: graph left "
+                                      "as it was"}
+    return {"fused": fused, "changed": True}
+
+
+def _output_gap(a: Path, b: Path) -> float:
+    """Largest |a - b| over both graphs' outputs, relative to a's largest magnitude, on a padded batch of 2 x 24
+    random tokens (int inputs: ids below 100, the mask's second row padded, zeros for the rest)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (a, b)]
+    rng, feed = np.random.default_rng(0), {}
+    for i in runs[0].get_inputs():
+        if "mask" in i.name:
+            feed[i.name] = np.ones((2, 24), np.int64)
+            feed[i.name][1, 17:] = 0
+        elif "input_ids" in i.name:
+            feed[i.name] = rng.integers(1, 100, (2, 24), dtype=np.int64)
+        else:
+            feed[i.name] = np.zeros((2, 24), np.int64)
+    outs = [r.run(None, feed) for r in runs]
+    return max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-12)) for x, y in zip(*outs))
+
+
+ONNX_PASSES = {"merge_gemm": merge_gemm, "ort_basic": ort_basic, "ort_fusion": ort_fusion}
+READS_MODEL = ("ort_fusion",)   # ONNX passes that also take the exported model (its config)
 
 
 def node_count(path: Path) -> int:
