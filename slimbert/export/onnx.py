@@ -320,9 +320,11 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         ort_only = [p["pass"] for p in result.passes if p["pass"] in ORT_ONLY_PASSES and p.get("changed")]
         portable = [p for p in passes if p not in ORT_ONLY_PASSES] if ort_only else passes
         portable_src = onnx_path
-        if ort_only and (openvino or need_int8):
+        users = [*(["int8"] if need_int8 and "residual_gemm" not in portable else []), *(["OpenVINO"] if openvino
+                                                                                       else [])]
+        if ort_only and users:
             portable_src = _graph(model, task, portable, tmp, opset, "portable")
-            log(f"int8 and OpenVINO: made from the graph without {', '.join(ORT_ONLY_PASSES)} (ONNX Runtime's "
+            log(f"{' and '.join(users)}: made from the graph without {', '.join(ORT_ONLY_PASSES)} (ONNX Runtime's "
                 "contrib ops)")
         int8_src, int8_passes = portable_src, [p for p in portable if p != "residual_gemm"]
         if need_int8 and "residual_gemm" in portable:

@@ -23,9 +23,10 @@ pass, kept because measured faster (benchmarks/results/latency.md has the figure
 
 Two more, not in the defaults (FUSED_PASSES has them), for the stock transformers encoders slimbert cuts from a
 source (BERT, RoBERTa): ONNX Runtime's own transformer optimizer (what optimum's ORTOptimizer runs) fuses each
-attention core, residual + LayerNorm, bias + GELU and the embeddings into its contrib ops. Measured in one
-alternating run on an AMD EPYC with AVX512-VNNI (benchmarks/results/ort_fusion.md): ORT fp32 1.00-1.06x on
-all-MiniLM-L6-v2 and its 2x / 4x cuts, 0.98x on BERT_BASE, so they stay opt-in (`export(..., passes=FUSED_PASSES)`).
+attention core, residual + LayerNorm, bias + GELU and the embeddings into its contrib ops. Measured on an AMD
+EPYC with AVX512-VNNI (benchmarks/results/ort_fusion.md): ORT fp32 1.00-1.06x on all-MiniLM-L6-v2 and its 2x / 4x
+cuts and 0.98x on BERT_BASE in one run, 0.98-1.45x in a noisier second: no stable gain, for a model.onnx only ONNX
+Runtime runs, so they stay opt-in (`export(..., passes=FUSED_PASSES)`).
 - eager_attention (on the model, before export): transformers' SDPA attention exports as a graph the fusion does
   not recognise; its eager attention (the same products, in the order ORT's pattern expects) does.
 - ort_fusion (on the ONNX file): the fusion itself. Its ops are ONNX Runtime's (com.microsoft domain), so the
@@ -198,8 +199,8 @@ def eager_attention(model: nn.Module) -> tuple[nn.Module, dict]:
 
 
 MODEL_PASSES = {"fold_nonorm": fold_nonorm, "residual_gemm": residual_gemm, "eager_attention": eager_attention}
-# eager_attention + ort_fusion are not defaults: on an AMD EPYC with AVX512-VNNI they gave ORT fp32 1.00-1.06x on
-# stock encoders and 0.98x on BERT_BASE (benchmarks/results/ort_fusion.md), for a model.onnx only ONNX Runtime runs.
+# eager_attention + ort_fusion are not defaults: no stable ORT fp32 gain on an AMD EPYC with AVX512-VNNI (1.00-1.06x,
+# BERT_BASE 0.98x; benchmarks/results/ort_fusion.md), for a model.onnx only ONNX Runtime runs.
 DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "merge_gemm", "ort_basic")
 FUSED_PASSES = ("fold_nonorm", "residual_gemm", "eager_attention", "merge_gemm", "ort_basic", "ort_fusion")
 # Passes whose graph only ONNX Runtime runs (or that only serve one): int8 and OpenVINO start without them.
