@@ -39,25 +39,17 @@ def default_cache_dir() -> Path:
 
 def artefact(model: nn.Module, runtime_name: str, precision: str, folder: Path, seq: int, slim: bool = True) -> Path:
     """`model` exported into `folder` as the file `runtime_name` runs `precision` from: slimbert's passes when `slim`
-    (fold_nonorm, then ONNX Runtime's basic level; for ONNX Runtime fp32 also its BERT fusion when the export's
-    defaults have it), dynamic int8 for ONNX Runtime, an IR (NNCF int8 calibrated on random tokens) for
-    OpenVINO (both made without the fusion, as the export makes them)."""
+    (fold_nonorm, then ONNX Runtime's basic level), dynamic int8 for ONNX Runtime, an IR (NNCF int8 calibrated on
+    random tokens) for OpenVINO."""
     rt = runtime.get(runtime_name)
     onnx_path = folder / "model.onnx"
     stage = folder / "stage.onnx"
-    fuse = slim and runtime_name == "ort" and precision == "fp32" and "ort_fusion" in P.DEFAULT_PASSES
     if slim:
         model, _ = P.fold_nonorm(model)
-    if fuse:
-        model, _ = P.eager_attention(model)
     export_onnx(model, "feature-extraction", stage)
     if slim:
         P.ort_basic(stage, onnx_path)
-        if fuse:
-            P.ort_fusion(onnx_path, stage, model)
-            os.replace(stage, onnx_path)
-        else:
-            stage.unlink()
+        stage.unlink()
     else:
         os.replace(stage, onnx_path)
     target = rt.file(folder, precision)
@@ -140,8 +132,6 @@ class ExportTimer:
         """Median ms of the model `build` makes, under `key` in the cache (`label` names it in the log)."""
         # OpenVINO is timed compiled for the shape (runtime.load_for_timing): not comparable with older entries
         mode = {"static_shapes": True} if spec.runtime == "openvino" else {}
-        if slim and spec.runtime == "ort" and spec.precision == "fp32" and "ort_fusion" in P.DEFAULT_PASSES:
-            mode = {"ort_fusion": True}   # artefact() fuses a stock encoder's attention: older entries did not
         # anchored entries hold the ratio to the anchor, never a time: they survive the host's speed changing
         anchored = {"anchor": self.anchor.name} if self.anchor is not None else {}
         full = json.dumps({"model": key, "spec": spec.__dict__, **mode, **anchored}, sort_keys=True)
