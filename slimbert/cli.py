@@ -443,7 +443,7 @@ def export_cmd(path: Path = typer.Argument(None, help="A run directory (its fine
                                              "(fp32; NNCF int8 with --quantize int8), each checked against PyTorch."),
                calibration: Path = typer.Option(None, "--calibration", help="Text file, one sentence a line, to "
                                                 "calibrate static int8 on (ONNX Runtime and OpenVINO; default: "
-                                                "built-in real sentences)."),
+                                                "128 sentences of the built-in Gutenberg text)."),
                device: str = typer.Option("cpu", "--device", help="Where PyTorch computes the parity reference: "
                                                                   "cpu (default), auto, cuda or cuda:N."),
                verbose: bool = VerboseOpt) -> None:

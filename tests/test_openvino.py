@@ -138,7 +138,7 @@ def test_calibration_items_from_corpus_rows_or_text(tokenizer):
     rows = ovx.calibration_items(sequences={"input_ids": ids, "attention_mask": np.ones_like(ids)})
     assert len(rows) == 3 and rows[1]["input_ids"].tolist() == [[4, 5, 6, 7]]
     texts = ovx.calibration_items(tokenizer)
-    assert len(texts) == len(ovx.CALIBRATION_TEXTS) and texts[0]["input_ids"].shape[0] == 1
+    assert len(texts) == ovx.CALIBRATION_SENTENCES and texts[0]["input_ids"].shape[0] == 1
     assert {"input_ids", "attention_mask", "token_type_ids"} == set(texts[0])
 
 

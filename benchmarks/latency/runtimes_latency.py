@@ -74,7 +74,7 @@ def save(model, tok, path: Path) -> Path:
 def export_all(src: Path, dst: Path, name: str, tok, **kw):
     """slimbert export with ORT dynamic and static int8 and OpenVINO (fp32 IR, NNCF int8). When the parity guard
     refuses OpenVINO's int8, the rest is exported again without it (the fp32 IR passed before int8 was tried)."""
-    texts = ovx.CALIBRATION_TEXTS[:8]  # 8 sentences calibrate both int8s here: the export time is the budget
+    texts = ovx.calibration_texts(8)  # 8 sentences calibrate both int8s here: the export time is the budget
     enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="np")
     static = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
               "token_type_ids": enc.get("token_type_ids", 0 * enc["input_ids"])}
