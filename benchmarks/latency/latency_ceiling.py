@@ -269,6 +269,7 @@ def main() -> None:
            "torch": torch.__version__, "rows": rows, "refused": REFUSED, "seconds": round(time.time() - t0)}
     res["ceilings"] = ceilings(rows)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "latency_ceiling.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     (out / "latency_ceiling.md").write_text(markdown(res))
     print((out / "latency_ceiling.md").read_text())
