@@ -10,7 +10,7 @@ import pytest
 from slimbert.export import openvino as ovx
 from slimbert.export.bench import best_vs_best, bench, markdown, variants
 from slimbert.export.isa import CpuInfo, cpu_info, parse_cpuinfo, why_not
-from slimbert.export.onnx import ExportError, export
+from slimbert.export.onnx import PARITY_TEXTS, ExportError, export
 from slimbert.export.runtime import unavailable
 
 from test_export import model_dir  # noqa: F401 - the tiny student fixture
@@ -140,6 +140,13 @@ def test_calibration_items_from_corpus_rows_or_text(tokenizer):
     texts = ovx.calibration_items(tokenizer)
     assert len(texts) == ovx.CALIBRATION_SENTENCES and texts[0]["input_ids"].shape[0] == 1
     assert {"input_ids", "attention_mask", "token_type_ids"} == set(texts[0])
+
+
+def test_default_calibration_is_fixed_built_in_text_apart_from_the_parity_texts():
+    texts = ovx.calibration_texts()
+    assert texts == ovx.calibration_texts() and ovx.calibration_texts(8) == texts[:8]   # the same on every export
+    assert len(set(texts)) == ovx.CALIBRATION_SENTENCES and all(t.strip() for t in texts)
+    assert not set(texts) & set(PARITY_TEXTS)   # the parity check does not grade its own calibration
 
 
 def test_bench_times_every_runtime_and_precision_with_na_rows(ov_export):
