@@ -1,6 +1,7 @@
 """ONNX export: files in optimum's layout, parity against PyTorch (and its failure), exact passes, int8, bench."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from slimbert.export import passes as P
 from slimbert.export.onnx import ExportError, check_parity, export, parity_inputs, session
+from slimbert.export.runtime import in_fresh_process
 from slimbert.models import SlimBertConfig, SlimBertForMaskedLM, SlimBertForSequenceClassification, preset
 
 from conftest import randomize_norms
@@ -419,3 +421,10 @@ def test_ort_fusion_steps_back_when_the_fused_graph_disagrees(tiny_source, tmp_p
     bad = P.ort_fusion(src, tmp_path / "c.onnx", model)
     assert bad["fused"] == {} and "differ by 0.5" in bad["kept"] and "changed" not in bad
     assert (tmp_path / "c.onnx").read_bytes() == src.read_bytes()
+
+
+def test_in_fresh_process_runs_the_call_in_another_process_and_returns_its_value():
+    assert in_fresh_process(os.getpid) != os.getpid()
+    assert in_fresh_process(divmod, 7, 2) == (3, 1) and in_fresh_process(int, "ff", base=16) == 255
+    with pytest.raises(ValueError, match="invalid literal"):
+        in_fresh_process(int, "not a number")   # its error reaches the caller

@@ -25,7 +25,6 @@ import argparse
 import collections
 import copy
 import json
-import multiprocessing as mp
 import sys
 import tempfile
 import time
@@ -42,7 +41,8 @@ from runtimes_latency import REFUSED, export_all, save, student  # noqa: E402
 from slimbert.export import openvino as ovx  # noqa: E402
 from slimbert.export.isa import cpu_info  # noqa: E402
 from slimbert.export.bench import cpu_line  # noqa: E402
-from slimbert.export.runtime import alternating_median_ms, get, load_for_timing, versions  # noqa: E402
+from slimbert.export.runtime import (alternating_median_ms, get, in_fresh_process, load_for_timing,  # noqa: E402
+                                     versions)
 
 VARIANTS = [("ort", "fp32"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
 FILES = {(rt, prec): get(rt).files[prec] for rt, prec in VARIANTS}   # the export's own file names
@@ -212,20 +212,14 @@ def profile_openvino(xml: Path, precision: str, threads: int) -> dict[str, float
             "nodes": (counts["dense"] + counts["other"]) // PROFILED_RUNS}
 
 
-def _time_here(specs: list[tuple], threads: int, runs: int) -> list[float]:
+def time_specs(specs: list[tuple], threads: int, runs: int) -> list[float]:
+    """p50 ms of each (runtime, file, precision, chain width or None: a whole model) in one alternating run (main
+    calls it through `in_fresh_process`, away from the process that exported them)."""
     runners = []
     for rt, f, prec, width in specs:
         r = load_for_timing(rt, Path(f), prec, threads)
         runners.append(r if width is None else ChainInput(r, width))
     return alternating_median_ms(runners, 1, SEQ, runs=runs, warmup=5)
-
-
-def time_in_fresh_process(specs: list[tuple], threads: int, runs: int) -> list[float]:
-    """p50 ms of each (runtime, file, precision, chain width or None: a whole model) in one alternating run, in a
-    process that has done nothing else. Timed in the process that had just exported them (NNCF, OpenVINO, torch),
-    the preset's ORT int8 beside 14 other ORT sessions read 44 ms, and 22 ms in a fresh one (AMD EPYC AVX512)."""
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_time_here, (specs, threads, runs))
 
 
 def main() -> None:
@@ -265,7 +259,7 @@ def main() -> None:
                 specs.append((rt, str(chain_files[name][rt, prec]), prec, flops[name][1]))
                 keys.append((name, rt, prec, "chain"))
         print(f"[{time.time() - t0:5.0f} s] timing {len(specs)} variants, alternating, in a fresh process", flush=True)
-        p50 = dict(zip(keys, time_in_fresh_process(specs, args.threads, args.runs)))
+        p50 = dict(zip(keys, in_fresh_process(time_specs, specs, args.threads, args.runs)))
         for name, rt, prec, kind in keys:
             if kind != "model":
                 continue

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import shutil
 import sys
 from pathlib import Path
@@ -126,11 +125,9 @@ def main() -> None:
                                                                 "mean", 128, torch.device("cpu"))["spearman"], 4)
                                    for t, p in pairs.items()}
                     print(f"{e.name}: Spearman {fid[e.name]}", flush=True)
-    # timed in a spawned process: in the one that exported (NNCF, OpenVINO, torch) every row read slower, unevenly
-    # (benchmarks/results/latency_ceiling_amd_avx512.md)
-    with mp.get_context("spawn").Pool(1) as pool:
-        report = pool.apply(bench, (entries, [1], [128]), dict(threads=threads, runs=a.runs, cpu=cpu,
-                                                             max_accuracy_drop=None))
+    # timed away from this process, which exported them (every row read slower here, unevenly)
+    report = runtime.in_fresh_process(bench, entries, [1], [128], threads=threads, runs=a.runs, cpu=cpu,
+                                      max_accuracy_drop=None)
     rows = report["results"]
     best = {name: best_of([r for r in rows if r["group"] == name], fid, a.max_drop) for name in models}
     src = best["source"]["latency"]["p50"]

@@ -6,6 +6,7 @@ the shape search take a (runtime, precision) pair and never need to know which l
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,3 +197,12 @@ def alternating_median_ms(runners: list[Runner], batch: int, seq: int, runs: int
                 r.run(feed)
                 t.append(time.perf_counter() - t0)
     return [float(np.median(t) * 1000) for t in times]
+
+
+def in_fresh_process(fn: Callable, *args, **kwargs):
+    """fn(*args, **kwargs) in a spawned process that has done nothing else (fn and its arguments picklable). For
+    timings: in the process that had just exported a model (NNCF, OpenVINO, torch), the MobileBERT preset's ORT int8
+    beside 14 other ORT sessions read 44 ms, and 22 ms in a fresh one (AMD EPYC AVX512;
+    benchmarks/results/latency_ceiling_amd_avx512.md)."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args, kwargs)
