@@ -539,7 +539,7 @@ def bench(models: list[Path] = typer.Argument(None, help="ONNX files (or export 
                    "counts every variant."),
           out: Path = typer.Option(None, "--out", help="Report folder (default: beside the first model)."),
           verbose: bool = VerboseOpt) -> None:
-    """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one process."""
+    """Latency report (JSON, Markdown, PNG): the models and baselines, alternating runs in one fresh process."""
     from .export.bench import (Entry, bench as run_bench, bert_base_reference, check_onnx, export_task,
                                teacher_reference, terminal_view, variants, write_report)
     from .export.isa import cpu_info

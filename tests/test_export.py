@@ -428,3 +428,30 @@ def test_in_fresh_process_runs_the_call_in_another_process_and_returns_its_value
     assert in_fresh_process(divmod, 7, 2) == (3, 1) and in_fresh_process(int, "ff", base=16) == 255
     with pytest.raises(ValueError, match="invalid literal"):
         in_fresh_process(int, "not a number")   # its error reaches the caller
+
+
+def test_bench_times_in_a_fresh_process_with_the_same_report_and_errors(tmp_path, model_dir, monkeypatch):
+    """The latency report is timed in a subprocess (the exporting/training process slowed rows unevenly); what
+    comes back is the report the in-process timing gives, and a model that cannot run is the caller's ExportError."""
+    from slimbert.export import bench as B
+
+    path, _ = model_dir
+    export(path, tmp_path / "x", measure=False, log=lambda m: None)
+    onnx_path = tmp_path / "x" / "model.onnx"
+    started = []
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda cmd, *a, **k: (started.append(cmd) if cmd[0] == sys.executable
+                                                                 else None) or real(cmd, *a, **k))
+    entries = [B.Entry("a", onnx_path), B.Entry("b", onnx_path, group="a"),
+               B.Entry("c", onnx_path, runtime="openvino", unavailable="n/a: not here")]
+    fresh = B.bench(entries, [1], [8, 16], threads=1, runs=3, warmup=1)
+    assert len(started) == 1 and "_bench_child" in started[0][2]
+    here = B.bench(entries, [1], [8, 16], threads=1, runs=3, warmup=1, fresh_process=False)
+    assert len(started) == 1
+    assert fresh.keys() == here.keys() and fresh["models"] == json.loads(json.dumps(here["models"]))
+    assert [(r["model"], r["sequence_length"]) for r in fresh["results"]] == \
+        [(r["model"], r["sequence_length"]) for r in here["results"]]
+    assert fresh["unavailable"] == here["unavailable"] and len(fresh["best"]) == len(here["best"])
+    assert all(r["latency"]["count"] == 3 and r["latency"]["p50"] > 0 for r in fresh["results"])
+    with pytest.raises(ExportError, match="a cannot run at batch 1 x seq 4096"):
+        B.bench(entries[:1], [1], [4096], threads=1, runs=1, warmup=1)

@@ -125,9 +125,8 @@ def main() -> None:
                                                                 "mean", 128, torch.device("cpu"))["spearman"], 4)
                                    for t, p in pairs.items()}
                     print(f"{e.name}: Spearman {fid[e.name]}", flush=True)
-    # timed away from this process, which exported them (every row read slower here, unevenly)
-    report = runtime.in_fresh_process(bench, entries, [1], [128], threads=threads, runs=a.runs, cpu=cpu,
-                                      max_accuracy_drop=None)
+    # bench times in a fresh process, away from this one, which exported them (every row read slower here, unevenly)
+    report = bench(entries, [1], [128], threads=threads, runs=a.runs, cpu=cpu, max_accuracy_drop=None)
     rows = report["results"]
     best = {name: best_of([r for r in rows if r["group"] == name], fid, a.max_drop) for name in models}
     src = best["source"]["latency"]["p50"]
