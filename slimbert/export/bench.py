@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -257,7 +256,9 @@ def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, run
 
 # The child reads its job from a JSON file and writes the report as JSON (no pickles cross); a subprocess rather than
 # multiprocessing's spawn, which re-runs the caller's main script in the child when it lacks a __main__ guard.
-_CHILD = "import sys; from slimbert.export.bench import _bench_child; sys.exit(_bench_child(sys.argv[1], sys.argv[2]))"
+# It imports as this process does: the job carries this process's sys.path (a source checkout, an editable install).
+_CHILD = ("import json, sys; sys.path[:] = json.load(open(sys.argv[1]))['sys_path']; "
+          "from slimbert.export.bench import _bench_child; sys.exit(_bench_child(sys.argv[1], sys.argv[2]))")
 _EXPORT_ERROR = 3   # the child's exit status for an ExportError, whose message it writes to the report file
 
 
@@ -265,12 +266,8 @@ def _bench_in_child(entries: list[Entry], cpu: CpuInfo, kwargs: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="slimbert-bench-") as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "report.json"
         job.write_text(json.dumps({"entries": [{**dataclasses.asdict(e), "path": str(e.path)} for e in entries],
-                                   "cpu": cpu.as_dict(), "kwargs": kwargs}))
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])   # this slimbert, installed or not
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(job), str(out)], env=env, capture_output=True,
-                              text=True)
+                                   "cpu": cpu.as_dict(), "kwargs": kwargs, "sys_path": sys.path}))
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(job), str(out)], capture_output=True, text=True)
         if proc.returncode == _EXPORT_ERROR:
             raise ExportError(out.read_text())
         if proc.returncode != 0:
