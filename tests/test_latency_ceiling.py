@@ -66,3 +66,22 @@ def test_ceilings_divide_bert_base_by_the_students_dense_chain():
     # issue 31: each model's ORT int8 against its own dense chain, naming the int8 the export picked
     assert mb_share["measured"] == pytest.approx(16.0 / 20.0) and "(static)" in mb_share["goal"]
     assert bb_share["measured"] == pytest.approx(42.0 / 60.0) and "(dynamic)" in bb_share["goal"]
+
+
+def test_the_ort_profile_splits_the_time_outside_the_dense_layers_by_op_type(tmp_path):
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc, self.norm = torch.nn.Embedding(2000, 16), torch.nn.Linear(16, 16), torch.nn.LayerNorm(16)
+
+        def forward(self, input_ids):
+            return self.norm(torch.nn.functional.gelu(self.fc(self.emb(input_ids))))
+
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(Tiny().eval(), (torch.ones(1, C.SEQ, dtype=torch.long),), str(path), input_names=["input_ids"],
+                      output_names=["out"], dynamo=False)
+    prof = C.profile_files([("ort", str(path), "fp32")], 1, str(tmp_path))[0]
+    assert prof["dense_nodes"] == 1 and prof["other_ms"] > 0 and prof["dense_ms"] > 0
+    assert sum(prof["other_by_op_ms"].values()) == pytest.approx(prof["other_ms"])
+    assert "Gather" in prof["other_by_op_ms"] and not {"MatMul", "Gemm"} & set(prof["other_by_op_ms"])
+    assert list(prof["other_by_op_ms"].values()) == sorted(prof["other_by_op_ms"].values(), reverse=True)

@@ -167,6 +167,7 @@ def profile_ort(path: Path, threads: int, work: Path) -> dict[str, float]:
     runs = sorted(ev["ts"] for ev in trace if ev.get("cat") == "Session" and ev.get("name") == "model_run")
     start = runs[warmup]  # the warm-up runs' events are left out
     dense = other = 0.0
+    by_op = collections.Counter()   # what the time outside the dense layers is spent on
     for ev in trace:
         if ev.get("cat") != "Node" or ev["ts"] < start or not ev.get("name", "").endswith("_kernel_time"):
             continue
@@ -174,9 +175,10 @@ def profile_ort(path: Path, threads: int, work: Path) -> dict[str, float]:
             dense += ev["dur"]
         else:
             other += ev["dur"]
+            by_op[ev.get("args", {}).get("op_name", "?")] += ev["dur"]
     n = len(runs) - warmup
     return {"dense_ms": dense / n / 1e3, "other_ms": other / n / 1e3, "dense_nodes": len(dense_nodes),
-            "nodes": len(g.node)}
+            "nodes": len(g.node), "other_by_op_ms": {k: v / n / 1e3 for k, v in by_op.most_common()}}
 
 
 def profile_openvino(xml: Path, precision: str, threads: int) -> dict[str, float]:
@@ -194,7 +196,7 @@ def profile_openvino(xml: Path, precision: str, threads: int) -> dict[str, float
     for _ in range(5):
         req.infer(feed)
     dense = other = 0.0
-    counts = collections.Counter()
+    counts, by_op = collections.Counter(), collections.Counter()
     for _ in range(PROFILED_RUNS):
         req.infer(feed)
         for p in req.get_profiling_info():
@@ -207,9 +209,18 @@ def profile_openvino(xml: Path, precision: str, threads: int) -> dict[str, float
             else:
                 other += us
                 counts["other"] += 1
+                by_op[p.node_type] += us
     return {"dense_ms": dense / PROFILED_RUNS / 1e3, "other_ms": other / PROFILED_RUNS / 1e3,
             "dense_nodes": counts["dense"] // PROFILED_RUNS,
-            "nodes": (counts["dense"] + counts["other"]) // PROFILED_RUNS}
+            "nodes": (counts["dense"] + counts["other"]) // PROFILED_RUNS,
+            "other_by_op_ms": {k: v / PROFILED_RUNS / 1e3 for k, v in by_op.most_common()}}
+
+
+def profile_files(items: list[tuple], threads: int, work: str) -> list[dict]:
+    """profile_ort / profile_openvino of each (runtime, file, precision); main calls it through
+    `in_fresh_process`, as it times: in the exporting process every op read slower, unevenly."""
+    return [profile_ort(Path(f), threads, Path(work)) if rt == "ort" else profile_openvino(Path(f), prec, threads)
+            for rt, f, prec in items]
 
 
 def time_specs(specs: list[tuple], threads: int, runs: int) -> list[float]:
@@ -260,11 +271,11 @@ def main() -> None:
                 keys.append((name, rt, prec, "chain"))
         print(f"[{time.time() - t0:5.0f} s] timing {len(specs)} variants, alternating, in a fresh process", flush=True)
         p50 = dict(zip(keys, in_fresh_process(time_specs, specs, args.threads, args.runs)))
-        for name, rt, prec, kind in keys:
-            if kind != "model":
-                continue
-            f = tmp / name / FILES[rt, prec]
-            prof = (profile_ort(f, args.threads, tmp) if rt == "ort" else profile_openvino(f, prec, args.threads))
+        whole = [(name, rt, prec) for name, rt, prec, kind in keys if kind == "model"]
+        print(f"[{time.time() - t0:5.0f} s] profiling {len(whole)} models in a fresh process", flush=True)
+        profs = in_fresh_process(profile_files, [(rt, str(tmp / name / FILES[rt, prec]), prec)
+                                                 for name, rt, prec in whole], args.threads, str(tmp))
+        for (name, rt, prec), prof in zip(whole, profs):
             chain_ms = p50[name, rt, prec, "chain"]
             rows[f"{name} {rt} {prec}"] = {"model": name, "runtime": rt, "precision": prec,
                                            "p50_ms": p50[name, rt, prec, "model"], "chain_p50_ms": chain_ms,
@@ -342,6 +353,14 @@ def markdown(res: dict) -> str:
         lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['p50_ms']:.1f} | {r['chain_p50_ms']:.1f} | "
                      f"{100 * r['chain_p50_ms'] / r['p50_ms']:.0f}% | {r['dense_gflops']:.2f} | "
                      f"{r['chain_gflop_per_s']:.0f} | {100 * share:.0f}% | {pr['dense_nodes']} / {pr['nodes']} |")
+    lines += ["", "Where the time outside the dense layers goes (profile, ms per run by op type, the five largest; "
+              "ORT's op names after its own fusions, OpenVINO's node types):", "",
+              "| model | runtime | precision | outside the dense layers | largest op types |", "|---|---|---|---|---|"]
+    for r in res["rows"].values():
+        pr = r["profile"]
+        top = list(pr.get("other_by_op_ms", {}).items())[:5]
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {pr['other_ms']:.1f} ms | "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in top) + " |")
     if res["refused"]:
         lines += ["", "Refused by the export's parity guard (not timed): "
                   + "; ".join(f"{k}: {v}" for k, v in res["refused"].items())]
