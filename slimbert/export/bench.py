@@ -191,10 +191,10 @@ def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, run
     entries this machine cannot run are reported with their reason. Best vs best skips a variant whose task dev
     metric falls more than `max_accuracy_drop` below its PyTorch model (None: every variant counts).
 
-    With `fresh_process` (the default) the timing runs in a new Python process that loads only the runtimes: in
-    the process that had just trained or exported (torch, NNCF, other sessions), every row read slower, and
-    unevenly, which moves the ratios this report exists for (benchmarks/results/latency_ceiling_*.md: 20-30 % on
-    an Intel Xeon with AMX, up to 2x for one ORT int8 session on an AMD EPYC)."""
+    With `fresh_process` (the default) the timing runs in a new Python process that has done nothing else: in
+    the process that had just trained or exported (torch, NNCF, other sessions), rows read slower, unevenly, which
+    moves the ratios this report exists for (up to 15 % on an Intel Xeon with AMX,
+    benchmarks/results/bench_process_ab_xeon_amx.md; 2x for one ORT int8 session on an AMD EPYC)."""
     cpu = cpu or cpu_info()
     if fresh_process:
         return _bench_in_child(entries, cpu, {"batches": list(batches), "seqs": list(seqs), "threads": threads,
