@@ -42,6 +42,10 @@ def test_what_a_cpu_lacks_is_a_reason_not_an_error():
     assert "no bf16 kernels" in why_not("ort", "bf16", old)
     assert "not installed" in why_not("openvino", "fp32", CpuInfo("x", {}, 1, None))
     assert "no int8-static variant" in unavailable("openvino", "int8-static", old)
+    # the latency report's timing process gets the CPU as JSON: the same CpuInfo comes back, capabilities or none
+    for cpu in (old, CpuInfo("x", {}, 1, None)):
+        back = CpuInfo.from_dict(json.loads(json.dumps(cpu.as_dict())))
+        assert back == cpu and back.openvino_capabilities == cpu.openvino_capabilities
     with pytest.raises(ValueError, match="unknown runtime"):
         why_not("tflite", "fp32", old)
     here = cpu_info()  # this machine: OpenVINO installed, so its capabilities are read

@@ -279,11 +279,8 @@ def _bench_in_child(entries: list[Entry], cpu: CpuInfo, kwargs: dict) -> dict:
 def _bench_child(job_path: str, out_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     entries = [Entry(**{**e, "path": Path(e["path"])}) for e in job["entries"]]
-    c = job["cpu"]
-    cpu = CpuInfo(c["model"], c["features"], c["logical_cpus"],
-                  tuple(c["openvino_capabilities"]) if c["openvino_capabilities"] is not None else None)
     try:
-        report = bench(entries, cpu=cpu, fresh_process=False, **job["kwargs"])
+        report = bench(entries, cpu=CpuInfo.from_dict(job["cpu"]), fresh_process=False, **job["kwargs"])
     except ExportError as e:
         Path(out_path).write_text(str(e))
         return _EXPORT_ERROR

@@ -33,6 +33,12 @@ class CpuInfo:
                 "openvino_capabilities": list(self.openvino_capabilities) if self.openvino_capabilities is not None
                 else None}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "CpuInfo":
+        """The inverse of as_dict (the latency report's timing process gets its CPU this way)."""
+        caps = d.get("openvino_capabilities")
+        return cls(d["model"], dict(d["features"]), d["logical_cpus"], tuple(caps) if caps is not None else None)
+
     def summary(self) -> str:
         have = [k for k, v in self.features.items() if v]
         return f"{self.model} ({self.logical_cpus} logical CPUs; {', '.join(have) or 'no AVX2'})"
