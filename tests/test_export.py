@@ -103,6 +103,121 @@ def test_merge_gemm_makes_one_gemm_of_the_readers_of_one_input(qkv, real_batch, 
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
+def _scaled_projections(path: Path, shared_weight: bool = False) -> None:
+    """Two projections of x, each reshaped to heads, transposed and multiplied by a scalar (SDPA's 1/sqrt(d) on Q
+    and K): a Gemm (slimbert's 2-D blocks) and a MatMul then Add (transformers' 3-D nn.Linear, its output also read
+    by a Shape node); a third whose transposed output is also a graph output must stay as it is."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("wq", (8, 16)), ("b", (16,)), ("wk", (8, 16)), ("wv", (8, 16)))]
+    c = [numpy_helper.from_array(np.array(v, np.float32), f"c{i}") for i, v in enumerate((0.5, 0.25, 2.0))]
+    shape = numpy_helper.from_array(np.array([6, 4, 4], np.int64), "shape")
+    k_w, v_w = ("wq", "wq") if shared_weight else ("wk", "wv")   # shared: one tensor read by Q, K and V
+    nodes = [
+        helper.make_node("Gemm", ["x", "wq", "b"], ["q"]),
+        helper.make_node("Reshape", ["q", "shape"], ["qh"]),
+        helper.make_node("Transpose", ["qh"], ["qt"], perm=[1, 0, 2]),
+        helper.make_node("Mul", ["qt", "c0"], ["qs"]),
+        helper.make_node("MatMul", ["x", k_w], ["km"]),
+        helper.make_node("Add", ["b", "km"], ["k"]),
+        helper.make_node("Reshape", ["k", "shape"], ["kh"]),
+        helper.make_node("Transpose", ["kh"], ["kt"], perm=[1, 2, 0]),
+        helper.make_node("Shape", ["kt"], ["kshape"]),
+        helper.make_node("Mul", ["c1", "kt"], ["ks"]),
+        helper.make_node("MatMul", ["qs", "ks"], ["scores"]),
+        helper.make_node("Gemm", ["x", v_w, "b"], ["v"]),
+        helper.make_node("Reshape", ["v", "shape"], ["vh"]),
+        helper.make_node("Transpose", ["vh"], ["vt"], perm=[1, 0, 2]),
+        helper.make_node("Mul", ["vt", "c2"], ["vs"]),
+    ]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [6, 8])],
+                              [helper.make_tensor_value_info(n, t, d) for n, t, d in (
+                                  ("scores", f, [4, 6, 6]), ("vs", f, [4, 6, 4]), ("vt", f, [4, 6, 4]),
+                                  ("kshape", TensorProto.INT64, [3]))],
+                              [*inits, *c, shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("shared_weight", [False, True])
+def test_fold_scale_folds_a_scalar_mul_into_the_projection_that_feeds_it(tmp_path, shared_weight):
+    import onnx
+
+    _scaled_projections(tmp_path / "a.onnx", shared_weight)
+    info = P.fold_scale(tmp_path / "a.onnx", tmp_path / "b.onnx")
+    onnx.checker.check_model(str(tmp_path / "b.onnx"))
+    # Q's Gemm and K's MatMul + Add take their scale (a Shape reader sees no values); V's transposed output is also
+    # a graph output, so its Mul stays, and a weight shared with it is copied, not scaled in place
+    assert info == {"folded_muls": 2, "changed": True}
+    muls = [n.input for n in onnx.load(str(tmp_path / "b.onnx")).graph.node if n.op_type == "Mul"]
+    assert muls == [["vt", "c2"]]
+    x = {"x": np.random.default_rng(1).standard_normal((6, 8)).astype(np.float32)}
+    want, got = (session(tmp_path / f).run(None, x) for f in ("a.onnx", "b.onnx"))
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_fold_scale_in_the_default_passes_takes_attention_scale_from_both_block_kinds(tiny_source, tmp_path):
+    """slimbert's blocks and a stock BERT: 2 Muls a layer fold (Q and K), and the export still matches PyTorch."""
+    import onnx
+
+    from slimbert.export.onnx import export_onnx, load_model
+
+    for name, (model, task) in (("slim", (tiny("shared_bottleneck"), "text-classification")),
+                                ("bert", load_model(tiny_source))):
+        layers = model.config.num_hidden_layers
+        export_onnx(model, task, tmp_path / f"{name}.onnx")
+        info = P.fold_scale(tmp_path / f"{name}.onnx", tmp_path / f"{name}-f.onnx")
+        assert info["folded_muls"] == 2 * layers, name
+        assert P._output_gap(tmp_path / f"{name}.onnx", tmp_path / f"{name}-f.onnx") < 1e-5
+        ops = [n.op_type for n in onnx.load(str(tmp_path / f"{name}-f.onnx")).graph.node]
+        assert "Softmax" in ops
+
+
+def test_bypass_dequantize_gives_unquantised_readers_the_float_tensor(tmp_path):
+    """x feeds a dense MatMul (quantised: it keeps the pair) and a residual Add (not: it reads x itself); a pair only
+    the Add read goes. A pair on a dense layer's own quantised output stays shared (ONNX Runtime fuses DQ -> MatMul
+    -> Q only while Q is the MatMul's one reader)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    qp = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+          numpy_helper.from_array(np.array(128, np.uint8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("MatMul", ["xd", "w"], ["h"]),
+             helper.make_node("Add", ["h", "xd"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "s", "z"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["yd"]),
+             helper.make_node("Relu", ["yd"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["h2"]),
+             helper.make_node("QuantizeLinear", ["h2", "s", "z"], ["h2q"]),
+             helper.make_node("DequantizeLinear", ["h2q", "s", "z"], ["h2d"]),
+             helper.make_node("MatMul", ["h2d", "w"], ["h3"]),
+             helper.make_node("Add", ["h3", "h2d"], ["out"])]
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [4, 8])],
+                              [helper.make_tensor_value_info("out", f, [4, 8])], [w, *qp])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "a.onnx"))
+    info = P.bypass_dequantize(tmp_path / "a.onnx", tmp_path / "b.onnx", ("MatMul", "Gemm"))
+    assert info == {"readers_moved": 2, "dequantize_dropped": 1}
+    g = onnx.load(str(tmp_path / "b.onnx")).graph
+    onnx.checker.check_model(str(tmp_path / "b.onnx"))
+    reads = [(n.op_type, list(n.input)) for n in g.node if n.op_type in ("MatMul", "Add", "Relu")]
+    assert reads == [("MatMul", ["xd", "w"]), ("Add", ["h", "x"]), ("Relu", ["y"]), ("MatMul", ["r", "w"]),
+                     ("MatMul", ["h2d", "w"]), ("Add", ["h3", "h2d"])]
+    x = {"x": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)}
+    wn = numpy_helper.to_array(w)
+    fq = lambda t: (np.clip(np.round(t / 0.05) + 128, 0, 255) - 128) * 0.05  # noqa: E731
+    h2 = np.maximum(fq(x["x"]) @ wn + x["x"], 0) @ wn
+    np.testing.assert_allclose(session(tmp_path / "b.onnx").run(None, x)[0], fq(h2) @ wn + fq(h2), rtol=1e-4,
+                               atol=1e-4)
+
+
 def test_int8_is_the_faster_of_dynamic_and_static_that_pass_parity(model_dir, tmp_path, monkeypatch):
     """Both ONNX Runtime int8s are made and checked; the faster on this machine becomes model_int8.onnx, and the
     export says which and why. The timing is stubbed here (speed is the benchmark's job, not a test's)."""
@@ -134,6 +249,14 @@ def test_int8_is_the_faster_of_dynamic_and_static_that_pass_parity(model_dir, tm
     made_by = {o: n.op_type for n in static.node for o in n.output}
     assert not [n for n in static.node if n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) in ("Gemm",
                                                                                                       "MatMul")]
+    # attention's activation-by-activation products stay fp32: no MatMul takes a quantised activation as its B
+    act_dq = {n.output[0] for n in static.node if n.op_type == "DequantizeLinear"
+              and made_by.get(n.input[0]) == "QuantizeLinear"}
+    assert not [n for n in static.node if n.op_type == "MatMul" and n.input[1] in act_dq]
+    assert [n for n in static.node if n.op_type == "MatMul" and n.input[1] not in consts]   # (there are such)
+    # the residual Adds read the fp32 stream, not the pair quantising it for the next dense layer
+    assert not [n for n in static.node if n.op_type == "Add" and any(made_by.get(i) == "DequantizeLinear"
+                                                                     for i in n.input)]
     assert meta["graph"].startswith("the passes without residual_gemm")
     # neither passes: the export fails loudly, naming both, and leaves nothing behind
     with pytest.raises(X.ParityError, match="no int8 model passes.*dynamic: output cosine.*static: output cosine"):
@@ -156,12 +279,13 @@ def test_export_layout_parity_and_int8(model_dir, tmp_path, real_batch):
     p = result.parity["fp32"]
     assert p.ok(10.0) and p.argmax_agreement == 1.0 and p.cosine > 0.999999
     assert result.parity["int8"].cosine > 0.98
-    assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "residual_gemm", "merge_gemm",
-                                                  "ort_basic"]
+    assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "residual_gemm", "fold_scale",
+                                                  "merge_gemm", "ort_basic"]
     result = export(path, tmp_path / "fused", quantize="int8", measure=False, passes=list(P.FUSED_PASSES),
                     log=lambda m: None)
     assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "residual_gemm",
-                                                  "eager_attention", "merge_gemm", "ort_basic", "ort_fusion"]
+                                                  "eager_attention", "fold_scale", "merge_gemm", "ort_basic",
+                                                  "ort_fusion"]
     info = {s["pass"]: s for s in result.passes}
     assert info["merge_gemm"]["merged_groups"] == 2 * 2  # shared_bottleneck: (input, attention bottleneck), (Q, K)
     # slimbert's own blocks: nothing for ORT's BERT fusion, and the graph is left exactly as it was

@@ -29,7 +29,8 @@ from ..models import SlimBertConfig, SlimBertPreTrainedModel, to_transformers, w
 from ..models.remote import write_standalone_code
 from . import openvino as ovx
 from .isa import cpu_info, why_not
-from .passes import DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, ORT_ONLY_PASSES, READS_MODEL, node_count
+from .passes import (DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, ORT_ONLY_PASSES, READS_MODEL, bypass_dequantize,
+                     node_count)
 from .runtime import OrtRunner, alternating_median_ms, latency_ms, session
 
 TASKS = ("feature-extraction", "fill-mask", "text-classification", "question-answering")
@@ -457,11 +458,14 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> None:
 # The static layout ONNX Runtime fuses on x86 (benchmarks/results/ort_int8.md): QDQ around the dense layers only,
 # uint8 activations (the U8S8 kernels; int8 activations fall back to slower paths) and per-channel int8 weights;
 # their outputs stay float (no Q/DQ pair after every dense layer: the fastest layout there, 38.9 against 45.1 ms
-# with quantised outputs on the preset); attention's activation-by-activation MatMuls, softmax and norms stay fp32.
+# with quantised outputs on the preset); attention's activation-by-activation MatMuls, softmax and norms stay fp32
+# (const_b_only: until 2026-12-07 the MatMuls were quantised, onnxruntime's flag reaching its QOperator path only).
+# Readers of a quantised activation that are not quantised themselves (the residual Adds) read its fp32 values, not
+# the QuantizeLinear -> DequantizeLinear pair the quantiser shares among all readers (passes.bypass_dequantize).
 # (format: QDQ or QOperator; op_types None: every op ONNX Runtime can quantise; const_b_only: MatMuls with a constant
-# weight only, not attention's activation-by-activation products.)
+# weight only, not attention's activation-by-activation products; float_readers needs op_types.)
 STATIC_LAYOUT = dict(format="QDQ", activation="QUInt8", per_channel=True, op_types=["MatMul", "Gemm"],
-                     const_b_only=True, float_outputs=True)
+                     const_b_only=True, float_outputs=True, float_readers=True)
 
 
 def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]], layout: dict | None = None) -> None:
@@ -476,6 +480,8 @@ def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]
     if unknown:
         raise ValueError(f"static int8 layout: unknown keys {sorted(unknown)}; known: {', '.join(STATIC_LAYOUT)}")
     lay = {**STATIC_LAYOUT, **(layout or {})}
+    if lay["float_readers"] and not lay["op_types"]:
+        raise ValueError("static int8 layout: float_readers needs op_types (the quantised ones keep the pair)")
     names = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
     feeds = [{k: v for k, v in item.items() if k in names} for item in items]
 
@@ -487,13 +493,26 @@ def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]
             return next(self.items, None)
 
     extra = {"DefaultTensorType": 1}   # FLOAT, for tensors shape inference misses
+    exclude = []
     if lay["const_b_only"]:
+        # onnxruntime's MatMulConstBOnly is read by its QOperator quantiser only; the QDQ one quantises attention's
+        # activation-by-activation MatMuls regardless, so those are named as nodes to leave in fp32.
         extra["MatMulConstBOnly"] = True
+        model = onnx.load(str(src), load_external_data=False)
+        consts = {t.name for t in model.graph.initializer}
+        consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+        acts = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
+        if any(not n.name for n in acts):
+            raise ExportError(f"{src}: a MatMul without a node name; static int8 cannot leave it in fp32")
+        exclude = [n.name for n in acts]
     if lay["float_outputs"]:
         extra["OpTypesToExcludeOutputQuantization"] = lay["op_types"]
     quantize_static(str(src), str(dst), Reader(), quant_format=getattr(QuantFormat, lay["format"]),
                     per_channel=lay["per_channel"], activation_type=getattr(QuantType, lay["activation"]),
-                    weight_type=QuantType.QInt8, op_types_to_quantize=lay["op_types"], extra_options=extra)
+                    weight_type=QuantType.QInt8, op_types_to_quantize=lay["op_types"], nodes_to_exclude=exclude,
+                    extra_options=extra)
+    if lay["float_readers"]:
+        bypass_dequantize(dst, dst, tuple(lay["op_types"]))
 
 
 def pick_int8(model: nn.Module, task: str, onnx_path: Path, folder: Path, items: list[dict], inputs: dict,

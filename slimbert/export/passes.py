@@ -16,6 +16,9 @@ pass, kept because measured faster (benchmarks/results/latency.md has the figure
   safe in fp32.
 - residual_gemm (on the model, after fold_nonorm): each residual Add of a block's chain becomes the C input of
   the Gemm that produces it (addmm exports as one Gemm), one node fewer per step.
+- fold_scale (on the ONNX file): attention's 1/sqrt(d), which torch exports as a Mul on Q and one on K in every
+  layer, folds into the Q and K projections' weights and biases (any Mul by a scalar constant of a projection's
+  output, through reshapes and transposes only): 48 elementwise passes fewer in the preset.
 - merge_gemm (on the ONNX file): the Gemms that read one input (a block's input bottleneck, Q, K and V) become
   one wider Gemm and a Split: 4 small GEMMs a block become 1.
 - ort_basic (on the ONNX file): onnxruntime's hardware-independent "basic" level, saved offline: constant
@@ -198,11 +201,13 @@ def eager_attention(model: nn.Module) -> tuple[nn.Module, dict]:
     return model, {"attention": f"{current} -> eager", "changed": True}
 
 
+
 MODEL_PASSES = {"fold_nonorm": fold_nonorm, "residual_gemm": residual_gemm, "eager_attention": eager_attention}
 # eager_attention + ort_fusion are not defaults: no stable ORT fp32 gain on an AMD EPYC with AVX512-VNNI (1.00-1.06x,
 # BERT_BASE 0.98x; benchmarks/results/ort_fusion.md), for a model.onnx only ONNX Runtime runs.
-DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "merge_gemm", "ort_basic")
-FUSED_PASSES = ("fold_nonorm", "residual_gemm", "eager_attention", "merge_gemm", "ort_basic", "ort_fusion")
+DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "fold_scale", "merge_gemm", "ort_basic")
+FUSED_PASSES = ("fold_nonorm", "residual_gemm", "eager_attention", "fold_scale", "merge_gemm", "ort_basic",
+                "ort_fusion")
 # Passes whose graph only ONNX Runtime runs (or that only serve one): int8 and OpenVINO start without them.
 ORT_ONLY_PASSES = ("eager_attention", "ort_fusion")
 
@@ -236,12 +241,7 @@ def merge_gemm(src: Path, dst: Path) -> dict:
     model = onnx.load(str(src))
     g = model.graph
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    consts = {t.name: t for t in g.initializer}
-    for node in g.node:  # torch.onnx shares equal tensors (zero biases) through Identity and Constant nodes
-        if node.op_type == "Identity" and node.input[0] in consts:
-            consts[node.output[0]] = consts[node.input[0]]
-        elif node.op_type == "Constant" and _attr(node, "value", None) is not None:
-            consts[node.output[0]] = _attr(node, "value", None)
+    consts = _consts(g)
     groups: dict[tuple, list] = {}
     for node in g.node:
         if node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in consts:
@@ -282,17 +282,163 @@ def merge_gemm(src: Path, dst: Path) -> dict:
         order = [m for n in g.node for m in (replace.get(key(n)) or ([] if key(n) in drop else [n]))]
         del g.node[:]
         g.node.extend(order)
-        # the merged weights' old tensors (and the Identity nodes that only fed them) go
-        live = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        nodes = [n for n in g.node if n.op_type != "Identity" or n.output[0] in live]
-        del g.node[:]
-        g.node.extend(nodes)
-        used = {i for n in g.node for i in n.input}
-        keep = [t for t in g.initializer if t.name in used]
-        del g.initializer[:]
-        g.initializer.extend(keep)
+        _drop_dead_constants(g)   # the merged weights' old tensors (and the Identity nodes that only fed them)
     onnx.save(model, str(dst))
     return {"merged_groups": merged}
+
+
+def _consts(g) -> dict:
+    """Constant tensors by name: initializers, and what torch.onnx shares through Identity and Constant nodes."""
+    consts = {t.name: t for t in g.initializer}
+    for node in g.node:  # torch.onnx shares equal tensors (zero biases) through Identity and Constant nodes
+        if node.op_type == "Identity" and node.input[0] in consts:
+            consts[node.output[0]] = consts[node.input[0]]
+        elif node.op_type == "Constant" and _attr(node, "value", None) is not None:
+            consts[node.output[0]] = _attr(node, "value", None)
+    return consts
+
+
+def _drop_dead_constants(g) -> None:
+    """Identity and Constant nodes nothing reads any more, then initializers nothing reads."""
+    live = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    nodes = [n for n in g.node if n.op_type not in ("Identity", "Constant") or n.output[0] in live]
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def fold_scale(src: Path, dst: Path) -> dict:
+    """A Mul by a scalar constant on a projection's output, reached through Reshape and Transpose nodes only, folds
+    into the projection's weight and bias: the same products, one node fewer each. torch exports attention's
+    1/sqrt(d) (SDPA, slimbert's blocks and transformers' BERT alike) as two such Muls a layer, one on Q and one on K,
+    each a full pass over an activation; under static int8 each also sits between a projection and its
+    QuantizeLinear. A projection is a Gemm with a constant weight (and bias), or MatMul by a constant then Add of a
+    constant (transformers' 3-D nn.Linear); every tensor on the way must have that one reader (Shape nodes aside),
+    so nothing else sees the scaled values."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    g = model.graph
+    consts = _consts(g)
+    prod = {o: n for n in g.node for o in n.output}
+    readers: dict[str, int] = {}   # a Shape node reads no values: the scaled tensor may have those as well
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + (n.op_type != "Shape")
+    outputs = {o.name for o in g.output}
+
+    def scalar(name):
+        if name not in consts:
+            return None
+        a = numpy_helper.to_array(consts[name])
+        return float(a.reshape(())) if a.size == 1 and a.dtype.kind == "f" else None
+
+    def only_reader(t):
+        return readers.get(t, 0) == 1 and t not in outputs
+
+    def projection(t):
+        """(node, index of its weight input, index of its bias input or None) of the projection making t."""
+        n = prod.get(t)
+        if n is None or not only_reader(t):
+            return None
+        if n.op_type == "Gemm" and len(n.input) > 1 and n.input[1] in consts:
+            if len(n.input) > 2 and n.input[2] and n.input[2] not in consts:
+                return None
+            return [(n, 1)] + ([(n, 2)] if len(n.input) > 2 and n.input[2] else [])
+        if n.op_type == "Add":
+            for b, x in ((0, 1), (1, 0)):
+                mm = prod.get(n.input[x])
+                if (n.input[b] in consts and mm is not None and mm.op_type == "MatMul" and only_reader(n.input[x])
+                        and mm.input[1] in consts):
+                    return [(mm, 1), (n, b)]
+        return None
+
+    folded, drop = 0, set()
+    renamed: dict[str, str] = {}   # a removed Mul's output -> the tensor its readers take instead
+    for mul in g.node:
+        if mul.op_type != "Mul" or len(mul.input) != 2 or mul.output[0] in outputs:
+            continue
+        for c, x in ((1, 0), (0, 1)):
+            s = scalar(mul.input[c])
+            if s is None or mul.input[x] in consts:
+                continue
+            t = mul.input[x]
+            if not only_reader(t):
+                break
+            while t in prod and prod[t].op_type in ("Reshape", "Transpose") and only_reader(t):
+                t = prod[t].input[0]
+            targets = projection(t)
+            if targets is None:
+                break
+            for node, k in targets:   # a fresh tensor each: the old one may be shared (torch.onnx dedups them)
+                a = numpy_helper.to_array(consts[node.input[k]])
+                scaled = numpy_helper.from_array((a * np.asarray(s, a.dtype)).astype(a.dtype),
+                                                 f"fold_scale_{folded}_{k}")
+                g.initializer.append(scaled)
+                consts[scaled.name] = scaled
+                node.input[k] = scaled.name
+            renamed[mul.output[0]] = mul.input[x]
+            drop.add(id(mul))
+            folded += 1
+            break
+    if folded:
+        nodes = [n for n in g.node if id(n) not in drop]
+        for n in nodes:
+            for k, i in enumerate(n.input):
+                if i in renamed:
+                    n.input[k] = renamed[i]
+        del g.node[:]
+        g.node.extend(nodes)
+        _drop_dead_constants(g)
+    onnx.save(model, str(dst))
+    return {"folded_muls": folded, **({"changed": True} if folded else {})}
+
+
+def bypass_dequantize(src: Path, dst: Path, quantized: tuple[str, ...] = ("MatMul", "Gemm")) -> dict:
+    """After static QDQ quantisation: readers of a QuantizeLinear -> DequantizeLinear pair that are not themselves
+    quantised (`quantized`: the op types ONNX Runtime fuses with the pair into an integer kernel) read the float
+    tensor the pair was made from. onnxruntime's quantiser shares one pair among all readers of a tensor, so a
+    residual stream feeding a dense layer reached its float residual Add through the pair too: a DequantizeLinear
+    per residual (120 in the MobileBERT preset) and an int8 rounding of the residual that the fp32 model never had.
+    Those readers now get the fp32 values: fewer nodes, and closer to the fp32 model, not further. A pair on a dense
+    layer's own output (layouts that quantise those) is left shared: its fusion needs the QuantizeLinear to be the
+    layer's only reader."""
+    import onnx
+
+    model = onnx.load(str(src))
+    g = model.graph
+    consts = _consts(g)
+    prod = {o: n for n in g.node for o in n.output}
+    moved = 0
+    for n in g.node:
+        if n.op_type in quantized:
+            continue
+        for k, t in enumerate(n.input):
+            dq = prod.get(t)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = prod.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in consts:
+                continue
+            made_by = prod.get(q.input[0])
+            if made_by is not None and made_by.op_type in quantized:
+                # a dense layer's quantised output: ONNX Runtime fuses DQ -> Gemm -> Q only while Q is the Gemm's one
+                # reader, so a reader moved to the Gemm's float output would keep the whole layer in fp32
+                continue
+            n.input[k] = q.input[0]
+            moved += 1
+    live = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    nodes = [n for n in g.node if n.op_type != "DequantizeLinear" or n.output[0] in live]
+    dropped = len(g.node) - len(nodes)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return {"readers_moved": moved, "dequantize_dropped": dropped}
 
 
 def ort_fusion(src: Path, dst: Path, model: nn.Module | None = None) -> dict:
@@ -356,7 +502,8 @@ def _output_gap(a: Path, b: Path) -> float:
     return max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-12)) for x, y in zip(*outs))
 
 
-ONNX_PASSES = {"merge_gemm": merge_gemm, "ort_basic": ort_basic, "ort_fusion": ort_fusion}
+ONNX_PASSES = {"fold_scale": fold_scale, "merge_gemm": merge_gemm, "ort_basic": ort_basic,
+               "ort_fusion": ort_fusion}
 READS_MODEL = ("ort_fusion",)   # ONNX passes that also take the exported model (its config)
 
 
