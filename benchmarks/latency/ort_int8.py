@@ -51,11 +51,13 @@ from slimbert.export.runtime import OrtRunner, alternating_median_ms, session, v
 MM = ["MatMul", "Gemm"]
 # name -> the export's static layout (slimbert.export.onnx.STATIC_LAYOUT, static_u8_mm_fo) with these keys changed
 STATIC = {
-    "static_s8": dict(activation="QInt8", op_types=None, const_b_only=False, float_outputs=False),
-    "static_u8": dict(op_types=None, const_b_only=False, float_outputs=False),
+    "static_s8": dict(activation="QInt8", op_types=None, const_b_only=False, float_outputs=False, float_readers=False),
+    "static_u8": dict(op_types=None, const_b_only=False, float_outputs=False, float_readers=False),
     "static_u8_mm": dict(float_outputs=False),
     "static_u8_mm_pt": dict(per_channel=False, float_outputs=False),
     "static_u8_mm_fo": dict(),
+    "static_u8_mm_fo_int8_attn": dict(const_b_only=False),   # attention's two activation products int8 as well
+    "static_u8_mm_fo_shared_dq": dict(float_readers=False, const_b_only=False),   # the layout before 2026-12-07
     "qop_u8_mm": dict(format="QOperator", float_outputs=False),
 }
 TEXTS = ovx.calibration_texts(16)  # 16 sentences, as every figure in ort_int8*.md was calibrated (the export's default is 128)
@@ -173,6 +175,7 @@ def main() -> None:
     res = {"cpu": cpu.as_dict(), "versions": versions(), "torch": torch.__version__, "runs": args.runs,
            "threads": args.threads, "rows": rows, "seconds": round(time.time() - t0)}
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "ort_int8.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     (out / "ort_int8.md").write_text(markdown(res))
     print((out / "ort_int8.md").read_text())
@@ -183,7 +186,7 @@ def markdown(res: dict) -> str:
     lines = ["# ONNX Runtime int8: every variant side by side", "",
              f"`python benchmarks/latency/ort_int8.py --runs {res['runs']}`, alone on the machine; "
              f"{cpu_line(res['cpu'])}; {res['threads']} threads, batch 1 x seq {SEQ}, one alternating run "
-             f"({res['seconds']} s); onnxruntime {res['versions'].get('onnxruntime')}.", "",
+             f"({res['seconds']} s); onnxruntime {res['versions'].get('ort')}.", "",
              "Chain share: the dense chain's p50 (the model's nn.Linear layers alone, int8 like the variant: dynamic "
              "or static QUInt8) over the variant's p50; the issue's goal is the model within 25 % of its chain "
              "(share >= 0.80). Parity: against the fp32 file on every calibration sentence (half of them unseen).",
