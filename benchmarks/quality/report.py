@@ -306,8 +306,9 @@ def markdown(q: dict) -> str:
                   "fraction and latency are against that run's source and timing; the frontier holds only this "
                   f"run's timings. Arms: {', '.join(c['arms'])}.", ""]
     lines += ["## Goals", ""]
-    findings = Path(__file__).with_name("findings.md")
-    if q["scale"] == "cpu" and findings.is_file() and "## Where each of" in findings.read_text():
+    findings = Path(__file__).with_name("findings.md")  # the reading of these figures, written by hand
+    findings = findings.read_text().strip() if findings.is_file() and q["scale"] == "cpu" else ""
+    if "## Where each of" in findings:
         # the hand-run parts after this run moved some goals: the reader is sent to where they stand now
         lines += ["What this run measured. Goals measured by hand since (the findings' later parts) stand goal by "
                   "goal in \"Where each of issue 29's goals stands\" at the end of the findings below.", ""]
@@ -381,9 +382,8 @@ def markdown(q: dict) -> str:
     for arm, t in q["transfer"].items():
         stages = "; ".join(f"{k}: {v['first']:.4g} → {v['last']:.4g}" for k, v in t["stage_losses"].items())
         lines.append(f"| {arm} | {t['seconds']:.0f} | {stages} |")
-    findings = Path(__file__).with_name("findings.md")  # the reading of these figures, written by hand
-    if findings.is_file() and q["scale"] == "cpu":
-        lines += ["", findings.read_text().strip()]
+    if findings:
+        lines += ["", findings]
     return "\n".join(lines) + "\n"
 
 

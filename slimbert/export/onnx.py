@@ -30,7 +30,7 @@ from ..models.remote import write_standalone_code
 from . import openvino as ovx
 from .isa import cpu_info, why_not
 from .passes import (DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, ORT_ONLY_PASSES, READS_MODEL, bypass_dequantize,
-                     node_count)
+                     const_tensors, node_count)
 from .runtime import OrtRunner, alternating_median_ms, latency_ms, session
 
 TASKS = ("feature-extraction", "fill-mask", "text-classification", "question-answering")
@@ -482,7 +482,8 @@ def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]
     lay = {**STATIC_LAYOUT, **(layout or {})}
     if lay["float_readers"] and not lay["op_types"]:
         raise ValueError("static int8 layout: float_readers needs op_types (the quantised ones keep the pair)")
-    names = {i.name for i in onnx.load(str(src), load_external_data=False).graph.input}
+    graph = onnx.load(str(src), load_external_data=False).graph
+    names = {i.name for i in graph.input}
     feeds = [{k: v for k, v in item.items() if k in names} for item in items]
 
     class Reader(CalibrationDataReader):
@@ -498,10 +499,8 @@ def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]
         # onnxruntime's MatMulConstBOnly is read by its QOperator quantiser only; the QDQ one quantises attention's
         # activation-by-activation MatMuls regardless, so those are named as nodes to leave in fp32.
         extra["MatMulConstBOnly"] = True
-        model = onnx.load(str(src), load_external_data=False)
-        consts = {t.name for t in model.graph.initializer}
-        consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-        acts = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
+        consts = const_tensors(graph)
+        acts = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] not in consts]
         if any(not n.name for n in acts):
             raise ExportError(f"{src}: a MatMul without a node name; static int8 cannot leave it in fp32")
         exclude = [n.name for n in acts]

@@ -201,7 +201,6 @@ def eager_attention(model: nn.Module) -> tuple[nn.Module, dict]:
     return model, {"attention": f"{current} -> eager", "changed": True}
 
 
-
 MODEL_PASSES = {"fold_nonorm": fold_nonorm, "residual_gemm": residual_gemm, "eager_attention": eager_attention}
 # eager_attention + ort_fusion are not defaults: no stable ORT fp32 gain on an AMD EPYC with AVX512-VNNI (1.00-1.06x,
 # BERT_BASE 0.98x; benchmarks/results/ort_fusion.md), for a model.onnx only ONNX Runtime runs.
@@ -241,7 +240,7 @@ def merge_gemm(src: Path, dst: Path) -> dict:
     model = onnx.load(str(src))
     g = model.graph
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    consts = _consts(g)
+    consts = const_tensors(g)
     groups: dict[tuple, list] = {}
     for node in g.node:
         if node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in consts:
@@ -287,7 +286,7 @@ def merge_gemm(src: Path, dst: Path) -> dict:
     return {"merged_groups": merged}
 
 
-def _consts(g) -> dict:
+def const_tensors(g) -> dict:
     """Constant tensors by name: initializers, and what torch.onnx shares through Identity and Constant nodes."""
     consts = {t.name: t for t in g.initializer}
     for node in g.node:  # torch.onnx shares equal tensors (zero biases) through Identity and Constant nodes
@@ -298,10 +297,10 @@ def _consts(g) -> dict:
     return consts
 
 
-def _drop_dead_constants(g) -> None:
-    """Identity and Constant nodes nothing reads any more, then initializers nothing reads."""
+def _drop_dead_constants(g, op_types: tuple[str, ...] = ("Identity", "Constant")) -> None:
+    """Nodes of `op_types` (one output each) nothing reads any more, then initializers nothing reads."""
     live = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    nodes = [n for n in g.node if n.op_type not in ("Identity", "Constant") or n.output[0] in live]
+    nodes = [n for n in g.node if n.op_type not in op_types or n.output[0] in live]
     del g.node[:]
     g.node.extend(nodes)
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
@@ -324,7 +323,7 @@ def fold_scale(src: Path, dst: Path) -> dict:
 
     model = onnx.load(str(src))
     g = model.graph
-    consts = _consts(g)
+    consts = const_tensors(g)
     prod = {o: n for n in g.node for o in n.output}
     readers: dict[str, int] = {}   # a Shape node reads no values: the scaled tensor may have those as well
     for n in g.node:
@@ -342,7 +341,7 @@ def fold_scale(src: Path, dst: Path) -> dict:
         return readers.get(t, 0) == 1 and t not in outputs
 
     def projection(t):
-        """(node, index of its weight input, index of its bias input or None) of the projection making t."""
+        """The (node, input index) pairs holding the weight and bias of the projection making t, or None."""
         n = prod.get(t)
         if n is None or not only_reader(t):
             return None
@@ -412,7 +411,7 @@ def bypass_dequantize(src: Path, dst: Path, quantized: tuple[str, ...] = ("MatMu
 
     model = onnx.load(str(src))
     g = model.graph
-    consts = _consts(g)
+    consts = const_tensors(g)
     prod = {o: n for n in g.node for o in n.output}
     moved = 0
     for n in g.node:
@@ -432,11 +431,9 @@ def bypass_dequantize(src: Path, dst: Path, quantized: tuple[str, ...] = ("MatMu
                 continue
             n.input[k] = q.input[0]
             moved += 1
-    live = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    nodes = [n for n in g.node if n.op_type != "DequantizeLinear" or n.output[0] in live]
-    dropped = len(g.node) - len(nodes)
-    del g.node[:]
-    g.node.extend(nodes)
+    before = len(g.node)
+    _drop_dead_constants(g, ("DequantizeLinear",))
+    dropped = before - len(g.node)
     onnx.save(model, str(dst))
     return {"readers_moved": moved, "dequantize_dropped": dropped}
 
