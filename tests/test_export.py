@@ -229,7 +229,7 @@ def test_int8_is_the_faster_of_dynamic_and_static_that_pass_parity(model_dir, tm
     ops = lambda f: {n.op_type for n in onnx.load(str(f)).graph.node}  # noqa: E731
     for fast, marker in (("static", "QuantizeLinear"), ("dynamic", "DynamicQuantizeLinear")):
         ms = [5.0, 3.0] if fast == "static" else [3.0, 5.0]   # (dynamic, static)
-        monkeypatch.setattr(X, "alternating_median_ms", lambda runners, *a, ms=ms, **k: ms)
+        monkeypatch.setattr(X, "ort_median_ms_fresh", lambda paths, *a, ms=ms, **k: ms)
         out = tmp_path / fast
         result = export(path, out, quantize="int8", measure=False, log=lambda m: None)
         meta = json.loads((out / "slimbert_export.json").read_text())["int8"]
@@ -279,8 +279,8 @@ def test_export_layout_parity_and_int8(model_dir, tmp_path, real_batch):
     p = result.parity["fp32"]
     assert p.ok(10.0) and p.argmax_agreement == 1.0 and p.cosine > 0.999999
     assert result.parity["int8"].cosine > 0.98
-    assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "residual_gemm", "fold_scale",
-                                                  "merge_gemm", "ort_basic"]
+    assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "residual_gemm",
+                                                  "eager_attention", "fold_scale", "merge_gemm", "ort_basic"]
     result = export(path, tmp_path / "fused", quantize="int8", measure=False, passes=list(P.FUSED_PASSES),
                     log=lambda m: None)
     assert [s["pass"] for s in result.passes] == ["torch.onnx.export", "fold_nonorm", "residual_gemm",
@@ -495,7 +495,7 @@ def test_ort_fusion_fuses_a_stock_bert_and_quantises_from_the_portable_graph(tin
     ops = _ops(out / "model.onnx")
     assert ops[("com.microsoft", "Attention")] == 4 and ops[("com.microsoft", "SkipLayerNormalization")] == 8
     assert result.parity["fp32"].ok(10.0) and result.parity["fp32"].cosine > 0.999999
-    assert result.int8["graph"].startswith("the passes without residual_gemm, eager_attention, ort_fusion: ")
+    assert result.int8["graph"].startswith("the passes without residual_gemm, ort_fusion: ")
     int8_ops = _ops(out / "model_int8.onnx")
     assert not any(op in ("Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu", "QAttention")
                    for _, op in int8_ops)
@@ -512,6 +512,37 @@ def test_ort_fusion_fuses_a_stock_bert_and_quantises_from_the_portable_graph(tin
         ref = model(**real_batch)[0].numpy()
     keep = real_batch["attention_mask"].numpy().astype(bool)   # padded positions are not an output anyone reads
     assert np.abs(got[keep] - ref[keep]).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_default_export_of_a_stock_bert_uses_its_eager_attention(tiny_source, tmp_path, real_batch):
+    """transformers' SDPA attention exports with an IsNaN + Where over every layer's attention probabilities (its
+    guard for rows with every key masked); the default passes export the eager attention instead, whose graph has
+    neither, and int8 is quantised from that graph. Both match PyTorch (SDPA) on a padded batch."""
+    from transformers import AutoModel
+
+    sdpa = [p for p in P.DEFAULT_PASSES if p != "eager_attention"]
+    default = export(tiny_source, tmp_path / "eager", task="feature-extraction", quantize="int8", measure=False,
+                     log=lambda m: None)
+    plain = export(tiny_source, tmp_path / "sdpa", task="feature-extraction", passes=sdpa, measure=False,
+                   log=lambda m: None)
+    info = {s["pass"]: s for s in default.passes}
+    assert info["eager_attention"]["attention"] == "sdpa -> eager" and info["eager_attention"]["changed"]
+    ops = _ops(tmp_path / "eager" / "model.onnx")   # the mask's Wheres are made once, not per layer
+    assert not any(op == "IsNaN" for _, op in ops) and ops[("ai.onnx", "Where")] <= 2
+    assert default.passes[-1]["nodes"] < plain.passes[-1]["nodes"]
+    assert default.int8["graph"].startswith("the passes without residual_gemm: ") and "eager_attention" in \
+        default.int8["graph"]
+    assert not any(op == "IsNaN" for _, op in _ops(tmp_path / "eager" / "model_int8.onnx"))
+    model = AutoModel.from_pretrained(tiny_source).eval()
+    assert model.config._attn_implementation == "sdpa"   # the reference is the model as users load it
+    x = {k: v.numpy() for k, v in real_batch.items()}
+    x.setdefault("token_type_ids", np.zeros_like(x["input_ids"]))
+    with torch.no_grad():
+        ref = model(**real_batch)[0].numpy()
+    keep = real_batch["attention_mask"].numpy().astype(bool)
+    for folder in ("eager", "sdpa"):
+        got = session(tmp_path / folder / "model.onnx").run(None, x)[0]
+        assert np.abs(got[keep] - ref[keep]).max() <= 1e-4 * np.abs(ref).max(), folder
 
 
 def test_ort_fusion_without_an_attention_it_knows_leaves_the_graph(tmp_path, tiny_source):
@@ -547,11 +578,45 @@ def test_ort_fusion_steps_back_when_the_fused_graph_disagrees(tiny_source, tmp_p
     assert (tmp_path / "c.onnx").read_bytes() == src.read_bytes()
 
 
+def test_a_cached_reference_export_made_with_other_passes_is_made_again(tmp_path):
+    """The BERT_BASE reference is reused from its folder only when it was exported with the passes asked for (a
+    folder from before eager_attention became its pass would time the old graph)."""
+    from slimbert.export import bench as B
+
+    def folder(passes):
+        d = tmp_path / "ref"
+        d.mkdir(exist_ok=True)
+        (d / "model.onnx").write_bytes(b"x")
+        (d / "slimbert_export.json").write_text(json.dumps({"passes": [{"pass": p} for p in
+                                                                      ["torch.onnx.export", *passes]]}))
+        return d
+
+    assert B._cached(folder(["eager_attention"]), False, None, ("eager_attention",))
+    assert B._cached(folder(["eager_attention"]), False, None)   # no passes asked: the files decide
+    d = folder([])
+    assert not B._cached(d, False, None, ("eager_attention",)) and not d.exists()
+
+
+def test_ort_timing_in_a_fresh_process_returns_each_files_p50_and_reports_a_failure(model_dir, tmp_path):
+    """The int8 pick's timing runs in a child process (JSON in and out): one p50 per file, in order; a file the
+    child cannot load is an error that names the failure, not a hang or a silent zero."""
+    from slimbert.export.runtime import ort_median_ms_fresh
+
+    path, _ = model_dir
+    export(path, tmp_path / "m", measure=False, log=lambda m: None)
+    p50 = ort_median_ms_fresh([tmp_path / "m" / "model.onnx"] * 2, threads=1, seq=16, runs=3, warmup=1)
+    assert len(p50) == 2 and all(ms > 0 for ms in p50)
+    with pytest.raises(RuntimeError, match="timing process failed"):
+        ort_median_ms_fresh([tmp_path / "missing.onnx"], runs=1, warmup=1)
+
+
 def test_in_fresh_process_runs_the_call_in_another_process_and_returns_its_value():
     assert in_fresh_process(os.getpid) != os.getpid()
     assert in_fresh_process(divmod, 7, 2) == (3, 1) and in_fresh_process(int, "ff", base=16) == 255
     with pytest.raises(ValueError, match="invalid literal"):
         in_fresh_process(int, "not a number")   # its error reaches the caller
+    with pytest.raises(RuntimeError, match="_exit died before it returned"):
+        in_fresh_process(os._exit, 3)   # a child that dies is an error, not a wait for ever
 
 
 def test_bench_times_in_a_fresh_process_with_the_same_report_and_errors(tmp_path, model_dir, monkeypatch):

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runtimes_latency.py,
 from runtimes_latency import REFUSED, export_all, save, student  # noqa: E402
 from slimbert.export import openvino as ovx  # noqa: E402
 from slimbert.export.isa import cpu_info  # noqa: E402
+from slimbert.export.passes import REFERENCE_PASSES  # noqa: E402
 from slimbert.export.bench import cpu_line  # noqa: E402
 from slimbert.export.runtime import (alternating_median_ms, get, in_fresh_process, load_for_timing,  # noqa: E402
                                      versions)
@@ -251,7 +252,7 @@ def main() -> None:
         mb = student("mobilebert")
         torch.manual_seed(0)
         bb = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2)).eval()
-        models = {"mobilebert": (mb, {}), "bert_base": (bb, {"passes": []})}
+        models = {"mobilebert": (mb, {}), "bert_base": (bb, {"passes": list(REFERENCE_PASSES)})}
         flops, chain_files, int8 = {}, {}, {}
         for name, (model, kw) in models.items():
             print(f"[{time.time() - t0:5.0f} s] exporting {name} and its dense chain", flush=True)

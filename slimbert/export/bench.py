@@ -37,6 +37,7 @@ from . import runtime
 MAX_ACCURACY_DROP = 0.01
 from .isa import FEATURES, CpuInfo, cpu_info
 from .onnx import ExportError, export
+from .passes import REFERENCE_PASSES
 from .terminal import Fitted
 
 
@@ -455,13 +456,20 @@ def median(xs):
 
 # ---- baselines: exported the same way as the student -------------------------------------------------------------
 
-def _cached(dest: Path, openvino: bool, quantize: str | None) -> bool:
-    """Whether `dest` already holds an export with every file asked for; a partial one is removed."""
+def _cached(dest: Path, openvino: bool, quantize: str | None, passes: tuple[str, ...] | None = None) -> bool:
+    """Whether `dest` already holds an export with every file asked for (and, given `passes`, made with them); a
+    partial or outdated one is removed."""
     import shutil
 
     want = ["model.onnx"] + (["model_int8.onnx"] if quantize else [])
     want += ["openvino_model.xml"] + (["openvino_model_int8.xml"] if quantize else []) if openvino else []
-    if all((dest / f).is_file() for f in want):
+    made = None
+    if passes is not None and (dest / "slimbert_export.json").is_file():
+        try:
+            made = [s["pass"] for s in json.loads((dest / "slimbert_export.json").read_text())["passes"][1:]]
+        except (OSError, ValueError, KeyError, TypeError):
+            made = None
+    if all((dest / f).is_file() for f in want) and (passes is None or made == list(passes)):
         return True
     shutil.rmtree(dest, ignore_errors=True)
     return False
@@ -470,13 +478,14 @@ def _cached(dest: Path, openvino: bool, quantize: str | None) -> bool:
 def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None, openvino: bool = False,
                         quantize: str | None = None) -> Path:
     """BERT_BASE (BertConfig defaults, random weights: latency does not depend on them) with the same head,
-    exported by the same exporter into `dest` (reused when already there), with the same variants as the student
+    exported by the same exporter at its best (passes.REFERENCE_PASSES) into `dest` (reused when already there, made
+    with those passes), with the same variants as the student
     (`quantize`: int8 for ONNX Runtime, and NNCF int8 too with `openvino`)."""
     import torch
     import transformers
 
     onnx_path = dest / "model.onnx"
-    if _cached(dest, openvino, quantize):
+    if _cached(dest, openvino, quantize, REFERENCE_PASSES):
         return onnx_path
     cls = {"feature-extraction": transformers.BertModel, "fill-mask": transformers.BertForMaskedLM,
            "text-classification": transformers.BertForSequenceClassification,
@@ -495,8 +504,8 @@ def bert_base_reference(task: str, dest: Path, tokenizer_dir: Path | None = None
             raise ExportError(f"{tokenizer_dir}: no tokenizer beside the model, which the bert_base export needs "
                               f"({_first_line(e)})") from None
     try:
-        export(src, dest, task=task, passes=[], measure=False, quantize=quantize, openvino=openvino,
-               log=lambda m: None)
+        export(src, dest, task=task, passes=list(REFERENCE_PASSES), measure=False, quantize=quantize,
+               openvino=openvino, log=lambda m: None)
     finally:
         import shutil
 

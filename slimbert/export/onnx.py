@@ -31,7 +31,7 @@ from . import openvino as ovx
 from .isa import cpu_info, why_not
 from .passes import (DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, ORT_ONLY_PASSES, READS_MODEL, bypass_dequantize,
                      const_tensors, node_count)
-from .runtime import OrtRunner, alternating_median_ms, latency_ms, session
+from .runtime import latency_ms, ort_median_ms_fresh, session
 
 TASKS = ("feature-extraction", "fill-mask", "text-classification", "question-answering")
 OUTPUTS = {"feature-extraction": ["last_hidden_state"], "fill-mask": ["logits"], "text-classification": ["logits"],
@@ -517,8 +517,8 @@ def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]
 def pick_int8(model: nn.Module, task: str, onnx_path: Path, folder: Path, items: list[dict], inputs: dict,
               exact: list[np.ndarray], min_cosine: float, device, log, threads: int | None = None) -> dict:
     """Make both ONNX Runtime int8s (dynamic; static, calibrated on `items`), check each against PyTorch, time
-    those that pass side by side on this machine (batch 1 x 128 tokens, alternating) and keep the faster as
-    model_int8.onnx. Which runs faster depends on the CPU (VNNI, AMX) and the model's shape, so it is measured, not
+    those that pass side by side on this machine (batch 1 x 128 tokens, alternating, in a fresh process) and keep
+    the faster as model_int8.onnx. Which runs faster depends on the CPU (VNNI, AMX) and the model's shape, so it is measured, not
     assumed. Raises ParityError when neither passes. Returns what was picked, why, and every candidate's figures."""
     made, parity, refused = {}, {}, {}
     for kind in ("dynamic", "static"):
@@ -545,10 +545,8 @@ def pick_int8(model: nn.Module, task: str, onnx_path: Path, folder: Path, items:
         raise ParityError("no int8 model passes the parity check: "
                           + "; ".join(f"{k}: {why}" for k, why in refused.items()))
     p50 = {}
-    if len(made) > 1:
-        runners = [OrtRunner(path, threads=threads) for path in made.values()]
-        p50 = {k: round(ms, 3) for k, ms in zip(made, alternating_median_ms(runners, 1, 128, runs=20, warmup=3))}
-        del runners
+    if len(made) > 1:   # timed in a fresh process: in this one (torch, the export's sessions) they read unevenly
+        p50 = {k: round(ms, 3) for k, ms in zip(made, ort_median_ms_fresh(list(made.values()), threads, runs=20))}
     picked = min(made, key=lambda k: p50.get(k, 0.0))
     why = (f"{picked} int8 ran faster here: " + ", ".join(f"{k} {ms:.2f} ms" for k, ms in p50.items())
            + " at batch 1 x 128 tokens" if p50 else f"only {picked} int8 passed ({'; '.join(refused.values())})")

@@ -24,16 +24,22 @@ pass, kept because measured faster (benchmarks/results/latency.md has the figure
 - ort_basic (on the ONNX file): onnxruntime's hardware-independent "basic" level, saved offline: constant
   folding, identity and dead-node elimination. The file then needs no optimisation at load time.
 
-Two more, not in the defaults (FUSED_PASSES has them), for the stock transformers encoders slimbert cuts from a
-source (BERT, RoBERTa): ONNX Runtime's own transformer optimizer (what optimum's ORTOptimizer runs) fuses each
-attention core, residual + LayerNorm, bias + GELU and the embeddings into its contrib ops. Measured on an AMD
+For the stock transformers encoders slimbert cuts from a source (BERT, RoBERTa, MiniLM):
+- eager_attention (on the model, before export; a default): transformers' SDPA attention exports with an IsNaN +
+  Where over every layer's attention probabilities (its guard for rows whose keys are all masked), two passes over
+  heads x T x T floats a layer that ONNX Runtime does not fuse; eager attention adds its mask (made once) before
+  the softmax, the same products otherwise. Medians of three rounds: ORT fp32 1.03-1.14x, dynamic int8
+  1.06-1.17x, OpenVINO fp32 1.03-1.07x (benchmarks/results/eager_attention_amd_avx512.md). Its graph is also the
+  one ORT's attention fusion recognises.
+
+One more, not in the defaults (FUSED_PASSES adds it): ONNX Runtime's own transformer optimizer (what optimum's
+ORTOptimizer runs) fuses each attention core, residual + LayerNorm, bias + GELU and the embeddings into its contrib
+ops. Measured on an AMD
 EPYC with AVX512-VNNI (benchmarks/results/ort_fusion.md): ORT fp32 1.00-1.06x on all-MiniLM-L6-v2 and its 2x / 4x
 cuts and 0.98x on BERT_BASE in one run, 0.98-1.45x in a noisier second: no stable gain, for a model.onnx only ONNX
-Runtime runs, so they stay opt-in (`export(..., passes=FUSED_PASSES)`).
-- eager_attention (on the model, before export): transformers' SDPA attention exports as a graph the fusion does
-  not recognise; its eager attention (the same products, in the order ORT's pattern expects) does.
+Runtime runs, so it stays opt-in (`export(..., passes=FUSED_PASSES)`).
 - ort_fusion (on the ONNX file): the fusion itself. Its ops are ONNX Runtime's (com.microsoft domain), so the
-  export quantises and converts to OpenVINO from the graph made without these two passes (onnx.export).
+  export quantises and converts to OpenVINO from the graph made without it (onnx.export).
 """
 
 from __future__ import annotations
@@ -189,8 +195,8 @@ def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
 
 
 def eager_attention(model: nn.Module) -> tuple[nn.Module, dict]:
-    """A copy of a transformers model with its eager attention (for ort_fusion); slimbert's own models and models
-    without an attention switch are left as they are."""
+    """A copy of a transformers model with its eager attention (no per-layer NaN guard in the graph; the pattern
+    ort_fusion recognises); slimbert's own models and models without an attention switch are left as they are."""
     current = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if isinstance(model, SlimBertPreTrainedModel) or not hasattr(model, "set_attn_implementation"):
         return model, {"attention": "left as it is (not a transformers attention with a switch)"}
@@ -202,13 +208,16 @@ def eager_attention(model: nn.Module) -> tuple[nn.Module, dict]:
 
 
 MODEL_PASSES = {"fold_nonorm": fold_nonorm, "residual_gemm": residual_gemm, "eager_attention": eager_attention}
-# eager_attention + ort_fusion are not defaults: no stable ORT fp32 gain on an AMD EPYC with AVX512-VNNI (1.00-1.06x,
-# BERT_BASE 0.98x; benchmarks/results/ort_fusion.md), for a model.onnx only ONNX Runtime runs.
-DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "fold_scale", "merge_gemm", "ort_basic")
-FUSED_PASSES = ("fold_nonorm", "residual_gemm", "eager_attention", "fold_scale", "merge_gemm", "ort_basic",
-                "ort_fusion")
-# Passes whose graph only ONNX Runtime runs (or that only serve one): int8 and OpenVINO start without them.
-ORT_ONLY_PASSES = ("eager_attention", "ort_fusion")
+# eager_attention is a default since 2026-12-08 (benchmarks/results/eager_attention_amd_avx512.md); ort_fusion is not:
+# no stable ORT fp32 gain on an AMD EPYC with AVX512-VNNI (1.00-1.06x, BERT_BASE 0.98x; ort_fusion.md), for a
+# model.onnx only ONNX Runtime runs.
+DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "eager_attention", "fold_scale", "merge_gemm", "ort_basic")
+FUSED_PASSES = (*DEFAULT_PASSES, "ort_fusion")
+# Passes whose graph only ONNX Runtime runs: int8 and OpenVINO start without them.
+ORT_ONLY_PASSES = ("ort_fusion",)
+# BERT_BASE as the latency reports' reference, at its best: its eager attention (1.03-1.06x a plain export under ORT
+# fp32, int8 and OpenVINO; eager_attention_amd_avx512.md); the rest of the defaults change nothing it runs faster.
+REFERENCE_PASSES = ("eager_attention",)
 
 
 # ---- ONNX passes ---------------------------------------------------------------------------------------------------

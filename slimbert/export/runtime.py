@@ -6,8 +6,14 @@ the shape search take a (runtime, precision) pair and never need to know which l
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import subprocess
+import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -199,10 +205,49 @@ def alternating_median_ms(runners: list[Runner], batch: int, seq: int, runs: int
     return [float(np.median(t) * 1000) for t in times]
 
 
+# The child reads its job from a JSON file and writes its p50s as JSON (no pickles cross), importing as this process
+# does (the job carries sys.path). A subprocess, not multiprocessing's spawn, which re-runs a caller's main script
+# that lacks a __main__ guard.
+_ORT_TIMING_CHILD = ("import json, sys; sys.path[:] = json.load(open(sys.argv[1]))['sys_path']; "
+                     "from slimbert.export.runtime import _ort_timing_child; "
+                     "_ort_timing_child(sys.argv[1], sys.argv[2])")
+
+
+def ort_median_ms_fresh(paths: list[Path], threads: int | None = None, batch: int = 1, seq: int = 128,
+                        runs: int = 20, warmup: int = 3) -> list[float]:
+    """alternating_median_ms of ONNX Runtime sessions of `paths`, timed in a new Python process that has done
+    nothing else: timed in the process that had just exported them (torch, NNCF, other sessions) the int8 pick's
+    two candidates read unevenly slower (static 32.8 against dynamic 23.2 ms there, within 3 % of each other timed
+    apart; AMD EPYC AVX512, 2026-12-08), so the pick could keep the slower one."""
+    with tempfile.TemporaryDirectory(prefix="slimbert-timing-") as tmp:
+        job, out = Path(tmp) / "job.json", Path(tmp) / "p50.json"
+        job.write_text(json.dumps({"paths": [str(p) for p in paths], "threads": threads, "batch": batch, "seq": seq,
+                                   "runs": runs, "warmup": warmup, "sys_path": sys.path}))
+        proc = subprocess.run([sys.executable, "-c", _ORT_TIMING_CHILD, str(job), str(out)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
+            raise RuntimeError(f"the timing process failed (exit {proc.returncode}):\n{tail}")
+        return [float(x) for x in json.loads(out.read_text())]
+
+
+def _ort_timing_child(job_path: str, out_path: str) -> None:
+    job = json.loads(Path(job_path).read_text())
+    runners = [OrtRunner(Path(p), threads=job["threads"]) for p in job["paths"]]
+    p50 = alternating_median_ms(runners, job["batch"], job["seq"], runs=job["runs"], warmup=job["warmup"])
+    Path(out_path).write_text(json.dumps(p50))
+
+
 def in_fresh_process(fn: Callable, *args, **kwargs):
     """fn(*args, **kwargs) in a spawned process that has done nothing else (fn and its arguments picklable). For
     timings: in the process that had just exported a model (NNCF, OpenVINO, torch), the MobileBERT preset's ORT int8
     beside 14 other ORT sessions read 44 ms, and 22 ms in a fresh one (AMD EPYC AVX512;
     benchmarks/results/latency_ceiling_amd_avx512.md)."""
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args, kwargs)
+    # concurrent.futures, not multiprocessing.Pool: a Pool replaces a worker that dies (a segfault, the OOM killer)
+    # and its caller waits forever; the executor raises.
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        try:
+            return pool.submit(fn, *args, **kwargs).result()
+        except BrokenProcessPool:
+            raise RuntimeError(f"the fresh process running {getattr(fn, '__name__', fn)} died before it returned "
+                               "(killed, or crashed in native code)") from None
