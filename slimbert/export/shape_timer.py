@@ -37,17 +37,24 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "slimbert" / "latency")
 
 
+# What artefact() runs, part of every timing's cache key (timings made another way are not reused)
+EXPORT_PASSES = {True: ("fold_nonorm", "eager_attention", "ort_basic"), False: P.REFERENCE_PASSES}
+
+
 def artefact(model: nn.Module, runtime_name: str, precision: str, folder: Path, seq: int, slim: bool = True) -> Path:
     """`model` exported into `folder` as the file `runtime_name` runs `precision` from: slimbert's passes when `slim`
-    (fold_nonorm, then ONNX Runtime's basic level), dynamic int8 for ONNX Runtime, an IR (NNCF int8 calibrated on
-    random tokens) for OpenVINO."""
+    (fold_nonorm, eager attention, then ONNX Runtime's basic level; EXPORT_PASSES), a reference's otherwise
+    (passes.REFERENCE_PASSES: a stock encoder's eager attention, as the export runs it), dynamic int8 for ONNX
+    Runtime, an IR (NNCF int8 calibrated on random tokens) for OpenVINO."""
     rt = runtime.get(runtime_name)
     onnx_path = folder / "model.onnx"
     stage = folder / "stage.onnx"
-    if slim:
-        model, _ = P.fold_nonorm(model)
+    passes = EXPORT_PASSES[slim]
+    for name in passes:
+        if name in P.MODEL_PASSES:   # eager_attention leaves slimbert's own blocks as they are
+            model, _ = P.MODEL_PASSES[name](model)
     export_onnx(model, "feature-extraction", stage)
-    if slim:
+    if "ort_basic" in passes:
         P.ort_basic(stage, onnx_path)
         stage.unlink()
     else:
@@ -134,7 +141,8 @@ class ExportTimer:
         mode = {"static_shapes": True} if spec.runtime == "openvino" else {}
         # anchored entries hold the ratio to the anchor, never a time: they survive the host's speed changing
         anchored = {"anchor": self.anchor.name} if self.anchor is not None else {}
-        full = json.dumps({"model": key, "spec": spec.__dict__, **mode, **anchored}, sort_keys=True)
+        full = json.dumps({"model": key, "spec": spec.__dict__, **mode, **anchored,
+                           "passes": list(EXPORT_PASSES[slim])}, sort_keys=True)
         if full in self.timings:
             return self.timings[full] * (self.anchor.ms if self.anchor is not None else 1.0)
         reason = self.unavailable(spec)
@@ -191,7 +199,8 @@ class ExportTimer:
                                lambda: transformers.AutoModel.from_config(hf_config, add_pooling_layer=False), spec)
 
     def reference(self, name: str, hf_config, spec) -> float:
-        """A transformers model (e.g. BERT_BASE, or the source) with random weights, exported plainly."""
+        """A transformers model (e.g. BERT_BASE, or the source) with random weights, exported at its best
+        (passes.REFERENCE_PASSES)."""
         import transformers
 
         raw = {k: v for k, v in hf_config.to_diff_dict().items() if k != "transformers_version"}
