@@ -597,6 +597,24 @@ def test_a_cached_reference_export_made_with_other_passes_is_made_again(tmp_path
     assert not B._cached(d, False, None, ("eager_attention",)) and not d.exists()
 
 
+def test_int8_pick_times_in_this_process_when_a_fresh_one_cannot_run(model_dir, tmp_path, monkeypatch):
+    """A machine where the timing child cannot run (an embedded interpreter, a hung child) still gets its int8 pick,
+    timed in the exporting process, and the log says so; the export does not fail over it."""
+    from slimbert.export import onnx as X
+
+    def broken(*a, **k):
+        raise RuntimeError("the timing process failed (exit 1):\nno python here")
+
+    monkeypatch.setattr(X, "ort_median_ms_fresh", broken)
+    logs = []
+    path, _ = model_dir
+    export(path, tmp_path / "m", quantize="int8", measure=False, log=logs.append)
+    meta = json.loads((tmp_path / "m" / "slimbert_export.json").read_text())["int8"]
+    assert set(meta["p50_ms"]) == {"dynamic", "static"} and all(v > 0 for v in meta["p50_ms"].values())
+    assert any("timing in a fresh process failed" in m and "no python here); timing in this process" in m
+               for m in logs)
+
+
 def test_ort_timing_in_a_fresh_process_returns_each_files_p50_and_reports_a_failure(model_dir, tmp_path):
     """The int8 pick's timing runs in a child process (JSON in and out): one p50 per file, in order; a file the
     child cannot load is an error that names the failure, not a hang or a silent zero."""

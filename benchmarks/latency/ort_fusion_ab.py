@@ -1,7 +1,8 @@
-"""The A/B behind the eager_attention + ort_fusion passes: stock transformers encoders (all-MiniLM-L6-v2 with its
-weights, the shapes slimbert cuts from it at 2x and 4x, BERT_BASE) and the MobileBERT preset, each exported with
-the default passes without the two ("off") and with them ("on"), timed under ONNX Runtime fp32 in one alternating
-run (batch 1 x seq 128, 2 threads). Also dynamic int8 quantised from each graph: the export quantises from the
+"""The A/B behind the ort_fusion pass: stock transformers encoders (all-MiniLM-L6-v2 with its weights, the shapes
+slimbert cuts from it at 2x and 4x, BERT_BASE) and the MobileBERT preset, each exported with the default passes
+("off"; eager_attention among them since 2026-12-08: results/ort_fusion.md was made before, when "off" was the
+SDPA export and "on" added eager_attention too) and with ort_fusion after them ("on"), timed under ONNX Runtime
+fp32 in one alternating run (batch 1 x seq 128, 2 threads). Also dynamic int8 quantised from each graph: the export quantises from the
 "off" graph (its int8 and OpenVINO files do not change); "on" shows what int8 from the fused graph (QAttention)
 would give. Cut shapes and BERT_BASE have random weights (speed does not depend on them; parity is checked by the
 export). Run it alone.
@@ -53,7 +54,7 @@ def main() -> None:
                 entries += variants(f"{name}|{side}", out, ["ort"], ["fp32", "int8"], cpu)
         report = bench(entries, [1], [128], threads=2, runs=a.runs, cpu=cpu)
     p50 = {r["model"]: r["latency"]["p50"] * 1e3 for r in report["results"]}
-    lines = ["# ONNX Runtime's transformer fusion (eager_attention + ort_fusion) on and off", "",
+    lines = ["# ONNX Runtime's transformer fusion (ort_fusion) on and off", "",
              f"`python benchmarks/latency/ort_fusion_ab.py {' '.join(sys.argv[1:])}` ({time.time() - started:.0f} s, "
              f"alone on the machine); batch 1 x seq 128, 2 threads, {a.runs} timed runs per variant in alternating "
              f"blocks. {cpu_line(report['cpu'])}", "",

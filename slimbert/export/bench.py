@@ -37,7 +37,7 @@ from . import runtime
 MAX_ACCURACY_DROP = 0.01
 from .isa import FEATURES, CpuInfo, cpu_info
 from .onnx import ExportError, export
-from .passes import REFERENCE_PASSES
+from .passes import DEFAULT_PASSES, REFERENCE_PASSES
 from .terminal import Fitted
 
 
@@ -518,7 +518,7 @@ def teacher_reference(export_dir: Path, dest: Path, openvino: bool = False, quan
     import yaml
 
     onnx_path = dest / "model.onnx"
-    if _cached(dest, openvino, quantize):
+    if _cached(dest, openvino, quantize, DEFAULT_PASSES):
         return onnx_path
     meta = export_meta(export_dir)
     if meta is None:

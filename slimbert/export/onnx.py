@@ -31,7 +31,7 @@ from . import openvino as ovx
 from .isa import cpu_info, why_not
 from .passes import (DEFAULT_PASSES, MODEL_PASSES, ONNX_PASSES, ORT_ONLY_PASSES, READS_MODEL, bypass_dequantize,
                      const_tensors, node_count)
-from .runtime import latency_ms, ort_median_ms_fresh, session
+from .runtime import OrtRunner, alternating_median_ms, latency_ms, ort_median_ms_fresh, session
 
 TASKS = ("feature-extraction", "fill-mask", "text-classification", "question-answering")
 OUTPUTS = {"feature-extraction": ["last_hidden_state"], "fill-mask": ["logits"], "text-classification": ["logits"],
@@ -247,8 +247,12 @@ def _stages(model: nn.Module, task: str, passes: list[str], tmp: Path, prefix: s
     for i, name in enumerate(passes, 1):
         nxt = tmp / f"{prefix}-{i}.onnx"
         if name in MODEL_PASSES:
+            before = current
             current, info = MODEL_PASSES[name](current)
-            export_onnx(current, task, nxt, opset)
+            if current is before:   # the pass left the model as it was (eager_attention on slimbert's blocks)
+                shutil.copyfile(stage, nxt)
+            else:
+                export_onnx(current, task, nxt, opset)
         else:
             info = ONNX_PASSES[name](stage, nxt, *([current] if name in READS_MODEL else [])) or {}
         stage = nxt
@@ -517,9 +521,9 @@ def quantize_static_int8(src: Path, dst: Path, items: list[dict[str, np.ndarray]
 def pick_int8(model: nn.Module, task: str, onnx_path: Path, folder: Path, items: list[dict], inputs: dict,
               exact: list[np.ndarray], min_cosine: float, device, log, threads: int | None = None) -> dict:
     """Make both ONNX Runtime int8s (dynamic; static, calibrated on `items`), check each against PyTorch, time
-    those that pass side by side on this machine (batch 1 x 128 tokens, alternating, in a fresh process) and keep
-    the faster as model_int8.onnx. Which runs faster depends on the CPU (VNNI, AMX) and the model's shape, so it is measured, not
-    assumed. Raises ParityError when neither passes. Returns what was picked, why, and every candidate's figures."""
+    those that pass side by side on this machine (batch 1 x 128 tokens, alternating, in a fresh process; in this
+    one when that process cannot run) and keep the faster as model_int8.onnx. Which runs faster depends on the CPU
+    (VNNI, AMX) and the model's shape, so it is measured, not assumed. Raises ParityError when neither passes. Returns what was picked, why, and every candidate's figures."""
     made, parity, refused = {}, {}, {}
     for kind in ("dynamic", "static"):
         path = folder / f"model_int8_{kind}.candidate.onnx"
@@ -546,7 +550,13 @@ def pick_int8(model: nn.Module, task: str, onnx_path: Path, folder: Path, items:
                           + "; ".join(f"{k}: {why}" for k, why in refused.items()))
     p50 = {}
     if len(made) > 1:   # timed in a fresh process: in this one (torch, the export's sessions) they read unevenly
-        p50 = {k: round(ms, 3) for k, ms in zip(made, ort_median_ms_fresh(list(made.values()), threads, runs=20))}
+        try:
+            ms = ort_median_ms_fresh(list(made.values()), threads, runs=20)
+        except RuntimeError as e:   # no usable child (an embedded interpreter...): time here rather than fail
+            log(f"int8: timing in a fresh process failed ({_last_line(e)}); timing in this process")
+            ms = alternating_median_ms([OrtRunner(p, threads=threads) for p in made.values()], 1, 128, runs=20,
+                                       warmup=3)
+        p50 = {k: round(t, 3) for k, t in zip(made, ms)}
     picked = min(made, key=lambda k: p50.get(k, 0.0))
     why = (f"{picked} int8 ran faster here: " + ", ".join(f"{k} {ms:.2f} ms" for k, ms in p50.items())
            + " at batch 1 x 128 tokens" if p50 else f"only {picked} int8 passed ({'; '.join(refused.values())})")

@@ -29,13 +29,14 @@ For the stock transformers encoders slimbert cuts from a source (BERT, RoBERTa, 
   Where over every layer's attention probabilities (its guard for rows whose keys are all masked), two passes over
   heads x T x T floats a layer that ONNX Runtime does not fuse; eager attention adds its mask (made once) before
   the softmax, the same products otherwise. Medians of three rounds: ORT fp32 1.03-1.14x, dynamic int8
-  1.06-1.17x, OpenVINO fp32 1.03-1.07x (benchmarks/results/eager_attention_amd_avx512.md). Its graph is also the
-  one ORT's attention fusion recognises.
+  1.06-1.17x, OpenVINO fp32 1.03-1.07x, static int8 1.06-1.14x but 0.87x on the 4x cut (whose int8 the pick keeps
+  dynamic; benchmarks/results/eager_attention_amd_avx512.md). Its graph is also the one ORT's fusion recognises.
 
 One more, not in the defaults (FUSED_PASSES adds it): ONNX Runtime's own transformer optimizer (what optimum's
 ORTOptimizer runs) fuses each attention core, residual + LayerNorm, bias + GELU and the embeddings into its contrib
 ops. Measured on an AMD
-EPYC with AVX512-VNNI (benchmarks/results/ort_fusion.md): ORT fp32 1.00-1.06x on all-MiniLM-L6-v2 and its 2x / 4x
+EPYC with AVX512-VNNI, against SDPA exports (benchmarks/results/ort_fusion.md, so eager attention's gain included):
+ORT fp32 1.00-1.06x on all-MiniLM-L6-v2 and its 2x / 4x
 cuts and 0.98x on BERT_BASE in one run, 0.98-1.45x in a noisier second: no stable gain, for a model.onnx only ONNX
 Runtime runs, so it stays opt-in (`export(..., passes=FUSED_PASSES)`).
 - ort_fusion (on the ONNX file): the fusion itself. Its ops are ONNX Runtime's (com.microsoft domain), so the
@@ -215,8 +216,9 @@ DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "eager_attention", "fold_scale
 FUSED_PASSES = (*DEFAULT_PASSES, "ort_fusion")
 # Passes whose graph only ONNX Runtime runs: int8 and OpenVINO start without them.
 ORT_ONLY_PASSES = ("ort_fusion",)
-# BERT_BASE as the latency reports' reference, at its best: its eager attention (1.03-1.06x a plain export under ORT
-# fp32, int8 and OpenVINO; eager_attention_amd_avx512.md); the rest of the defaults change nothing it runs faster.
+# BERT_BASE as the latency reports' reference, at its best: its eager attention (against the defaults without it,
+# 1.03-1.06x under ORT fp32, int8 and OpenVINO, eager_attention_amd_avx512.md; against a plain export 1.01-1.07x in
+# a probe). The other defaults were mixed for it in that probe (ORT fp32 1-3 % faster, int8 1-7 % slower).
 REFERENCE_PASSES = ("eager_attention",)
 
 

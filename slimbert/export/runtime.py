@@ -214,7 +214,7 @@ _ORT_TIMING_CHILD = ("import json, sys; sys.path[:] = json.load(open(sys.argv[1]
 
 
 def ort_median_ms_fresh(paths: list[Path], threads: int | None = None, batch: int = 1, seq: int = 128,
-                        runs: int = 20, warmup: int = 3) -> list[float]:
+                        runs: int = 20, warmup: int = 3, timeout_s: float = 1800) -> list[float]:
     """alternating_median_ms of ONNX Runtime sessions of `paths`, timed in a new Python process that has done
     nothing else: timed in the process that had just exported them (torch, NNCF, other sessions) the int8 pick's
     two candidates read unevenly slower (static 32.8 against dynamic 23.2 ms there, within 3 % of each other timed
@@ -222,9 +222,12 @@ def ort_median_ms_fresh(paths: list[Path], threads: int | None = None, batch: in
     with tempfile.TemporaryDirectory(prefix="slimbert-timing-") as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "p50.json"
         job.write_text(json.dumps({"paths": [str(p) for p in paths], "threads": threads, "batch": batch, "seq": seq,
-                                   "runs": runs, "warmup": warmup, "sys_path": sys.path}))
-        proc = subprocess.run([sys.executable, "-c", _ORT_TIMING_CHILD, str(job), str(out)], capture_output=True,
-                              text=True)
+                                   "runs": runs, "warmup": warmup, "sys_path": [str(p) for p in sys.path]}))
+        try:
+            proc = subprocess.run([sys.executable, "-c", _ORT_TIMING_CHILD, str(job), str(out)], capture_output=True,
+                                  text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the timing process did not finish within {timeout_s} s") from None
         if proc.returncode != 0:
             tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
             raise RuntimeError(f"the timing process failed (exit {proc.returncode}):\n{tail}")
@@ -250,4 +253,5 @@ def in_fresh_process(fn: Callable, *args, **kwargs):
             return pool.submit(fn, *args, **kwargs).result()
         except BrokenProcessPool:
             raise RuntimeError(f"the fresh process running {getattr(fn, '__name__', fn)} died before it returned "
-                               "(killed, or crashed in native code)") from None
+                               "(it exited abruptly: killed, crashed in native code, or could not start; see its "
+                               "stderr)") from None
