@@ -34,11 +34,11 @@ For the stock transformers encoders slimbert cuts from a source (BERT, RoBERTa, 
 
 One more, not in the defaults (FUSED_PASSES adds it): ONNX Runtime's own transformer optimizer (what optimum's
 ORTOptimizer runs) fuses each attention core, residual + LayerNorm, bias + GELU and the embeddings into its contrib
-ops. Measured on an AMD
-EPYC with AVX512-VNNI, against SDPA exports (benchmarks/results/ort_fusion.md, so eager attention's gain included):
-ORT fp32 1.00-1.06x on all-MiniLM-L6-v2 and its 2x / 4x
-cuts and 0.98x on BERT_BASE in one run, 0.98-1.45x in a noisier second: no stable gain, for a model.onnx only ONNX
-Runtime runs, so it stays opt-in (`export(..., passes=FUSED_PASSES)`).
+ops. Measured on an AMD EPYC with AVX512-VNNI over the eager-attention export (benchmarks/results/ort_fusion.md,
+2026-12-08): ORT fp32 1.00-1.13x, dynamic int8 0.87-1.18x; earlier, against SDPA exports (eager attention's gain
+included): ORT fp32 1.00-1.06x on all-MiniLM-L6-v2 and its 2x / 4x cuts and 0.98x on BERT_BASE in one run,
+0.98-1.45x in a noisier second: no stable gain, for a model.onnx only ONNX Runtime runs, so it stays opt-in
+(`export(..., passes=FUSED_PASSES)`).
 - ort_fusion (on the ONNX file): the fusion itself. Its ops are ONNX Runtime's (com.microsoft domain), so the
   export quantises and converts to OpenVINO from the graph made without it (onnx.export).
 """
