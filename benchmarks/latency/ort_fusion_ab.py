@@ -2,9 +2,9 @@
 slimbert cuts from it at 2x and 4x, BERT_BASE) and the MobileBERT preset, each exported with the default passes
 ("off"; eager_attention among them since 2026-12-08: results/ort_fusion.md was made before, when "off" was the
 SDPA export and "on" added eager_attention too) and with ort_fusion after them ("on"), timed under ONNX Runtime
-fp32 in one alternating run (batch 1 x seq 128, 2 threads). Also dynamic int8 quantised from each graph: the export quantises from the
-"off" graph (its int8 and OpenVINO files do not change); "on" shows what int8 from the fused graph (QAttention)
-would give. Cut shapes and BERT_BASE have random weights (speed does not depend on them; parity is checked by the
+fp32 in one alternating run (batch 1 x seq 128, 2 threads). Also dynamic int8 quantised from each graph: the
+export quantises from the "off" graph (its int8 and OpenVINO files do not change); "on" shows what int8 from the
+fused graph (QAttention) would give. Cut shapes and BERT_BASE have random weights (speed does not depend on them; parity is checked by the
 export). Run it alone.
 
     python benchmarks/latency/ort_fusion_ab.py --out benchmarks/results/ort_fusion.md     # about 5 minutes

@@ -6,8 +6,8 @@ bf16), alternating in blocks (slimbert.export.bench). Random weights with pertur
 depend on the values; every export still passes slimbert's parity checks. Steps:
 
   1. export (slimbert export, --openvino --quantize int8): the MobileBERT preset (paper Table 1), BERT_BASE
-     (passes.REFERENCE_PASSES: its eager attention, as `bench --compare bert_base` does), and for the export-vs-plain row the released
-     checkpoint's shape both through slimbert's passes and through a plain torch.onnx export;
+     (passes.REFERENCE_PASSES: its eager attention, as `bench --compare bert_base` does), and for the
+     export-vs-plain row the released checkpoint's shape both through slimbert's passes and through a plain torch.onnx export;
   2. run 1, alternating: all of them -> goals (a), same-runtime ratios, export vs plain, best vs best;
   3. the latency-aware shape search (slimbert.recipe.shape_search with the export-backed timer, a fresh cache):
      budget = BERT_BASE's fastest p50 / 3.5 on the MobileBERT student's fastest runtime and precision, only

@@ -13,9 +13,6 @@ import dataclasses
 import json
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,26 +252,12 @@ def bench(entries: list[Entry], batches=(1,), seqs=(128,), threads: int = 2, run
     return report
 
 
-# The child reads its job from a JSON file and writes the report as JSON (no pickles cross); a subprocess rather than
-# multiprocessing's spawn, which re-runs the caller's main script in the child when it lacks a __main__ guard.
-# It imports as this process does: the job carries this process's sys.path (a source checkout, an editable install).
-_CHILD = ("import json, sys; sys.path[:] = json.load(open(sys.argv[1]))['sys_path']; "
-          "from slimbert.export.bench import _bench_child; sys.exit(_bench_child(sys.argv[1], sys.argv[2]))")
-_EXPORT_ERROR = 3   # the child's exit status for an ExportError, whose message it writes to the report file
-
-
 def _bench_in_child(entries: list[Entry], cpu: CpuInfo, kwargs: dict) -> dict:
-    with tempfile.TemporaryDirectory(prefix="slimbert-bench-") as tmp:
-        job, out = Path(tmp) / "job.json", Path(tmp) / "report.json"
-        job.write_text(json.dumps({"entries": [{**dataclasses.asdict(e), "path": str(e.path)} for e in entries],
-                                   "cpu": cpu.as_dict(), "kwargs": kwargs, "sys_path": sys.path}))
-        proc = subprocess.run([sys.executable, "-c", _CHILD, str(job), str(out)], capture_output=True, text=True)
-        if proc.returncode == _EXPORT_ERROR:
-            raise ExportError(out.read_text())
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(f"the latency report's timing process failed (exit {proc.returncode}):\n{tail}")
-        return json.loads(out.read_text())
+    job = {"entries": [{**dataclasses.asdict(e), "path": str(e.path)} for e in entries], "cpu": cpu.as_dict(),
+           "kwargs": kwargs}
+    # an ExportError in the child (e.g. a sequence beyond a model's positions) is the caller's ExportError
+    return runtime.run_in_child("slimbert.export.bench._bench_child", job, "the latency report's timing process",
+                                reported=ExportError)
 
 
 def _bench_child(job_path: str, out_path: str) -> int:
@@ -284,7 +267,7 @@ def _bench_child(job_path: str, out_path: str) -> int:
         report = bench(entries, cpu=CpuInfo.from_dict(job["cpu"]), fresh_process=False, **job["kwargs"])
     except ExportError as e:
         Path(out_path).write_text(str(e))
-        return _EXPORT_ERROR
+        return runtime.CHILD_ERROR
     Path(out_path).write_text(json.dumps(report))
     return 0
 

@@ -523,7 +523,8 @@ def pick_int8(model: nn.Module, task: str, onnx_path: Path, folder: Path, items:
     """Make both ONNX Runtime int8s (dynamic; static, calibrated on `items`), check each against PyTorch, time
     those that pass side by side on this machine (batch 1 x 128 tokens, alternating, in a fresh process; in this
     one when that process cannot run) and keep the faster as model_int8.onnx. Which runs faster depends on the CPU
-    (VNNI, AMX) and the model's shape, so it is measured, not assumed. Raises ParityError when neither passes. Returns what was picked, why, and every candidate's figures."""
+    (VNNI, AMX) and the model's shape, so it is measured, not assumed. Raises ParityError when neither passes.
+    Returns what was picked, why, and every candidate's figures."""
     made, parity, refused = {}, {}, {}
     for kind in ("dynamic", "static"):
         path = folder / f"model_int8_{kind}.candidate.onnx"

@@ -205,33 +205,46 @@ def alternating_median_ms(runners: list[Runner], batch: int, seq: int, runs: int
     return [float(np.median(t) * 1000) for t in times]
 
 
-# The child reads its job from a JSON file and writes its p50s as JSON (no pickles cross), importing as this process
-# does (the job carries sys.path). A subprocess, not multiprocessing's spawn, which re-runs a caller's main script
-# that lacks a __main__ guard.
-_ORT_TIMING_CHILD = ("import json, sys; sys.path[:] = json.load(open(sys.argv[1]))['sys_path']; "
-                     "from slimbert.export.runtime import _ort_timing_child; "
-                     "_ort_timing_child(sys.argv[1], sys.argv[2])")
+CHILD_ERROR = 3   # a child's exit status for an error it reports: its message is what it wrote to its out file
+
+
+def run_in_child(target: str, job: dict, what: str, timeout_s: float | None = None,
+                 reported: type[Exception] = RuntimeError):
+    """`target` ("package.module.function") called as function(job_path, out_path) in a new Python process that
+    has done nothing else. The job goes in as JSON with this process's sys.path (so the child imports as this one
+    does: a source checkout, an editable install) and the function's result comes back as JSON: no pickles cross.
+    A subprocess, not multiprocessing's spawn, which re-runs a caller's main script that lacks a __main__ guard.
+    The function returning CHILD_ERROR raises `reported` (the caller's own error kind) with what it wrote; any other
+    failure, or `timeout_s`, a RuntimeError naming `what`."""
+    module, fn = target.rsplit(".", 1)
+    code = (f"import json, sys; sys.path[:] = json.load(open(sys.argv[1]))['sys_path']; "
+            f"from {module} import {fn}; sys.exit({fn}(sys.argv[1], sys.argv[2]))")
+    with tempfile.TemporaryDirectory(prefix="slimbert-child-") as tmp:
+        job_path, out = Path(tmp) / "job.json", Path(tmp) / "out.json"
+        job_path.write_text(json.dumps({**job, "sys_path": [str(p) for p in sys.path]}))
+        try:
+            proc = subprocess.run([sys.executable, "-c", code, str(job_path), str(out)], capture_output=True,
+                                  text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{what} did not finish within {timeout_s} s") from None
+        if proc.returncode == CHILD_ERROR:
+            raise reported(out.read_text())
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+        return json.loads(out.read_text())
 
 
 def ort_median_ms_fresh(paths: list[Path], threads: int | None = None, batch: int = 1, seq: int = 128,
                         runs: int = 20, warmup: int = 3, timeout_s: float = 1800) -> list[float]:
     """alternating_median_ms of ONNX Runtime sessions of `paths`, timed in a new Python process that has done
-    nothing else: timed in the process that had just exported them (torch, NNCF, other sessions) the int8 pick's
-    two candidates read unevenly slower (static 32.8 against dynamic 23.2 ms there, within 3 % of each other timed
-    apart; AMD EPYC AVX512, 2026-12-08), so the pick could keep the slower one."""
-    with tempfile.TemporaryDirectory(prefix="slimbert-timing-") as tmp:
-        job, out = Path(tmp) / "job.json", Path(tmp) / "p50.json"
-        job.write_text(json.dumps({"paths": [str(p) for p in paths], "threads": threads, "batch": batch, "seq": seq,
-                                   "runs": runs, "warmup": warmup, "sys_path": [str(p) for p in sys.path]}))
-        try:
-            proc = subprocess.run([sys.executable, "-c", _ORT_TIMING_CHILD, str(job), str(out)], capture_output=True,
-                                  text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"the timing process did not finish within {timeout_s} s") from None
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
-            raise RuntimeError(f"the timing process failed (exit {proc.returncode}):\n{tail}")
-        return [float(x) for x in json.loads(out.read_text())]
+    nothing else (run_in_child): timed in the process that had just exported them (torch, NNCF, other sessions) the
+    int8 pick's two candidates read unevenly slower (static 32.8 against dynamic 23.2 ms there, within 3 % of each
+    other timed apart; AMD EPYC AVX512, 2026-12-08), so the pick could keep the slower one."""
+    job = {"paths": [str(p) for p in paths], "threads": threads, "batch": batch, "seq": seq, "runs": runs,
+           "warmup": warmup}
+    return [float(x) for x in run_in_child("slimbert.export.runtime._ort_timing_child", job, "the timing process",
+                                           timeout_s)]
 
 
 def _ort_timing_child(job_path: str, out_path: str) -> None:
