@@ -18,10 +18,10 @@ from slimbert.models import SlimBertConfig, SlimBertForMaskedLM, SlimBertForSequ
 from conftest import randomize_norms
 
 
-def tiny(qkv="inter", n_ffn=3, norm="no_norm", cls=SlimBertForSequenceClassification, **kw):
+def tiny(qkv="inter", n_ffn=3, norm="no_norm", cls=SlimBertForSequenceClassification, layers=2, **kw):
     torch.manual_seed(0)
     config = SlimBertConfig(vocab_size=30522, embedding_size=32, hidden_size=64, intra_bottleneck_size=32,
-                            num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                            num_hidden_layers=layers, num_attention_heads=4, intermediate_size=48,
                             num_feedforward_networks=n_ffn, qkv_source=qkv, normalization_type=norm,
                             hidden_act="relu", num_labels=3, **kw)
     return randomize_norms(cls(config).eval(), scale=0.3)
@@ -47,9 +47,48 @@ def test_fold_nonorm_is_exact(qkv, n_ffn, real_batch):
         a = model(**real_batch).logits
         b = folded(**real_batch).logits
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
-    # the folded copy has no NoNorm left inside its blocks' chains
+    # the folded copy has one NoNorm left: the last block's, which gives the stream back as it is
+    assert stats["stream"] == 2   # the embeddings' NoNorm and the first block's
     names = [n for n, m in folded.named_modules() if type(m).__name__ == "NoNorm"]
-    assert all("bottleneck.LayerNorm" in n or n.endswith("embeddings.LayerNorm") for n in names), names
+    assert names == ["slimbert.encoder.layer.1.output.bottleneck.LayerNorm"], names
+
+
+def _exact(model, other, batch):
+    with torch.no_grad():
+        a, b = model(**batch).logits, other(**batch).logits
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+
+
+@pytest.mark.parametrize("qkv", ["inter", "shared_bottleneck", "bottleneck"])
+def test_the_stream_between_blocks_is_carried_and_given_back_where_unsafe(qkv, real_batch):
+    """fold_nonorm carries the stream from block to block without their NoNorms; where the product of the scales
+    leaves SAFE_SCALE it gives x back (that block keeps its NoNorm) and starts again; residual_gemm moves the
+    carried blocks' biases along it. Both exact."""
+    model = tiny(qkv, 2, layers=5)
+    with torch.no_grad():   # block 1's scale makes the stream's product unsafe after it: x is given back there
+        model.slimbert.encoder.layer[1].output.bottleneck.LayerNorm.weight.mul_(3e4)
+    folded, stats = P.fold_nonorm(model)
+    assert stats["stream"] == 4 and stats["blocks_skipped"] == 0   # embeddings, blocks 0, 2, 3
+    kept = [n for n, m in folded.named_modules() if type(m).__name__ == "NoNorm"]
+    assert kept == [f"slimbert.encoder.layer.{i}.output.bottleneck.LayerNorm" for i in (1, 4)], kept
+    _exact(model, folded, real_batch)
+    fused, rstats = P.residual_gemm(folded)
+    assert rstats["bottleneck"] == 5 and rstats["blocks_skipped"] == 0
+    _exact(model, fused, real_batch)
+
+
+def test_the_stream_does_not_enter_gated_or_layer_norm_blocks(real_batch):
+    gated = tiny("shared_bottleneck", 2, layers=3, inter_residual="gated")
+    folded, stats = P.fold_nonorm(gated)
+    assert stats["stream"] == 0 and stats["chain"] == 3 * 3
+    _exact(gated, folded, real_batch)
+    _exact(gated, P.residual_gemm(folded)[0], real_batch)
+    # LayerNorm at the bottlenecks (and embeddings), NoNorm in the chains: the chains fold, the stream stays exact
+    mixed = tiny("inter", 2, layers=3, bottleneck_normalization_type="layer_norm")
+    folded, stats = P.fold_nonorm(mixed)
+    assert stats["stream"] == 0 and stats["chain"] == 3 * 3
+    _exact(mixed, folded, real_batch)
+    _exact(mixed, P.residual_gemm(folded)[0], real_batch)
 
 
 @pytest.mark.parametrize("qkv", ["inter", "shared_bottleneck"])

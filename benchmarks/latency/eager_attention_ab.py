@@ -37,13 +37,50 @@ def time_files(specs: list[tuple[str, str]], runs: int) -> list[float]:
     return alternating_median_ms(runners, 1, 128, runs=runs, warmup=3)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def ab_arguments(doc: str, stem: str) -> argparse.Namespace:
+    """The A/B scripts' command line: timed runs per variant, rounds (each in a fresh process), the output folder."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs, each in a fresh process")
-    ap.add_argument("--out", type=Path, required=True, help="folder for eager_attention.md / .json")
-    a = ap.parse_args()
+    ap.add_argument("--out", type=Path, required=True, help=f"folder for {stem}.md / .json")
+    return ap.parse_args()
+
+
+def timed_rounds(folders: dict[tuple[str, str], Path], variants, a: argparse.Namespace, started: float) -> dict:
+    """(model, side, variant) -> the p50 ms of the variant's file in the (model, side) folder, in each of
+    `a.rounds` alternating runs of every file, each in a fresh process."""
+    from slimbert.export.runtime import in_fresh_process
+
+    keys = [(name, side, label) for (name, side) in folders for label, _, _ in variants]
+    specs = [(rt, str(folders[name, side] / file)) for (name, side) in folders for _, rt, file in variants]
+    rounds = []
+    for r in range(a.rounds):
+        print(f"[{time.time() - started:5.0f} s] timing round {r + 1}/{a.rounds} in a fresh process", flush=True)
+        rounds.append(in_fresh_process(time_files, specs, a.runs))
+    return {k: [rd[i] for rd in rounds] for i, k in enumerate(keys)}
+
+
+def op_counts(path: Path, ops: tuple[str, ...]) -> dict[str, int]:
+    """The graph's node count and how many of its nodes are each of `ops`."""
     import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    return {"nodes": len(g.node), **{op: sum(n.op_type == op for n in g.node) for op in ops}}
+
+
+def ab_rows(ms: dict, models, variants, off: str, on: str) -> list[dict]:
+    """One row per model and variant: both sides' p50s per round, the speed-up (off / on) per round, its median."""
+    rows = []
+    for name in models:
+        for label, _, _ in variants:
+            x, y = np.array(ms[name, off, label]), np.array(ms[name, on, label])
+            rows.append({"model": name, "variant": label, f"{off}_ms": x.tolist(), f"{on}_ms": y.tolist(),
+                         "speedup": (x / y).tolist(), "median_speedup": float(np.median(x / y))})
+    return rows
+
+
+def main() -> None:
+    a = ab_arguments(__doc__, "eager_attention")
     import torch
 
     import runtimes_latency as RL
@@ -52,12 +89,12 @@ def main() -> None:
     from slimbert.export.isa import cpu_info
     from slimbert.export.onnx import export, quantize_dynamic_int8, quantize_static_int8
     from slimbert.export.passes import DEFAULT_PASSES
-    from slimbert.export.runtime import in_fresh_process, versions
+    from slimbert.export.runtime import versions
 
     started = time.time()
     cpu = cpu_info()
     sides = {"sdpa": [p for p in DEFAULT_PASSES if p != "eager_attention"], "eager": list(DEFAULT_PASSES)}
-    specs, keys, nodes = [], [], {}
+    folders, nodes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models, tok = RL.stock_encoders(work)
@@ -70,23 +107,10 @@ def main() -> None:
                 quantize_dynamic_int8(out / "model.onnx", out / "dynamic.onnx")
                 quantize_static_int8(out / "model.onnx", out / "static.onnx", items)
                 ovx.to_ir(out / "model.onnx", out / "model.xml")
-                g = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
-                nodes[name, side] = {"nodes": len(g.node), "IsNaN": sum(n.op_type == "IsNaN" for n in g.node),
-                                     "Where": sum(n.op_type == "Where" for n in g.node)}
-                for label, rt, file in VARIANTS:
-                    specs.append((rt, str(out / file)))
-                    keys.append((name, side, label))
-        rounds = []
-        for r in range(a.rounds):
-            print(f"[{time.time() - started:5.0f} s] timing round {r + 1}/{a.rounds} in a fresh process", flush=True)
-            rounds.append(in_fresh_process(time_files, specs, a.runs))
-    ms = {k: [rd[i] for rd in rounds] for i, k in enumerate(keys)}
-    rows = []
-    for name in models:
-        for label, _, _ in VARIANTS:
-            s, e = np.array(ms[name, "sdpa", label]), np.array(ms[name, "eager", label])
-            rows.append({"model": name, "variant": label, "sdpa_ms": s.tolist(), "eager_ms": e.tolist(),
-                         "speedup": (s / e).tolist(), "median_speedup": float(np.median(s / e))})
+                nodes[name, side] = op_counts(out / "model.onnx", ("IsNaN", "Where"))
+                folders[name, side] = out
+        ms = timed_rounds(folders, VARIANTS, a, started)
+    rows = ab_rows(ms, models, VARIANTS, "sdpa", "eager")
     res = {"cpu": cpu.as_dict(), "versions": versions(), "torch": torch.__version__, "runs": a.runs,
            "rounds": a.rounds, "passes": sides, "nodes": {f"{k[0]} {k[1]}": v for k, v in nodes.items()},
            "rows": rows, "seconds": round(time.time() - started)}

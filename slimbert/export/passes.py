@@ -13,7 +13,12 @@ pass, kept because measured faster (benchmarks/results/latency.md has the figure
     with 1 / s_{k-1} and the shifts folded into the producing and consuming projections. The output
     bottleneck's projection absorbs the last s and t. Every NoNorm of the chain disappears.
   A block is left as it is when a scale is too close to zero (|s| < 1e-4) or too large for the fold to be
-  safe in fp32.
+  safe in fp32;
+  * between blocks, the stream x = NoNorm(W h + b + x_prev) is carried the same way, x = S * V + T with S the
+    product of the output bottlenecks' scales: the next block's readers and its output bottleneck take S and T,
+    and only the last block's NoNorm is left (24 Mul + 24 Add fewer in the preset; AMD EPYC AVX512, medians of
+    three alternating rounds: ORT fp32 1.02-1.03x, OpenVINO fp32 1.00-1.01x, int8 0.97-1.05x;
+    benchmarks/results/stream_fold_amd_avx512.md).
 - residual_gemm (on the model, after fold_nonorm): each residual Add of a block's chain becomes the C input of
   the Gemm that produces it (addmm exports as one Gemm), one node fewer per step.
 - fold_scale (on the ONNX file): attention's 1/sqrt(d), which torch exports as a Mul on Q and one on K in every
@@ -104,38 +109,98 @@ def _chain(layer) -> tuple[list[nn.Module], list[nn.Linear]]:
     return owners, consumers
 
 
+def _input_readers(layer) -> list[nn.Linear]:
+    """The projections that read a block's input x (Bottleneck.forward's Q/K/V sources); the output bottleneck's
+    residual reads it too."""
+    bn, attn = layer.bottleneck, layer.attention.self
+    if bn.qkv_source == "bottleneck":
+        return [bn.input.dense]
+    if bn.qkv_source == "shared_bottleneck":
+        return [bn.input.dense, bn.attention.dense, attn.value]
+    return [bn.input.dense, attn.query, attn.key, attn.value]
+
+
+def _takes_stream(layer) -> bool:
+    """Whether a block can read its input as s * V + t: every reader is a projection, and the output bottleneck
+    adds x as it is (no gate) before a NoNorm (an affine map, unlike LayerNorm, commutes with the rescaling)."""
+    ob = layer.output.bottleneck
+    return ob is not None and ob.residual_gate is None and _is_nonorm(ob.LayerNorm)
+
+
 @torch.no_grad()
-def fold_nonorm(model: nn.Module) -> tuple[nn.Module, dict]:
-    """An equivalent copy of a slimbert model with its foldable NoNorms removed; and what was folded."""
+def _fold_chain(layer, stats: dict) -> None:
+    """The block's attention-output -> FFN chain, re-parameterised without its NoNorms (the module docstring)."""
+    owners, consumers = _chain(layer)
+    steps = [(owner.dense, owner) for owner in owners]
+    if not all(_is_nonorm(owner.LayerNorm) for _, owner in steps):
+        stats["blocks_skipped"] += 1
+        return
+    scales, s = [], torch.ones_like(steps[0][1].LayerNorm.weight)
+    for _, owner in steps:
+        s = s * owner.LayerNorm.weight
+        scales.append(s)
+    if not all(_safe(x) for x in scales):
+        stats["blocks_skipped"] += 1
+        return
+    s_prev, t_prev = torch.ones_like(s), torch.zeros_like(s)
+    for (dense, owner), consumer in zip(steps, consumers):
+        w, b = owner.LayerNorm.weight.clone(), owner.LayerNorm.bias.clone()
+        _divide_output(dense, s_prev, t_prev)  # U_k = A_k / s_{k-1} + U_{k-1} (+ t_{k-1} / s_{k-1})
+        s_prev, t_prev = s_prev * w, b
+        _scale_input(consumer, s_prev, t_prev)  # the next projection reads s_k * U_k + t_k
+        owner.LayerNorm = nn.Identity()
+        stats["chain"] += 1
+
+
+@torch.no_grad()
+def fold_nonorm(model: nn.Module, stream: bool = True) -> tuple[nn.Module, dict]:
+    """An equivalent copy of a slimbert model with its foldable NoNorms removed; and what was folded.
+
+    Besides the bottleneck and chain folds (the module docstring), the stream between blocks is carried the same
+    way (`stream=False` leaves it as it is: the A/B's other side): block k's output x = NoNorm(W h + b + x_prev)
+    = S * V + T, where the graph carries V = W' h + V_prev and S, T fold into the next block's readers
+    (_scale_input) and its output bottleneck (W' = W / S, the NoNorm's scale times S). The embeddings' NoNorm
+    starts the stream; the last block's NoNorm (or the one before a block the stream cannot enter: a gated
+    residual, a LayerNorm; or where S would leave SAFE_SCALE) gives the exact x back."""
     model, layers = _bottlenecked_copy(model)
-    stats = {"bottleneck": 0, "chain": 0, "blocks_skipped": 0}
-    for layer in layers:
+    stats = {"bottleneck": 0, "chain": 0, "blocks_skipped": 0, "stream": 0}
+    if not layers:
+        return model, stats
+    emb = next(m for m in model.modules() if isinstance(m, SlimBertModel)).embeddings
+    carry, stream = stream, None   # stream (S, T): the block's input is S * V + T, the graph carries V; None: x
+    if carry and _is_nonorm(emb.LayerNorm) and _takes_stream(layers[0]) and _safe(emb.LayerNorm.weight):
+        stream = emb.LayerNorm.weight.clone(), emb.LayerNorm.bias.clone()
+        emb.LayerNorm = nn.Identity()
+        stats["stream"] += 1
+    for k, layer in enumerate(layers):
+        if stream is not None:   # the block reads S * V + T: its readers take S and T (before the folds below)
+            for reader in _input_readers(layer):
+                _scale_input(reader, *stream)
         bn = layer.bottleneck
         for part in (bn.input, getattr(bn, "attention", None)):
             if part is not None and _is_nonorm(part.LayerNorm):
                 _fold_into_output(part.dense, part.LayerNorm.weight, part.LayerNorm.bias)
                 part.LayerNorm = nn.Identity()
                 stats["bottleneck"] += 1
-        owners, consumers = _chain(layer)
-        steps = [(owner.dense, owner) for owner in owners]
-        if not all(_is_nonorm(owner.LayerNorm) for _, owner in steps):
-            stats["blocks_skipped"] += 1
+        _fold_chain(layer, stats)
+        if not _takes_stream(layer):   # the stream never enters such a block: x is exact here
+            stream = None
             continue
-        scales, s = [], torch.ones_like(steps[0][1].LayerNorm.weight)
-        for _, owner in steps:
-            s = s * owner.LayerNorm.weight
-            scales.append(s)
-        if not all(_safe(x) for x in scales):
-            stats["blocks_skipped"] += 1
-            continue
-        s_prev, t_prev = torch.ones_like(s), torch.zeros_like(s)
-        for (dense, owner), consumer in zip(steps, consumers):
-            w, b = owner.LayerNorm.weight.clone(), owner.LayerNorm.bias.clone()
-            _divide_output(dense, s_prev, t_prev)  # U_k = A_k / s_{k-1} + U_{k-1} (+ t_{k-1} / s_{k-1})
-            s_prev, t_prev = s_prev * w, b
-            _scale_input(consumer, s_prev, t_prev)  # the next projection reads s_k * U_k + t_k
-            owner.LayerNorm = nn.Identity()
-            stats["chain"] += 1
+        ob = layer.output.bottleneck
+        if stream is not None:   # W h + b + S V + T = S * ((W h + b + T) / S + V): the NoNorm scales by w * S
+            _divide_output(ob.dense, *stream)
+            ob.LayerNorm.weight.mul_(stream[0])
+        w, b = ob.LayerNorm.weight, ob.LayerNorm.bias
+        nxt = layers[k + 1] if k + 1 < len(layers) else None
+        if carry and nxt is not None and _takes_stream(nxt) and _safe(w):
+            # x = w * (W h + b + V) + t = w * (W h + V) + (w * b + t): the bias joins T, so the residual step
+            # stays one Gemm with V as its C input (residual_gemm)
+            stream = w.clone(), w * ob.dense.bias + b
+            ob.dense.bias.zero_()
+            ob.LayerNorm = nn.Identity()
+            stats["stream"] += 1
+        else:
+            stream = None
     return model, stats
 
 
@@ -169,11 +234,19 @@ def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
     Gemm with r as its C input, saving an Add per step. The bias has to go somewhere: along a block's chain
     (after fold_nonorm removed its NoNorms) the stream carries U_k - S_k, S_k the sum of the biases so far, and
     the projections reading it add W S_k to their bias; the output bottleneck's bias moves into its NoNorm's
-    shift (w * b). Blocks whose chain still has a norm, or whose bottleneck has a LayerNorm or a gate, keep
-    those steps as they are."""
+    shift (w * b), or, where fold_nonorm carries the stream between blocks (no NoNorm there), on along the stream
+    the same way: the next block's readers add W b and its output bottleneck takes b. Blocks whose chain still
+    has a norm, or whose bottleneck has a LayerNorm or a gate, keep those steps as they are."""
     model, layers = _bottlenecked_copy(model)
     stats = {"steps": 0, "bottleneck": 0, "blocks_skipped": 0}
+    deficit = None   # the stream between blocks carries V - deficit
     for layer in layers:
+        ob = layer.output.bottleneck
+        if deficit is not None:   # readers of V - d add W d; the output bottleneck's residual adds d back
+            for reader in _input_readers(layer):
+                reader.bias.add_(reader.weight @ deficit)
+            ob.dense.bias.add_(deficit)
+            deficit = None
         owners, consumers = _chain(layer)
         steps = [(owners[0], _self_output), *((o, _ffn_output) for o in owners[1:-1]), (owners[-1], _last_output)]
         if not all(isinstance(owner.LayerNorm, nn.Identity) for owner, _ in steps):
@@ -186,9 +259,12 @@ def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
             owner.dense.register_parameter("bias", None)
             owner.__class__ = _fused(type(owner), forward)
             stats["steps"] += 1
-        ob = layer.output.bottleneck
-        if _is_nonorm(ob.LayerNorm) and ob.residual_gate is None:
-            ob.LayerNorm.bias.add_(ob.LayerNorm.weight * ob.dense.bias)
+        carried = isinstance(ob.LayerNorm, nn.Identity)   # fold_nonorm's stream leaves the block without a NoNorm
+        if (carried or _is_nonorm(ob.LayerNorm)) and ob.residual_gate is None:
+            if carried:
+                deficit = ob.dense.bias.clone()
+            else:
+                ob.LayerNorm.bias.add_(ob.LayerNorm.weight * ob.dense.bias)
             ob.dense.register_parameter("bias", None)
             ob.__class__ = _fused(type(ob), _bottleneck_output)
             stats["bottleneck"] += 1
@@ -216,6 +292,9 @@ DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "eager_attention", "fold_scale
 FUSED_PASSES = (*DEFAULT_PASSES, "ort_fusion")
 # Passes whose graph only ONNX Runtime runs: int8 and OpenVINO start without them.
 ORT_ONLY_PASSES = ("ort_fusion",)
+# A pass's revision, bumped when the graph it makes changes (timings cached with the older graph are not reused,
+# shape_timer): fold_nonorm 2 carries the stream between blocks (2026-12-08).
+REVISIONS = {"fold_nonorm": 2}
 # BERT_BASE as the latency reports' reference, at its best: its eager attention (against the defaults without it,
 # 1.03-1.06x under ORT fp32, int8 and OpenVINO, eager_attention_amd_avx512.md; against a plain export 1.01-1.07x in
 # a probe). The other defaults were mixed for it in that probe (ORT fp32 1-3 % faster, int8 1-7 % slower).
