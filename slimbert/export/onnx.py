@@ -320,17 +320,17 @@ def export(path: Path, out: Path, task: str | None = None, opset: int = 17, quan
         for leftover in tmp.glob("stage-*.onnx"):
             leftover.unlink()
         need_int8 = quantize == "int8" or static_calibration is not None
-        # ort_fusion's graph holds ONNX Runtime's contrib ops: OpenVINO and the quantisers start from the graph
-        # made without the ORT-only passes, so their files are what they were before the fusion existed.
+        # ort_fusion's graph holds ONNX Runtime's contrib ops, carry_stream's a rescaled stream no quantiser should
+        # read: OpenVINO and the quantisers start from the graph made without the ORT-only passes.
         ort_only = [p["pass"] for p in result.passes if p["pass"] in ORT_ONLY_PASSES and p.get("changed")]
-        portable = [p for p in passes if p not in ORT_ONLY_PASSES] if ort_only else passes
+        portable = [p for p in passes if p not in ort_only]
         portable_src = onnx_path
         users = [*(["int8"] if need_int8 and "residual_gemm" not in portable else []), *(["OpenVINO"] if openvino
                                                                                        else [])]
         if ort_only and users:
             portable_src = _graph(model, task, portable, tmp, opset, "portable")
-            log(f"{' and '.join(users)}: made from the graph without {', '.join(ORT_ONLY_PASSES)} (ONNX Runtime's "
-                "contrib ops)")
+            log(f"{' and '.join(users)}: made from the graph without {', '.join(ort_only)} (kept to ONNX Runtime's "
+                "fp32 model.onnx: passes.ORT_ONLY_PASSES)")
         int8_src, int8_passes = portable_src, [p for p in portable if p != "residual_gemm"]
         if need_int8 and "residual_gemm" in portable:
             # residual_gemm's Gemms take the residual (an activation) as their C input, which ONNX Runtime's

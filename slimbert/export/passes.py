@@ -13,12 +13,12 @@ pass, kept because measured faster (benchmarks/results/latency.md has the figure
     with 1 / s_{k-1} and the shifts folded into the producing and consuming projections. The output
     bottleneck's projection absorbs the last s and t. Every NoNorm of the chain disappears.
   A block is left as it is when a scale is too close to zero (|s| < 1e-4) or too large for the fold to be
-  safe in fp32;
-  * between blocks, the stream x = NoNorm(W h + b + x_prev) is carried the same way, x = S * V + T with S the
-    product of the output bottlenecks' scales: the next block's readers and its output bottleneck take S and T,
-    and only the last block's NoNorm is left (24 Mul + 24 Add fewer in the preset; AMD EPYC AVX512, medians of
-    three alternating rounds: ORT fp32 1.02-1.03x, OpenVINO fp32 1.00-1.01x, int8 0.97-1.05x;
-    benchmarks/results/stream_fold_amd_avx512.md).
+  safe in fp32.
+- carry_stream (on the model): the stream between blocks, x = NoNorm(W h + b + x_prev), is carried the same way,
+  x = S * V + T with S the product of the output bottlenecks' scales: the next block's readers and its output
+  bottleneck take S and T, and only the last block's NoNorm is left (24 Mul + 24 Add fewer in the preset; AMD
+  EPYC AVX512, medians of three alternating rounds: ORT fp32 1.02-1.03x; int8 0.97-1.05x and OpenVINO fp32
+  1.00-1.01x, so those are made without it: ORT_ONLY_PASSES; benchmarks/results/stream_fold_amd_avx512.md).
 - residual_gemm (on the model, after fold_nonorm): each residual Add of a block's chain becomes the C input of
   the Gemm that produces it (addmm exports as one Gemm), one node fewer per step.
 - fold_scale (on the ONNX file): attention's 1/sqrt(d), which torch exports as a Mul on Q and one on K in every
@@ -153,29 +153,11 @@ def _fold_chain(layer, stats: dict) -> None:
 
 
 @torch.no_grad()
-def fold_nonorm(model: nn.Module, stream: bool = True) -> tuple[nn.Module, dict]:
-    """An equivalent copy of a slimbert model with its foldable NoNorms removed; and what was folded.
-
-    Besides the bottleneck and chain folds (the module docstring), the stream between blocks is carried the same
-    way (`stream=False` leaves it as it is: the A/B's other side): block k's output x = NoNorm(W h + b + x_prev)
-    = S * V + T, where the graph carries V = W' h + V_prev and S, T fold into the next block's readers
-    (_scale_input) and its output bottleneck (W' = W / S, the NoNorm's scale times S). The embeddings' NoNorm
-    starts the stream; the last block's NoNorm (or the one before a block the stream cannot enter: a gated
-    residual, a LayerNorm; or where S would leave SAFE_SCALE) gives the exact x back."""
+def fold_nonorm(model: nn.Module) -> tuple[nn.Module, dict]:
+    """An equivalent copy of a slimbert model with its foldable NoNorms removed; and what was folded."""
     model, layers = _bottlenecked_copy(model)
-    stats = {"bottleneck": 0, "chain": 0, "blocks_skipped": 0, "stream": 0}
-    if not layers:
-        return model, stats
-    emb = next(m for m in model.modules() if isinstance(m, SlimBertModel)).embeddings
-    carry, stream = stream, None   # stream (S, T): the block's input is S * V + T, the graph carries V; None: x
-    if carry and _is_nonorm(emb.LayerNorm) and _takes_stream(layers[0]) and _safe(emb.LayerNorm.weight):
-        stream = emb.LayerNorm.weight.clone(), emb.LayerNorm.bias.clone()
-        emb.LayerNorm = nn.Identity()
-        stats["stream"] += 1
-    for k, layer in enumerate(layers):
-        if stream is not None:   # the block reads S * V + T: its readers take S and T (before the folds below)
-            for reader in _input_readers(layer):
-                _scale_input(reader, *stream)
+    stats = {"bottleneck": 0, "chain": 0, "blocks_skipped": 0}
+    for layer in layers:
         bn = layer.bottleneck
         for part in (bn.input, getattr(bn, "attention", None)):
             if part is not None and _is_nonorm(part.LayerNorm):
@@ -183,6 +165,33 @@ def fold_nonorm(model: nn.Module, stream: bool = True) -> tuple[nn.Module, dict]
                 part.LayerNorm = nn.Identity()
                 stats["bottleneck"] += 1
         _fold_chain(layer, stats)
+    return model, stats
+
+
+@torch.no_grad()
+def carry_stream(model: nn.Module) -> tuple[nn.Module, dict]:
+    """A copy of a slimbert model whose stream between blocks is carried without the output bottlenecks' NoNorms:
+    block k's output x = NoNorm(W h + b + x_prev) = S * V + T, where the graph carries V = W' h + V_prev and S, T
+    fold into the next block's readers (_scale_input) and its output bottleneck (W' = W / S, the NoNorm's scale
+    times S). The embeddings' NoNorm starts the stream; the last block's NoNorm (or the one before a block the
+    stream cannot enter: a gated residual, a LayerNorm; or where S would leave SAFE_SCALE) gives the exact x back.
+    Only what reads the last block's output stays as it was (the model's outputs, its pooler and heads): the
+    hidden states in between are V, not x. Independent of fold_nonorm (the two change disjoint parts, in either
+    order)."""
+    model, layers = _bottlenecked_copy(model)
+    stats = {"stream": 0}
+    if not layers:
+        return model, stats
+    emb = next(m for m in model.modules() if isinstance(m, SlimBertModel)).embeddings
+    stream = None   # (S, T): the block's input is S * V + T and the graph carries V; None: the graph carries x
+    if _is_nonorm(emb.LayerNorm) and _takes_stream(layers[0]) and _safe(emb.LayerNorm.weight):
+        stream = emb.LayerNorm.weight.clone(), emb.LayerNorm.bias.clone()
+        emb.LayerNorm = nn.Identity()
+        stats["stream"] += 1
+    for k, layer in enumerate(layers):
+        if stream is not None:   # the block reads S * V + T: its readers take S and T
+            for reader in _input_readers(layer):
+                _scale_input(reader, *stream)
         if not _takes_stream(layer):   # the stream never enters such a block: x is exact here
             stream = None
             continue
@@ -192,7 +201,7 @@ def fold_nonorm(model: nn.Module, stream: bool = True) -> tuple[nn.Module, dict]
             ob.LayerNorm.weight.mul_(stream[0])
         w, b = ob.LayerNorm.weight, ob.LayerNorm.bias
         nxt = layers[k + 1] if k + 1 < len(layers) else None
-        if carry and nxt is not None and _takes_stream(nxt) and _safe(w):
+        if nxt is not None and _takes_stream(nxt) and _safe(w):
             # x = w * (W h + b + V) + t = w * (W h + V) + (w * b + t): the bias joins T, so the residual step
             # stays one Gemm with V as its C input (residual_gemm)
             stream = w.clone(), w * ob.dense.bias + b
@@ -201,7 +210,7 @@ def fold_nonorm(model: nn.Module, stream: bool = True) -> tuple[nn.Module, dict]
             stats["stream"] += 1
         else:
             stream = None
-    return model, stats
+    return model, {**stats, **({"changed": True} if stats["stream"] else {})}
 
 
 # ---- residual_gemm: the residual Add into the producing Gemm (C input) -------------------------------------------
@@ -234,7 +243,7 @@ def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
     Gemm with r as its C input, saving an Add per step. The bias has to go somewhere: along a block's chain
     (after fold_nonorm removed its NoNorms) the stream carries U_k - S_k, S_k the sum of the biases so far, and
     the projections reading it add W S_k to their bias; the output bottleneck's bias moves into its NoNorm's
-    shift (w * b), or, where fold_nonorm carries the stream between blocks (no NoNorm there), on along the stream
+    shift (w * b), or, where carry_stream carries the stream between blocks (no NoNorm there), on along the stream
     the same way: the next block's readers add W b and its output bottleneck takes b. Blocks whose chain still
     has a norm, or whose bottleneck has a LayerNorm or a gate, keep those steps as they are."""
     model, layers = _bottlenecked_copy(model)
@@ -259,7 +268,7 @@ def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
             owner.dense.register_parameter("bias", None)
             owner.__class__ = _fused(type(owner), forward)
             stats["steps"] += 1
-        carried = isinstance(ob.LayerNorm, nn.Identity)   # fold_nonorm's stream leaves the block without a NoNorm
+        carried = isinstance(ob.LayerNorm, nn.Identity)   # carry_stream left the block without its NoNorm
         if (carried or _is_nonorm(ob.LayerNorm)) and ob.residual_gate is None:
             if carried:
                 deficit = ob.dense.bias.clone()
@@ -268,6 +277,8 @@ def residual_gemm(model: nn.Module) -> tuple[nn.Module, dict]:
             ob.dense.register_parameter("bias", None)
             ob.__class__ = _fused(type(ob), _bottleneck_output)
             stats["bottleneck"] += 1
+    if deficit is not None:   # carry_stream always gives x back at the last block; anything else lost a bias here
+        raise ValueError("residual_gemm: the last block's output bottleneck has no NoNorm to take the carried bias")
     return model, stats
 
 
@@ -284,17 +295,19 @@ def eager_attention(model: nn.Module) -> tuple[nn.Module, dict]:
     return model, {"attention": f"{current} -> eager", "changed": True}
 
 
-MODEL_PASSES = {"fold_nonorm": fold_nonorm, "residual_gemm": residual_gemm, "eager_attention": eager_attention}
+MODEL_PASSES = {"fold_nonorm": fold_nonorm, "carry_stream": carry_stream, "residual_gemm": residual_gemm,
+                "eager_attention": eager_attention}
 # eager_attention is a default since 2026-12-08 (benchmarks/results/eager_attention_amd_avx512.md); ort_fusion is not:
 # no stable ORT fp32 gain on an AMD EPYC with AVX512-VNNI (1.00-1.06x, BERT_BASE 0.98x; ort_fusion.md), for a
 # model.onnx only ONNX Runtime runs.
-DEFAULT_PASSES = ("fold_nonorm", "residual_gemm", "eager_attention", "fold_scale", "merge_gemm", "ort_basic")
+DEFAULT_PASSES = ("fold_nonorm", "carry_stream", "residual_gemm", "eager_attention", "fold_scale", "merge_gemm",
+                  "ort_basic")
 FUSED_PASSES = (*DEFAULT_PASSES, "ort_fusion")
-# Passes whose graph only ONNX Runtime runs: int8 and OpenVINO start without them.
-ORT_ONLY_PASSES = ("ort_fusion",)
-# A pass's revision, bumped when the graph it makes changes (timings cached with the older graph are not reused,
-# shape_timer): fold_nonorm 2 carries the stream between blocks (2026-12-08).
-REVISIONS = {"fold_nonorm": 2}
+# Passes kept to model.onnx, ONNX Runtime's fp32 graph: int8 and OpenVINO start without them. ort_fusion's contrib
+# ops run nowhere else; carry_stream's rescaled stream (V = (x - T) / S, channels scaled apart by up to SAFE_SCALE)
+# is not what a quantiser's per-tensor activation scales should read, and gained nothing stable under int8 or
+# OpenVINO (0.97-1.05x, 1.00-1.01x; benchmarks/results/stream_fold_amd_avx512.md).
+ORT_ONLY_PASSES = ("carry_stream", "ort_fusion")
 # BERT_BASE as the latency reports' reference, at its best: its eager attention (against the defaults without it,
 # 1.03-1.06x under ORT fp32, int8 and OpenVINO, eager_attention_amd_avx512.md; against a plain export 1.01-1.07x in
 # a probe). The other defaults were mixed for it in that probe (ORT fp32 1-3 % faster, int8 1-7 % slower).

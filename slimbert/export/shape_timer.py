@@ -141,11 +141,8 @@ class ExportTimer:
         mode = {"static_shapes": True} if spec.runtime == "openvino" else {}
         # anchored entries hold the ratio to the anchor, never a time: they survive the host's speed changing
         anchored = {"anchor": self.anchor.name} if self.anchor is not None else {}
-        # a pass whose graph changed since (passes.REVISIONS) makes another key: older timings are not reused
-        revised = {p: P.REVISIONS[p] for p in EXPORT_PASSES[slim] if p in P.REVISIONS}
         full = json.dumps({"model": key, "spec": spec.__dict__, **mode, **anchored,
-                           "passes": list(EXPORT_PASSES[slim]), **({"revisions": revised} if revised else {})},
-                          sort_keys=True)
+                           "passes": list(EXPORT_PASSES[slim])}, sort_keys=True)
         if full in self.timings:
             return self.timings[full] * (self.anchor.ms if self.anchor is not None else 1.0)
         reason = self.unavailable(spec)
