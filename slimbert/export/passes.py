@@ -93,10 +93,15 @@ def _safe(s: torch.Tensor) -> bool:
     return bool(a.min() >= SAFE_SCALE[0] and a.max() <= SAFE_SCALE[1])
 
 
+def _body(model: nn.Module) -> SlimBertModel | None:
+    """The slimbert encoder inside `model` (a head model's, or the model itself), None for any other model."""
+    return next((m for m in model.modules() if isinstance(m, SlimBertModel)), None)
+
+
 def _bottlenecked_copy(model: nn.Module) -> tuple[nn.Module, list]:
     """A copy in eval mode, and its blocks when it is a bottlenecked slimbert model (else none to rewrite)."""
     model = copy.deepcopy(model).eval()
-    body = next((m for m in model.modules() if isinstance(m, SlimBertModel)), None)
+    body = _body(model)
     return model, list(body.encoder.layer) if body is not None and body.config.use_bottleneck else []
 
 
@@ -182,7 +187,7 @@ def carry_stream(model: nn.Module) -> tuple[nn.Module, dict]:
     stats = {"stream": 0}
     if not layers:
         return model, stats
-    emb = next(m for m in model.modules() if isinstance(m, SlimBertModel)).embeddings
+    emb = _body(model).embeddings
     stream = None   # (S, T): the block's input is S * V + T and the graph carries V; None: the graph carries x
     if _is_nonorm(emb.LayerNorm) and _takes_stream(layers[0]) and _safe(emb.LayerNorm.weight):
         stream = emb.LayerNorm.weight.clone(), emb.LayerNorm.bias.clone()
